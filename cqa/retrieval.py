@@ -228,9 +228,8 @@ def build_query(
     gives ``"atrial fibrillation (AFIB). heart rate 112 bpm tachycardia"``.
     """
     if len(statement_codes) != len(statement_descriptions):
-        raise ValueError(
-            f"{len(statement_codes)} statement codes but {len(statement_descriptions)} descriptions"
-        )
-    parts = [f"{desc.strip()} ({code.strip()})" for code, desc in zip(statement_codes, statement_descriptions)]
+        raise ValueError(f"{len(statement_codes)} statement codes but {len(statement_descriptions)} descriptions")
+    pairs = zip(statement_codes, statement_descriptions, strict=True)
+    parts = [f"{desc.strip()} ({code.strip()})" for code, desc in pairs]
     parts += [finding.strip() for finding in abnormal_findings if finding.strip()]
     return ". ".join(dict.fromkeys(parts))

@@ -1,0 +1,82 @@
+"""Fill the model card template (`model_card.md`) from a training run's summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from string import Template
+
+TEMPLATE = Path(__file__).with_name("model_card.md")
+LORA_TARGETS = ["pwconv1", "pwconv2"]
+
+
+def _training_section(summary: dict) -> str:
+    args = summary.get("args", {})
+    losses = summary.get("final_losses") or {}
+    lines = [
+        f"- Pretrained for {summary.get('steps')} optimiser steps on {summary.get('train_ecgs')} ECG-caption pairs "
+        f"({summary.get('num_processes')} process(es), batch {args.get('per_device_batch_size')} per device, "
+        f"learning rate {args.get('learning_rate')}, seed {args.get('seed')}).",
+        f"- Signals: `{args.get('signals')}`; captions: `{args.get('captions')}`.",
+        f"- Loss = {args.get('contrastive_loss_weight')} x contrastive (symmetric InfoNCE, gathered across processes) "
+        f"+ {args.get('caption_loss_weight')} x captioning (causal decoder cross-attending to the ECG token sequence).",
+    ]
+    if losses:
+        lines.append(
+            f"- Final losses: total {losses.get('loss', float('nan')):.4f}, contrastive "
+            f"{losses.get('contrastive_loss', float('nan')):.4f}, caption {losses.get('caption_loss', float('nan')):.4f}."
+        )
+    return "\n".join(lines)
+
+
+def _evaluation_section(summary: dict, downstream: dict | None) -> str:
+    parts = []
+    validation = summary.get("validation") or {}
+    if validation:
+        rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in sorted(validation.items()))
+        parts.append(
+            "ECG-text retrieval on the validation fold at the end of pretraining:\n\n| metric | value |\n|---|---|\n"
+            + rows
+        )
+    if downstream:
+        parts.append(downstream["markdown"])
+    return "\n\n".join(parts) or "Not evaluated yet."
+
+
+def _model_index(downstream: dict | None) -> str:
+    if not downstream or not downstream.get("results"):
+        return ""
+    entries = [
+        {
+            "task": {"type": "ecg-classification", "name": result["name"]},
+            "dataset": {"type": "ptb-xl", "name": result.get("dataset", "PTB-XL"), "split": "fold 10"},
+            "metrics": [{"type": "roc_auc", "name": "macro AUROC", "value": round(result["value"], 4)}],
+        }
+        for result in downstream["results"]
+    ]
+    return "model-index:\n- name: ESI\n  results:\n" + "\n".join("  - " + json.dumps(entry) for entry in entries)
+
+
+def render_model_card(summary: dict, config: dict, repo_id: str = "ORG/esi", downstream: dict | None = None) -> str:
+    ecg = config.get("ecg_config", {})
+    return Template(TEMPLATE.read_text()).substitute(
+        model_index=_model_index(downstream),
+        encoder_size=ecg.get("size", "custom"),
+        repo_id=repo_id,
+        projection_dim=config.get("projection_dim"),
+        sampling_rate=ecg.get("sampling_rate"),
+        duration_s=ecg.get("duration_s"),
+        lora_targets=json.dumps(LORA_TARGETS),
+        training=_training_section(summary),
+        evaluation=_evaluation_section(summary, downstream),
+    )
+
+
+def write_model_card(
+    folder: str | Path, summary: dict, repo_id: str = "ORG/esi", downstream: dict | None = None
+) -> Path:
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    path = folder / "README.md"
+    path.write_text(render_model_card(summary, config, repo_id, downstream))
+    return path

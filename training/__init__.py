@@ -1,0 +1,1 @@
+"""Training utilities shared by `train.py` (pretraining) and `finetune.py` (downstream)."""

@@ -1,0 +1,142 @@
+"""Datasets and collation for ESI training: prepared ECG signals joined with captions or labels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+
+from .augment import EcgAugmentConfig, augment_ecg
+
+
+def load_dataset_folder(path: str | Path) -> datasets.DatasetDict:
+    """Load either a `save_to_disk` folder or a Parquet/Hub-style folder as a DatasetDict."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset folder {path} does not exist")
+    if (path / "dataset_dict.json").exists():
+        return datasets.load_from_disk(str(path))
+    return datasets.load_dataset(str(path))
+
+
+def join_captions(
+    signals: datasets.Dataset, captions: datasets.DatasetDict | datasets.Dataset, split: str
+) -> list[str]:
+    """Captions aligned row by row with `signals`, joined on `ecg_id`.
+
+    Raises a ValueError that names the split and the offending ids when a caption column is
+    missing, when the two share no ECG, or when some signals have no caption.
+    """
+    parts = captions.values() if isinstance(captions, datasets.DatasetDict) else [captions]
+    by_id: dict[int, str] = {}
+    for part in parts:
+        missing_columns = {"ecg_id", "caption"} - set(part.column_names)
+        if missing_columns:
+            raise ValueError(f"captions dataset lacks column(s) {sorted(missing_columns)}; has {part.column_names}")
+        by_id.update(zip(part["ecg_id"], part["caption"]))
+    ids = signals["ecg_id"]
+    if len(ids) == 0:
+        raise ValueError(f"split '{split}' of the signals dataset is empty")
+    lacking = [i for i in ids if i not in by_id]
+    if len(lacking) == len(ids):
+        raise ValueError(f"split '{split}': no ecg_id in common between signals and captions (signals start {ids[:5]})")
+    if lacking:
+        raise ValueError(
+            f"split '{split}': {len(lacking)} of {len(ids)} ECGs have no caption (first ids: {lacking[:10]}); "
+            "regenerate captions for them or drop them from the signals dataset"
+        )
+    empty = [i for i in ids if not str(by_id[i]).strip()]
+    if empty:
+        raise ValueError(f"split '{split}': empty caption for ecg_id(s) {empty[:10]}")
+    return [by_id[i] for i in ids]
+
+
+class EcgDataset(torch.utils.data.Dataset):
+    """Rows of a prepared ECG split, optionally paired with captions and augmented.
+
+    Augmentation randomness is seeded by (seed, epoch, index), so it does not depend on the
+    order in which rows are drawn or on whether the run was resumed.
+    """
+
+    def __init__(
+        self,
+        signals: datasets.Dataset,
+        captions: Sequence[str] | None = None,
+        label_column: str | None = None,
+        augment: EcgAugmentConfig | None = None,
+        seed: int = 0,
+    ):
+        columns = ["signal", "ecg_id"] + ([label_column] if label_column else [])
+        self.signals = signals.select_columns(columns).with_format("numpy")
+        self.sampling_rate = int(signals[0]["sampling_rate"])
+        self.lead_names = list(signals[0]["lead_names"])
+        self.captions = captions
+        self.label_column = label_column
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.signals)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.signals[int(index)]
+        signal = row["signal"]
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+            signal = augment_ecg(signal, self.sampling_rate, self.augment, rng)
+        item = {"signal": signal, "ecg_id": int(row["ecg_id"])}
+        if self.captions is not None:
+            item["caption"] = self.captions[int(index)]
+        if self.label_column is not None:
+            item["labels"] = row[self.label_column]
+        return item
+
+
+@dataclass
+class EcgCollator:
+    """Turns a list of `EcgDataset` items into model inputs.
+
+    Signals go through the model's own `EsiFeatureExtractor` (the same preprocessing users get
+    at inference); captions are tokenised on the fly; labels become multi-hot float vectors.
+    """
+
+    feature_extractor: Any
+    sampling_rate: int
+    lead_names: Sequence[str]
+    tokenizer: Any = None
+    max_text_length: int = 256
+    num_labels: int | None = None
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        features = self.feature_extractor(
+            np.stack([item["signal"] for item in items]),
+            sampling_rate=self.sampling_rate,
+            lead_names=list(self.lead_names),
+            return_tensors="pt",
+        )
+        batch = {"input_values": features["input_values"], "ecg_ids": torch.tensor([i["ecg_id"] for i in items])}
+        if self.tokenizer is not None and "caption" in items[0]:
+            text = self.tokenizer(
+                [item["caption"] for item in items],
+                padding=True,
+                truncation=True,
+                max_length=self.max_text_length,
+                return_tensors="pt",
+            )
+            batch["input_ids"] = text["input_ids"]
+            batch["attention_mask"] = text["attention_mask"]
+        if self.num_labels is not None and "labels" in items[0]:
+            labels = torch.zeros(len(items), self.num_labels)
+            for row, item in enumerate(items):
+                labels[row, list(item["labels"])] = 1.0
+            batch["labels"] = labels
+        return batch

@@ -1,0 +1,426 @@
+"""Interval, axis, voltage and rhythm measurements from a 12-lead ECG, for the CQA captions.
+
+Research software, not a diagnostic device: every value is an automated estimate.
+
+Method (as clinical ECG programs do it, not per-lead delineation):
+1. neurokit2 cleans every lead and finds R peaks in every lead; the lead whose peaks the
+   other leads confirm best gives the beat positions (not lead II alone).
+2. Beats are cut out at a working rate of >= 500 Hz (100 Hz records are band-limited, so
+   polyphase upsampling only refines the grid), aligned by cross-correlation, and the
+   dominant beats are combined into one MEDIAN BEAT per lead.
+3. QRS onset/offset come from the summed absolute slope of all independent leads on the
+   median beat; T end from the tangent on the spatial magnitude; P from the spatial
+   magnitude before the QRS and its coherence across beats.
+Each field is either measured or None with the reason in ``missing``; nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, fields
+from fractions import Fraction
+from multiprocessing import get_context
+
+import neurokit2 as nk
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy.signal import resample_poly
+
+STANDARD_LEADS: tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+_LEAD_INDEX = {name.casefold(): i for i, name in enumerate(STANDARD_LEADS)}
+# The other four limb leads are linear combinations of I and II; slopes use independent leads only.
+_INDEPENDENT = [0, 1, 6, 7, 8, 9, 10, 11]
+_LIMB = [0, 1, 2, 3, 4, 5]
+_P_LEADS = [0, 1, 2, 5, 6, 7]  # I, II, III, aVF, V1, V2: where atrial activity is largest
+
+WORK_RATE = 500.0
+MIN_RATE = 100.0
+MIN_SECONDS = 2.0
+FLAT_MV = 0.02  # peak-to-peak below this: no signal in the lead
+PEAK_MATCH_S = 0.08  # R peaks of two leads closer than this are the same beat
+MIN_AGREEING_LEADS = 3
+BEAT_PRE_S, BEAT_POST_S = 0.5, 0.7  # median-beat window around the R fiducial
+ALIGN_S = 0.04  # max cross-correlation shift when aligning beats
+DOMINANT_CORR = 0.8  # beats correlating less with the template (ectopics, artefacts) are left out
+MIN_BEATS = 3
+IRREGULAR_RATIO = 0.06  # median |successive RR difference| / mean RR above this: irregular
+QRS_SLOPE_FRACTION = 0.12  # QRS boundary: summed slope falls to this fraction above its floor
+QRS_GAP_S = 0.016  # a slope dip shorter than this (a notch) does not end the QRS
+P_MIN_MV = 0.04  # smaller median-beat P waves are not called present
+P_COHERENCE = 0.35  # P energy that survives averaging across beats, below: no consistent P
+P_ONSET_FRACTION = 0.2
+T_MIN_MV = 0.05
+ST_OFFSET_S = 0.06
+
+
+@dataclass
+class EcgMeasurements:
+    """Measurements of one ECG; each value is None when not measurable, with the reason in ``missing``."""
+
+    heart_rate_bpm: float | None = None
+    rr_std_ms: float | None = None
+    rr_irregular: bool | None = None
+    p_wave_absent: bool | None = None
+    pr_interval_ms: float | None = None
+    qrs_duration_ms: float | None = None
+    qt_interval_ms: float | None = None
+    qtc_bazett_ms: float | None = None
+    qtc_fridericia_ms: float | None = None
+    qrs_axis_deg: float | None = None
+    qrs_axis_category: str | None = None
+    sokolow_lyon_mv: float | None = None
+    cornell_mv: float | None = None
+    low_voltage: bool | None = None
+    st_deviation_mv: dict[str, float] | None = None
+    missing: dict[str, str] = field(default_factory=dict)
+
+    def to_columns(self) -> dict:
+        """Flat row for a `datasets` table; the same keys and types for every record.
+
+        Scalars keep their field names; ST becomes ``st_deviation_<lead>_mv`` (12 columns, PTB-XL
+        lead order); ``missing`` becomes the JSON string ``measurement_missing``.
+        """
+        row: dict = {}
+        for f in fields(self):
+            if f.name in ("st_deviation_mv", "missing"):
+                continue
+            row[f.name] = getattr(self, f.name)
+        st = self.st_deviation_mv or {}
+        for lead in STANDARD_LEADS:
+            value = st.get(lead)
+            row[f"st_deviation_{lead}_mv"] = None if value is None else float(value)
+        row["measurement_missing"] = json.dumps(self.missing, sort_keys=True)
+        return row
+
+    def _mark_missing(self, names: Sequence[str], reason: str) -> None:
+        for name in names:
+            if getattr(self, name) is None and name not in self.missing:
+                self.missing[name] = reason
+
+
+_MEASURED_FIELDS = tuple(f.name for f in fields(EcgMeasurements) if f.name != "missing")
+_MORPHOLOGY_FIELDS = tuple(n for n in _MEASURED_FIELDS if n not in ("heart_rate_bpm", "rr_std_ms", "rr_irregular"))
+
+
+def axis_category_ptbxl(axis_deg: float) -> str:
+    """PTB-XL's (German) axis grouping, for validation only: "left" below 0 deg, "normal" 0..+90, "right" above."""
+    if axis_deg < 0.0:
+        return "left"
+    if axis_deg > 90.0:
+        return "right"
+    return "normal"
+
+
+def _axis_category_american(axis_deg: float) -> str:
+    """American convention used in captions: normal -30..+90, left -30..-90, right +90..+180, else extreme."""
+    if -30.0 <= axis_deg <= 90.0:
+        return "normal"
+    if -90.0 <= axis_deg < -30.0:
+        return "left"
+    if 90.0 < axis_deg <= 180.0:
+        return "right"
+    return "extreme"
+
+
+def _record(ecg_id: int | str | None) -> str:
+    return f"record {ecg_id}" if ecg_id is not None else "record <no id>"
+
+
+def _standard_order(signal: np.ndarray, sampling_rate: float, lead_names: Sequence[str], ecg_id) -> np.ndarray:
+    """Validate the input and return it as float64 (12, T) in PTB-XL lead order."""
+    rec = _record(ecg_id)
+    if not (isinstance(sampling_rate, (int, float, np.integer, np.floating)) and math.isfinite(sampling_rate)):
+        raise ValueError(f"{rec}: sampling_rate must be a finite number, got {sampling_rate!r}")
+    if sampling_rate < MIN_RATE:
+        raise ValueError(f"{rec}: sampling_rate {sampling_rate} Hz is too coarse (need >= {MIN_RATE:.0f} Hz)")
+    x = np.asarray(signal, dtype=np.float64)
+    names = [str(n) for n in lead_names]
+    if x.ndim != 2 or x.shape[0] != len(STANDARD_LEADS):
+        raise ValueError(f"{rec}: signal must be (12 leads, time), got shape {x.shape}")
+    if len(names) != x.shape[0]:
+        raise ValueError(f"{rec}: {len(names)} lead names for {x.shape[0]} signal rows")
+    unknown = [n for n in names if n.casefold() not in _LEAD_INDEX]
+    if unknown:
+        raise ValueError(f"{rec}: unknown lead names {unknown}; expected {list(STANDARD_LEADS)}")
+    order = [_LEAD_INDEX[n.casefold()] for n in names]
+    if len(set(order)) != len(order):
+        raise ValueError(f"{rec}: duplicate lead names in {names}")
+    if x.shape[1] < MIN_SECONDS * sampling_rate:
+        raise ValueError(f"{rec}: signal is {x.shape[1] / sampling_rate:.2f} s long; need at least {MIN_SECONDS} s")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        lead, sample = np.argwhere(bad)[0]
+        raise ValueError(f"{rec}: {int(bad.sum())} NaN/inf values (first: lead {names[lead]}, sample {sample})")
+    out = np.empty_like(x)
+    out[order] = x
+    return out
+
+
+def _peak_agreement(a: np.ndarray, b: np.ndarray, tol: int) -> float:
+    """F1-like share of beats two peak lists have in common (0..1)."""
+    if len(a) == 0 or len(b) == 0:
+        return 0.0
+    pos = np.searchsorted(b, a)
+    left = np.abs(a - b[np.clip(pos - 1, 0, len(b) - 1)])
+    right = np.abs(a - b[np.clip(pos, 0, len(b) - 1)])
+    matched = int(np.sum(np.minimum(left, right) <= tol))
+    return matched / max(len(a), len(b))
+
+
+def _consensus_r_peaks(clean: np.ndarray, rate: float) -> tuple[np.ndarray | None, str]:
+    """R peaks (samples) of the lead the others agree with most; (None, reason) when leads disagree."""
+    live = [i for i in range(clean.shape[0]) if np.ptp(clean[i]) >= FLAT_MV]
+    if not live:
+        return None, "signal is flat in every lead"
+    peaks = {}
+    for i in live:
+        try:
+            peaks[i] = np.asarray(nk.ecg_findpeaks(clean[i], sampling_rate=rate)["ECG_R_Peaks"], dtype=int)
+        except (ValueError, IndexError):  # neurokit2 fails on leads without any QRS-like activity
+            peaks[i] = np.array([], dtype=int)
+    tol = int(PEAK_MATCH_S * rate)
+    scores = {i: [_peak_agreement(peaks[i], peaks[j], tol) for j in live if j != i] for i in live}
+    best = max(live, key=lambda i: sum(scores[i]))
+    agreeing = 1 + sum(s >= 0.8 for s in scores[best])
+    if agreeing < MIN_AGREEING_LEADS:
+        return None, f"R peaks agree in only {agreeing} lead(s); no consistent heartbeat (noise?)"
+    if len(peaks[best]) < MIN_BEATS:
+        return None, f"only {len(peaks[best])} beats detected"
+    return peaks[best], ""
+
+
+def _rhythm(peaks: np.ndarray, rate: float, out: EcgMeasurements) -> float:
+    """Fill rate and regularity fields; return mean RR in seconds."""
+    rr = np.diff(peaks) / rate
+    mean_rr = float(rr.mean())
+    out.heart_rate_bpm = 60.0 / mean_rr
+    out.rr_std_ms = float(rr.std() * 1000.0)
+    if len(rr) >= 3:
+        out.rr_irregular = bool(np.median(np.abs(np.diff(rr))) / mean_rr > IRREGULAR_RATIO)
+    else:
+        out.missing["rr_irregular"] = f"only {len(rr)} RR intervals"
+    return mean_rr
+
+
+def _beats(sig: np.ndarray, fiducials: np.ndarray, pre: int, post: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows (beats, leads, pre+post) around fiducials that fit in the record, and the fiducials kept."""
+    keep = fiducials[(fiducials - pre >= 0) & (fiducials + post <= sig.shape[1])]
+    idx = keep[:, None] + np.arange(-pre, post)[None, :]
+    return np.transpose(sig[:, idx], (1, 0, 2)), keep
+
+
+def _align(sig: np.ndarray, fiducials: np.ndarray, rate: float) -> np.ndarray:
+    """Shift each fiducial so its QRS best matches the median QRS (cross-correlation over all leads)."""
+    half = int(0.1 * rate)
+    shift = int(ALIGN_S * rate)
+    beats, kept = _beats(sig, fiducials, half + shift, half + shift + 1)
+    if len(kept) == 0:
+        return fiducials
+    template = np.median(beats[:, :, shift : shift + 2 * half + 1], axis=0)  # (leads, 2*half+1)
+    windows = sliding_window_view(beats, 2 * half + 1, axis=2)  # (beats, leads, 2*shift+1, 2*half+1)
+    score = np.einsum("blsw,lw->bs", windows, template)
+    return kept + np.argmax(score, axis=1) - shift
+
+
+def _median_beat(sig: np.ndarray, peaks: np.ndarray, rate: float) -> tuple[np.ndarray | None, np.ndarray, str]:
+    """Median beat (leads, samples) of the dominant morphology, the aligned beats used, or (None, _, reason)."""
+    pre, post = int(BEAT_PRE_S * rate), int(BEAT_POST_S * rate)
+    fid = np.unique(_align(sig, peaks, rate))
+    beats, _ = _beats(sig, fid, pre, post)
+    if len(beats) < MIN_BEATS:
+        return None, beats, f"only {len(beats)} complete beats in the record"
+    qrs = slice(pre - int(0.1 * rate), pre + int(0.1 * rate))
+    flat = beats[:, :, qrs].reshape(len(beats), -1)
+    template = np.median(flat, axis=0)
+    corr = np.array([np.corrcoef(b, template)[0, 1] if b.std() > 0 else 0.0 for b in flat])
+    dominant = beats[corr >= DOMINANT_CORR]
+    if len(dominant) < MIN_BEATS or len(dominant) < 0.5 * len(beats):
+        return None, beats, f"no consistent beat morphology ({len(dominant)} of {len(beats)} beats alike)"
+    return np.median(dominant, axis=0), dominant, ""
+
+
+def _qrs_bounds(beat: np.ndarray, rate: float, r0: int) -> tuple[int, int] | None:
+    """QRS onset/offset (samples) from the summed absolute slope of the independent leads."""
+    slope = np.abs(np.diff(beat[_INDEPENDENT], axis=1)).sum(axis=0)
+    width = max(1, int(0.008 * rate))
+    slope = np.convolve(slope, np.ones(width) / width, mode="same")
+    floor = float(np.percentile(slope, 10))
+    lo, hi = r0 - int(0.15 * rate), r0 + int(0.2 * rate)
+    peak = lo + int(np.argmax(slope[lo:hi]))
+    thr = floor + QRS_SLOPE_FRACTION * (slope[peak] - floor)
+    gap = int(QRS_GAP_S * rate)
+
+    def walk(step: int, stop: int) -> int:
+        last, below, i = peak, 0, peak
+        while i != stop:
+            i += step
+            if slope[i] >= thr:
+                last, below = i, 0
+            else:
+                below += 1
+                if below > gap:
+                    break
+        return last
+
+    onset, offset = walk(-1, lo), walk(1, hi) + 1  # slope[i] is between samples i and i+1
+    if not 0.04 * rate <= offset - onset <= 0.25 * rate:
+        return None
+    return onset, offset
+
+
+def _t_end(mag: np.ndarray, rate: float, start: int, stop: int) -> int | None:
+    """T end (sample) by the tangent at the steepest descent after the T peak of the spatial magnitude."""
+    if stop - start < int(0.1 * rate):
+        return None
+    peak = start + int(np.argmax(mag[start:stop]))
+    if mag[peak] < T_MIN_MV or peak >= stop - 2:
+        return None
+    descent = np.diff(mag[peak:stop])
+    k = int(np.argmin(descent))
+    slope = descent[k]
+    if slope >= 0:
+        return None
+    level = float(mag[peak:stop].min())
+    end = peak + k + (level - mag[peak + k]) / slope
+    return int(round(min(end, stop)))
+
+
+def _p_wave(beats: np.ndarray, beat: np.ndarray, rate: float, onset: int, start: int) -> tuple[bool, int | None]:
+    """(consistent P present, P onset sample) from the P window [start, onset - 40 ms) of the median beat."""
+    stop = onset - int(0.04 * rate)
+    if stop - start < int(0.06 * rate):
+        return False, None
+    base = slice(onset - int(0.025 * rate), onset - int(0.005 * rate))
+    mag = np.sqrt((beat[_P_LEADS, start:stop] ** 2).sum(axis=0))
+    peak = int(np.argmax(mag))
+    segments = beats[:, _P_LEADS, start:stop] - beats[:, _P_LEADS, base].mean(axis=2, keepdims=True)
+    # Share of per-beat P-window energy that survives averaging: ~1 for a P wave locked to the QRS,
+    # ~1/beats for atrial fibrillation's unrelated f waves.
+    coherence = float((segments.mean(axis=0) ** 2).sum() / max((segments**2).sum(axis=1).mean(axis=0).sum(), 1e-12))
+    present = mag[peak] >= P_MIN_MV and coherence >= P_COHERENCE
+    if not present:
+        return False, None
+    floor = float(mag[:peak + 1].min())
+    level = floor + P_ONSET_FRACTION * (mag[peak] - floor)
+    before = np.nonzero(mag[: peak + 1] <= level)[0]
+    if len(before) == 0:
+        return True, None
+    return True, start + int(before[-1])
+
+
+def _morphology(beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float, out: EcgMeasurements) -> None:
+    """Fill interval, axis, voltage and ST fields from the median beat (leads, samples) at ``rate``."""
+    r0 = int(BEAT_PRE_S * rate)
+    bounds = _qrs_bounds(beat, rate, r0)
+    if bounds is None:
+        out._mark_missing(_MORPHOLOGY_FIELDS, "QRS boundaries not found on the median beat")
+        return
+    on, off = bounds
+    out.qrs_duration_ms = (off - on) / rate * 1000.0
+    # PR-segment baseline: the isoelectric reference for every amplitude below.
+    iso = beat[:, on - int(0.025 * rate) : on - int(0.005 * rate)].mean(axis=1, keepdims=True)
+    beats = beats - beats[:, :, on - int(0.025 * rate) : on - int(0.005 * rate)].mean(axis=2, keepdims=True)
+    beat = beat - iso
+    qrs = beat[:, on:off]
+
+    area_i, area_avf = qrs[0].sum() / rate, qrs[5].sum() / rate
+    if math.hypot(area_i, area_avf) > 1e-4:
+        out.qrs_axis_deg = math.degrees(math.atan2(area_avf, area_i))
+        out.qrs_axis_category = _axis_category_american(out.qrs_axis_deg)
+    else:
+        out._mark_missing(["qrs_axis_deg", "qrs_axis_category"], "net QRS area in I and aVF is zero")
+
+    r_amp, s_amp = np.clip(qrs.max(axis=1), 0, None), np.clip(-qrs.min(axis=1), 0, None)
+    out.sokolow_lyon_mv = float(s_amp[6] + max(r_amp[10], r_amp[11]))
+    out.cornell_mv = float(r_amp[4] + s_amp[8])
+    out.low_voltage = bool(np.all(np.ptp(qrs[_LIMB], axis=1) < 0.5))
+
+    st = off + int(ST_OFFSET_S * rate)
+    out.st_deviation_mv = {lead: float(beat[i, st]) for i, lead in enumerate(STANDARD_LEADS)}
+
+    mag = np.sqrt((beat[_INDEPENDENT] ** 2).sum(axis=0))
+    t_stop = min(beat.shape[1] - 1, on + int(min(0.65, 0.95 * mean_rr) * rate))
+    t_end = _t_end(mag, rate, off + int(0.06 * rate), t_stop)
+    if t_end is not None and 0.2 * rate <= t_end - on <= 0.7 * rate:
+        qt = (t_end - on) / rate
+        out.qt_interval_ms = qt * 1000.0
+        out.qtc_bazett_ms = qt / math.sqrt(mean_rr) * 1000.0
+        out.qtc_fridericia_ms = qt / mean_rr ** (1 / 3) * 1000.0
+    else:
+        out._mark_missing(["qt_interval_ms", "qtc_bazett_ms", "qtc_fridericia_ms"], "T-wave end not found")
+
+    # P window: from after the previous beat's T wave (or 320 ms before the QRS) to the QRS.
+    prev_t_end = on - int(mean_rr * rate) + (t_end - on if t_end is not None else int(0.3 * rate))
+    p_start = max(on - int(0.32 * rate), prev_t_end, 0)
+    present, p_on = _p_wave(beats, beat, rate, on, p_start)
+    out.p_wave_absent = not present
+    if p_on is not None:
+        out.pr_interval_ms = (on - p_on) / rate * 1000.0
+    else:
+        out._mark_missing(["pr_interval_ms"], "no consistent P wave" if not present else "P-wave onset not found")
+
+
+def measure_ecg(
+    signal: np.ndarray, sampling_rate: float, lead_names: Sequence[str], ecg_id: int | str | None = None
+) -> EcgMeasurements:
+    """Measure one ECG.
+
+    signal: (12, T) leads x time in millivolts, any lead order named by ``lead_names``; at least
+    2 s at >= 100 Hz. Raises ValueError naming ``ecg_id`` for NaN/inf, wrong shape or unknown leads.
+    """
+    x = _standard_order(signal, sampling_rate, lead_names, ecg_id)
+    rate = float(sampling_rate)
+    out = EcgMeasurements()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # neurokit2 warns on short or flat signals; failures are reported below
+        clean = np.vstack([nk.ecg_clean(lead, sampling_rate=rate) for lead in x])
+        peaks, reason = _consensus_r_peaks(clean, rate)
+    if peaks is None:
+        out._mark_missing(_MEASURED_FIELDS, reason)
+        return out
+    mean_rr = _rhythm(peaks, rate, out)
+
+    if rate < WORK_RATE:
+        ratio = Fraction(WORK_RATE / rate).limit_denominator(50)
+        clean = resample_poly(clean, ratio.numerator, ratio.denominator, axis=1)
+        peaks = np.round(peaks * ratio.numerator / ratio.denominator).astype(int)
+        rate = rate * ratio.numerator / ratio.denominator
+    beat, beats, reason = _median_beat(clean, peaks, rate)
+    if beat is None:
+        out._mark_missing(_MORPHOLOGY_FIELDS, reason)
+        return out
+    _morphology(beat, beats, rate, mean_rr, out)
+    return out
+
+
+def _measure_one(args: tuple) -> EcgMeasurements:
+    return measure_ecg(*args)
+
+
+def measure_batch(
+    signals: Sequence[np.ndarray] | np.ndarray,
+    sampling_rate: float | Sequence[float],
+    lead_names: Sequence[str] | Sequence[Sequence[str]],
+    ecg_ids: Sequence[int | str] | None = None,
+    num_workers: int = 2,
+) -> list[EcgMeasurements]:
+    """Measure many ECGs (each (12, T) mV) in a process pool; results keep the input order.
+
+    ``sampling_rate`` and ``lead_names`` are shared by all records or given per record.
+    """
+    n = len(signals)
+    rates = [sampling_rate] * n if np.isscalar(sampling_rate) else list(sampling_rate)
+    names = [lead_names] * n if isinstance(lead_names[0], str) else list(lead_names)
+    ids = list(ecg_ids) if ecg_ids is not None else [None] * n
+    if not len(rates) == len(names) == len(ids) == n:
+        raise ValueError(f"measure_batch: {n} signals but {len(rates)} rates, {len(names)} lead lists, {len(ids)} ids")
+    jobs = list(zip(signals, rates, names, ids, strict=True))
+    if num_workers <= 1 or n < 2:
+        return [_measure_one(job) for job in jobs]
+    # forkserver: safe when the caller has threads running (torch, datasets); neurokit2 loads once per worker.
+    with ProcessPoolExecutor(max_workers=num_workers, mp_context=get_context("forkserver")) as pool:
+        return list(pool.map(_measure_one, jobs, chunksize=max(1, min(32, n // (4 * num_workers)))))

@@ -1,0 +1,230 @@
+"""ECG preprocessing for ESI: lead mapping by name, polyphase resampling, optional band-pass, per-lead z-score,
+crop/pad to the model's duration. Research software, not a diagnostic device."""
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import BatchFeature, SequenceFeatureExtractor
+
+from .configuration_esi import PTBXL_LEAD_ORDER
+
+
+def resample_poly(signal: np.ndarray, orig_rate: int, target_rate: int, half_width: int = 10) -> np.ndarray:
+    """Polyphase resampling with a Kaiser-windowed sinc FIR, like `scipy.signal.resample_poly`.
+
+    signal: (C, N) -> (C, ceil(N * target_rate / orig_rate)). The anti-aliasing cutoff is the lower Nyquist rate.
+    """
+    common = math.gcd(orig_rate, target_rate)
+    up, down = target_rate // common, orig_rate // common
+    if up == down:
+        return signal
+    factor = max(up, down)
+    half = half_width * factor
+    offsets = np.arange(-half, half + 1)
+    # Low-pass at 1/factor of the upsampled Nyquist; gain `up` makes up for the zeros stuffed in between samples.
+    taps = (up / factor) * np.sinc(offsets / factor) * np.kaiser(2 * half + 1, 5.0)
+    channels, length = signal.shape
+    stuffed = torch.zeros(channels, 1, length * up, dtype=torch.float64)
+    stuffed[:, 0, ::up] = torch.from_numpy(np.ascontiguousarray(signal, dtype=np.float64))
+    # The taps are symmetric, so conv1d's cross-correlation is the convolution; stride picks every down-th sample.
+    out = F.conv1d(stuffed, torch.from_numpy(taps)[None, None], stride=down, padding=half)
+    return out[:, 0].numpy()
+
+
+def bandpass(signal: np.ndarray, rate: float, low_hz: float, high_hz: float, order: int = 2) -> np.ndarray:
+    """Zero-phase band-pass in the frequency domain with the squared magnitude of Butterworth filters (as filtfilt).
+
+    signal: (C, N) -> (C, N). Reflection padding (up to 1 s) keeps the FFT's wrap-around away from the edges.
+    """
+    pad = min(signal.shape[-1] - 1, int(rate))
+    padded = np.pad(signal, ((0, 0), (pad, pad)), mode="reflect")
+    freqs = np.fft.rfftfreq(padded.shape[-1], d=1.0 / rate)
+    with np.errstate(divide="ignore"):
+        highpass = 1.0 / (1.0 + (low_hz / freqs) ** (2 * order))
+    lowpass = 1.0 / (1.0 + (freqs / high_hz) ** (2 * order))
+    filtered = np.fft.irfft(np.fft.rfft(padded, axis=-1) * (highpass * lowpass), n=padded.shape[-1], axis=-1)
+    return filtered[:, pad : pad + signal.shape[-1]]
+
+
+class EsiFeatureExtractor(SequenceFeatureExtractor):
+    r"""
+    Turns raw 12-lead ECGs into the model's `input_values` (B, 12, T), float32, plus `attention_mask` (B, T).
+
+    Leads are matched by name (case-insensitive), so any source order works: PTB-XL's and MIMIC-IV-ECG's (which
+    swaps aVL and aVF) alike. Signals are resampled to `sampling_rate`, optionally band-passed, z-scored per lead
+    over their valid samples (`do_normalize`), then cropped (the start is kept) or right-padded with zeros to
+    `duration_s`. Pass `attention_mask` to the model as `ecg_attention_mask`.
+
+    Args:
+        sampling_rate (`int`, defaults to 100): the model's rate in Hz.
+        duration_s (`float`, defaults to 10.0): the model's input duration in seconds.
+        lead_names (`list[str]`): the model's lead order (PTB-XL: I, II, III, aVR, aVL, aVF, V1-V6).
+        do_bandpass (`bool`, defaults to `False`), bandpass_low_hz (0.5), bandpass_high_hz (40.0): band-pass.
+        do_normalize (`bool`, defaults to `True`): per-lead z-score. It removes absolute amplitude (voltage
+            criteria); turn it off when amplitudes in millivolts matter more than robustness to device gain.
+    """
+
+    model_input_names = ["input_values", "attention_mask"]
+
+    def __init__(
+        self,
+        sampling_rate: int = 100,
+        duration_s: float = 10.0,
+        lead_names: Sequence[str] = PTBXL_LEAD_ORDER,
+        do_bandpass: bool = False,
+        bandpass_low_hz: float = 0.5,
+        bandpass_high_hz: float = 40.0,
+        do_normalize: bool = True,
+        padding_value: float = 0.0,
+        **kwargs,
+    ):
+        super().__init__(
+            feature_size=len(lead_names), sampling_rate=sampling_rate, padding_value=padding_value, **kwargs
+        )
+        self.duration_s = duration_s
+        self.lead_names = list(lead_names)
+        self.do_bandpass = do_bandpass
+        self.bandpass_low_hz = bandpass_low_hz
+        self.bandpass_high_hz = bandpass_high_hz
+        self.do_normalize = do_normalize
+        if do_bandpass and not 0 < bandpass_low_hz < bandpass_high_hz < sampling_rate / 2:
+            raise ValueError(
+                f"band-pass needs 0 < low ({bandpass_low_hz}) < high ({bandpass_high_hz}) "
+                f"< Nyquist ({sampling_rate / 2}) Hz"
+            )
+
+    @property
+    def num_samples(self) -> int:
+        return round(self.sampling_rate * self.duration_s)
+
+    def __call__(
+        self,
+        ecg: np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor],
+        sampling_rate: int | None = None,
+        lead_names: Sequence[str] | None = None,
+        channels_first: bool | None = None,
+        allow_missing_leads: bool = False,
+        return_tensors: str | None = None,
+        record_names: Sequence[str] | None = None,
+    ) -> BatchFeature:
+        r"""
+        ecg: one ECG (2-D) or a batch (3-D array, or a list of 2-D arrays of any lengths), numpy or torch,
+            (leads x time) or (time x leads).
+        sampling_rate: the input's rate in Hz (required). lead_names: the input's leads, in its order (required).
+        channels_first: `True` for (leads x time); inferred from the lead count when unambiguous.
+        allow_missing_leads: zero-fill leads the input lacks and return `lead_mask` (B, 12) (1 = present).
+        record_names: names used in error messages (defaults to the position in the batch).
+
+        Returns `BatchFeature` with `input_values` (B, 12, T) float32 and `attention_mask` (B, T) int32.
+        """
+        if sampling_rate is None:
+            raise ValueError(
+                "sampling_rate must be given: the ECG's rate in Hz, so it can be resampled to "
+                f"{self.sampling_rate} Hz (guessing it silently distorts every interval)"
+            )
+        if float(sampling_rate) != int(sampling_rate) or int(sampling_rate) <= 0:
+            raise ValueError(f"sampling_rate must be a positive whole number of Hz, got {sampling_rate}")
+        if lead_names is None:
+            raise ValueError(
+                f"lead_names must be given, in the input's lead order; the model expects {self.lead_names}"
+            )
+        sources, present = self._map_leads(lead_names, allow_missing_leads)
+        signals = self._split_batch(ecg)
+        names = (
+            list(record_names) if record_names is not None else [f"ECG #{i} of the batch" for i in range(len(signals))]
+        )
+        if len(names) != len(signals):
+            raise ValueError(f"got {len(names)} record_names for {len(signals)} ECGs")
+
+        target = self.num_samples
+        values = np.full((len(signals), len(self.lead_names), target), self.padding_value, dtype=np.float32)
+        mask = np.zeros((len(signals), target), dtype=np.int32)
+        for row, (signal, name) in enumerate(zip(signals, names, strict=True)):
+            signal = self._leads_first(signal, len(lead_names), channels_first, name)
+            if not np.isfinite(signal).all():
+                bad = sorted({lead_names[i] for i in np.nonzero(~np.isfinite(signal))[0]})
+                raise ValueError(f"{name}: contains NaN or infinite samples in lead(s) {bad}")
+            signal = self._preprocess(signal, sources, int(sampling_rate))
+            length = min(signal.shape[-1], target)
+            values[row, :, :length] = signal[:, :length]
+            mask[row, :length] = 1
+        data = {"input_values": values, "attention_mask": mask}
+        if allow_missing_leads:
+            data["lead_mask"] = np.repeat(present[None].astype(np.int32), len(signals), axis=0)
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    def _map_leads(self, lead_names: Sequence[str], allow_missing: bool) -> tuple[list[int | None], np.ndarray]:
+        """For each model lead, its row in the input (None when absent), and the (12,) present mask."""
+        wanted = {name.casefold(): index for index, name in enumerate(self.lead_names)}
+        given = [str(name).strip().casefold() for name in lead_names]
+        unknown = [name for name, key in zip(lead_names, given, strict=True) if key not in wanted]
+        if unknown:
+            raise ValueError(f"unknown lead name(s) {unknown}; expected names among {self.lead_names}")
+        if len(set(given)) != len(given):
+            raise ValueError(f"lead_names lists a lead twice: {list(lead_names)}")
+        sources = [given.index(name.casefold()) if name.casefold() in given else None for name in self.lead_names]
+        missing = [name for name, source in zip(self.lead_names, sources, strict=True) if source is None]
+        if missing and not allow_missing:
+            raise ValueError(
+                f"missing lead(s) {missing}; pass allow_missing_leads=True to zero-fill them "
+                "(the model was trained on 12 leads, so expect lower accuracy)"
+            )
+        return sources, np.array([source is not None for source in sources])
+
+    @staticmethod
+    def _split_batch(ecg) -> list[np.ndarray]:
+        if isinstance(ecg, (list, tuple)):
+            items = list(ecg)
+        else:
+            array = ecg.detach().cpu().numpy() if isinstance(ecg, torch.Tensor) else np.asarray(ecg)
+            if array.ndim not in (2, 3):
+                raise ValueError(f"expected one ECG (2-D) or a batch (3-D), got an array of shape {array.shape}")
+            items = [array] if array.ndim == 2 else list(array)
+        out = []
+        for index, item in enumerate(items):
+            item = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
+            if item.ndim != 2:
+                raise ValueError(
+                    f"ECG #{index} of the batch: expected (leads x time) or (time x leads), got {item.shape}"
+                )
+            out.append(item.astype(np.float64))
+        return out
+
+    @staticmethod
+    def _leads_first(signal: np.ndarray, num_leads: int, channels_first: bool | None, name: str) -> np.ndarray:
+        if channels_first is None:
+            rows, cols = signal.shape[0] == num_leads, signal.shape[1] == num_leads
+            if rows and cols:
+                raise ValueError(f"{name}: shape {signal.shape} is ambiguous; pass channels_first=True or False")
+            if not (rows or cols):
+                raise ValueError(f"{name}: shape {signal.shape} does not match the {num_leads} leads in lead_names")
+            channels_first = rows
+        leads_first = signal if channels_first else signal.T
+        if leads_first.shape[0] != num_leads:
+            raise ValueError(f"{name}: has {leads_first.shape[0]} leads but lead_names lists {num_leads}")
+        if leads_first.shape[1] == 0:
+            raise ValueError(f"{name}: has no samples")
+        return leads_first
+
+    def _preprocess(self, signal: np.ndarray, sources: list[int | None], rate: int) -> np.ndarray:
+        """(input leads, N) at `rate` -> (12, N') at the model's rate, in the model's lead order."""
+        ordered = np.zeros((len(sources), signal.shape[1]))
+        for row, source in enumerate(sources):
+            if source is not None:
+                ordered[row] = signal[source]
+        ordered = resample_poly(ordered, rate, self.sampling_rate)
+        if self.do_bandpass:
+            ordered = bandpass(ordered, self.sampling_rate, self.bandpass_low_hz, self.bandpass_high_hz)
+        if self.do_normalize:
+            valid = ordered[:, : self.num_samples]  # statistics of the part the model sees
+            # Zero-filled (absent) leads stay zero: their mean and deviation are 0.
+            ordered = (ordered - valid.mean(axis=1, keepdims=True)) / np.maximum(valid.std(axis=1, keepdims=True), 1e-6)
+        return ordered
+
+
+EsiFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+
+__all__ = ["EsiFeatureExtractor", "resample_poly", "bandpass"]

@@ -111,7 +111,7 @@ def _handle(err: PtbxlRecordError, skip_missing: bool, skip_invalid: bool, skipp
     missing = isinstance(err, MissingRecordFileError)
     if not (skip_missing if missing else skip_invalid):
         flag = "--skip-missing / skip_missing=True" if missing else "--skip-invalid / skip_invalid=True"
-        raise PtbxlRecordError(err.ecg_id, f"{err.problem} (pass {flag} to skip and report it)") from err
+        raise type(err)(err.ecg_id, f"{err.problem} (pass {flag} to skip and report it)") from err
     skipped.append({"ecg_id": err.ecg_id, "reason": "missing" if missing else "invalid", "problem": err.problem})
     logger.debug("skipping %s", err)
 
@@ -178,7 +178,9 @@ def prepare_ptbxl(
             {split: Dataset.from_file(str(w.path), in_memory=in_memory) for split, w in writers.items()}
         )
         if output_dir is not None:
-            dataset_dict.save_to_disk(str(output_dir))
+            # datasets writes an empty split as zero shards, which load_from_disk cannot read back.
+            empty = {split: 1 for split, dataset in dataset_dict.items() if dataset.num_rows == 0}
+            dataset_dict.save_to_disk(str(output_dir), num_shards=empty)
 
     if output_dir is not None:
         with open(Path(output_dir) / SKIPPED_REPORT, "w") as f:

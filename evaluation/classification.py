@@ -1,0 +1,389 @@
+"""Multi-label ECG classification on top of an ESI encoder: task data, training loops and scoring.
+
+Methods: `linear_probe` (frozen encoder; its pooled embeddings are computed once and only the linear
+head is trained), `lora` (PEFT LoRA adapters on the encoder, head trained in full), `full` (every
+weight trained) and `supervised_scratch` (`full` from a randomly initialised encoder). Early stopping
+on the validation split's macro AUROC; the best epoch's weights are scored on the test split.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import evaluate
+import numpy as np
+import torch
+from accelerate import Accelerator
+from peft import LoraConfig, PeftModel, get_peft_model
+from sklearn.metrics import precision_recall_curve
+from torch import nn
+from tqdm.auto import tqdm
+
+from dataset_scripts.ptbxl import multi_hot
+from metrics.multilabel_auroc.multilabel_auroc import macro_auroc
+from modeling_esi import EsiConfig, EsiFeatureExtractor, EsiForEcgClassification
+from training.data import EcgCollator, EcgDataset, load_dataset_folder
+
+METHODS = ("linear_probe", "lora", "full", "supervised_scratch")
+SPLITS = ("train", "validation", "test")
+METRICS_DIR = Path(__file__).resolve().parent.parent / "metrics"
+
+
+@dataclass
+class TaskData:
+    """One PTB-XL task: the splits, and multi-hot labels over the classes kept for evaluation."""
+
+    task: str
+    class_names: list[str]
+    dropped: dict[str, str]
+    splits: dict[str, datasets.Dataset]
+    labels: dict[str, np.ndarray]
+
+    def patient_ids(self, split: str) -> np.ndarray:
+        return np.asarray(self.splits[split]["patient_id"])
+
+
+def load_task(dataset_dir: str | Path, task: str) -> TaskData:
+    """Load a prepared dataset and keep the task's classes that have positives in train and test and
+    negatives in test (AUROC is undefined otherwise); the others are listed in `dropped` with the reason."""
+    data = load_dataset_folder(dataset_dir)
+    missing = [s for s in SPLITS if s not in data]
+    if missing:
+        raise ValueError(f"{dataset_dir} lacks split(s) {missing}")
+    if task not in data["train"].column_names:
+        raise ValueError(f"{dataset_dir} has no label column '{task}'")
+    names = list(data["train"].features[task].feature.names)
+    full = {split: multi_hot(data[split][task], len(names)).reshape(-1, len(names)) for split in SPLITS}
+    dropped = {}
+    for k, name in enumerate(names):
+        if not full["train"][:, k].any():
+            dropped[name] = "no positive record in train"
+        elif not full["test"][:, k].any():
+            dropped[name] = "no positive record in test"
+        elif full["test"][:, k].all():
+            dropped[name] = "no negative record in test"
+    kept = [k for k, name in enumerate(names) if name not in dropped]
+    if not kept:
+        raise ValueError(f"task '{task}': no class has positives in both train and test")
+    return TaskData(
+        task=task,
+        class_names=[names[k] for k in kept],
+        dropped=dropped,
+        splits={split: data[split] for split in SPLITS},
+        labels={split: full[split][:, kept] for split in SPLITS},
+    )
+
+
+class LabelledEcgs(torch.utils.data.Dataset):
+    """Rows `rows` of an `EcgDataset`, each carrying its positive class indices for `EcgCollator`."""
+
+    def __init__(self, ecgs: EcgDataset, labels: np.ndarray | None = None, rows: np.ndarray | None = None):
+        self.ecgs, self.labels = ecgs, labels
+        self.rows = np.arange(len(ecgs)) if rows is None else np.asarray(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        row = int(self.rows[index])
+        item = self.ecgs[row]
+        if self.labels is not None:
+            item["labels"] = np.flatnonzero(self.labels[row])
+        return item
+
+
+def make_loader(
+    split: datasets.Dataset,
+    feature_extractor: EsiFeatureExtractor,
+    batch_size: int,
+    labels: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+) -> torch.utils.data.DataLoader:
+    ecgs = EcgDataset(split)
+    collator = EcgCollator(
+        feature_extractor,
+        ecgs.sampling_rate,
+        ecgs.lead_names,
+        num_labels=None if labels is None else labels.shape[1],
+    )
+    return torch.utils.data.DataLoader(
+        LabelledEcgs(ecgs, labels, rows),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=collator,
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+    )
+
+
+def load_classifier(
+    model: str | Path, num_labels: int, random_init: bool = False, seed: int = 0
+) -> EsiForEcgClassification:
+    """The ESI classification model: pretrained ECG encoder from `model` (a folder or Hub id) plus a new
+    head, or, with `random_init`, the same architecture with every weight freshly initialised."""
+    kwargs = dict(num_labels=num_labels, problem_type="multi_label_classification")
+    torch.manual_seed(seed)
+    if random_init:
+        return EsiForEcgClassification(EsiConfig.from_pretrained(model, **kwargs))
+    return EsiForEcgClassification.from_pretrained(model, **kwargs)
+
+
+@torch.no_grad()
+def encoder_features(model: EsiForEcgClassification, loader: torch.utils.data.DataLoader) -> np.ndarray:
+    """Pooled ECG encoder embeddings (N, hidden) of a loader, in its order."""
+    model.eval()
+    return np.concatenate([model.ecg_model(batch["input_values"]).pooler_output.float().numpy() for batch in loader])
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: torch.utils.data.DataLoader) -> np.ndarray:
+    """Sigmoid probabilities (N, K) of a classification model over a loader, in its order."""
+    model.eval()
+    return np.concatenate([torch.sigmoid(model(input_values=b["input_values"]).logits).float().numpy() for b in loader])
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 5
+    seed: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+class EarlyStopping:
+    """Keeps the best-scoring weights (validation macro AUROC) and says when to stop."""
+
+    def __init__(self, module: nn.Module, patience: int):
+        self.module, self.patience = module, patience
+        self.best_score, self.best_epoch, self.best_state = -np.inf, -1, None
+
+    def step(self, epoch: int, score: float) -> bool:
+        if score > self.best_score:
+            self.best_score, self.best_epoch = score, epoch
+            self.best_state = copy.deepcopy(self.module.state_dict())
+        return epoch - self.best_epoch >= self.patience
+
+    def restore(self) -> None:
+        if self.best_state is not None:
+            self.module.load_state_dict(self.best_state)
+
+
+def fit_linear_probe(
+    head: nn.Linear,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    config: TrainConfig,
+) -> list[dict]:
+    """Train the linear head on precomputed embeddings (BCE, AdamW, minibatches); best epoch kept."""
+    generator = torch.Generator().manual_seed(config.seed)
+    x, y = torch.from_numpy(train_x).float(), torch.from_numpy(train_y).float()
+    vx = torch.from_numpy(val_x).float()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    stopper, history = EarlyStopping(head, config.patience), []
+    for epoch in range(config.epochs):
+        head.train()
+        for rows in torch.randperm(len(x), generator=generator).split(config.batch_size):
+            loss = nn.functional.binary_cross_entropy_with_logits(head(x[rows]), y[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            score = macro_auroc(val_y, head(vx).numpy())
+        history.append({"epoch": epoch, "train_loss": loss.item(), "val_macro_auroc": score})
+        if stopper.step(epoch, score):
+            break
+    stopper.restore()
+    return history
+
+
+def fit_network(
+    model: nn.Module,
+    train_loader: torch.utils.data.DataLoader,
+    val_loader: torch.utils.data.DataLoader,
+    val_y: np.ndarray,
+    config: TrainConfig,
+) -> list[dict]:
+    """Train every parameter that requires a gradient (LoRA or full fine-tuning) with Accelerate."""
+    accelerator = Accelerator()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    stopper, history = EarlyStopping(accelerator.unwrap_model(model), config.patience), []
+    for epoch in range(config.epochs):
+        model.train()
+        losses = []
+        for batch in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not accelerator.is_main_process):
+            loss = model(input_values=batch["input_values"], labels=batch["labels"]).loss
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+        score = macro_auroc(val_y, predict(accelerator.unwrap_model(model), val_loader))
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_macro_auroc": score})
+        if stopper.step(epoch, score):
+            break
+    stopper.restore()
+    return history
+
+
+def lora_target_modules(model: EsiForEcgClassification) -> list[str]:
+    """Every `nn.Linear` and ungrouped `nn.Conv1d` of the ECG encoder (stem, downsampling, pointwise
+    layers). Depthwise convolutions are left out: LoRA's rank does not divide their groups."""
+    return [
+        f"ecg_model.{name}"
+        for name, module in model.ecg_model.named_modules()
+        if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv1d) and module.groups == 1)
+    ]
+
+
+def add_lora(model: EsiForEcgClassification, rank: int = 8, alpha: int = 16, dropout: float = 0.0) -> PeftModel:
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=lora_target_modules(model),
+        modules_to_save=["classifier"],
+    )
+    return get_peft_model(model, config)
+
+
+def choose_thresholds(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per class, the score threshold that maximises F1 on these (validation) records; 0.5 for a class
+    with no positive record."""
+    thresholds = np.full(labels.shape[1], 0.5)
+    for k in range(labels.shape[1]):
+        if labels[:, k].any():
+            precision, recall, cuts = precision_recall_curve(labels[:, k], scores[:, k])
+            f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+            thresholds[k] = cuts[int(np.argmax(f1[:-1]))]
+    return thresholds
+
+
+def score_predictions(
+    val_y: np.ndarray,
+    val_scores: np.ndarray,
+    test_y: np.ndarray,
+    test_scores: np.ndarray,
+    class_names: list[str],
+    bootstrap_samples: int = 200,
+    seed: int = 0,
+) -> dict:
+    """Test macro / per-class AUROC and macro F1 (thresholds chosen on validation), with bootstrap CIs,
+    computed by the local `evaluate` modules in `metrics/`."""
+    auroc = evaluate.load(str(METRICS_DIR / "multilabel_auroc"))
+    f1 = evaluate.load(str(METRICS_DIR / "multilabel_f1"))
+    thresholds = choose_thresholds(val_y, val_scores)
+    common = dict(
+        predictions=test_scores, references=test_y.astype(int), bootstrap_samples=bootstrap_samples, seed=seed
+    )
+    a = auroc.compute(**common)
+    f = f1.compute(thresholds=thresholds, **common)
+    return {
+        "macro_auroc": a["macro_auroc"],
+        "macro_auroc_ci": a.get("macro_auroc_ci"),
+        "per_class_auroc": dict(zip(class_names, a["per_class_auroc"], strict=True)),
+        "macro_f1": f["macro_f1"],
+        "macro_f1_ci": f.get("macro_f1_ci"),
+        "per_class_f1": dict(zip(class_names, f["per_class_f1"], strict=True)),
+        "thresholds": dict(zip(class_names, thresholds.tolist(), strict=True)),
+        "validation_macro_auroc": macro_auroc(val_y, val_scores),
+    }
+
+
+@dataclass
+class ClassificationRun:
+    """What one run produced: the JSON-ready result, the trained model and its scores per split."""
+
+    result: dict
+    model: nn.Module
+    scores: dict[str, np.ndarray]
+
+
+def run_classification(
+    model_path: str | Path,
+    data: TaskData,
+    method: str,
+    label_fraction: float,
+    config: TrainConfig,
+    random_init: bool = False,
+    eval_batch_size: int = 64,
+    bootstrap_samples: int = 200,
+    features: dict[str, np.ndarray] | None = None,
+) -> ClassificationRun:
+    """Sample the label fraction (by patient), train with `method`, and score on the test split.
+
+    `features` (linear probe only): precomputed `encoder_features` per split for this encoder, so
+    several probes (fractions, seeds) share one pass of the encoder.
+    """
+    from evaluation.sampling import sample_label_fraction
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    random_init = random_init or method == "supervised_scratch"
+    train_y = data.labels["train"]
+    rows = sample_label_fraction(data.patient_ids("train"), train_y, label_fraction, config.seed)
+    model = load_classifier(model_path, len(data.class_names), random_init, config.seed)
+    feature_extractor = EsiFeatureExtractor.from_pretrained(model_path)
+    loaders = {s: make_loader(data.splits[s], feature_extractor, eval_batch_size) for s in ("validation", "test")}
+    if method == "linear_probe":
+        model.freeze_encoder()
+        if features is None:
+            loaders["train"] = make_loader(data.splits["train"], feature_extractor, eval_batch_size)
+            features = {s: encoder_features(model, loaders[s]) for s in SPLITS}
+        history = fit_linear_probe(
+            model.classifier,
+            features["train"][rows],
+            train_y[rows],
+            features["validation"],
+            data.labels["validation"],
+            config,
+        )
+        with torch.no_grad():
+            scores = {
+                s: torch.sigmoid(model.classifier(torch.from_numpy(features[s]).float())).numpy() for s in loaders
+            }
+    else:
+        if method == "lora":
+            model = add_lora(model)
+        train_loader = make_loader(
+            data.splits["train"], feature_extractor, config.batch_size, train_y, rows, shuffle=True, seed=config.seed
+        )
+        history = fit_network(model, train_loader, loaders["validation"], data.labels["validation"], config)
+        scores = {s: predict(model, loaders[s]) for s in loaders}
+    metrics = score_predictions(
+        data.labels["validation"],
+        scores["validation"],
+        data.labels["test"],
+        scores["test"],
+        data.class_names,
+        bootstrap_samples,
+        config.seed,
+    )
+    best = max(history, key=lambda h: h["val_macro_auroc"])
+    result = {
+        "task": data.task,
+        "method": method,
+        "random_init": random_init,
+        "label_fraction": label_fraction,
+        "seed": config.seed,
+        "train_records": int(len(rows)),
+        "train_patients": int(len(np.unique(data.patient_ids("train")[rows]))),
+        "test_records": int(len(data.labels["test"])),
+        "classes": data.class_names,
+        "dropped_classes": data.dropped,
+        "epochs_run": len(history),
+        "best_epoch": best["epoch"],
+        "config": {k: v for k, v in vars(config).items() if k != "history"},
+        **metrics,
+        "history": history,
+    }
+    return ClassificationRun(result, model, scores)

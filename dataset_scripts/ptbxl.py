@@ -209,22 +209,12 @@ def record_path(row: Mapping[str, object], sampling_rate: int) -> str:
     return str(row["filename_lr" if sampling_rate == 100 else "filename_hr"])
 
 
-def read_signal(ptbxl_dir: str | os.PathLike, ecg_id: int, record_name: str, sampling_rate: int) -> np.ndarray:
-    """Read one record with wfdb and check it against its header and PTB-XL's conventions.
+def _check_header(ecg_id: int, header: wfdb.Record, base: Path, sampling_rate: int) -> dict[str, int]:
+    """Check a parsed header against PTB-XL's conventions and the .dat file's size.
 
     Returns:
-        float32 array of shape (12, 10 * sampling_rate): leads in `LEAD_NAMES` order x time, mV.
-        Samples equal `wfdb.rdsamp`'s (transposed, cast to float32).
+        Column of each lead in the file, keyed by upper-case lead name.
     """
-    base = Path(ptbxl_dir) / record_name
-    for suffix in (".hea", ".dat"):
-        if not base.with_name(base.name + suffix).is_file():
-            raise MissingRecordFileError(ecg_id, f"{sampling_rate} Hz file {record_name}{suffix} is missing")
-    try:
-        header = wfdb.rdheader(str(base))
-    except Exception as err:  # wfdb raises assorted types on unparsable headers
-        raise PtbxlRecordError(ecg_id, f"unreadable header {record_name}.hea: {err}") from None
-
     expected_len = DURATION_S * sampling_rate
     if header.fs != sampling_rate or header.sig_len != expected_len:
         raise PtbxlRecordError(
@@ -242,13 +232,37 @@ def read_signal(ptbxl_dir: str | os.PathLike, ecg_id: int, record_name: str, sam
             f"{header.file_name[0]} has {dat_bytes} bytes but its header declares {header.n_sig} signals x "
             f"{header.sig_len} samples = {declared} bytes (truncated file or header mismatch)",
         )
-
     by_name = {name.upper(): i for i, name in enumerate(header.sig_name)}
     missing = [lead for lead in LEAD_NAMES if lead.upper() not in by_name]
     if missing or len(by_name) != len(LEAD_NAMES) or header.n_sig != len(LEAD_NAMES):
         raise PtbxlRecordError(ecg_id, f"leads {header.sig_name} do not match {LEAD_NAMES} (missing: {missing})")
+    return by_name
 
-    record = wfdb.rdrecord(str(base), physical=False)
+
+def read_signal(ptbxl_dir: str | os.PathLike, ecg_id: int, record_name: str, sampling_rate: int) -> np.ndarray:
+    """Read one record with wfdb and check it against its header and PTB-XL's conventions.
+
+    Returns:
+        float32 array of shape (12, 10 * sampling_rate): leads in `LEAD_NAMES` order x time, mV.
+        Samples equal `wfdb.rdsamp`'s (transposed, cast to float32).
+    """
+    base = Path(ptbxl_dir) / record_name
+    for suffix in (".hea", ".dat"):
+        if not base.with_name(base.name + suffix).is_file():
+            raise MissingRecordFileError(ecg_id, f"{sampling_rate} Hz file {record_name}{suffix} is missing")
+    # wfdb's header parsing dominates the cost of a read, so the header is parsed once (by
+    # rdrecord) and parsed again on its own only to explain a failed read.
+    try:
+        record = wfdb.rdrecord(str(base), physical=False)
+    except Exception as read_error:  # wfdb raises assorted types on malformed files
+        try:
+            header = wfdb.rdheader(str(base))
+        except Exception as err:
+            raise PtbxlRecordError(ecg_id, f"unreadable header {record_name}.hea: {err}") from None
+        _check_header(ecg_id, header, base, sampling_rate)
+        raise PtbxlRecordError(ecg_id, f"wfdb cannot read {record_name}: {read_error}") from None
+    by_name = _check_header(ecg_id, record, base, sampling_rate)
+
     bad_checksums = [
         name
         for name, got, want in zip(record.sig_name, record.calc_checksum(), record.checksum, strict=True)

@@ -1,0 +1,81 @@
+"""Everything the app shows for one record, computed by components that are loaded once."""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from ecg_plot import plot_ecg
+
+from .cqa_view import CqaDescriber
+from .inference import EsiPredictor, Predictions
+from .records import EcgRecord, RecordError, SampleCatalogue
+from .similar import Neighbour, SampleIndex
+
+logger = logging.getLogger(__name__)
+PLOT_DPI = 150
+
+
+@dataclass
+class Analysis:
+    heading: str
+    plot: Image.Image
+    measurements: list[list[str]]
+    description: str
+    predictions: Predictions | None  # None without a model
+    caption: str | None
+    neighbours: list[Neighbour]
+
+
+def describe_record(record: EcgRecord) -> str:
+    """`PTB-XL ecg_id 547 · female, 80 y · 100 Hz, 10.0 s` or `Uploaded record 00547_lr · 100 Hz, 10.0 s`."""
+    parts = [f"PTB-XL ecg_id {record.ecg_id}" if record.ecg_id is not None else f"Uploaded record {record.name}"]
+    who = [record.sex] if record.sex else []
+    if record.age is not None:
+        who.append("over 89 y" if record.age >= 300 else f"{record.age:.0f} y")
+    if who:
+        parts.append(", ".join(who))
+    seconds = record.signal.shape[1] / record.sampling_rate
+    parts.append(f"{record.sampling_rate} Hz, {seconds:.1f} s")
+    return " · ".join(parts)
+
+
+def render_plot(record: EcgRecord, title: str) -> Image.Image:
+    figure = plot_ecg(record.signal, record.sampling_rate, record.lead_names, title=title)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=PLOT_DPI)
+    buffer.seek(0)
+    return Image.open(buffer)
+
+
+class Analyser:
+    """Sample catalogue, CQA describer and (when a model folder exists) the model and its sample index."""
+
+    def __init__(self, samples_dir: Path, model_dir: Path | None, cache_dir: Path) -> None:
+        self.catalogue = SampleCatalogue(samples_dir)
+        self.describer = CqaDescriber(samples_dir)
+        self.predictor = EsiPredictor(model_dir) if model_dir is not None else None
+        self.index = SampleIndex(self.predictor, self.catalogue, cache_dir) if self.predictor else None
+
+    def analyse(self, record: EcgRecord) -> Analysis:
+        heading = describe_record(record)
+        try:
+            cqa = self.describer.describe(record)
+            predictions = caption = None
+            neighbours: list[Neighbour] = []
+            if self.predictor is not None:
+                predictions = self.predictor.predict(record)
+                caption = self.predictor.caption(record)
+                embedding = self.predictor.embed([record])[0]
+                neighbours = self.index.nearest(embedding, k=5, exclude=record.ecg_id)
+            plot = render_plot(record, heading)
+        except RecordError:
+            raise
+        except ValueError as error:  # measurement or preprocessing refused the signal
+            logger.warning("could not analyse %s: %s", record.name, error)
+            raise RecordError(f"The record could not be analysed: {error}") from None
+        return Analysis(heading, plot, cqa.table, cqa.description, predictions, caption, neighbours)

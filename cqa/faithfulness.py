@@ -1,0 +1,314 @@
+"""Does a caption agree with its record?
+
+Three checks, each reported as a human-readable issue string:
+- numbers: every number stated with a unit (bpm, ms, mV, degrees, years) must match a
+  measurement or the age within a tolerance; a number next to "PR", "QRS", "QT",
+  "QTc" or "RR" must match that measurement specifically;
+- diagnoses: every diagnosis the text asserts (found with a lexicon from
+  scp_statements.csv descriptions, knowledge-base titles and common synonyms; negated
+  mentions such as "no signs of infarction" do not count) must be one of the record's
+  statements; a few descriptive findings are also accepted when the measurement shows them;
+- completeness (``require_complete``): every statement is mentioned, the heart rate is
+  stated when it was measured, and the text is not empty.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from cqa.prompts import PTBXL_AGE_OVER_89, CaptionInputs, is_number
+
+# Allowed difference between a stated number and the record's value, per unit.
+TOLERANCES = {"bpm": 2.0, "ms": 10.0, "mV": 0.1, "degrees": 10.0, "years": 1.0}
+
+_UNIT_ALIASES = {
+    "bpm": "bpm", "beats per minute": "bpm", "beats/min": "bpm", "/min": "bpm",
+    "ms": "ms", "msec": "ms", "millisecond": "ms", "milliseconds": "ms",
+    "mv": "mV", "millivolt": "mV", "millivolts": "mV",
+    "°": "degrees", "degree": "degrees", "degrees": "degrees", "deg": "degrees",
+    "years": "years", "year": "years", "yrs": "years", "year-old": "years", "years-old": "years",
+}  # fmt: skip
+_NUMBER_RE = re.compile(
+    r"(?<![\w.])([+\-\u2212]?\d+(?:\.\d+)?)[\s-]*("
+    + "|".join(sorted((re.escape(u) for u in _UNIT_ALIASES), key=len, reverse=True))
+    + r")(?![a-z])",
+    re.IGNORECASE,
+)
+# Keyword nearest before a millisecond value names the interval it is about.
+_INTERVAL_KEY_RE = re.compile(r"\b(qtc|qt\s*c|corrected\s+qt|qt|pr|qrs|rr)\b", re.IGNORECASE)
+_INTERVAL_FIELDS = {
+    "pr": ("pr_interval_ms",),
+    "qrs": ("qrs_duration_ms",),
+    "qt": ("qt_interval_ms",),
+    "qtc": ("qtc_bazett_ms", "qtc_fridericia_ms"),
+    "rr": ("rr_std_ms",),
+}
+_ALL_MS_FIELDS = tuple(name for names in _INTERVAL_FIELDS.values() for name in names)
+_CLAUSE_BREAK_RE = re.compile(r"[.;:!?\n]|\bbut\b|\bwhereas\b|\bhowever\b")
+
+# Fluent English name of each PTB-XL statement: used by the template writer and always
+# a lexicon phrase for that code, so a template caption mentions each statement by construction.
+STATEMENT_NAMES = {
+    "NDT": "non-diagnostic T-wave abnormalities", "NST_": "non-specific ST changes", "DIG": "digitalis effect",
+    "LNGQT": "a long QT interval", "NORM": "a normal ECG", "IMI": "inferior myocardial infarction",
+    "ASMI": "anteroseptal myocardial infarction", "LVH": "left ventricular hypertrophy",
+    "LAFB": "left anterior fascicular block", "ISC_": "non-specific ischemic changes",
+    "IRBBB": "incomplete right bundle branch block", "1AVB": "first-degree AV block",
+    "IVCD": "a non-specific intraventricular conduction disturbance",
+    "ISCAL": "ischemic changes in the anterolateral leads",
+    "CRBBB": "complete right bundle branch block", "CLBBB": "complete left bundle branch block",
+    "ILMI": "inferolateral myocardial infarction", "LAO/LAE": "left atrial overload or enlargement",
+    "AMI": "anterior myocardial infarction", "ALMI": "anterolateral myocardial infarction",
+    "ISCIN": "ischemic changes in the inferior leads", "INJAS": "subendocardial injury in the anteroseptal leads",
+    "LMI": "lateral myocardial infarction", "ISCIL": "ischemic changes in the inferolateral leads",
+    "LPFB": "left posterior fascicular block", "ISCAS": "ischemic changes in the anteroseptal leads",
+    "INJAL": "subendocardial injury in the anterolateral leads", "ISCLA": "ischemic changes in the lateral leads",
+    "RVH": "right ventricular hypertrophy", "ANEUR": "ST-T changes compatible with a ventricular aneurysm",
+    "RAO/RAE": "right atrial overload or enlargement", "EL": "an electrolyte disturbance or drug effect",
+    "WPW": "Wolff-Parkinson-White pattern", "ILBBB": "incomplete left bundle branch block",
+    "IPLMI": "inferoposterolateral myocardial infarction", "ISCAN": "ischemic changes in the anterior leads",
+    "IPMI": "inferoposterior myocardial infarction", "SEHYP": "septal hypertrophy",
+    "INJIN": "subendocardial injury in the inferior leads", "INJLA": "subendocardial injury in the lateral leads",
+    "PMI": "posterior myocardial infarction", "3AVB": "third-degree AV block",
+    "INJIL": "subendocardial injury in the inferolateral leads", "2AVB": "second-degree AV block",
+    "ABQRS": "abnormal QRS complexes", "PVC": "ventricular premature complexes",
+    "STD_": "non-specific ST depression", "VCLVH": "voltage criteria for left ventricular hypertrophy",
+    "QWAVE": "Q waves", "LOWT": "low-amplitude T waves", "NT_": "non-specific T-wave changes",
+    "PAC": "atrial premature complexes", "LPR": "a prolonged PR interval", "INVT": "inverted T waves",
+    "LVOLT": "low QRS voltages", "HVOLT": "high QRS voltage", "TAB_": "T-wave abnormalities",
+    "STE_": "non-specific ST elevation", "PRC(S)": "premature complexes", "SR": "sinus rhythm",
+    "AFIB": "atrial fibrillation", "STACH": "sinus tachycardia", "SARRH": "sinus arrhythmia",
+    "SBRAD": "sinus bradycardia", "PACE": "a normally functioning artificial pacemaker",
+    "SVARR": "supraventricular arrhythmia", "BIGU": "a bigeminal pattern", "AFLT": "atrial flutter",
+    "SVTAC": "supraventricular tachycardia", "PSVT": "paroxysmal supraventricular tachycardia",
+    "TRIGU": "a trigeminal pattern",
+}  # fmt: skip
+
+_MI = ("IMI", "ASMI", "ILMI", "AMI", "ALMI", "LMI", "IPLMI", "IPMI", "PMI", "INJAS", "INJAL", "INJIN", "INJLA", "INJIL")
+_ISC = ("ISC_", "ISCAL", "ISCIN", "ISCIL", "ISCAS", "ISCLA", "ISCAN")
+_PREMATURE = ("PVC", "PAC", "PRC(S)", "BIGU", "TRIGU")
+# Common names a writer may use; the empty tuple marks diagnoses no PTB-XL statement supports.
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "myocardial infarction": _MI, "infarction": _MI, "infarct": _MI, "heart attack": _MI, "mi": _MI,
+    "stemi": _MI, "nstemi": _MI, "myocardial injury": _MI, "subendocardial injury": _MI[9:],
+    "myocardial ischemia": _ISC, "ischemia": _ISC, "ischemic changes": _ISC,
+    "left ventricular hypertrophy": ("LVH", "VCLVH"), "lvh": ("LVH", "VCLVH"),
+    "right ventricular hypertrophy": ("RVH",), "rvh": ("RVH",),
+    "ventricular hypertrophy": ("LVH", "VCLVH", "RVH", "SEHYP"), "hypertrophy": ("LVH", "VCLVH", "RVH", "SEHYP"),
+    "left atrial enlargement": ("LAO/LAE",), "left atrial overload": ("LAO/LAE",),
+    "left atrial abnormality": ("LAO/LAE",), "p mitrale": ("LAO/LAE",),
+    "right atrial enlargement": ("RAO/RAE",), "right atrial overload": ("RAO/RAE",), "p pulmonale": ("RAO/RAE",),
+    "atrial enlargement": ("LAO/LAE", "RAO/RAE"),
+    "bundle branch block": ("CLBBB", "ILBBB", "CRBBB", "IRBBB"),
+    "left bundle branch block": ("CLBBB", "ILBBB"), "lbbb": ("CLBBB", "ILBBB"),
+    "right bundle branch block": ("CRBBB", "IRBBB"), "rbbb": ("CRBBB", "IRBBB"),
+    "fascicular block": ("LAFB", "LPFB"), "hemiblock": ("LAFB", "LPFB"),
+    "left anterior hemiblock": ("LAFB",), "lafb": ("LAFB",), "left posterior hemiblock": ("LPFB",), "lpfb": ("LPFB",),
+    "av block": ("1AVB", "2AVB", "3AVB"), "atrioventricular block": ("1AVB", "2AVB", "3AVB"),
+    "heart block": ("1AVB", "2AVB", "3AVB"), "first degree av block": ("1AVB",),
+    "first degree atrioventricular block": ("1AVB",), "first degree heart block": ("1AVB",),
+    "second degree av block": ("2AVB",), "mobitz": ("2AVB",), "wenckebach": ("2AVB",),
+    "third degree av block": ("3AVB",), "complete heart block": ("3AVB",),
+    "intraventricular conduction delay": ("IVCD",), "intraventricular conduction disturbance": ("IVCD",),
+    "atrial fibrillation": ("AFIB",), "afib": ("AFIB",), "af": ("AFIB",), "atrial flutter": ("AFLT",),
+    "tachycardia": ("STACH", "SVTAC", "PSVT"), "bradycardia": ("SBRAD",),
+    "sinus rhythm": ("SR", "STACH", "SBRAD", "SARRH"), "normal sinus rhythm": ("SR",),
+    "supraventricular tachycardia": ("SVTAC", "PSVT"), "svt": ("SVTAC", "PSVT"),
+    "premature ventricular complex": ("PVC", "PRC(S)"), "premature ventricular contraction": ("PVC", "PRC(S)"),
+    "premature ventricular beat": ("PVC", "PRC(S)"), "pvc": ("PVC", "PRC(S)"), "pvcs": ("PVC", "PRC(S)"),
+    "ventricular extrasystole": ("PVC", "PRC(S)"), "ventricular extrasystoles": ("PVC", "PRC(S)"),
+    "premature atrial complex": ("PAC", "PRC(S)"), "premature atrial contraction": ("PAC", "PRC(S)"),
+    "pac": ("PAC", "PRC(S)"), "pacs": ("PAC", "PRC(S)"), "atrial extrasystole": ("PAC", "PRC(S)"),
+    "atrial extrasystoles": ("PAC", "PRC(S)"), "premature beats": _PREMATURE, "premature complex": _PREMATURE,
+    "extrasystole": _PREMATURE, "extrasystoles": _PREMATURE, "ectopic beats": _PREMATURE,
+    "bigeminy": ("BIGU",), "trigeminy": ("TRIGU",), "pacemaker": ("PACE",), "paced rhythm": ("PACE",),
+    "wolff parkinson white": ("WPW",), "wolf parkinson white": ("WPW",), "wpw": ("WPW",),
+    "pre excitation": ("WPW",), "preexcitation": ("WPW",), "digitalis": ("DIG",),
+    "long qt": ("LNGQT",), "prolonged qt": ("LNGQT",), "qt prolongation": ("LNGQT",), "long qt syndrome": ("LNGQT",),
+    "normal ecg": ("NORM",), "normal electrocardiogram": ("NORM",), "normal tracing": ("NORM",),
+    "within normal limits": ("NORM",), "ventricular aneurysm": ("ANEUR",),
+    "pathological q waves": ("QWAVE", *_MI), "electrolyte disturbance": ("EL",), "hyperkalemia": ("EL",),
+    "hypokalemia": ("EL",), "hypercalcemia": ("EL",), "hypocalcemia": ("EL",),
+    "low voltage": ("LVOLT",), "low qrs voltage": ("LVOLT",), "prolonged pr": ("LPR", "1AVB"),
+    "ventricular fibrillation": (), "ventricular tachycardia": (), "torsades de pointes": (), "pericarditis": (),
+    "myocarditis": (), "pulmonary embolism": (), "brugada": (), "cardiomyopathy": (), "heart failure": (),
+    "takotsubo": (), "asystole": (), "sick sinus syndrome": (), "dextrocardia": (), "hypertension": (),
+}  # fmt: skip
+
+_NEGATION_BEFORE_RE = re.compile(
+    r"\b(no|not|without|absence of|absent|negative for|free of|neither|nor|exclude[sd]?|ruled out|rules out|"
+    r"lacks?|lacking|none)\b"
+)
+_NEGATION_AFTER_RE = re.compile(r"^\W*(?:\w+\W+){0,2}?(is|are|was|were)?\s*(absent|not|excluded|ruled out)\b")
+_NEGATION_WINDOW_WORDS = 8
+_DOUBLE_NEGATION_RE = re.compile(r"\b(cannot|can ?not|can't|could not) (be )?(exclude|excluded|ruled out|rule out)\b")
+
+
+def normalize(text: str) -> str:
+    """Lowercase, US spelling, punctuation inside terms as spaces: the form the lexicon matches."""
+    text = text.lower().replace("\u2212", "-")
+    text = re.sub(r"isch(a)?em", "ischem", text)
+    text = re.sub(r"\b1st\b", "first", re.sub(r"\b2nd\b", "second", re.sub(r"\b3rd\b", "third", text)))
+    text = re.sub(r"(?<=\w)[-/'](?=\w)", " ", text)
+    text = re.sub(r"[()\[\],]", lambda m: " , " if m.group() == "," else " ", text)
+    return re.sub(r"[ \t]+", " ", text)
+
+
+@dataclass(frozen=True)
+class Mention:
+    phrase: str
+    codes: tuple[str, ...]
+    negated: bool
+
+
+class DiagnosisLexicon:
+    """Phrase -> statement codes that support it; matched longest phrase first on word boundaries."""
+
+    def __init__(self, phrases: Mapping[str, Iterable[str]]) -> None:
+        self.phrases: dict[str, tuple[str, ...]] = {}
+        for phrase, codes in phrases.items():
+            key = normalize(phrase).strip()
+            if key:
+                self.phrases[key] = tuple(dict.fromkeys((*self.phrases.get(key, ()), *codes)))
+        alternation = "|".join(re.escape(p) for p in sorted(self.phrases, key=len, reverse=True))
+        self._pattern = re.compile(rf"\b({alternation})s?\b")
+
+    @classmethod
+    def build(cls, descriptions: Mapping[str, str], knowledge_entries: Sequence = ()) -> DiagnosisLexicon:
+        """From scp_statements.csv descriptions (code -> text), KB titles and the synonym table."""
+        phrases: dict[str, list[str]] = {}
+        for code, description in descriptions.items():
+            phrases.setdefault(description, []).append(code)
+        for code, name in STATEMENT_NAMES.items():
+            phrases.setdefault(re.sub(r"^(a|an) ", "", name), []).append(code)
+        for entry in knowledge_entries:
+            if entry.scp_codes:
+                title = re.sub(r"\s*\([^)]*\)", "", entry.title)  # "Atrial fibrillation (AFIB)"
+                phrases.setdefault(title, []).extend(entry.scp_codes)
+        for phrase, codes in SYNONYMS.items():
+            phrases.setdefault(phrase, []).extend(codes)
+        return cls(phrases)
+
+    def mentions(self, text: str) -> list[Mention]:
+        norm = normalize(text)
+        found = []
+        for match in self._pattern.finditer(norm):
+            before = _CLAUSE_BREAK_RE.split(norm[: match.start()])[-1]
+            window = " ".join(before.split()[-_NEGATION_WINDOW_WORDS:])
+            after = _CLAUSE_BREAK_RE.split(norm[match.end() :])[0]
+            negated = bool(_NEGATION_BEFORE_RE.search(window) or _NEGATION_AFTER_RE.search(after))
+            if negated and _DOUBLE_NEGATION_RE.search(window + " " + after):
+                negated = False
+            phrase = match.group(1)
+            found.append(Mention(phrase, self.phrases[phrase], negated))
+        return found
+
+
+def stated_numbers(text: str) -> list[tuple[float, str, int]]:
+    """(value, canonical unit, position) of every number written with a unit."""
+    out = []
+    for match in _NUMBER_RE.finditer(text):
+        value = float(match.group(1).replace("\u2212", "-"))
+        out.append((value, _UNIT_ALIASES[match.group(2).lower()], match.start()))
+    return out
+
+
+def _close(stated: float, actual: float, unit: str, tol: float) -> bool:
+    if unit == "mV":  # ST deviations are signed, but "depression of 0.12 mV" states the magnitude
+        return abs(abs(stated) - abs(actual)) <= tol
+    return abs(stated - actual) <= tol
+
+
+def _measurement_supported_codes(m) -> set[str]:
+    """Descriptive findings a caption may name because the measurement shows them."""
+    codes = set()
+    if getattr(m, "low_voltage", None):
+        codes.add("LVOLT")
+    qtcs = [getattr(m, n, None) for n in ("qtc_bazett_ms", "qtc_fridericia_ms")]
+    if any(is_number(q) and q >= 460 for q in qtcs):
+        codes.add("LNGQT")
+    pr = getattr(m, "pr_interval_ms", None)
+    if is_number(pr) and pr > 200:
+        codes.add("LPR")
+    return codes
+
+
+class FaithfulnessChecker:
+    """``check(text, inputs)`` -> list of issues; an empty list means the caption is faithful."""
+
+    def __init__(self, lexicon: DiagnosisLexicon, tolerances: Mapping[str, float] | None = None) -> None:
+        self.lexicon = lexicon
+        self.tolerances = {**TOLERANCES, **(tolerances or {})}
+
+    def check(self, text: str, inputs: CaptionInputs, require_complete: bool = True) -> list[str]:
+        issues = self._number_issues(text, inputs)
+        mentions = self.lexicon.mentions(text)
+        issues += self._diagnosis_issues(mentions, inputs)
+        if require_complete:
+            issues += self._completeness_issues(text, mentions, inputs)
+        return issues
+
+    def _number_issues(self, text: str, inputs: CaptionInputs) -> list[str]:
+        issues = []
+        for value, unit, pos in stated_numbers(text):
+            candidates, what = self._candidates(text, pos, unit, inputs)
+            tol = self.tolerances[unit]
+            if not candidates:
+                issues.append(f"states {value:g} {unit} for {what}, but the record has no such value")
+            elif not any(_close(value, c, unit, tol) for c in candidates):
+                shown = ", ".join(f"{c:.4g}" for c in candidates)
+                issues.append(f"states {value:g} {unit} for {what}; record has {shown} {unit} (tolerance {tol:g})")
+        return issues
+
+    def _candidates(self, text: str, pos: int, unit: str, inputs: CaptionInputs) -> tuple[list[float], str]:
+        m = inputs.measurements
+
+        def values(names: Iterable[str]) -> list[float]:
+            return [float(v) for v in (getattr(m, n, None) for n in names) if is_number(v)]
+
+        if unit == "bpm":
+            return values(["heart_rate_bpm"]), "heart rate"
+        if unit == "degrees":
+            return values(["qrs_axis_deg"]), "QRS axis"
+        if unit == "years":
+            if not is_number(inputs.age):
+                return [], "age"
+            return ([89.0] if inputs.age >= PTBXL_AGE_OVER_89 else [float(inputs.age)]), "age"
+        if unit == "mV":
+            st = getattr(m, "st_deviation_mv", None) or {}
+            st_values = [float(v) for v in st.values() if is_number(v)]
+            return values(["sokolow_lyon_mv", "cornell_mv"]) + st_values, "a voltage"
+        clause = _CLAUSE_BREAK_RE.split(text[:pos])[-1]
+        keys = _INTERVAL_KEY_RE.findall(clause)
+        if keys:
+            key = re.sub(r"\s+", "", keys[-1].lower())
+            key = "qtc" if key in ("qtc", "correctedqt") else key
+            return values(_INTERVAL_FIELDS[key]), f"the {key.upper().replace('QTC', 'QTc')} interval"
+        return values(_ALL_MS_FIELDS), "an interval"
+
+    def _diagnosis_issues(self, mentions: list[Mention], inputs: CaptionInputs) -> list[str]:
+        allowed = {s.code for s in inputs.statements} | _measurement_supported_codes(inputs.measurements)
+        listed = ", ".join(s.code for s in inputs.statements) or "none"
+        issues = []
+        for mention in mentions:
+            if not mention.negated and not allowed.intersection(mention.codes):
+                issue = f"asserts '{mention.phrase}', not among the record's statements ({listed})"
+                if issue not in issues:
+                    issues.append(issue)
+        return issues
+
+    def _completeness_issues(self, text: str, mentions: list[Mention], inputs: CaptionInputs) -> list[str]:
+        if not text.strip():
+            return ["caption is empty"]
+        covered = {code for mention in mentions if not mention.negated for code in mention.codes}
+        issues = [
+            f"does not mention the statement {s.code} ({s.description})"
+            for s in inputs.statements
+            if s.code not in covered
+        ]
+        rate = getattr(inputs.measurements, "heart_rate_bpm", None)
+        if is_number(rate) and not any(unit == "bpm" for _, unit, _ in stated_numbers(text)):
+            issues.append("does not state the measured heart rate")
+        return issues

@@ -1,0 +1,119 @@
+"""Fill the dataset card template (`dataset_card.md`) for a captioned-dataset output folder.
+
+The card's YAML header declares the Parquet files of each split under ``configs:``, so the
+Hub viewer and ``datasets.load_dataset`` agree on the splits.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from string import Template
+
+TEMPLATE = Path(__file__).with_name("dataset_card.md")
+
+_FIXED_COLUMNS = {
+    "ecg_id": ("int32", "PTB-XL `ecg_id`; join key to the signals"),
+    "split": ("string", "train (strat_fold 1-8), validation (9) or test (10), as recommended by PTB-XL"),
+    "caption": ("string", "machine-generated English description (see above)"),
+    "statements": ("list of string", "the record's SCP-ECG statement codes, from PTB-XL `scp_codes`"),
+    "statement_descriptions": ("list of string", "their English descriptions, from PTB-XL `scp_statements.csv`"),
+    "retrieved_passage_ids": ("list of string", "ids of the knowledge-base passages in the prompt"),
+    "backend": ("string", "caption backend of the run (template, transformers or vllm)"),
+    "model_id": ("string", "model that wrote the text (the template writer's id for the template backend)"),
+    "prompt_hash": ("string", "sha256 of the rendered chat messages"),
+    "faithfulness": ("string", "pass, pass_after_retry or template_fallback (template text replaced a failing one)"),
+    "faithfulness_issues": ("list of string", "why rejected attempts failed the check; empty when the first passed"),
+}
+_MEASUREMENT_NOTES = {
+    "heart_rate_bpm": "heart rate from R-R intervals",
+    "rr_std_ms": "standard deviation of R-R intervals",
+    "rr_irregular": "R-R rhythm judged irregular",
+    "p_wave_absent": "no consistent P wave found",
+    "pr_interval_ms": "PR interval on the median beat",
+    "qrs_duration_ms": "QRS duration on the median beat",
+    "qt_interval_ms": "QT interval on the median beat",
+    "qtc_bazett_ms": "QT corrected with Bazett's formula",
+    "qtc_fridericia_ms": "QT corrected with Fridericia's formula",
+    "qrs_axis_deg": "frontal-plane QRS axis",
+    "qrs_axis_category": "axis group: normal, left, right or extreme",
+    "sokolow_lyon_mv": "Sokolow-Lyon index (S V1 + max R V5/V6)",
+    "cornell_mv": "Cornell voltage (R aVL + S V3)",
+    "low_voltage": "low-QRS-voltage criterion met",
+    "measurement_missing": "JSON object: measurement -> reason it could not be made",
+}
+
+
+def _size_category(n: int) -> str:
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return label
+    return "1M<n<10M"
+
+
+def _column_table() -> str:
+    from cqa.pipeline import output_features
+
+    rows = []
+    for name, feature in output_features().items():
+        if name in _FIXED_COLUMNS:
+            dtype, note = _FIXED_COLUMNS[name]
+        else:
+            dtype = getattr(feature, "dtype", "list")
+            lead = name.removeprefix("st_deviation_").removesuffix("_mv")
+            note = _MEASUREMENT_NOTES.get(name, f"ST deviation in lead {lead} (mV)")
+            note = f"computed from the signal by `cqa/measurements.py`: {note}; null when not measurable"
+        rows.append(f"| `{name}` | {dtype} | {note} |")
+    return "\n".join(rows)
+
+
+def render_dataset_card(config: dict, stats: dict) -> str:
+    """Card text for a run's config (``.cqa/run.json``) and stats (rows per split, faithfulness counts)."""
+    from cqa.faithfulness import TOLERANCES
+    from cqa.knowledge import load_knowledge_base
+
+    per_split = stats["rows_per_split"]
+    splits = [s for s in config["splits"] if s in per_split]
+    total = sum(per_split.values())
+    outcomes = stats["faithfulness"]
+    if config["backend"] == "template":
+        backend_note = "A deterministic writer, no language model: every caption is template text."
+    else:
+        backend_note = (
+            f"Language-model text sampled at temperature {config['temperature']} (top-p {config['top_p']}), "
+            f"at most {config['max_new_tokens']} new tokens, from the model's chat template."
+        )
+    values = {
+        "size_category": _size_category(total),
+        "data_files": "\n".join(f"  - split: {s}\n    path: data/{s}-*.parquet" for s in splits),
+        "split_table": "\n".join(f"| {s} | {per_split[s]:,} |" for s in splits),
+        "split_names": ", ".join(splits),
+        "backend": config["backend"],
+        "model_id": config.get("model_id") or _model_id(config),
+        "backend_note": backend_note,
+        "retrieval_k": config["retrieval_k"],
+        "knowledge_size": len(load_knowledge_base()),
+        "encoder": config["encoder_path"] if config["encoder_path"] != "default" else "all-MiniLM-L6-v2",
+        "tolerances": ", ".join(f"{v:g} {u}" for u, v in TOLERANCES.items()),
+        "max_retries": config["max_retries"],
+        "outcomes": ", ".join(
+            f"{name} {count:,} ({100 * count / total:.1f}%)" if total else f"{name} 0"
+            for name, count in outcomes.items()
+        ),
+        "column_table": _column_table(),
+    }
+    return Template(TEMPLATE.read_text()).substitute(values)
+
+
+def _model_id(config: dict) -> str:
+    from cqa.backends import TEMPLATE_MODEL_ID
+
+    return TEMPLATE_MODEL_ID if config["backend"] == "template" else Path(config["model"]).name
+
+
+def write_dataset_card(output_dir: str | os.PathLike, config: dict, stats: dict) -> Path:
+    path = Path(output_dir) / "README.md"
+    tmp = path.with_name("README.md.tmp")
+    tmp.write_text(render_dataset_card(config, stats))
+    os.replace(tmp, path)
+    return path

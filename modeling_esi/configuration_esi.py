@@ -31,7 +31,8 @@ class EsiEcgConfig(PreTrainedConfig):
         in_channels (`int`, defaults to 12): ECG leads, in `lead_names` order.
         lead_names (`list[str]`): the lead order the encoder expects (PTB-XL order by default).
         sampling_rate (`int`, defaults to 100): Hz. duration_s (`float`, defaults to 10.0): seconds.
-        stem_stride (`int`, defaults to 4): the stem patchifies the signal into windows of this many samples.
+        stem_stride (`int`, defaults to 8): the stem patchifies the signal into windows of this many samples
+            (80 ms at 100 Hz; the default atto encoder then yields 15 tokens of 640 ms for 10 s).
         kernel_size (`int`, defaults to 7): depthwise (ConvNeXt) or regular (ResNet) kernel size.
         mlp_ratio (`int`, defaults to 4): ConvNeXt inverted-bottleneck expansion.
     """
@@ -47,7 +48,7 @@ class EsiEcgConfig(PreTrainedConfig):
     lead_names: list[str] | tuple[str, ...] = PTBXL_LEAD_ORDER
     sampling_rate: int = 100
     duration_s: float = 10.0
-    stem_stride: int = 4
+    stem_stride: int = 8
     kernel_size: int = 7
     mlp_ratio: int = 4
     layer_norm_eps: float = 1e-6

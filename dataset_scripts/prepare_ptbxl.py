@@ -56,6 +56,11 @@ WRITE_BATCH = 256
 SKIPPED_REPORT = "skipped.jsonl"
 
 
+def default_num_proc() -> int:
+    """CPUs this process may run on (the affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _read_one(task: tuple[str, int, str, int]) -> np.ndarray | PtbxlRecordError:
     """Pool worker: returns the error instead of raising, so one bad record does not end `map`."""
     try:
@@ -142,7 +147,7 @@ def prepare_ptbxl(
     if sampling_rate not in SAMPLING_RATES:
         raise ValueError(f"sampling_rate must be one of {SAMPLING_RATES}, got {sampling_rate}")
     ptbxl_dir = Path(ptbxl_dir)
-    num_proc = num_proc or len(os.sched_getaffinity(0))
+    num_proc = num_proc or default_num_proc()
     statements = load_statements(ptbxl_dir)
     features = ptbxl_features(statements, sampling_rate)
     labeler = PtbxlLabeler(statements)

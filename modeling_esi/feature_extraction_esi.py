@@ -81,6 +81,7 @@ class EsiFeatureExtractor(SequenceFeatureExtractor):
         padding_value: float = 0.0,
         **kwargs,
     ):
+        kwargs.pop("feature_size", None)  # saved by to_dict(); always the lead count
         super().__init__(
             feature_size=len(lead_names), sampling_rate=sampling_rate, padding_value=padding_value, **kwargs
         )

@@ -53,7 +53,7 @@ class EsiPredictor:
         self.model_dir = Path(model_dir)
         self.model = AutoModel.from_pretrained(self.model_dir, trust_remote_code=True).eval()
         self.feature_extractor = AutoFeatureExtractor.from_pretrained(self.model_dir, trust_remote_code=True)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=True)
         self.hash = model_hash(self.model_dir)
         classifier_dir = find_classifier(self.model_dir)
         self.classifier = (

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ RRF_K = 60
 _TOKEN_PATTERN = r"(?u)\b\w+\b"
 _MAX_SEQ_LEN = 256  # all-MiniLM-L6-v2 was trained with 256 word pieces at most
 _ENCODE_BATCH = 64
+# A measured value with an optional unit ("142 ms", "-60 degrees", "0.15 mV"), but not the digit in "V1" or "aVF".
+_MEASURED_VALUE = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?\s*(?:ms|bpm|mV|mm|degrees|deg|%|Hz|s)?(?![\w.])")
 
 
 @dataclass(frozen=True)
@@ -228,12 +231,17 @@ def build_query(
 ) -> str:
     """Query text for one record: its statements (description and code) and abnormal findings.
 
+    Measured values are dropped from the findings ("QRS duration 142 ms prolonged" becomes
+    "QRS duration prolonged"): numbers do not help match background passages, and without
+    them records with the same findings share one query text, so the retriever scores it
+    once. The caption gets the numbers from the measurements, not from retrieval.
+
     Example: ``build_query(["AFIB"], ["atrial fibrillation"], ["heart rate 112 bpm tachycardia"])``
-    gives ``"atrial fibrillation (AFIB). heart rate 112 bpm tachycardia"``.
+    gives ``"atrial fibrillation (AFIB). heart rate tachycardia"``.
     """
     if len(statement_codes) != len(statement_descriptions):
         raise ValueError(f"{len(statement_codes)} statement codes but {len(statement_descriptions)} descriptions")
     pairs = zip(statement_codes, statement_descriptions, strict=True)
     parts = [f"{desc.strip()} ({code.strip()})" for code, desc in pairs]
-    parts += [finding.strip() for finding in abnormal_findings if finding.strip()]
-    return ". ".join(dict.fromkeys(parts))
+    parts += [" ".join(_MEASURED_VALUE.sub(" ", finding).split()) for finding in abnormal_findings]
+    return ". ".join(dict.fromkeys(part for part in parts if part))

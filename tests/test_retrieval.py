@@ -160,11 +160,19 @@ def test_argument_validation(hybrid):
 
 def test_build_query():
     query = build_query(
-        ["AFIB", "PVC"],
-        ["atrial fibrillation", "ventricular premature complex"],
-        ["heart rate 112 bpm tachycardia", " ", "heart rate 112 bpm tachycardia"],
+        ["AFIB", "1AVB"],
+        ["atrial fibrillation", "first degree AV block"],
+        ["heart rate 112 bpm tachycardia", " ", "ST depression 0.15 mV in V5 and aVF", "heart rate 97 bpm tachycardia"],
     )
-    assert query == ("atrial fibrillation (AFIB). ventricular premature complex (PVC). heart rate 112 bpm tachycardia")
-    assert build_query([], [], ["QRS duration 142 ms prolonged"]) == "QRS duration 142 ms prolonged"
+    assert query == (
+        "atrial fibrillation (AFIB). first degree AV block (1AVB). heart rate tachycardia. ST depression in V5 and aVF"
+    )
+    assert build_query([], [], ["frontal axis -60 degrees left axis deviation"]) == "frontal axis left axis deviation"
     with pytest.raises(ValueError, match="2 statement codes but 1 descriptions"):
         build_query(["AFIB", "PVC"], ["atrial fibrillation"], [])
+
+
+def test_records_with_the_same_findings_share_a_query():
+    first = build_query(["SR"], ["sinus rhythm"], ["QRS duration 142 ms prolonged", "QTc 488 ms prolonged"])
+    second = build_query(["SR"], ["sinus rhythm"], ["QRS duration 126 ms prolonged", "QTc 503 ms prolonged"])
+    assert first == second == "sinus rhythm (SR). QRS duration prolonged. QTc prolonged"

@@ -581,6 +581,10 @@ class EsiModel(EsiPreTrainedModel):
         return sequences.view(batch, num_beams, -1)[torch.arange(batch), best]
 
 
+# PEFT LoRA targets of the ConvNeXt-V2 encoder (see EsiForEcgClassification); a full-match regex.
+LORA_TARGET_MODULES = r".*\.(pwconv1|pwconv2)|ecg_model\.backbone\.stem\.0|ecg_model\.backbone\.stages\.\d+\.0\.1"
+
+
 class EsiForEcgClassification(EsiPreTrainedModel):
     r"""
     ECG encoder with a linear head on the pooled embedding, for diagnosis / rhythm classification.
@@ -592,9 +596,10 @@ class EsiForEcgClassification(EsiPreTrainedModel):
     Registered for `AutoModelForSequenceClassification`, transformers' conventional class for one prediction per
     input sequence (it has no ECG-specific auto class).
 
-    LoRA (PEFT) targets for the default ConvNeXt-V2 encoder: `["dwconv", "pwconv1", "pwconv2"]` (Conv1d and Linear
-    layers in every block; add `"backbone.stages.1.0.1"`-style names for downsampling convolutions if wanted), with
-    `modules_to_save=["classifier"]`. For `architecture="resnet1d"`: `["conv1", "conv2"]`.
+    LoRA (PEFT) targets for the default ConvNeXt-V2 encoder: the pointwise `nn.Linear` layers `pwconv1`/`pwconv2`
+    of every block and the `nn.Conv1d` stem and downsampling layers: `target_modules=LORA_TARGET_MODULES`, with
+    `modules_to_save=["classifier"]`. The depthwise `dwconv` layers are left out: PEFT's LoRA needs the rank to be
+    divisible by a convolution's groups. For `architecture="resnet1d"`: `target_modules=["conv1", "conv2"]`.
     """
 
     # Loading from an EsiModel folder: the text tower, decoder and projections are expected leftovers.
@@ -666,4 +671,11 @@ class EsiForEcgClassification(EsiPreTrainedModel):
 EsiModel.register_for_auto_class("AutoModel")
 EsiForEcgClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
-__all__ = ["EsiPreTrainedModel", "EsiModel", "EsiForEcgClassification", "EsiOutput", "EsiEcgEncoderOutput"]
+__all__ = [
+    "LORA_TARGET_MODULES",
+    "EsiPreTrainedModel",
+    "EsiModel",
+    "EsiForEcgClassification",
+    "EsiOutput",
+    "EsiEcgEncoderOutput",
+]

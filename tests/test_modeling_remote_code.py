@@ -64,12 +64,18 @@ def test_saved_folder_loads_with_trust_remote_code(tmp_path: Path):
     env["HF_HUB_OFFLINE"] = "1"
     result = subprocess.run(
         [sys.executable, "-c", CHILD, str(REPO), str(folder), str(RECORD)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report_line = next((line for line in result.stdout.splitlines() if line.startswith("ESI_REPORT ")), None)
     assert report_line, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads(report_line.removeprefix("ESI_REPORT "))
-    assert report["model"].startswith("transformers_modules.") and report["extractor"].startswith("transformers_modules.")
+    assert report["model"].startswith("transformers_modules.") and report["extractor"].startswith(
+        "transformers_modules."
+    )
     assert not report["repo_on_path"]
     np.testing.assert_allclose(np.load(folder / "child_embedding.npy"), expected, rtol=1e-5, atol=1e-6)

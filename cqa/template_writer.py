@@ -30,6 +30,7 @@ from cqa.prompts import (
 RHYTHM_CODES = ("SR", "AFIB", "AFLT", "STACH", "SBRAD", "SARRH", "SVARR", "SVTAC", "PSVT", "BIGU", "TRIGU", "PACE")
 _SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _MAX_KNOWLEDGE_CHARS = 320
+_LABEL_RE = re.compile(r"^[A-Z][A-Za-z -]{2,30}:\s+")
 
 
 def _cap(text: str) -> str:
@@ -194,6 +195,16 @@ class TemplateWriter:
             if passage.id != f"scp:{statement.code}":
                 continue
             for sentence in _SENTENCE_SPLIT_RE.split(passage.text.strip()):
+                sentence = _LABEL_RE.sub("", sentence).rstrip(" .") + "."  # "Significance: ..." -> "..."
                 if len(sentence) <= _MAX_KNOWLEDGE_CHARS and self._safe(sentence, inputs):
-                    return sentence if sentence.endswith((".", "!", "?")) else sentence + "."
+                    return self._frame(sentence, statement)
         return ""
+
+    def _frame(self, sentence: str, statement: Statement) -> str:
+        """Name the statement when the sentence does not, so the background reads as being about it."""
+        name = re.sub(r"^(a|an) ", "", STATEMENT_NAMES.get(statement.code, statement.description))
+        codes = {code for m in self.checker.lexicon.mentions(sentence) for code in m.codes}
+        if statement.code in codes:
+            return _cap(sentence)
+        first = sentence[0].lower() if sentence[1:2].islower() else sentence[0]  # keep "ECG", "QRS"
+        return f"Background on {name}: {first}{sentence[1:]}"

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import neurokit2 as nk
 import numpy as np
 import pytest
 import wfdb
 
-from cqa.measurements import STANDARD_LEADS, EcgMeasurements, axis_category_ptbxl, measure_batch, measure_ecg
+from cqa.measurements import STANDARD_LEADS, EcgMeasurements, _clean, axis_category_ptbxl, measure_batch, measure_ecg
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "ptbxl_sample"
 
@@ -64,6 +65,13 @@ def test_100_and_500_hz_agree(ecg_id: int) -> None:
     assert abs(low.qrs_duration_ms - high.qrs_duration_ms) <= 20
     assert abs(low.qt_interval_ms - high.qt_interval_ms) <= 30
     assert abs(low.qrs_axis_deg - high.qrs_axis_deg) <= 15
+
+
+@pytest.mark.parametrize("rate", [100, 500])
+def test_cleaning_equals_neurokit2(rate: int) -> None:
+    signal, _ = read(2, rate)
+    expected = np.vstack([nk.ecg_clean(lead, sampling_rate=rate, method="neurokit") for lead in signal])
+    np.testing.assert_allclose(_clean(signal, rate), expected, rtol=1e-9, atol=1e-9)
 
 
 def test_lead_order_is_by_name(norm: EcgMeasurements) -> None:

@@ -150,7 +150,9 @@ def load_pretrained(model_path: str):
 
     from modeling_esi import EsiModel
 
-    return EsiModel.from_pretrained(model_path), AutoTokenizer.from_pretrained(model_path)
+    model = EsiModel.from_pretrained(model_path)
+    # Passing the config stops AutoTokenizer from reading config.json's remote-code auto_map.
+    return model, AutoTokenizer.from_pretrained(model_path, config=model.config)
 
 
 def run_zero_shot(args: argparse.Namespace, out: Path) -> dict:

@@ -1,0 +1,164 @@
+"""finetune.py end to end on the embedded PTB-XL sample with a tiny ESI model, plus its building blocks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig
+
+import finetune
+from evaluation.classification import METHODS, choose_thresholds, load_task, lora_target_modules
+from evaluation.subject_id import gallery_and_probes, subject_identification
+from evaluation.zero_shot import class_prompts
+from modeling_esi import EsiConfig, EsiFeatureExtractor, EsiForEcgClassification, EsiModel
+from training.text_encoder import default_text_model_path
+
+FAST = ["--epochs", "2", "--bootstrap-samples", "20", "--eval-batch-size", "100"]
+
+
+@pytest.fixture(scope="module")
+def tiny_esi(tmp_path_factory) -> Path:
+    """A tiny randomly initialised ESI model saved like train.py saves one (weights, preprocessor, tokenizer)."""
+    folder = tmp_path_factory.mktemp("tiny_esi")
+    torch.manual_seed(0)
+    config = EsiConfig(
+        ecg_config={"depths": [1, 1], "hidden_sizes": [16, 32]},
+        text_config=BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+        decoder_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+        projection_dim=32,
+    )
+    EsiModel(config).save_pretrained(folder)
+    EsiFeatureExtractor().save_pretrained(folder)
+    AutoTokenizer.from_pretrained(default_text_model_path()).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sample_captions(prepared_sample, tmp_path_factory) -> Path:
+    from cqa_generate import generate_captions
+
+    folder = tmp_path_factory.mktemp("captions")
+    generate_captions(prepared_sample, folder, backend="template")
+    return folder
+
+
+def run(tiny_esi, prepared_sample, out, *extra) -> dict:
+    argv = ["--model", str(tiny_esi), "--dataset", str(prepared_sample), "--output-dir", str(out), *FAST, *extra]
+    result = finetune.main(argv)
+    assert json.loads((out / "results.json").read_text())["method"] == result["method"]
+    assert "not a diagnostic device" in (out / "results.md").read_text()
+    return result
+
+
+def check_classification(result: dict, out: Path) -> None:
+    assert 0.0 <= result["macro_auroc"] <= 1.0
+    assert result["macro_auroc_ci"][0] <= result["macro_auroc"] <= result["macro_auroc_ci"][1]
+    assert set(result["per_class_auroc"]) == set(result["classes"]) == set(result["thresholds"])
+    assert not set(result["classes"]) & set(result["dropped_classes"])
+    assert 1 <= result["epochs_run"] and (out / "roc.png").stat().st_size > 0
+    saved = np.load(out / "test_scores.npz")
+    assert saved["scores"].shape == saved["labels"].shape == (result["test_records"], len(result["classes"]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_on_superdiagnostic(tiny_esi, prepared_sample, tmp_path, method):
+    result = run(tiny_esi, prepared_sample, tmp_path, "--method", method, "--task", "superdiagnostic")
+    check_classification(result, tmp_path)
+    assert result["random_init"] == (method == "supervised_scratch")
+    assert (tmp_path / ("adapter" if method == "lora" else "model")).is_dir()
+
+
+@pytest.mark.parametrize("task", ["subdiagnostic", "diagnostic", "form", "rhythm", "all"])
+def test_every_task_under_linear_probe(tiny_esi, prepared_sample, tmp_path, task):
+    result = run(tiny_esi, prepared_sample, tmp_path, "--method", "linear_probe", "--task", task, "--random-init")
+    check_classification(result, tmp_path)
+    assert result["random_init"] and result["task"] == task
+
+
+def test_label_fraction_run_uses_fewer_patients(tiny_esi, prepared_sample, tmp_path):
+    result = run(tiny_esi, prepared_sample, tmp_path, "--method", "linear_probe", "--label-fraction", "0.1")
+    assert result["train_patients"] < 0.2 * 240 and result["train_records"] >= len(result["classes"])
+
+
+def test_dropped_classes_are_listed(prepared_sample):
+    data = load_task(prepared_sample, "all")
+    assert data.dropped  # 300 records cannot hold all 71 statements in both train and test
+    assert all(data.labels[s].shape[1] == len(data.class_names) for s in data.labels)
+    assert data.labels["train"].any(0).all() and data.labels["test"].any(0).all()
+
+
+def test_lora_adapter_reload_gives_identical_logits(tiny_esi, prepared_sample, tmp_path):
+    from peft import PeftModel
+
+    result = run(tiny_esi, prepared_sample, tmp_path, "--method", "lora", "--epochs", "1")
+    adapter = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    base = EsiForEcgClassification.from_pretrained(tiny_esi, num_labels=len(result["classes"]))
+    assert sorted(adapter["target_modules"]) == sorted(lora_target_modules(base))
+    assert "classifier" in adapter["modules_to_save"]
+    reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    data = load_task(prepared_sample, "superdiagnostic")
+    extractor = EsiFeatureExtractor.from_pretrained(tiny_esi)
+    test = data.splits["test"]
+    inputs = extractor(
+        np.stack(test["signal"]), sampling_rate=100, lead_names=test[0]["lead_names"], return_tensors="pt"
+    )
+    with torch.no_grad():
+        probabilities = torch.sigmoid(reloaded(input_values=inputs["input_values"]).logits).numpy()
+    np.testing.assert_allclose(probabilities, np.load(tmp_path / "test_scores.npz")["scores"], atol=1e-5)
+
+
+def test_thresholds_maximise_validation_f1():
+    labels = np.array([[1], [1], [0], [0], [1]])
+    scores = np.array([[0.9], [0.6], [0.5], [0.2], [0.4]])
+    assert choose_thresholds(labels, scores)[0] == pytest.approx(0.4)  # catches all three positives: F1 0.857
+    assert choose_thresholds(np.zeros((3, 1)), np.zeros((3, 1)))[0] == 0.5
+
+
+def test_subject_identification_constructed_case():
+    patients = [1, 1, 2, 2, 2, 3, 4]
+    ecg_ids = [10, 11, 25, 20, 21, 30, 40]
+    gallery, probes = gallery_and_probes(patients, ecg_ids)
+    assert sorted(gallery.tolist()) == [0, 3]  # earliest record of each patient with >= 2 records
+    assert sorted(probes.tolist()) == [1, 2, 4]
+    centres = {1: [1, 0, 0], 2: [0, 1, 0], 3: [0, 0, 1], 4: [1, 1, 1]}
+    same = np.array([centres[p] for p in patients], dtype=float)
+    assert subject_identification(same, patients, ecg_ids)["top1_accuracy"] == 1.0
+    # every probe closer to the other patient's gallery record: top-1 0, top-2 (all gallery) 1
+    swapped = same.copy()
+    swapped[1], swapped[[2, 4]] = centres[2], centres[1]
+    result = subject_identification(swapped, patients, ecg_ids, ks=(1, 2))
+    assert result["top1_accuracy"] == 0.0 and result["top2_accuracy"] == 1.0
+    # identical embeddings: ties count against the probe
+    assert subject_identification(np.ones((7, 3)), patients, ecg_ids)["top1_accuracy"] == 0.0
+
+
+def test_subject_identification_run(tiny_esi, prepared_sample, tmp_path):
+    result = run(tiny_esi, prepared_sample, tmp_path, "--method", "subject_id")
+    assert result["patients"] >= 2 and result["probes"] >= result["patients"]
+    assert 0.0 <= result["top1_accuracy"] <= result["top5_accuracy"] <= 1.0
+
+
+def test_zero_shot_prompts_and_run(tiny_esi, prepared_sample, tmp_path):
+    from cqa.knowledge import load_knowledge_base
+
+    prompts, missing = class_prompts(["NORM", "MI", "STTC", "CD", "HYP", "AFIB"], load_knowledge_base())
+    assert not missing
+    assert prompts["AFIB"].startswith("Atrial fibrillation") and "infarction" in prompts["MI"].lower()
+    result = run(tiny_esi, prepared_sample, tmp_path, "--method", "zero_shot", "--task", "superdiagnostic")
+    assert 0.0 <= result["macro_auroc"] <= 1.0 and set(result["prompts"]) == set(result["classes"])
+
+
+def test_captioning_run(tiny_esi, prepared_sample, sample_captions, tmp_path):
+    result = run(
+        tiny_esi,
+        prepared_sample,
+        tmp_path,
+        *["--method", "captioning", "--captions", str(sample_captions), "--max-records", "4", "--max-new-tokens", "8"],
+    )
+    assert result["records"] == 4 and 0.0 <= result["token_f1"] <= 1.0 and 0.0 <= result["rouge_l"] <= 1.0
+    lines = (tmp_path / "captions.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and json.loads(lines[0])["reference"]

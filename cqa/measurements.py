@@ -47,12 +47,12 @@ BEAT_PRE_S, BEAT_POST_S = 0.5, 0.7  # median-beat window around the R fiducial
 ALIGN_S = 0.04  # max cross-correlation shift when aligning beats
 DOMINANT_CORR = 0.8  # beats correlating less with the template (ectopics, artefacts) are left out
 MIN_BEATS = 3
-IRREGULAR_RATIO = 0.06  # median |successive RR difference| / mean RR above this: irregular
+IRREGULAR_RATIO = 0.05  # median |successive RR difference| / mean RR above this: irregular
 QRS_SLOPE_FRACTION = 0.08  # QRS boundary: summed slope falls to this fraction above its floor
 QRS_GAP_S = 0.016  # a slope dip shorter than this (a notch) does not end the QRS
 P_MIN_MV = 0.03  # smaller median-beat P waves are not called present
 P_COHERENCE = 0.35  # P energy that survives averaging across beats, below: no consistent P
-P_ONSET_FRACTION = 0.25  # P onset: magnitude back to this fraction above its pre-P floor
+P_ONSET_FRACTION = 0.2  # P onset: magnitude back to this fraction above its pre-P floor
 T_MIN_MV = 0.05
 ST_OFFSET_S = 0.06
 

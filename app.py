@@ -34,7 +34,7 @@ DISCLAIMER = (
     "automated estimate from an experimental model trained on a small public sample. None of it is clinically "
     "validated; do not use it to diagnose, treat or make any decision about a person."
 )
-THEME = gr.themes.Soft(primary_hue="rose", neutral_hue="slate")
+THEME = gr.themes.Soft(primary_hue="blue", neutral_hue="slate")
 CSS = """
 .esi-header h1 { margin-bottom: 0.1em; }
 .esi-header p { margin-top: 0; color: var(--body-text-color-subdued); }
@@ -42,6 +42,8 @@ CSS = """
                   border-radius: 6px; padding: 10px 14px; color: #5c3a00; }
 .esi-alert { background: #fdecec; border: 1px solid #e57373; border-radius: 6px; padding: 8px 12px; }
 .esi-panel { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 6px 12px; }
+.esi-panel small { color: var(--body-text-color-subdued); }
+#measurements table, #similar table { font-family: var(--font); }
 footer { display: none !important; }
 """
 
@@ -112,19 +114,21 @@ def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACH
     with gr.Blocks(title="ESI: ECG Semantic Integrator") as demo:
         gr.HTML(
             "<div class='esi-header'><h1>ESI: ECG Semantic Integrator</h1>"
-            "<p>A 12-lead ECG foundation model pretrained against cardiology text "
-            "(<a href='https://arxiv.org/abs/2405.19366' target='_blank'>arXiv 2405.19366</a>).</p></div>"
+            "<p>A 12-lead ECG foundation model pretrained against cardiology text. Paper: "
+            "<a href='https://arxiv.org/abs/2405.19366' target='_blank'>arXiv 2405.19366</a></p></div>"
         )
         gr.HTML(f"<div class='esi-disclaimer' id='disclaimer'>{DISCLAIMER}</div>")
         if not has_model:
             gr.Markdown(no_model_message(model_dir), elem_classes="esi-alert", elem_id="no-model")
         with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=280):
-                upload = gr.File(
-                    label="Upload a WFDB record: its .hea header and .dat signal file",
-                    file_count="multiple",
-                    elem_id="upload",
-                )
+            upload = gr.File(
+                label="Upload a WFDB record: its .hea header and .dat signal file",
+                file_count="multiple",
+                height=150,
+                scale=3,
+                elem_id="upload",
+            )
+            with gr.Column(scale=2, min_width=300):
                 upload_button = gr.Button("Analyse upload", variant="primary", elem_id="analyse-upload")
                 sample = gr.Dropdown(
                     choices=[(catalogue.label(i), i) for i in catalogue.ecg_ids],
@@ -132,15 +136,15 @@ def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACH
                     label=f"…or pick one of the {len(catalogue.ecg_ids)} embedded PTB-XL samples",
                     elem_id="sample",
                 )
-                status = gr.Markdown("Upload a record or pick a sample.", elem_id="status")
-            with gr.Column(scale=3):
-                plot = gr.Image(
-                    label="12-lead ECG on ECG paper (25 mm/s, 10 mm/mV; 1 mm minor, 5 mm major grid)",
-                    type="pil",
-                    format="png",
-                    interactive=False,
-                    elem_id="ecg-plot",
-                )
+        status = gr.Markdown("Upload a record or pick a sample.", elem_id="status")
+        gr.Markdown("#### 12-lead ECG on ECG paper: 25 mm/s, 10 mm/mV, 1 mm minor and 5 mm major grid")
+        plot = gr.Image(
+            show_label=False,
+            type="pil",
+            format="png",
+            interactive=False,
+            elem_id="ecg-plot",
+        )
         with gr.Row(equal_height=False):
             with gr.Column(scale=1):
                 measurements = gr.Dataframe(
@@ -148,30 +152,44 @@ def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACH
                     label="Measurements (automated, from the signal)",
                     interactive=False,
                     wrap=True,
+                    max_height=800,
+                    column_widths=["55%", "45%"],
                     elem_id="measurements",
                 )
             with gr.Column(scale=1):
                 predictions = gr.Label(
-                    num_top_classes=5, label="Model: PTB-XL diagnostic superclasses", elem_id="predictions"
+                    num_top_classes=5,
+                    label="Model: PTB-XL diagnostic superclasses",
+                    show_heading=False,  # no headline class: these are research scores, not a diagnosis
+                    elem_id="predictions",
                 )
                 method = gr.Markdown(elem_id="method")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, elem_classes="esi-panel"):
-                gr.Markdown("#### CQA description (template backend)")
+                gr.Markdown(
+                    "#### CQA description (template backend)\n"
+                    "<small>Measurements, PTB-XL statements and knowledge-base passages, phrased by the Cardio "
+                    "Query Assistant's template writer and faithfulness-checked.</small>"
+                )
                 description = gr.Markdown(elem_id="cqa-description")
             with gr.Column(scale=1, elem_classes="esi-panel"):
-                gr.Markdown("#### Caption generated by the ESI model")
+                gr.Markdown(
+                    "#### Caption generated by the ESI model\n"
+                    "<small>Greedy decoding by the model's own caption decoder; its quality depends entirely on "
+                    "how long the model was trained.</small>"
+                )
                 caption = gr.Markdown(elem_id="model-caption")
         similar = gr.Dataframe(
             headers=SIMILAR_HEADERS,
             label="Most similar ECGs in the embedded sample (cosine similarity of ESI embeddings)",
             interactive=False,
             wrap=True,
+            column_widths=["6%", "9%", "12%", "73%"],
             elem_id="similar",
         )
         if predictor is not None:
             gr.Markdown(
-                f"Model `{model_dir.name}` (sha256 {predictor.hash[:12]}), "
+                f"Model `{model_dir}` (sha256 {predictor.hash[:12]}), "
                 f"{len(catalogue.ecg_ids)} sample ECGs indexed.",
                 elem_id="model-info",
             )

@@ -160,7 +160,7 @@ def _draw_ecg(ax, layout: PaperLayout, leads: dict[str, np.ndarray], rate: float
 
 
 def _wrap(text: str, layout: PaperLayout) -> list[str]:
-    chars_per_line = int((layout.width_mm - 10) / 1.5)  # ~1.5 mm per character at TEXT_PT
+    chars_per_line = int((layout.width_mm - 10) / 1.8)  # ~1.65 mm per average character at TEXT_PT, with slack
     return [
         line for paragraph in text.strip().splitlines() for line in (textwrap.wrap(paragraph, chars_per_line) or [""])
     ]

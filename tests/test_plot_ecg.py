@@ -5,6 +5,7 @@ from __future__ import annotations
 import datasets
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from ecg_plot import PaperLayout, plot_ecg, plot_records_with_captions
@@ -92,12 +93,16 @@ def test_missing_lead_is_refused():
 
 def test_png_with_title_and_caption(tmp_path):
     path = tmp_path / "ecg.png"
-    fig = plot_ecg(step_signal(), RATE, LEADS, title="ecg_id 1", caption="word " * 200, output_path=path, dpi=100)
+    caption = "The QTc (Bazett) is 462 ms and the QRS axis is +66 degrees, within the normal range. " * 12
+    fig = plot_ecg(step_signal(), RATE, LEADS, title="ecg_id 1", caption=caption, output_path=path, dpi=100)
     width_in, height_in = fig.get_size_inches()
     assert height_in * MM_PER_INCH > PaperLayout().height_mm + PaperLayout().title_mm  # room for the caption
+    text_box = fig.texts[-1].get_window_extent(FigureCanvasAgg(fig).get_renderer())
+    assert fig.bbox.x0 < text_box.x0 and text_box.x1 < fig.bbox.x1  # wrapped inside the page
+    assert fig.bbox.y0 < text_box.y0
     with Image.open(path) as image:
         assert image.format == "PNG"
-        assert image.size == (round(width_in * 100), round(height_in * 100))
+        assert image.size == pytest.approx((width_in * 100, height_in * 100), abs=1)
 
 
 def test_plot_records_with_captions(prepared_sample, tmp_path):

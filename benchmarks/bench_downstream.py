@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds for 1%% and 10%% (default 0 1 2)")
     p.add_argument("--finetune-epochs", type=int, default=None, help="LoRA/full/scratch (default 2 quick, 8 full)")
     p.add_argument("--bootstrap-samples", type=int, default=200)
+    p.add_argument(
+        "--finetune-encoders", nargs="+", default=None, help="encoders that also get LoRA and full FT (default: all)"
+    )
     return p.parse_args(argv)
 
 
@@ -86,7 +89,8 @@ def prepare_data(ptbxl_dir: Path, cache: Path) -> tuple[Path, Path]:
     from cqa_generate import generate_captions
     from dataset_scripts.prepare_ptbxl import prepare_ptbxl
 
-    prepared, captions = cache / "prepared-100hz", cache / "captions-template"
+    # Folder names carry the source's name: datasets' cache keys a Parquet folder by its name.
+    prepared, captions = cache / f"prepared-100hz-{ptbxl_dir.name}", cache / f"captions-template-{ptbxl_dir.name}"
     if not (prepared / "dataset_dict.json").exists():
         prepare_ptbxl(ptbxl_dir, prepared, sampling_rate=100, num_proc=2)
     if not any(captions.glob("**/*.parquet")):
@@ -142,6 +146,8 @@ def evaluate_encoder(name: str, model_dir: Path, data, random_init: bool, args, 
             if fraction == 1.0:
                 test_scores["linear_probe"] = run.scores["test"]
     methods = {"lora": 1e-3} if random_init else {"lora": 1e-3, "full": 3e-4}  # full from random init = scratch
+    if args.finetune_encoders and name not in args.finetune_encoders:
+        methods = {}
     for method, lr in methods.items():
         config = TrainConfig(epochs=args.finetune_epochs, batch_size=32, lr=lr, patience=3, seed=seeds[0])
         run = run_classification(model_dir, data, method, 1.0, config, random_init, 64, args.bootstrap_samples)

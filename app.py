@@ -100,6 +100,10 @@ def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACH
         except RecordError as error:
             gr.Warning(str(error))
             return (f"**Could not analyse this record.** {error}", *empty)
+        except Exception:  # the UI boundary: log the traceback, show a sentence
+            logger.exception("analysis failed")
+            gr.Warning("The analysis failed unexpectedly; the details are in the server log.")
+            return ("**The analysis failed unexpectedly.** The details are in the server log.", *empty)
         return (f"**Showing:** {analysis.heading}", *show(analysis))
 
     def analyse_upload(files: list[str] | None) -> tuple:

@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, get_cosine_schedule_with_warmup
 
@@ -62,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--random-text-tower", action="store_true", help="keep the tokenizer but start the text tower from scratch"
     )
     model.add_argument("--freeze-text-tower", action="store_true")
+    model.add_argument("--projection-dim", type=int, default=256)
+    model.add_argument("--decoder-layers", type=int, default=4)
+    model.add_argument("--decoder-width", type=int, default=256)
     model.add_argument("--contrastive-loss-weight", type=float, default=1.0)
     model.add_argument("--caption-loss-weight", type=float, default=2.0)
     opt = p.add_argument_group("optimisation")
@@ -93,15 +98,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_model(args: argparse.Namespace, text_model_path: Path) -> EsiModel:
-    config_kwargs = dict(
+    heads = max(1, args.decoder_width // 64)
+    config = EsiConfig(
         ecg_config={"size": args.config},
+        decoder_config={
+            "num_hidden_layers": args.decoder_layers,
+            "hidden_size": args.decoder_width,
+            "num_attention_heads": heads,
+            "intermediate_size": 4 * args.decoder_width,
+            "max_position_embeddings": args.max_text_length,
+        },
+        projection_dim=args.projection_dim,
         contrastive_loss_weight=args.contrastive_loss_weight,
         caption_loss_weight=args.caption_loss_weight,
     )
     if args.random_text_tower:
-        text_config = AutoConfig.from_pretrained(text_model_path)
-        return EsiModel(EsiConfig(text_config=text_config.to_dict(), **config_kwargs))
-    return EsiModel.from_text_pretrained(text_model_path, **config_kwargs)
+        config.text_config = AutoConfig.from_pretrained(text_model_path)
+        return EsiModel(config)
+    return EsiModel.from_text_pretrained(text_model_path, config=config)
 
 
 def checkpoint_dirs(output_dir: Path) -> list[Path]:
@@ -123,7 +137,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep:
     try:
         accelerator.save_state(str(partial))
         accelerator.wait_for_everyone()
-    except OSError as error:
+    except (OSError, SafetensorError) as error:  # safetensors reports ENOSPC/EFBIG as its own error
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)
         previous = checkpoint_dirs(output_dir)
@@ -149,7 +163,10 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
     report_to = None if args.report_to == "none" else args.report_to
+    # Several processes without CUDA (accelerate launch --multi_gpu / torchrun on CPUs) -> gloo.
+    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
+        cpu=multi_cpu,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=report_to,
@@ -193,10 +210,14 @@ def main(argv: list[str] | None = None) -> Path:
         drop_last=True,
         collate_fn=collator,
         num_workers=args.num_workers,
+        # Its own generator: creating an iterator (as a resumed run does mid-epoch) must not
+        # advance the global RNG that dropout draws from.
+        generator=torch.Generator().manual_seed(args.seed),
     )
     if len(train_loader) == 0:
         raise ValueError(
-            f"the train split has {len(train_set)} ECGs, fewer than one batch of {args.per_device_batch_size} per process"
+            f"the train split has {len(train_set)} ECGs, "
+            f"fewer than one batch of {args.per_device_batch_size} per process"
         )
     eval_loader = None
     if args.eval_split != "none":
@@ -281,7 +302,7 @@ def main(argv: list[str] | None = None) -> Path:
                 "contrastive_loss": outputs.contrastive_loss.item(),
                 "caption_loss": outputs.caption_loss.item(),
                 "lr": scheduler.get_last_lr()[0],
-                "logit_scale": accelerator.unwrap_model(model).logit_scale.exp().item(),
+                "logit_scale": accelerator.unwrap_model(model).clamped_logit_scale().item(),
             }
             progress.set_postfix(loss=f"{logs['loss']:.3f}")
             if global_step % args.logging_steps == 0 or global_step == max_steps:
@@ -303,7 +324,6 @@ def main(argv: list[str] | None = None) -> Path:
             break
     progress.close()
     train_seconds = time.perf_counter() - started
-    accelerator.end_training()
 
     final_dir = output_dir / "model"
     if accelerator.is_main_process:
@@ -322,6 +342,7 @@ def main(argv: list[str] | None = None) -> Path:
 
             push_folder(final_dir, args.push_to_hub, repo_type="model", private=args.hub_private)
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # also tears down the process group: keep it last
     return final_dir
 
 

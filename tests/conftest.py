@@ -24,3 +24,49 @@ def prepared_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     output_dir = tmp_path_factory.mktemp("prepared") / "ptbxl_sample_100hz"
     prepare_ptbxl(PTBXL_SAMPLE, output_dir, sampling_rate=100, num_proc=2)
     return output_dir
+
+
+@pytest.fixture(scope="session")
+def sample_captions(prepared_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CQA captions (template backend) for every record of `prepared_sample`; a Parquet folder."""
+    from cqa.pipeline import generate_captions
+
+    output_dir = tmp_path_factory.mktemp("captions") / "ptbxl_sample_captions"
+    generate_captions(prepared_sample, output_dir, backend="template")
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 64-wide BERT with the real all-MiniLM-L6-v2 WordPiece tokenizer: a fast text tower."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from training.text_encoder import default_text_model_path
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(default_text_model_path()).save_pretrained(folder)
+    return folder
+
+
+def tiny_train_args(signals: Path, captions: Path, text_model: Path, output_dir: Path, *extra: str) -> list[str]:
+    """train.py arguments for a seconds-long run with tiny towers (used by several test modules)."""
+    return [
+        "--signals", str(signals), "--captions", str(captions), "--output-dir", str(output_dir),
+        "--text-model", str(text_model), "--random-text-tower", "--config", "atto",
+        "--decoder-layers", "1", "--decoder-width", "64", "--projection-dim", "32",
+        "--per-device-batch-size", "8", "--max-text-length", "64", "--warmup-steps", "1",
+        "--report-to", "none", "--seed", "7", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained_model(prepared_sample: Path, sample_captions: Path, tiny_text_model: Path,
+                          tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Hub-ready ESI folder from a 4-step pretraining run with tiny towers."""
+    import train
+
+    output_dir = tmp_path_factory.mktemp("tiny_run")
+    args = tiny_train_args(prepared_sample, sample_captions, tiny_text_model, output_dir, "--max-steps", "4")
+    return train.main(args)

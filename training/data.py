@@ -38,7 +38,7 @@ def join_captions(
         missing_columns = {"ecg_id", "caption"} - set(part.column_names)
         if missing_columns:
             raise ValueError(f"captions dataset lacks column(s) {sorted(missing_columns)}; has {part.column_names}")
-        by_id.update(zip(part["ecg_id"], part["caption"]))
+        by_id.update(zip(part["ecg_id"], part["caption"], strict=True))
     ids = signals["ecg_id"]
     if len(ids) == 0:
         raise ValueError(f"split '{split}' of the signals dataset is empty")

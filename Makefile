@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 SAMPLE ?= data/ptbxl_sample
 OUT ?= outputs/demo
 
-.PHONY: demo test install install-dev vllm-venv browser lint bench-data bench-cqa bench-model bench-train bench-eval clean
+.PHONY: demo test install install-dev vllm-venv browser app lint bench-data bench-measurements bench-cqa bench-model bench-train bench-downstream clean
 
 $(VENV)/.installed-base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,24 @@ demo: $(VENV)/.installed-base
 
 test: $(VENV)/.installed-dev vllm-venv browser
 	$(PY) -m pytest -q -ra
+
+app: $(VENV)/.installed-base
+	$(PY) app.py
+
+# Benchmarks on the larger PTB-XL subset (override PTBXL=/path/to/ptb-xl); each prints its figures.
+PTBXL ?= ../shared/ptb-xl
+bench-data: $(VENV)/.installed-base
+	$(PY) benchmarks/bench_prepare.py --ptbxl-dir $(PTBXL) --sampling-rate 100
+bench-measurements: $(VENV)/.installed-base
+	$(PY) -m benchmarks.bench_measurements --ptbxl-dir $(PTBXL)
+bench-cqa: $(VENV)/.installed-dev
+	$(PY) -m benchmarks.bench_cqa --ptbxl-dir $(PTBXL)
+bench-model: $(VENV)/.installed-base
+	$(PY) -m benchmarks.bench_model
+bench-train: $(VENV)/.installed-base
+	$(PY) -m benchmarks.bench_train --ptbxl-dir $(PTBXL)
+bench-downstream: $(VENV)/.installed-base
+	$(PY) -m benchmarks.bench_downstream --ptbxl-dir $(PTBXL)
 
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check .

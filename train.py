@@ -3,7 +3,9 @@
 Runs unchanged on one CPU, several CPU processes (gloo), one or many GPUs and nodes:
 
     python train.py --signals PREPARED_DIR --captions CAPTIONS_DIR --output-dir OUT --max-steps 100
-    accelerate launch --num_processes 2 train.py --signals ... --captions ... --output-dir OUT
+    accelerate launch --multi_gpu --num_processes 2 train.py --signals ... --captions ... --output-dir OUT
+
+(without CUDA, those processes train on CPUs and talk over gloo).
 
 The contrastive loss gathers embeddings from every process, so the number of negatives
 per ECG is `per_device_batch_size x num_processes - 1`. Gradient accumulation does NOT
@@ -277,12 +279,14 @@ def main(argv: list[str] | None = None) -> Path:
     history: list[dict] = []
     eval_metrics: dict[str, float] = {}
     model.train()
-    started = time.perf_counter()
+    started, data_seconds = time.perf_counter(), 0.0
     for epoch in range(start_epoch, num_epochs):
         train_set.set_epoch(epoch)
         train_loader.set_epoch(epoch)
         loader = accelerator.skip_first_batches(train_loader, skip_batches) if epoch == start_epoch else train_loader
+        waiting_since = time.perf_counter()
         for batch in loader:
+            data_seconds += time.perf_counter() - waiting_since
             ecg_ids = batch.pop("ecg_ids")
             with accelerator.accumulate(model):
                 outputs = model(**batch, return_loss=True)
@@ -293,6 +297,7 @@ def main(argv: list[str] | None = None) -> Path:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
+            waiting_since = time.perf_counter()
             if not accelerator.sync_gradients:
                 continue
             global_step += 1
@@ -315,6 +320,7 @@ def main(argv: list[str] | None = None) -> Path:
                 accelerator.log(eval_metrics, step=global_step)
             if global_step >= max_steps:
                 break
+            waiting_since = time.perf_counter()  # logging, checkpoints and evaluation are not data time
         skip_batches = 0
         if eval_loader is not None and not args.eval_steps:
             eval_metrics = evaluate(model, eval_loader, accelerator)
@@ -332,6 +338,8 @@ def main(argv: list[str] | None = None) -> Path:
             "train_ecgs": len(train_set),
             "num_processes": accelerator.num_processes,
             "train_seconds": round(train_seconds, 1),
+            # Share of wall time spent waiting for the next batch (data loading + collation).
+            "data_wait_fraction": round(data_seconds / max(train_seconds, 1e-9), 4),
             "final_losses": history[-1] if history else None,
             "validation": eval_metrics,
             "args": {k: v for k, v in vars(args).items()},

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sampling-rate", type=int, default=100)
     parser.add_argument("--pretrain-steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-text-length", type=int, default=128, help="caption tokens seen in pretraining")
     args = parser.parse_args(argv)
     out = Path(args.output_dir)
     started = time.perf_counter()
@@ -57,26 +58,12 @@ def main(argv: list[str] | None = None) -> None:
     import train
 
     banner(f"3/4 pretrain ESI for {args.pretrain_steps} steps")
-    model_dir = train.main(
-        [
-            "--signals",
-            str(prepared_dir),
-            "--captions",
-            str(captions_dir),
-            "--output-dir",
-            str(out / "pretraining"),
-            "--max-steps",
-            str(args.pretrain_steps),
-            "--per-device-batch-size",
-            str(args.batch_size),
-            "--checkpointing-steps",
-            str(max(args.pretrain_steps // 2, 1)),
-            "--warmup-steps",
-            "5",
-            "--resume-from-checkpoint",
-            "latest",
-        ]
-    )
+    model_dir = train.main([
+        "--signals", str(prepared_dir), "--captions", str(captions_dir), "--output-dir", str(out / "pretraining"),
+        "--max-steps", str(args.pretrain_steps), "--per-device-batch-size", str(args.batch_size),
+        "--max-text-length", str(args.max_text_length), "--warmup-steps", "5",
+        "--checkpointing-steps", str(max(args.pretrain_steps // 2, 1)), "--resume-from-checkpoint", "latest",
+    ])  # fmt: skip
 
     banner("4/4 reload with AutoModel + AutoFeatureExtractor (trust_remote_code)")
     from transformers import AutoFeatureExtractor, AutoModel

@@ -281,6 +281,8 @@ def main(argv: list[str] | None = None) -> Path:
     model.train()
     started, data_seconds = time.perf_counter(), 0.0
     for epoch in range(start_epoch, num_epochs):
+        if global_step >= max_steps:  # resumed from the final checkpoint: nothing left to train
+            break
         train_set.set_epoch(epoch)
         train_loader.set_epoch(epoch)
         loader = accelerator.skip_first_batches(train_loader, skip_batches) if epoch == start_epoch else train_loader

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 from string import Template
 
+from modeling_esi.modeling_esi import LORA_TARGET_MODULES
+
 TEMPLATE = Path(__file__).with_name("model_card.md")
-LORA_TARGETS = ["pwconv1", "pwconv2"]
 
 
 def _training_section(summary: dict) -> str:
@@ -22,10 +23,9 @@ def _training_section(summary: dict) -> str:
         f"+ {args.get('caption_loss_weight')} x captioning (causal decoder cross-attending to the ECG token sequence).",
     ]
     if losses:
-        lines.append(
-            f"- Final losses: total {losses.get('loss', float('nan')):.4f}, contrastive "
-            f"{losses.get('contrastive_loss', float('nan')):.4f}, caption {losses.get('caption_loss', float('nan')):.4f}."
-        )
+        nan = float("nan")
+        total, contrastive, caption = (losses.get(k, nan) for k in ("loss", "contrastive_loss", "caption_loss"))
+        lines.append(f"- Final losses: total {total:.4f}, contrastive {contrastive:.4f}, caption {caption:.4f}.")
     return "\n".join(lines)
 
 
@@ -66,7 +66,7 @@ def render_model_card(summary: dict, config: dict, repo_id: str = "ORG/esi", dow
         projection_dim=config.get("projection_dim"),
         sampling_rate=ecg.get("sampling_rate"),
         duration_s=ecg.get("duration_s"),
-        lora_targets=json.dumps(LORA_TARGETS),
+        lora_targets=f'r"{LORA_TARGET_MODULES}"',
         training=_training_section(summary),
         evaluation=_evaluation_section(summary, downstream),
     )

@@ -1,12 +1,79 @@
-"""Push a finished folder (model or dataset) to the Hugging Face Hub.
+"""Assemble the model and dataset folders exactly as they are uploaded, and push them.
 
-python -m model_cards.publish --folder outputs/demo/model --repo-id you/esi-atto --repo-type model
+    python -m model_cards.publish --model-dir outputs/demo/pretraining/model \\
+        --captions-dir outputs/demo/captions --signals-dir outputs/demo/prepared \\
+        --downstream benchmarks/reports/downstream_summary.json --output-dir outputs/publish \\
+        [--model-repo-id you/esi-atto --dataset-repo-id you/esi-ptbxl-captions --token hf_...]
+
+Without repo ids nothing leaves the machine: the folders under --output-dir are what would be
+uploaded, and they load offline with `AutoModel.from_pretrained(folder, trust_remote_code=True)`
+and `datasets.load_dataset(folder)`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 from pathlib import Path
+
+import datasets
+import yaml
+
+from .model_card import write_model_card
+
+# What a captions folder holds for users; its `.cqa/` journal is for resuming runs only.
+DATASET_FILES = ("README.md", "LICENSE.txt", "data")
+
+
+def assemble_model_folder(model_dir: Path, output_dir: Path, repo_id: str, downstream: dict | None = None) -> Path:
+    """Copy a `train.py` model folder and refill its card with the repo id and downstream results."""
+    if not (model_dir / "config.json").exists():
+        raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json)")
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    shutil.copytree(model_dir, output_dir)
+    summary_path = output_dir / "training_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    write_model_card(output_dir, summary, repo_id=repo_id, downstream=downstream)
+    return output_dir
+
+
+def _split_front_matter(card: str) -> tuple[dict, str]:
+    _, header, body = card.split("---\n", 2)
+    return yaml.safe_load(header), body
+
+
+def assemble_dataset_folder(captions_dir: Path, output_dir: Path, signals_dir: Path | None = None) -> Path:
+    """Copy the captioned dataset; with `signals_dir`, add the prepared signals as a second config."""
+    missing = [name for name in DATASET_FILES if not (captions_dir / name).exists()]
+    if missing:
+        raise FileNotFoundError(f"{captions_dir} lacks {missing}: is it a finished cqa_generate.py output?")
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True)
+    for name in DATASET_FILES:
+        source = captions_dir / name
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, output_dir / name)
+    if signals_dir is not None:
+        signals = datasets.load_from_disk(str(signals_dir))
+        (output_dir / "signals").mkdir()
+        for split, part in signals.items():
+            part.to_parquet(str(output_dir / "signals" / f"{split}-00000-of-00001.parquet"))
+        meta, body = _split_front_matter((output_dir / "README.md").read_text())
+        meta["configs"].append({
+            "config_name": "signals",
+            "data_files": [{"split": s, "path": f"signals/{s}-*.parquet"} for s in signals],
+        })  # fmt: skip
+        body += (
+            "\n## Signals config\n\nThe `signals` config holds the 12-lead signals the captions describe "
+            "(`signal`: leads x time, millivolts, PTB-XL lead order), with demographics, statements, labels and "
+            "folds; join it to the captions on `ecg_id`:\n\n```python\n"
+            'signals = load_dataset(repo, "signals")\n```\n'
+        )
+        card = "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n" + body
+        (output_dir / "README.md").write_text(card)
+    return output_dir
 
 
 def push_folder(
@@ -35,15 +102,34 @@ def push_folder(
     return str(commit)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--folder", required=True)
-    parser.add_argument("--repo-id", required=True)
-    parser.add_argument("--repo-type", choices=["model", "dataset"], default="model")
+    parser.add_argument("--model-dir", type=Path, help="a train.py output model folder")
+    parser.add_argument("--captions-dir", type=Path, help="a cqa_generate.py output folder")
+    parser.add_argument("--signals-dir", type=Path, help="the prepared dataset, published as the 'signals' config")
+    parser.add_argument("--downstream", type=Path, help="downstream_summary.json from benchmarks/bench_downstream.py")
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/publish"))
+    parser.add_argument("--model-repo-id", default=None)
+    parser.add_argument("--dataset-repo-id", default=None)
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--token", default=None)
-    args = parser.parse_args()
-    print(push_folder(args.folder, args.repo_id, args.repo_type, args.private, args.token))
+    args = parser.parse_args(argv)
+    if not (args.model_dir or args.captions_dir):
+        parser.error("give --model-dir and/or --captions-dir")
+
+    folders: dict[str, Path] = {}
+    if args.model_dir:
+        downstream = json.loads(args.downstream.read_text()) if args.downstream else None
+        repo_id = args.model_repo_id or "ORG/esi"
+        folders["model"] = assemble_model_folder(args.model_dir, args.output_dir / "model", repo_id, downstream)
+    if args.captions_dir:
+        folders["dataset"] = assemble_dataset_folder(args.captions_dir, args.output_dir / "dataset", args.signals_dir)
+    for kind, repo_id in (("model", args.model_repo_id), ("dataset", args.dataset_repo_id)):
+        if repo_id and kind in folders:
+            print(f"pushed {kind}: {push_folder(folders[kind], repo_id, kind, args.private, args.token)}")
+    for kind, folder in folders.items():
+        print(f"{kind} folder: {folder}")
+    return folders
 
 
 if __name__ == "__main__":

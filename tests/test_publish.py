@@ -1,0 +1,81 @@
+"""The folders model_cards.publish assembles load as a user would load them from the Hub."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import yaml
+
+from model_cards.publish import main as publish
+
+USER_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from datasets import load_dataset
+    from transformers import AutoFeatureExtractor, AutoModel, AutoModelForSequenceClassification
+
+    model_dir, dataset_dir = sys.argv[1], sys.argv[2]
+    model = AutoModel.from_pretrained(model_dir, trust_remote_code=True)
+    head = AutoModelForSequenceClassification.from_pretrained(model_dir, trust_remote_code=True, num_labels=5)
+    extractor = AutoFeatureExtractor.from_pretrained(model_dir, trust_remote_code=True)
+    captions = load_dataset(dataset_dir)
+    signals = load_dataset(dataset_dir, "signals")
+    row = signals["test"].with_format("numpy")[0]
+    inputs = extractor(row["signal"], sampling_rate=int(row["sampling_rate"]), lead_names=list(row["lead_names"]),
+                       return_tensors="pt")
+    print(json.dumps({
+        "model_module": type(model).__module__,
+        "head": type(head).__name__,
+        "embedding_shape": list(model.get_ecg_features(inputs["input_values"]).shape),
+        "splits": {k: v.num_rows for k, v in captions.items()},
+        "signal_shape": list(row["signal"].shape),
+        "caption_ids": sorted(captions["test"]["ecg_id"]) == sorted(signals["test"]["ecg_id"]),
+    }))
+    """
+)
+
+
+def test_published_folders_load_offline_in_a_clean_process(
+    tiny_pretrained_model, sample_captions, prepared_sample, tmp_path
+):
+    downstream = tmp_path / "downstream_summary.json"
+    downstream.write_text(json.dumps({
+        "results": [{"name": "PTB-XL superdiagnostic, linear probe, 100% labels", "value": 0.8123}],
+        "markdown": "| method | macro AUROC |\n|---|---|\n| linear probe | 0.812 |",
+    }))  # fmt: skip
+    folders = publish([
+        "--model-dir", str(tiny_pretrained_model), "--captions-dir", str(sample_captions),
+        "--signals-dir", str(prepared_sample), "--downstream", str(downstream),
+        "--output-dir", str(tmp_path / "publish"),
+    ])  # fmt: skip
+
+    card = (folders["model"] / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["library_name"] == "transformers"
+    assert meta["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.8123
+    assert "not a medical device" in card and "| linear probe | 0.812 |" in card
+    assert not (folders["dataset"] / ".cqa").exists()
+    dataset_meta = yaml.safe_load((folders["dataset"] / "README.md").read_text().split("---\n")[1])
+    assert [c["config_name"] for c in dataset_meta["configs"]] == ["default", "signals"]
+
+    user_dir = tmp_path / "user"
+    user_dir.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
+    env["HF_DATASETS_CACHE"] = str(tmp_path / "datasets_cache")
+    result = subprocess.run(
+        [sys.executable, "-c", USER_SCRIPT, str(folders["model"]), str(folders["dataset"])],
+        cwd=user_dir, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["model_module"].startswith("transformers_modules"), seen
+    assert seen["head"] == "EsiForEcgClassification"
+    assert seen["embedding_shape"] == [1, 32]
+    assert seen["splits"] == {"train": 240, "validation": 30, "test": 30}
+    assert seen["signal_shape"] == [12, 1000]
+    assert seen["caption_ids"]

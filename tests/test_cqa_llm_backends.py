@@ -35,7 +35,8 @@ def template_rows(prepared_sample, tmp_path_factory) -> dict[int, dict]:
 
 
 def _rows(output_dir: Path) -> dict[int, dict]:
-    return {row["ecg_id"]: row for split in load_dataset(str(output_dir)).values() for row in split}
+    loaded = load_dataset(str(output_dir), download_mode="force_redownload")  # no stale cache of a same-named folder
+    return {row["ecg_id"]: row for split in loaded.values() for row in split}
 
 
 def _check_fallback_rows(rows: dict[int, dict], template_rows: dict[int, dict], backend: str) -> None:

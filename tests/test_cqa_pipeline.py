@@ -19,8 +19,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _by_id(output_dir: Path) -> dict[int, dict]:
+    # force_redownload: datasets keys its cache of a local folder by folder name and data_files patterns,
+    # so an older folder of the same name (an earlier pytest session) would be served otherwise.
     rows = {}
-    for split in load_dataset(str(output_dir)).values():
+    for split in load_dataset(str(output_dir), download_mode="force_redownload").values():
         for row in split:
             assert row["ecg_id"] not in rows, f"ecg_id {row['ecg_id']} appears twice"
             rows[row["ecg_id"]] = row
@@ -42,7 +44,7 @@ def full_run(prepared_sample, tmp_path_factory) -> Path:
 
 
 def test_full_run_loads_with_datasets_and_has_a_card(full_run, input_ids):
-    loaded = load_dataset(str(full_run))
+    loaded = load_dataset(str(full_run), download_mode="force_redownload")
     assert {name: split.num_rows for name, split in loaded.items()} == {k: len(v) for k, v in input_ids.items()}
     for name, split in loaded.items():
         assert sorted(split["ecg_id"]) == sorted(input_ids[name]) and set(split["split"]) == {name}

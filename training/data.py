@@ -21,7 +21,9 @@ def load_dataset_folder(path: str | Path) -> datasets.DatasetDict:
         raise FileNotFoundError(f"dataset folder {path} does not exist")
     if (path / "dataset_dict.json").exists():
         return datasets.load_from_disk(str(path))
-    return datasets.load_dataset(str(path))
+    # datasets keys its cache of a local folder by the folder's name and file patterns, so a
+    # regenerated folder of the same name would be served stale: always rebuild (cheap for text).
+    return datasets.load_dataset(str(path), download_mode="force_redownload")
 
 
 def join_captions(

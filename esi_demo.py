@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     banner("2/4 Cardio Query Assistant captions (template backend)")
     captions_dir = out / "captions"
     generate_captions(prepared_dir, captions_dir, backend="template", resume=True)
-    import datasets
+    from training.data import load_dataset_folder
 
-    captions = datasets.load_dataset(str(captions_dir))
+    captions = load_dataset_folder(captions_dir)
     example = captions["train"][0]
     print(f"{sum(len(s) for s in captions.values())} captions; ecg_id {example['ecg_id']}:\n  {example['caption']}")
 

@@ -31,6 +31,12 @@ RHYTHM_CODES = ("SR", "AFIB", "AFLT", "STACH", "SBRAD", "SARRH", "SVARR", "SVTAC
 _SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _MAX_KNOWLEDGE_CHARS = 320
 _LABEL_RE = re.compile(r"^[A-Z][A-Za-z -]{2,30}:\s+")
+# Captions describe; knowledge sentences about care (management, tests, drugs) stay out of them.
+_ADVICE_RE = re.compile(
+    r"\b(treat|therap|manag|should|recommend|refer|anticoag|medication|drugs?\b|evaluat|follow.up|tests?\b|advice|"
+    r"deserve|urgent|emergenc)",
+    re.IGNORECASE,
+)
 
 
 def _cap(text: str) -> str:
@@ -196,7 +202,9 @@ class TemplateWriter:
                 continue
             for sentence in _SENTENCE_SPLIT_RE.split(passage.text.strip()):
                 sentence = _LABEL_RE.sub("", sentence).rstrip(" .") + "."  # "Significance: ..." -> "..."
-                if len(sentence) <= _MAX_KNOWLEDGE_CHARS and self._safe(sentence, inputs):
+                if len(sentence) > _MAX_KNOWLEDGE_CHARS or _ADVICE_RE.search(sentence):
+                    continue
+                if self._safe(sentence, inputs):
                     return self._frame(sentence, statement)
         return ""
 

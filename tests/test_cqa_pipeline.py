@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -55,6 +56,9 @@ def test_full_run_loads_with_datasets_and_has_a_card(full_run, input_ids):
     assert row["backend"] == "template" and row["model_id"] == "esi-cqa-template-v1"
     assert row["statements"] and row["retrieved_passage_ids"][0].startswith("scp:")
     assert f"{row['heart_rate_bpm']:.0f} bpm" in row["caption"]
+    captions = [c for split in loaded.values() for c in split["caption"]]
+    assert not [c for c in captions if re.search(r"\b(treat|therap|manag|should)", c, re.IGNORECASE)]
+    assert len({c.split(". ")[0].split(" a ")[0] for c in captions}) >= 3  # phrasing varies between records
 
     card = (full_run / "README.md").read_text()
     header = card.split("---")[1]

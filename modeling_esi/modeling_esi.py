@@ -378,6 +378,12 @@ def caption_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor | None
 # ---------------------------------------------------------------------------------------------------------------
 
 
+ESI_AUTO_MAP = {
+    "AutoModel": "modeling_esi.EsiModel",
+    "AutoModelForSequenceClassification": "modeling_esi.EsiForEcgClassification",
+}
+
+
 class EsiPreTrainedModel(PreTrainedModel):
     config_class = EsiConfig
     config: EsiConfig
@@ -386,6 +392,12 @@ class EsiPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["EsiConvNextBlock", "EsiResNetBlock", "EsiDecoderLayer", "BertLayer"]
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        # All ESI heads share one config and one code file: list every Auto class in `auto_map`, so a
+        # pretraining folder also loads with AutoModelForSequenceClassification (and a classifier with AutoModel).
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **ESI_AUTO_MAP}
+        super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         # Linear/Conv/Embedding/LayerNorm/BatchNorm: transformers' defaults (normal(0.02), ones/zeros).

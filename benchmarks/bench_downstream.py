@@ -227,7 +227,11 @@ def check_targets(table: dict, finetune_fraction: float) -> list[list[str]]:
         (f"ESI LoRA >= ESI linear probe ({finetune_fraction:.0%})", lora - esi_ft, 0.0, False),
     ]
     return [
-        [name, f"{gap:+.3f}", "met" if (gap > need if strict else gap >= need) else "NOT met"]
+        [
+            name,
+            f"{gap:+.3f}",
+            "not run" if np.isnan(gap) else "met" if (gap > need if strict else gap >= need) else "NOT met",
+        ]
         for name, gap, need, strict in rows
     ]
 
@@ -308,6 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
         ],
     )
     elapsed = time.perf_counter() - started
+    pretrain_times = {k: "cached" if v is None else round(v) for k, v in pretrain_seconds.items()}
     esi_keys = [key for key in table if key[0] == "ESI"]
     summary_rows = [
         {
@@ -364,7 +369,7 @@ on {"this machine" if not quick else "the quick configuration"}.
 {command}
 ```
 
-Pretraining time per variant (s): { ({k: round(v) for k, v in pretrain_seconds.items()}) } (nan = reused from cache).
+Pretraining time per variant (s): {pretrain_times}.
 Packages: {versions}.
 
 Per-run details, including per-class AUROC and bootstrap intervals (200 resamples) for every run, are in `{stem}.json`.

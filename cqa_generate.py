@@ -57,6 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     io.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the finished dataset to this Hub dataset repo")
     io.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    io.add_argument(
+        "--plot",
+        type=int,
+        metavar="N",
+        help="also draw the first N captioned ECGs on ECG paper with their captions into OUTPUT_DIR/plots",
+    )
 
     gen = parser.add_argument_group("generation")
     gen.add_argument("--backend", choices=BACKENDS, default=DEFAULTS.backend)
@@ -129,6 +135,13 @@ def main(argv: list[str] | None = None) -> dict:
         )
         complete = summary["complete"]
     print(json.dumps(summary, indent=2))
+    if args.plot:
+        if not complete or not args.dataset:
+            raise SystemExit("--plot needs a finished (or merged) output and --dataset for the signals")
+        from ecg_plot.captions import plot_records_with_captions
+
+        paths = plot_records_with_captions(args.output_dir, args.dataset, args.plot, Path(args.output_dir) / "plots")
+        print(f"wrote {len(paths)} plot(s) to {Path(args.output_dir) / 'plots'}")
     if args.push_to_hub:
         if not complete:
             raise SystemExit("not pushing: this output is one shard of a sharded run; merge the shards first")

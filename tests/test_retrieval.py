@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from cqa.knowledge import load_knowledge_base
-from cqa.retrieval import RRF_K, HybridRetriever, RetrievedPassage, build_query, default_encoder_path
+from cqa.retrieval import RRF_K, HybridRetriever, RetrievedPassage, build_query
+from training.text_encoder import default_text_model_path
 
 AF_QUERY = "atrial fibrillation irregular rhythm without P waves"
 
@@ -99,7 +100,7 @@ def test_required_codes_are_truncated_at_k(hybrid):
 
 
 def test_default_encoder_is_the_offline_minilm():
-    path = default_encoder_path()
+    path = default_text_model_path()
     assert (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
 
 

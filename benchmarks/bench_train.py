@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--config", default="atto")
     p.add_argument("--max-text-length", type=int, default=128)
+    p.add_argument("--freeze-text-tower", action="store_true")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--report", type=Path, default=REPO / "benchmarks" / "reports" / "train.md")
     args = p.parse_args(argv)
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--config", args.config, "--max-steps", str(args.steps), "--per-device-batch-size", str(args.batch_size),
         "--max-text-length", str(args.max_text_length), "--seed", str(args.seed), "--warmup-steps", "15",
         "--checkpointing-steps", str(args.steps), "--eval-split", "none", "--report-to", "none",
-    ]  # fmt: skip
+    ] + (["--freeze-text-tower"] if args.freeze_text_tower else [])  # fmt: skip
 
     # The untrained twin: train.py's model construction under the same seed, before any step.
     set_seed(args.seed)
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
         "# Pretraining benchmark",
         "",
         f"Command: `python -m benchmarks.bench_train --ptbxl-dir {args.ptbxl_dir} --steps {args.steps} "
-        f"--config {args.config} --batch-size {args.batch_size}`",
+        f"--config {args.config} --batch-size {args.batch_size} --max-text-length {args.max_text_length}"
+        f"{' --freeze-text-tower' if args.freeze_text_tower else ''}`",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
         f"{summary['train_ecgs']} training ECGs (folds 1-8).",
         "",

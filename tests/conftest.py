@@ -50,6 +50,44 @@ def tiny_text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+TINY_TOWER = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def save_tiny_esi(folder: Path, classifier_labels: list[str] | None = None) -> Path:
+    """Save a tiny randomly initialised EsiModel as train.py saves one (weights, preprocessor, tokenizer);
+    with `classifier_labels`, also an `EsiForEcgClassification` head in `folder/classifier`."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig
+
+    from modeling_esi import EsiConfig, EsiFeatureExtractor, EsiForEcgClassification, EsiModel
+    from training.text_encoder import default_text_model_path
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(default_text_model_path())
+    config = EsiConfig(
+        ecg_config={"depths": [1, 1], "hidden_sizes": [16, 32]},
+        text_config=BertConfig(vocab_size=tokenizer.vocab_size, **TINY_TOWER).to_dict(),
+        decoder_config={**TINY_TOWER, "max_position_embeddings": 64},
+        projection_dim=32,
+    )
+    EsiModel(config).save_pretrained(folder)
+    EsiFeatureExtractor().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    if classifier_labels:
+        config.num_labels = len(classifier_labels)
+        config.id2label = dict(enumerate(classifier_labels))
+        config.label2id = {label: i for i, label in enumerate(classifier_labels)}
+        config.problem_type = "multi_label_classification"
+        EsiForEcgClassification(config).save_pretrained(folder / "classifier")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_esi(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny randomly initialised ESI model folder (see `save_tiny_esi`)."""
+    return save_tiny_esi(tmp_path_factory.mktemp("tiny_esi") / "model")
+
+
 def tiny_train_args(signals: Path, captions: Path, text_model: Path, output_dir: Path, *extra: str) -> list[str]:
     """train.py arguments for a seconds-long run with tiny towers (used by several test modules)."""
     return [

@@ -8,43 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig
 
 import finetune
 from evaluation.classification import METHODS, choose_thresholds, load_task, lora_target_modules
 from evaluation.subject_id import gallery_and_probes, subject_identification
 from evaluation.zero_shot import class_prompts
-from modeling_esi import EsiConfig, EsiFeatureExtractor, EsiForEcgClassification, EsiModel
-from training.text_encoder import default_text_model_path
+from modeling_esi import EsiFeatureExtractor, EsiForEcgClassification
 
 FAST = ["--bootstrap-samples", "20", "--eval-batch-size", "100"]
 EPOCHS = {"linear_probe": "30", "lora": "1", "full": "1", "supervised_scratch": "1"}
-
-
-@pytest.fixture(scope="module")
-def tiny_esi(tmp_path_factory) -> Path:
-    """A tiny randomly initialised ESI model saved like train.py saves one (weights, preprocessor, tokenizer)."""
-    folder = tmp_path_factory.mktemp("tiny_esi")
-    torch.manual_seed(0)
-    config = EsiConfig(
-        ecg_config={"depths": [1, 1], "hidden_sizes": [16, 32]},
-        text_config=BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
-        decoder_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
-        projection_dim=32,
-    )
-    EsiModel(config).save_pretrained(folder)
-    EsiFeatureExtractor().save_pretrained(folder)
-    AutoTokenizer.from_pretrained(default_text_model_path()).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def sample_captions(prepared_sample, tmp_path_factory) -> Path:
-    from cqa_generate import generate_captions
-
-    folder = tmp_path_factory.mktemp("captions")
-    generate_captions(prepared_sample, folder, backend="template", splits=["test"])
-    return folder
 
 
 def run(tiny_esi, prepared_sample, out, *extra) -> dict:

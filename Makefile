@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 SAMPLE ?= data/ptbxl_sample
 OUT ?= outputs/demo
 
-.PHONY: demo test install install-dev vllm-venv browser app lint bench-data bench-measurements bench-cqa bench-model bench-train bench-downstream clean
+.PHONY: demo test install install-dev vllm-venv browser app lint bench-data bench-measurements bench-cqa bench-model bench-train bench-downstream bench-probe clean
 
 $(VENV)/.installed-base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,9 @@ bench-train: $(VENV)/.installed-base
 	$(PY) -m benchmarks.bench_train --ptbxl-dir $(PTBXL)
 bench-downstream: $(VENV)/.installed-base
 	$(PY) -m benchmarks.bench_downstream --ptbxl-dir $(PTBXL)
+# Linear probe of a bench-train model vs a random encoder: make bench-probe MODEL=outputs/.../model
+bench-probe: $(VENV)/.installed-base
+	$(PY) -m benchmarks.bench_probe --model $(MODEL)
 
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check .

@@ -43,18 +43,18 @@ browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 demo: $(VENV)/.installed-base
-	$(PY) -m esi_demo --ptbxl-dir $(SAMPLE) --output-dir $(OUT)
+	$(PY) -m esi.demo --ptbxl-dir $(SAMPLE) --output-dir $(OUT)
 
 test: $(VENV)/.installed-dev vllm-venv browser
 	$(PY) -m pytest -q -ra
 
 app: $(VENV)/.installed-base
-	$(PY) app.py
+	$(PY) -m esi.app.ui
 
 # Benchmarks on the larger PTB-XL subset (override PTBXL=/path/to/ptb-xl); each prints its figures.
 PTBXL ?= ../shared/ptb-xl
 bench-data: $(VENV)/.installed-base
-	$(PY) benchmarks/bench_prepare.py --ptbxl-dir $(PTBXL) --sampling-rate 100
+	$(PY) -m benchmarks.bench_prepare --ptbxl-dir $(PTBXL) --sampling-rate 100
 bench-measurements: $(VENV)/.installed-base
 	$(PY) -m benchmarks.bench_measurements --ptbxl-dir $(PTBXL)
 bench-cqa: $(VENV)/.installed-dev

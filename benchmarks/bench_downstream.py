@@ -16,7 +16,7 @@ models also zero-shot classification. Task: superdiagnostic, test fold 10, macro
 uses the CQA template captions (cqa_generate.py --backend template) of the training folds.
 
 Writes REPORT_DIR/downstream{_quick}.json, .md, _label_efficiency.png, _roc.png and
-downstream{_quick}_summary.json (for model_cards.model_card.write_model_card(..., downstream=...)).
+downstream{_quick}_summary.json (for esi.train.model_card.write_model_card(..., downstream=...)).
 Research software, not a diagnostic device.
 """
 
@@ -32,15 +32,13 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from evaluation.classification import (  # noqa: E402
+from esi.eval.classification import (  # noqa: E402
     SPLITS,
     TrainConfig,
     encoder_features,
@@ -49,8 +47,8 @@ from evaluation.classification import (  # noqa: E402
     make_loader,
     run_classification,
 )
-from evaluation.report import DISCLAIMER, markdown_table, plot_roc, write_json  # noqa: E402
-from evaluation.subject_id import subject_identification  # noqa: E402
+from esi.eval.report import DISCLAIMER, markdown_table, plot_roc, write_json  # noqa: E402
+from esi.eval.subject_id import subject_identification  # noqa: E402
 from modeling_esi import EsiFeatureExtractor  # noqa: E402
 
 PACKAGES = ("torch", "transformers", "datasets", "accelerate", "peft", "evaluate", "scikit-learn", "numpy")
@@ -91,8 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def prepare_data(ptbxl_dir: Path, cache: Path) -> tuple[Path, Path]:
     """Prepared 100 Hz dataset and template captions, built once into the cache."""
-    from cqa_generate import generate_captions
-    from dataset_scripts.prepare_ptbxl import prepare_ptbxl
+    from esi.cqa.cli import generate_captions
+    from esi.data.prepare_ptbxl import prepare_ptbxl
 
     # Folder names carry the source's name: datasets' cache keys a Parquet folder by its name.
     prepared, captions = cache / f"prepared-100hz-{ptbxl_dir.name}", cache / f"captions-template-{ptbxl_dir.name}"
@@ -107,7 +105,7 @@ def pretrain(
     name: str, extra: list[str], prepared: Path, captions: Path, cache: Path, args
 ) -> tuple[Path, float | None]:
     """train.main for one loss variant and its seconds; reused (None seconds) when the same settings already ran."""
-    import train
+    from esi.train import pretrain as train
 
     settings = f"{args.config}-{args.pretrain_steps}steps-b{args.pretrain_batch_size}-t{args.max_text_length}"
     out = (
@@ -183,10 +181,10 @@ def evaluate_scratch(model_dir: Path, data, args, seeds) -> list[dict]:
 
 
 def zero_shot(model_dir: Path, data, args) -> dict:
-    from cqa.knowledge import load_knowledge_base
-    from evaluation.classification import score_predictions
-    from evaluation.zero_shot import class_prompts, zero_shot_scores
-    from finetune import load_pretrained
+    from esi.cqa.knowledge import load_knowledge_base
+    from esi.eval.classification import score_predictions
+    from esi.eval.finetune import load_pretrained
+    from esi.eval.zero_shot import class_prompts, zero_shot_scores
 
     prompts, _ = class_prompts(data.class_names, load_knowledge_base())
     keep = [k for k, n in enumerate(data.class_names) if n in prompts]

@@ -1,4 +1,4 @@
-"""Agreement of cqa.measurements with PTB-XL cardiologists' statements, and its speed.
+"""Agreement of esi.cqa.measurements with PTB-XL cardiologists' statements, and its speed.
 
 Thresholds were tuned on folds 1-9; fold 10 is reported separately as held out.
 
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import wfdb
 
-from cqa.measurements import EcgMeasurements, axis_category_ptbxl, measure_batch
+from esi.cqa.measurements import EcgMeasurements, axis_category_ptbxl, measure_batch
 
 REPO = Path(__file__).resolve().parents[1]
 # PTB-XL heart_axis codes in its German convention, grouped three ways.
@@ -142,7 +142,7 @@ def main() -> None:
 
     header = ["| check | agreement | n labelled | flagged among reference | n reference | target |",
               "| --- | --- | --- | --- | --- | --- |"]
-    out = ["# cqa.measurements vs PTB-XL statements", "",
+    out = ["# esi.cqa.measurements vs PTB-XL statements", "",
            f"Data: {args.ptbxl_dir} (100 Hz), {len(db)} records, folds {sorted(set(db.strat_fold))}"
            f"{f', first {args.limit} by ecg_id' if args.limit else ''}.",
            "Agreement: share of records carrying the statement that the measurement confirms (a missing value "

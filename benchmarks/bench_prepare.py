@@ -1,6 +1,6 @@
 """Throughput and peak memory of `prepare_ptbxl` on a whole PTB-XL folder.
 
-    python benchmarks/bench_prepare.py --ptbxl-dir ../shared/ptb-xl --sampling-rate 100
+    python -m benchmarks.bench_prepare --ptbxl-dir ../shared/ptb-xl --sampling-rate 100
 
 Target (3,477-record subset, 100 Hz, 2 CPU cores): under 60 s and under 2 GiB peak memory.
 Peak memory is the parent's peak RSS plus the largest peak RSS among the reader processes
@@ -13,15 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from dataset_scripts.prepare_ptbxl import default_num_proc, prepare_ptbxl
+from esi.data.prepare_ptbxl import default_num_proc, prepare_ptbxl
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import finetune
+from esi.eval import finetune
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -23,12 +23,12 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import AutoModel, AutoTokenizer
 
-import train
 from benchmarks.bench_downstream import prepare_data
+from esi.data.torch_dataset import EcgCollator, EcgDataset, join_captions, load_dataset_folder
+from esi.text_encoder import default_text_model_path
+from esi.train import pretrain as train
+from esi.train.retrieval_eval import embed_ecg_text, retrieval_recall
 from modeling_esi import EsiFeatureExtractor
-from training.data import EcgCollator, EcgDataset, join_captions, load_dataset_folder
-from training.evaluation import embed_ecg_text, retrieval_recall
-from training.text_encoder import default_text_model_path
 
 REPO = Path(__file__).resolve().parent.parent
 

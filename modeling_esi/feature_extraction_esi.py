@@ -49,6 +49,22 @@ def bandpass(signal: np.ndarray, rate: float, low_hz: float, high_hz: float, ord
     return filtered[:, pad : pad + signal.shape[-1]]
 
 
+def map_leads_by_name(lead_names: Sequence[str], wanted: Sequence[str] = PTBXL_LEAD_ORDER) -> list[int | None]:
+    """For each lead in `wanted`, its row among `lead_names` (None when absent). Names match case-insensitively.
+
+    Raises `ValueError` for a name that is not among `wanted` or a name given twice: either would put a
+    lead's signal under another lead's name.
+    """
+    expected = {name.casefold() for name in wanted}
+    given = [str(name).strip().casefold() for name in lead_names]
+    unknown = [name for name, key in zip(lead_names, given, strict=True) if key not in expected]
+    if unknown:
+        raise ValueError(f"unknown lead name(s) {unknown}; expected names among {list(wanted)}")
+    if len(set(given)) != len(given):
+        raise ValueError(f"lead_names lists a lead twice: {list(lead_names)}")
+    return [given.index(name.casefold()) if name.casefold() in given else None for name in wanted]
+
+
 class EsiFeatureExtractor(SequenceFeatureExtractor):
     r"""
     Turns raw 12-lead ECGs into the model's `input_values` (B, 12, T), float32, plus `attention_mask` (B, T).
@@ -159,14 +175,7 @@ class EsiFeatureExtractor(SequenceFeatureExtractor):
 
     def _map_leads(self, lead_names: Sequence[str], allow_missing: bool) -> tuple[list[int | None], np.ndarray]:
         """For each model lead, its row in the input (None when absent), and the (12,) present mask."""
-        wanted = {name.casefold(): index for index, name in enumerate(self.lead_names)}
-        given = [str(name).strip().casefold() for name in lead_names]
-        unknown = [name for name, key in zip(lead_names, given, strict=True) if key not in wanted]
-        if unknown:
-            raise ValueError(f"unknown lead name(s) {unknown}; expected names among {self.lead_names}")
-        if len(set(given)) != len(given):
-            raise ValueError(f"lead_names lists a lead twice: {list(lead_names)}")
-        sources = [given.index(name.casefold()) if name.casefold() in given else None for name in self.lead_names]
+        sources = map_leads_by_name(lead_names, self.lead_names)
         missing = [name for name, source in zip(self.lead_names, sources, strict=True) if source is None]
         if missing and not allow_missing:
             raise ValueError(

@@ -19,7 +19,7 @@ def ptbxl_sample_dir() -> Path:
 @pytest.fixture(scope="session")
 def prepared_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`save_to_disk` folder of the sample prepared at 100 Hz; load it with `datasets.load_from_disk`."""
-    from dataset_scripts.prepare_ptbxl import prepare_ptbxl
+    from esi.data.prepare_ptbxl import prepare_ptbxl
 
     output_dir = tmp_path_factory.mktemp("prepared") / "ptbxl_sample_100hz"
     prepare_ptbxl(PTBXL_SAMPLE, output_dir, sampling_rate=100, num_proc=2)
@@ -29,7 +29,7 @@ def prepared_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def sample_captions(prepared_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """CQA captions (template backend) for every record of `prepared_sample`; a Parquet folder."""
-    from cqa.pipeline import generate_captions
+    from esi.cqa.pipeline import generate_captions
 
     output_dir = tmp_path_factory.mktemp("captions") / "ptbxl_sample_captions"
     generate_captions(prepared_sample, output_dir, backend="template")
@@ -41,7 +41,7 @@ def tiny_text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 64-wide BERT with the real all-MiniLM-L6-v2 WordPiece tokenizer: a fast text tower."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from training.text_encoder import default_text_model_path
+    from esi.text_encoder import default_text_model_path
 
     folder = tmp_path_factory.mktemp("tiny_bert")
     config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
@@ -59,8 +59,8 @@ def save_tiny_esi(folder: Path, classifier_labels: list[str] | None = None) -> P
     import torch
     from transformers import AutoTokenizer, BertConfig
 
+    from esi.text_encoder import default_text_model_path
     from modeling_esi import EsiConfig, EsiFeatureExtractor, EsiForEcgClassification, EsiModel
-    from training.text_encoder import default_text_model_path
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(default_text_model_path())
@@ -103,7 +103,7 @@ def tiny_train_args(signals: Path, captions: Path, text_model: Path, output_dir:
 def tiny_pretrained_model(prepared_sample: Path, sample_captions: Path, tiny_text_model: Path,
                           tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Hub-ready ESI folder from a 4-step pretraining run with tiny towers."""
-    import train
+    from esi.train import pretrain as train
 
     output_dir = tmp_path_factory.mktemp("tiny_run")
     args = tiny_train_args(prepared_sample, sample_captions, tiny_text_model, output_dir, "--max-steps", "4")

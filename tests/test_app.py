@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset_scripts.ptbxl import read_signal
-from esi_app.cqa_view import measurement_table
-from esi_app.inference import SUPERCLASSES, EsiPredictor
-from esi_app.records import RecordError, SampleCatalogue, read_upload
-from esi_app.similar import SampleIndex
+from esi.app.cqa_view import measurement_table
+from esi.app.inference import SUPERCLASSES, EsiPredictor
+from esi.app.records import RecordError, SampleCatalogue, read_upload
+from esi.app.similar import SampleIndex
+from esi.data.ptbxl import read_signal
 from tests.test_app_model import build_tiny_model
 
 RECORD = "records100/00000/00547_lr"
@@ -96,7 +96,7 @@ def test_refuses_record_without_twelve_standard_leads(record_files, tmp_path):
 
 
 def test_measurement_table_rows(catalogue):
-    from cqa.measurements import measure_ecg
+    from esi.cqa.measurements import measure_ecg
 
     record = catalogue.read(ECG_ID)
     table = measurement_table(measure_ecg(record.signal, 100, list(record.lead_names)))

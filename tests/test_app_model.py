@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from transformers import AutoFeatureExtractor, AutoModel, AutoModelForSequenceClassification
 
-from esi_app.inference import SUPERCLASSES
-from esi_app.records import STANDARD_LEADS
+from esi.app.inference import SUPERCLASSES
+from esi.app.records import STANDARD_LEADS
 from tests.conftest import save_tiny_esi
 
 

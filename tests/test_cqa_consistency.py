@@ -8,8 +8,8 @@ import json
 import datasets
 import numpy as np
 
-from cqa.consistency import reconcile_with_statements
-from cqa.measurements import measure_ecg
+from esi.cqa.consistency import reconcile_with_statements
+from esi.cqa.measurements import measure_ecg
 
 
 def _measured(prepared_sample, code: str):

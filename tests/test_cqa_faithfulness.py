@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from cqa.faithfulness import DiagnosisLexicon, FaithfulnessChecker
-from cqa.knowledge import load_knowledge_base
-from cqa.measurements import EcgMeasurements
-from cqa.prompts import REPORT_BEGIN, REPORT_END, SYSTEM_PROMPT, CaptionInputs, Statement, build_request
-from cqa.retrieval import RetrievedPassage
-from cqa.template_writer import TemplateWriter
-from dataset_scripts.ptbxl import load_statements
+from esi.cqa.faithfulness import DiagnosisLexicon, FaithfulnessChecker
+from esi.cqa.knowledge import load_knowledge_base
+from esi.cqa.measurements import EcgMeasurements
+from esi.cqa.prompts import REPORT_BEGIN, REPORT_END, SYSTEM_PROMPT, CaptionInputs, Statement, build_request
+from esi.cqa.retrieval import RetrievedPassage
+from esi.cqa.template_writer import TemplateWriter
+from esi.data.ptbxl import load_statements
 
 
 @pytest.fixture(scope="module")

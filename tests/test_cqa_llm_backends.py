@@ -13,9 +13,9 @@ import pytest
 from datasets import load_dataset
 
 from benchmarks.bench_cqa import build_tiny_chat_model
-from cqa.backends import CaptionBackend, TransformersBackend
-from cqa.pipeline import Captioner, GenerationOptions, generate_captions
-from cqa.prompts import build_request
+from esi.cqa.backends import CaptionBackend, TransformersBackend
+from esi.cqa.pipeline import Captioner, GenerationOptions, generate_captions
+from esi.cqa.prompts import build_request
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = REPO_ROOT / "outputs" / ".cache" / "cqa-tests"  # the npm-fetched tokenizer files survive sessions
@@ -72,7 +72,7 @@ def test_transformers_backend_left_padding_and_fallback(tiny_model, prepared_sam
 def _requests(captioner: Captioner, prepared_sample: Path, n: int):
     from datasets import load_from_disk
 
-    from cqa.measurements import measure_ecg
+    from esi.cqa.measurements import measure_ecg
 
     split = load_from_disk(str(prepared_sample))["test"]
     rows = split.with_format("numpy", columns=["signal"], output_all_columns=True)[0:n]

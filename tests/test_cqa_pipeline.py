@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from datasets import DatasetDict, load_dataset, load_from_disk
 
-from cqa.pipeline import generate_captions, merge_outputs, push_to_hub
+from esi.cqa.pipeline import generate_captions, merge_outputs, push_to_hub
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import finetune
-from evaluation.classification import METHODS, choose_thresholds, load_task, lora_target_modules
-from evaluation.subject_id import gallery_and_probes, subject_identification
-from evaluation.zero_shot import class_prompts
+from esi.eval import finetune
+from esi.eval.classification import METHODS, choose_thresholds, load_task, lora_target_modules
+from esi.eval.subject_id import gallery_and_probes, subject_identification
+from esi.eval.zero_shot import class_prompts
 from modeling_esi import EsiFeatureExtractor, EsiForEcgClassification
 
 FAST = ["--bootstrap-samples", "20", "--eval-batch-size", "100"]
@@ -118,7 +118,7 @@ def test_subject_identification_run(tiny_esi, prepared_sample, tmp_path):
 
 
 def test_zero_shot_prompts_and_run(tiny_esi, prepared_sample, tmp_path):
-    from cqa.knowledge import load_knowledge_base
+    from esi.cqa.knowledge import load_knowledge_base
 
     prompts, missing = class_prompts(["NORM", "MI", "STTC", "CD", "HYP", "AFIB"], load_knowledge_base())
     assert not missing

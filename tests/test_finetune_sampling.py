@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation.sampling import patient_label_matrix, sample_label_fraction
+from esi.eval.sampling import patient_label_matrix, sample_label_fraction
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""cqa.measurements on real PTB-XL records from the embedded sample (data/ptbxl_sample)."""
+"""esi.cqa.measurements on real PTB-XL records from the embedded sample (data/ptbxl_sample)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 import wfdb
 
-from cqa.measurements import STANDARD_LEADS, EcgMeasurements, _clean, axis_category_ptbxl, measure_batch, measure_ecg
+from esi.cqa.measurements import (
+    STANDARD_LEADS,
+    EcgMeasurements,
+    _clean,
+    axis_category_ptbxl,
+    measure_batch,
+    measure_ecg,
+)
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "ptbxl_sample"
 

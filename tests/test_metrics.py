@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-METRICS = Path(__file__).resolve().parent.parent / "metrics"
+METRICS = Path(__file__).resolve().parent.parent / "esi" / "eval" / "metrics"
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset_scripts.prepare_ptbxl import prepare_ptbxl
-from dataset_scripts.ptbxl import MissingRecordFileError, PtbxlRecordError
+from esi.data.prepare_ptbxl import prepare_ptbxl
+from esi.data.ptbxl import MissingRecordFileError, PtbxlRecordError
 
 NUM_ROWS = 3
 BAD_ROW = 1  # the middle record of the copy is the one corrupted

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from dataset_scripts.ptbxl import (
+from esi.data.ptbxl import (
     PtbxlLabeler,
     PtbxlRecordError,
     load_statements,

@@ -1,4 +1,4 @@
-"""The folders model_cards.publish assembles load as a user would load them from the Hub."""
+"""The folders esi.publish assembles load as a user would load them from the Hub."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import textwrap
 
 import yaml
 
-from model_cards.publish import main as publish
+from esi.publish import main as publish
 
 USER_SCRIPT = textwrap.dedent(
     """

@@ -5,9 +5,9 @@ import logging
 import numpy as np
 import pytest
 
-from cqa.knowledge import load_knowledge_base
-from cqa.retrieval import RRF_K, HybridRetriever, RetrievedPassage, build_query
-from training.text_encoder import default_text_model_path
+from esi.cqa.knowledge import load_knowledge_base
+from esi.cqa.retrieval import RRF_K, HybridRetriever, RetrievedPassage, build_query
+from esi.text_encoder import default_text_model_path
 
 AF_QUERY = "atrial fibrillation irregular rhythm without P waves"
 
@@ -59,7 +59,7 @@ def test_lexical_ranker_alone_finds_afib(lexical, entries):
 
 
 def test_lexical_only_mode_is_announced_and_has_no_dense_scores(entries, caplog):
-    with caplog.at_level(logging.WARNING, logger="cqa.retrieval"):
+    with caplog.at_level(logging.WARNING, logger="esi.cqa.retrieval"):
         retriever = HybridRetriever(entries, encoder_path=None)
     assert "dense retrieval disabled" in caplog.text
     assert not retriever.dense_enabled

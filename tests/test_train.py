@@ -16,10 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import train
+from esi.data.torch_dataset import join_captions
+from esi.train import pretrain as train
+from esi.train.retrieval_eval import retrieval_recall
 from tests.conftest import REPO_ROOT, tiny_train_args
-from training.data import join_captions
-from training.evaluation import retrieval_recall
 
 
 def run_train(args: list[str], launcher: list[str] | None = None, **popen) -> subprocess.Popen:

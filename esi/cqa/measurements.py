@@ -30,8 +30,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.signal import butter, filtfilt, resample_poly, sosfiltfilt
 
-STANDARD_LEADS: tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
-_LEAD_INDEX = {name.casefold(): i for i, name in enumerate(STANDARD_LEADS)}
+from esi.constants import STANDARD_LEADS, map_leads_by_name
+
 # The other four limb leads are linear combinations of I and II; slopes use independent leads only.
 _INDEPENDENT = [0, 1, 6, 7, 8, 9, 10, 11]
 _LIMB = [0, 1, 2, 3, 4, 5]
@@ -143,21 +143,17 @@ def _standard_order(signal: np.ndarray, sampling_rate: float, lead_names: Sequen
         raise ValueError(f"{rec}: signal must be (12 leads, time), got shape {x.shape}")
     if len(names) != x.shape[0]:
         raise ValueError(f"{rec}: {len(names)} lead names for {x.shape[0]} signal rows")
-    unknown = [n for n in names if n.casefold() not in _LEAD_INDEX]
-    if unknown:
-        raise ValueError(f"{rec}: unknown lead names {unknown}; expected {list(STANDARD_LEADS)}")
-    order = [_LEAD_INDEX[n.casefold()] for n in names]
-    if len(set(order)) != len(order):
-        raise ValueError(f"{rec}: duplicate lead names in {names}")
+    try:
+        sources = map_leads_by_name(names, STANDARD_LEADS)
+    except ValueError as err:
+        raise ValueError(f"{rec}: {err}") from None
     if x.shape[1] < MIN_SECONDS * sampling_rate:
         raise ValueError(f"{rec}: signal is {x.shape[1] / sampling_rate:.2f} s long; need at least {MIN_SECONDS} s")
     bad = ~np.isfinite(x)
     if bad.any():
         lead, sample = np.argwhere(bad)[0]
         raise ValueError(f"{rec}: {int(bad.sum())} NaN/inf values (first: lead {names[lead]}, sample {sample})")
-    out = np.empty_like(x)
-    out[order] = x
-    return out
+    return x[sources]
 
 
 def _clean(x: np.ndarray, rate: float) -> np.ndarray:

@@ -9,6 +9,7 @@ on the validation split's macro AUROC; the best epoch's weights are scored on th
 from __future__ import annotations
 
 import copy
+import importlib.resources
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,14 +23,15 @@ from sklearn.metrics import precision_recall_curve
 from torch import nn
 from tqdm.auto import tqdm
 
-from dataset_scripts.ptbxl import multi_hot
-from metrics.multilabel_auroc.multilabel_auroc import macro_auroc
+from esi.data.ptbxl import multi_hot
+from esi.data.torch_dataset import EcgCollator, EcgDataset, load_dataset_folder
+from esi.eval.metrics.multilabel_auroc.multilabel_auroc import macro_auroc
 from modeling_esi import EsiConfig, EsiFeatureExtractor, EsiForEcgClassification
-from training.data import EcgCollator, EcgDataset, load_dataset_folder
 
 METHODS = ("linear_probe", "lora", "full", "supervised_scratch")
 SPLITS = ("train", "validation", "test")
-METRICS_DIR = Path(__file__).resolve().parent.parent / "metrics"
+# Local `evaluate` modules, shipped as package data (the Hub metrics cannot be downloaded offline).
+METRICS_DIR = Path(str(importlib.resources.files("esi.eval") / "metrics"))
 
 
 @dataclass
@@ -324,7 +326,7 @@ def run_classification(
     `features` (linear probe only): precomputed `encoder_features` per split for this encoder, so
     several probes (fractions, seeds) share one pass of the encoder.
     """
-    from evaluation.sampling import sample_label_fraction
+    from esi.eval.sampling import sample_label_fraction
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -24,10 +24,11 @@ import pandas as pd
 import wfdb
 from datasets import Array2D, ClassLabel, DatasetDict, Features, List, Value
 
-LEAD_NAMES = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+from esi.constants import STANDARD_LEADS, TASKS
+
+LEAD_NAMES = list(STANDARD_LEADS)
 DURATION_S = 10
 SAMPLING_RATES = (100, 500)
-TASKS = ("all", "diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhythm")
 SPLIT_FOLDS = {"train": tuple(range(1, 9)), "validation": (9,), "test": (10,)}
 SEX_NAMES = {0: "male", 1: "female"}
 DATABASE_COLUMNS = (

@@ -20,10 +20,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
-from cqa.prompts import CaptionRequest
-from cqa.template_writer import TemplateWriter
+from esi.cqa.prompts import CaptionRequest
+from esi.cqa.template_writer import TemplateWriter
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKER_PATH = Path(__file__).resolve().parent / "vllm_worker.py"
 VLLM_PYTHON_ENV = "ESI_VLLM_PYTHON"
 TEMPLATE_MODEL_ID = "esi-cqa-template-v1"
@@ -128,10 +127,10 @@ class TransformersBackend(_SamplingMixin, CaptionBackend):
 
 
 def default_vllm_python() -> str | None:
-    """Interpreter for the vLLM worker: $ESI_VLLM_PYTHON, else the repo's .venv-vllm if built."""
+    """Interpreter for the vLLM worker: $ESI_VLLM_PYTHON, else `.venv-vllm` in the working directory if built."""
     if os.environ.get(VLLM_PYTHON_ENV):
         return os.environ[VLLM_PYTHON_ENV]
-    candidate = REPO_ROOT / ".venv-vllm" / "bin" / "python"
+    candidate = Path.cwd() / ".venv-vllm" / "bin" / "python"
     return str(candidate) if candidate.exists() else None
 
 
@@ -161,7 +160,7 @@ class VllmBackend(_SamplingMixin, CaptionBackend):
         self._engine = None
         self._proc: subprocess.Popen | None = None
         if python is None and importlib.util.find_spec("vllm") is not None:
-            from cqa.vllm_worker import VllmEngine
+            from esi.cqa.vllm_worker import VllmEngine
 
             self._engine = VllmEngine(**engine_args)
         else:

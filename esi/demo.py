@@ -1,6 +1,6 @@
 """The main job end to end on a PTB-XL folder (by default the embedded 300-record sample).
 
-    python -m esi_demo --ptbxl-dir data/ptbxl_sample --output-dir outputs/demo
+    python -m esi.demo --ptbxl-dir data/ptbxl_sample --output-dir outputs/demo
 
 1. prepare the PTB-XL folder into a `datasets` folder (signals, metadata, labels);
 2. write a CQA caption for every ECG (template backend: measured, retrieval-grounded,
@@ -37,26 +37,26 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.output_dir)
     started = time.perf_counter()
 
-    from dataset_scripts.prepare_ptbxl import prepare_ptbxl
-    from dataset_scripts.ptbxl import summarize
+    from esi.data.prepare_ptbxl import prepare_ptbxl
+    from esi.data.ptbxl import summarize
 
     banner(f"1/4 prepare {args.ptbxl_dir} at {args.sampling_rate} Hz")
     prepared_dir = out / "prepared"
     prepared = prepare_ptbxl(args.ptbxl_dir, output_dir=prepared_dir, sampling_rate=args.sampling_rate)
     print(summarize(prepared))
 
-    from cqa_generate import generate_captions
+    from esi.cqa.cli import generate_captions
 
     banner("2/4 Cardio Query Assistant captions (template backend)")
     captions_dir = out / "captions"
     generate_captions(prepared_dir, captions_dir, backend="template", resume=True)
-    from training.data import load_dataset_folder
+    from esi.data.torch_dataset import load_dataset_folder
 
     captions = load_dataset_folder(captions_dir)
     example = captions["train"][0]
     print(f"{sum(len(s) for s in captions.values())} captions; ecg_id {example['ecg_id']}:\n  {example['caption']}")
 
-    import train
+    from esi.train import pretrain as train
 
     banner(f"3/4 pretrain ESI for {args.pretrain_steps} steps")
     model_dir = train.main([

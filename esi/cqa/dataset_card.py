@@ -52,7 +52,7 @@ def _size_category(n: int) -> str:
 
 
 def _column_table() -> str:
-    from cqa.pipeline import output_features
+    from esi.cqa.pipeline import output_features
 
     rows = []
     for name, feature in output_features().items():
@@ -69,8 +69,8 @@ def _column_table() -> str:
 
 def render_dataset_card(config: dict, stats: dict) -> str:
     """Card text for a run's config (``.cqa/run.json``) and stats (rows per split, faithfulness counts)."""
-    from cqa.faithfulness import TOLERANCES
-    from cqa.knowledge import load_knowledge_base
+    from esi.cqa.faithfulness import TOLERANCES
+    from esi.cqa.knowledge import load_knowledge_base
 
     per_split = stats["rows_per_split"]
     splits = [s for s in config["splits"] if s in per_split]
@@ -106,7 +106,7 @@ def render_dataset_card(config: dict, stats: dict) -> str:
 
 
 def _model_id(config: dict) -> str:
-    from cqa.backends import TEMPLATE_MODEL_ID
+    from esi.cqa.backends import TEMPLATE_MODEL_ID
 
     return TEMPLATE_MODEL_ID if config["backend"] == "template" else Path(config["model"]).name
 

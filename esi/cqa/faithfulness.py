@@ -18,7 +18,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from cqa.prompts import PTBXL_AGE_OVER_89, CaptionInputs, is_number
+from esi.constants import PTBXL_AGE_OVER_89
+from esi.cqa.prompts import CaptionInputs, is_number
 
 # Allowed difference between a stated number and the record's value, per unit.
 TOLERANCES = {"bpm": 2.0, "ms": 10.0, "mV": 0.1, "degrees": 10.0, "years": 1.0}

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ecg_plot import plot_ecg
+from esi.constants import PTBXL_AGE_OVER_89
+from esi.plot import plot_ecg
 
 from .cqa_view import CqaDescriber
 from .inference import EsiPredictor, Predictions
@@ -36,7 +37,7 @@ def describe_record(record: EcgRecord) -> str:
     parts = [f"PTB-XL ecg_id {record.ecg_id}" if record.ecg_id is not None else f"Uploaded record {record.name}"]
     who = [record.sex] if record.sex else []
     if record.age is not None:
-        who.append("over 89 y" if record.age >= 300 else f"{record.age:.0f} y")
+        who.append("over 89 y" if record.age >= PTBXL_AGE_OVER_89 else f"{record.age:.0f} y")
     if who:
         parts.append(", ".join(who))
     seconds = record.signal.shape[1] / record.sampling_rate

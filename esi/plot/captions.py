@@ -8,7 +8,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from training.data import load_dataset_folder
+from esi.data.torch_dataset import load_dataset_folder
 
 from .paper import plot_ecg
 

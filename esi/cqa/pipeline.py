@@ -13,6 +13,7 @@ redoes the rest, so an interrupted run ends with every record exactly once.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import logging
 import os
@@ -30,23 +31,24 @@ import datasets
 from datasets import Features, List, Value, load_from_disk
 from tqdm.auto import tqdm
 
-from cqa.backends import CaptionBackend, make_backend
-from cqa.consistency import reconcile_with_statements
-from cqa.faithfulness import DiagnosisLexicon, FaithfulnessChecker
-from cqa.knowledge import load_knowledge_base
-from cqa.measurements import EcgMeasurements, measure_ecg
-from cqa.prompts import CaptionInputs, CaptionRequest, Statement, build_request, is_number
-from cqa.retrieval import HybridRetriever, build_query
-from cqa.template_writer import TemplateWriter
+from esi.cqa.backends import CaptionBackend, make_backend
+from esi.cqa.consistency import reconcile_with_statements
+from esi.cqa.faithfulness import DiagnosisLexicon, FaithfulnessChecker
+from esi.cqa.knowledge import load_knowledge_base
+from esi.cqa.measurements import EcgMeasurements, measure_ecg
+from esi.cqa.prompts import CaptionInputs, CaptionRequest, Statement, build_request, is_number
+from esi.cqa.retrieval import HybridRetriever, build_query
+from esi.cqa.template_writer import TemplateWriter
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = ".cqa"  # hidden: datasets ignores it and push_to_hub skips it
 JOURNAL = "journal.jsonl"
 RUN_CONFIG = "run.json"
-DEFAULT_SCP_STATEMENTS = REPO_ROOT / "data" / "ptbxl_sample" / "scp_statements.csv"
-DEFAULT_PTBXL_LICENSE = REPO_ROOT / "data" / "ptbxl_sample" / "LICENSE.txt"
+# PTB-XL's statement table and licence ship as package data (CC BY 4.0, see the folder's README).
+PTBXL_RESOURCES = Path(str(importlib.resources.files("esi.data") / "resources" / "ptbxl"))
+DEFAULT_SCP_STATEMENTS = PTBXL_RESOURCES / "scp_statements.csv"
+DEFAULT_PTBXL_LICENSE = PTBXL_RESOURCES / "LICENSE.txt"
 FAITHFULNESS_OUTCOMES = ("pass", "pass_after_retry", "template_fallback")
 # Options that change what a unit contains: a resumed run or a merge must agree on all of them.
 IDENTITY_KEYS = (
@@ -198,7 +200,7 @@ def _statements(ecg_id: int, scp_codes: str, descriptions: dict[str, str]) -> li
 
 
 def _scp_descriptions(dataset_dir: Path, override: str | None) -> dict[str, str]:
-    from dataset_scripts.ptbxl import load_statements
+    from esi.data.ptbxl import load_statements
 
     if override:
         path = Path(override)
@@ -499,7 +501,7 @@ def output_stats(output_dir: Path) -> dict:
 
 def finalize_output(output_dir: str | os.PathLike) -> bool:
     """Write the dataset card and licence once every unit is present; returns whether it is complete."""
-    from model_cards.dataset_card import write_dataset_card
+    from esi.cqa.dataset_card import write_dataset_card
 
     output_dir = Path(output_dir)
     config = json.loads((output_dir / STATE_DIR / RUN_CONFIG).read_text())

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import wfdb
 
-from dataset_scripts.ptbxl import SEX_NAMES, load_database, load_statements, parse_scp_codes
+from esi.constants import PTBXL_AGE_OVER_89, STANDARD_LEADS
+from esi.data.ptbxl import SEX_NAMES, load_database, load_statements, parse_scp_codes
 
-STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 MAX_SECONDS = 10.0  # the model reads 10 s; longer records are cut
 MIN_SECONDS = 2.0
 MIN_RATE_HZ = 100
@@ -156,7 +156,10 @@ class SampleCatalogue:
         """Short dropdown text: `547: NORM, SR - female, 56 y`."""
         row = self.rows[ecg_id]
         age = row["age"]
-        age_text = "age over 89" if age >= 300 else f"{age:.0f} y" if math.isfinite(age) else "age unknown"
+        if not math.isfinite(age):
+            age_text = "age unknown"
+        else:
+            age_text = "age over 89" if age >= PTBXL_AGE_OVER_89 else f"{age:.0f} y"
         sex = SEX_NAMES.get(row["sex"], "sex unknown")
         return f"{ecg_id}: {', '.join(self.scp_codes(ecg_id))} - {sex}, {age_text}"
 

@@ -1,6 +1,6 @@
 """Assemble the model and dataset folders exactly as they are uploaded, and push them.
 
-    python -m model_cards.publish --model-dir outputs/demo/pretraining/model \\
+    python -m esi.publish --model-dir outputs/demo/pretraining/model \\
         --captions-dir outputs/demo/captions --signals-dir outputs/demo/prepared \\
         --downstream benchmarks/reports/downstream_summary.json --output-dir outputs/publish \\
         [--model-repo-id you/esi-atto --dataset-repo-id you/esi-ptbxl-captions --token hf_...]
@@ -20,7 +20,7 @@ from pathlib import Path
 import datasets
 import yaml
 
-from .model_card import write_model_card
+from esi.train.model_card import write_model_card
 
 # What a captions folder holds for users; its `.cqa/` journal is for resuming runs only.
 DATASET_FILES = ("README.md", "LICENSE.txt", "data")
@@ -97,7 +97,7 @@ def push_folder(
         repo_id=repo_id,
         repo_type=repo_type,
         revision=revision,
-        commit_message=f"Upload {Path(folder).name} with ESI's model_cards.publish",
+        commit_message=f"Upload {Path(folder).name} with ESI's esi.publish",
     )
     return str(commit)
 

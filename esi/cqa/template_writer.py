@@ -14,8 +14,8 @@ import random
 import re
 from collections.abc import Sequence
 
-from cqa.faithfulness import STATEMENT_NAMES, FaithfulnessChecker, stated_numbers
-from cqa.prompts import (
+from esi.cqa.faithfulness import STATEMENT_NAMES, FaithfulnessChecker, stated_numbers
+from esi.cqa.prompts import (
     INTERVAL_FIELDS,
     VOLTAGE_FIELDS,
     CaptionInputs,

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from cqa.knowledge import KnowledgeEntry
-from training.text_encoder import default_text_model_path
+from esi.cqa.knowledge import KnowledgeEntry
+from esi.text_encoder import default_text_model_path
 
 logger = logging.getLogger(__name__)
 

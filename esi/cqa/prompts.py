@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# PTB-XL codes every age above 89 as 300 (de-identification).
-PTBXL_AGE_OVER_89 = 300
+from esi.constants import PTBXL_AGE_OVER_89
+
 REPORT_BEGIN = "<<<BEGIN UNTRUSTED REPORT>>>"
 REPORT_END = "<<<END UNTRUSTED REPORT>>>"
 
@@ -53,8 +53,8 @@ class CaptionInputs:
     sex: str
     report: str
     statements: list[Statement]
-    measurements: Any  # cqa.measurements.EcgMeasurements
-    passages: list[Any]  # cqa.retrieval.RetrievedPassage (id, title, text, score)
+    measurements: Any  # esi.cqa.measurements.EcgMeasurements
+    passages: list[Any]  # esi.cqa.retrieval.RetrievedPassage (id, title, text, score)
 
 
 @dataclass

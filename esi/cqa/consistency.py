@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection
 
-from cqa.measurements import EcgMeasurements
+from esi.cqa.measurements import EcgMeasurements
 
 ATRIAL_ACTIVITY_WITHOUT_P = {"AFIB", "AFLT"}  # no discrete P waves, so no PR interval
 IRREGULAR_RHYTHMS = {"AFIB"}

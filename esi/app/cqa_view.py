@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from cqa.measurements import EcgMeasurements, measure_ecg
-from cqa.pipeline import Captioner, GenerationOptions
-from cqa.prompts import build_request, measurement_lines
+from esi.cqa.measurements import EcgMeasurements, measure_ecg
+from esi.cqa.pipeline import Captioner, GenerationOptions
+from esi.cqa.prompts import build_request, measurement_lines
 
 from .records import EcgRecord
 

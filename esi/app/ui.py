@@ -1,0 +1,222 @@
+"""ESI demo: upload a 12-lead WFDB record (or pick an embedded PTB-XL sample) and see it on ECG paper with
+its measurements, the model's class probabilities, the CQA description, the model's own caption and the
+most similar sample ECGs. Research software, not a medical device.
+
+    esi-app                            # model from outputs/demo/pretraining/model (`make demo`)
+    ESI_MODEL=path/to/model ESI_SAMPLES=data/ptbxl_sample esi-app
+
+Importing this module builds nothing; `build_app_from_env()` builds the page. The repository's `app.py`
+(a Hugging Face Space's entry file) calls it at import, as Spaces expect.
+GRADIO_SERVER_PORT / GRADIO_SERVER_NAME choose the address; ESI_CACHE where sample embeddings are cached.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from esi.app.analysis import Analyser, Analysis
+from esi.app.records import RecordError, read_upload
+
+logger = logging.getLogger("esi.app")
+# Relative to the working directory: where `make demo` leaves its model, and the embedded sample.
+DEFAULT_MODEL = Path("outputs") / "demo" / "pretraining" / "model"
+DEFAULT_SAMPLES = Path("data") / "ptbxl_sample"
+DEFAULT_CACHE = Path("outputs") / "app_cache"
+
+MEASUREMENT_HEADERS = ["Measurement", "Value"]
+SIMILAR_HEADERS = ["Rank", "ecg_id", "Cosine similarity", "PTB-XL statements"]
+DISCLAIMER = (
+    "<strong>Research software, not a medical device.</strong> Every number and sentence on this page is an "
+    "automated estimate from an experimental model trained on a small public sample. None of it is clinically "
+    "validated; do not use it to diagnose, treat or make any decision about a person."
+)
+THEME = gr.themes.Soft(primary_hue="blue", neutral_hue="slate")
+CSS = """
+.esi-header h1 { margin-bottom: 0.1em; }
+.esi-header p { margin-top: 0; color: var(--body-text-color-subdued); }
+.esi-disclaimer { background: #fff4e5; border: 1px solid #f0b35b; border-left: 6px solid #e8890c;
+                  border-radius: 6px; padding: 10px 14px; color: #5c3a00; }
+.esi-alert { background: #fdecec; border: 1px solid #e57373; border-radius: 6px; padding: 8px 12px; }
+.esi-panel { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 6px 12px; }
+.esi-panel small { color: var(--body-text-color-subdued); }
+#measurements table, #similar table { font-family: var(--font); }
+footer { display: none !important; }
+"""
+
+
+def no_model_message(model_dir: Path) -> str:
+    return (
+        f"No trained ESI model found at `{model_dir}`. Run `make demo` (trains a small model on the embedded "
+        "sample, a few minutes on a CPU) or set `ESI_MODEL` to a model folder. Measurements and CQA "
+        "descriptions still work; predictions, the generated caption and similar ECGs need the model."
+    )
+
+
+def similar_table(analysis: Analysis) -> pd.DataFrame:
+    rows = [[rank, n.ecg_id, f"{n.similarity:.3f}", n.statements] for rank, n in enumerate(analysis.neighbours, 1)]
+    return pd.DataFrame(rows, columns=SIMILAR_HEADERS)
+
+
+def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACHE) -> gr.Blocks:
+    """The demo UI; heavy objects (model, retriever, sample index) are loaded here, once."""
+    has_model = (model_dir / "config.json").is_file()
+    analyser = Analyser(samples_dir, model_dir if has_model else None, cache_dir)
+    predictor = analyser.predictor
+    empty = (
+        None,
+        pd.DataFrame(columns=MEASUREMENT_HEADERS),
+        None,
+        "",
+        "",
+        "",
+        pd.DataFrame(columns=SIMILAR_HEADERS),
+    )
+
+    def show(analysis: Analysis) -> tuple:
+        if predictor is None:
+            probabilities, method, caption = None, no_model_message(model_dir), ""
+        else:
+            probabilities = analysis.predictions.probabilities
+            method = f"**Method:** {analysis.predictions.method}."
+            caption = analysis.caption or "_(the model generated an empty caption)_"
+        return (
+            analysis.plot,
+            pd.DataFrame(analysis.measurements, columns=MEASUREMENT_HEADERS),
+            probabilities,
+            method,
+            analysis.description,
+            caption,
+            similar_table(analysis),
+        )
+
+    def run(load, *args) -> tuple:
+        try:
+            record = load(*args)
+            analysis = analyser.analyse(record)
+        except RecordError as error:
+            gr.Warning(str(error))
+            return (f"**Could not analyse this record.** {error}", *empty)
+        except Exception:  # the UI boundary: log the traceback, show a sentence
+            logger.exception("analysis failed")
+            gr.Warning("The analysis failed unexpectedly; the details are in the server log.")
+            return ("**The analysis failed unexpectedly.** The details are in the server log.", *empty)
+        return (f"**Showing:** {analysis.heading}", *show(analysis))
+
+    def analyse_upload(files: list[str] | None) -> tuple:
+        return run(read_upload, files)
+
+    def analyse_sample(ecg_id: int | None) -> tuple:
+        if ecg_id is None:
+            return ("Choose a sample ECG.", *empty)
+        return run(analyser.catalogue.read, int(ecg_id))
+
+    catalogue = analyser.catalogue
+    with gr.Blocks(title="ESI: ECG Semantic Integrator") as demo:
+        gr.HTML(
+            "<div class='esi-header'><h1>ESI: ECG Semantic Integrator</h1>"
+            "<p>A 12-lead ECG foundation model pretrained against cardiology text. Paper: "
+            "<a href='https://arxiv.org/abs/2405.19366' target='_blank'>arXiv 2405.19366</a></p></div>"
+        )
+        gr.HTML(f"<div class='esi-disclaimer' id='disclaimer'>{DISCLAIMER}</div>")
+        if not has_model:
+            gr.Markdown(no_model_message(model_dir), elem_classes="esi-alert", elem_id="no-model")
+        with gr.Row(equal_height=False):
+            upload = gr.File(
+                label="Upload a WFDB record: its .hea header and .dat signal file",
+                file_count="multiple",
+                height=150,
+                scale=3,
+                elem_id="upload",
+            )
+            with gr.Column(scale=2, min_width=300):
+                upload_button = gr.Button("Analyse upload", variant="primary", elem_id="analyse-upload")
+                sample = gr.Dropdown(
+                    choices=[(catalogue.label(i), i) for i in catalogue.ecg_ids],
+                    value=None,
+                    label=f"…or pick one of the {len(catalogue.ecg_ids)} embedded PTB-XL samples",
+                    elem_id="sample",
+                )
+        status = gr.Markdown("Upload a record or pick a sample.", elem_id="status")
+        gr.Markdown("#### 12-lead ECG on ECG paper: 25 mm/s, 10 mm/mV, 1 mm minor and 5 mm major grid")
+        plot = gr.Image(
+            show_label=False,
+            type="pil",
+            format="png",
+            interactive=False,
+            elem_id="ecg-plot",
+        )
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1):
+                measurements = gr.Dataframe(
+                    headers=MEASUREMENT_HEADERS,
+                    label="Measurements (automated, from the signal)",
+                    interactive=False,
+                    wrap=True,
+                    max_height=800,
+                    column_widths=["55%", "45%"],
+                    elem_id="measurements",
+                )
+            with gr.Column(scale=1):
+                predictions = gr.Label(
+                    num_top_classes=5,
+                    label="Model: PTB-XL diagnostic superclasses",
+                    show_heading=False,  # no headline class: these are research scores, not a diagnosis
+                    elem_id="predictions",
+                )
+                method = gr.Markdown(elem_id="method")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, elem_classes="esi-panel"):
+                gr.Markdown(
+                    "#### CQA description (template backend)\n"
+                    "<small>Measurements, PTB-XL statements and knowledge-base passages, phrased by the Cardio "
+                    "Query Assistant's template writer and faithfulness-checked.</small>"
+                )
+                description = gr.Markdown(elem_id="cqa-description")
+            with gr.Column(scale=1, elem_classes="esi-panel"):
+                gr.Markdown(
+                    "#### Caption generated by the ESI model\n"
+                    "<small>Greedy decoding by the model's own caption decoder; its quality depends entirely on "
+                    "how long the model was trained.</small>"
+                )
+                caption = gr.Markdown(elem_id="model-caption")
+        similar = gr.Dataframe(
+            headers=SIMILAR_HEADERS,
+            label="Most similar ECGs in the embedded sample (cosine similarity of ESI embeddings)",
+            interactive=False,
+            wrap=True,
+            column_widths=["6%", "9%", "12%", "73%"],
+            elem_id="similar",
+        )
+        if predictor is not None:
+            gr.Markdown(
+                f"Model `{model_dir}` (sha256 {predictor.hash[:12]}), "
+                f"{len(catalogue.ecg_ids)} sample ECGs indexed.",
+                elem_id="model-info",
+            )
+        outputs = [status, plot, measurements, predictions, method, description, caption, similar]
+        upload_button.click(analyse_upload, inputs=upload, outputs=outputs)
+        sample.input(analyse_sample, inputs=sample, outputs=outputs)
+    return demo
+
+
+def build_app_from_env() -> gr.Blocks:
+    """The page for $ESI_MODEL, $ESI_SAMPLES and $ESI_CACHE (defaults: the `make demo` outputs)."""
+    return build_app(
+        Path(os.environ.get("ESI_MODEL", DEFAULT_MODEL)),
+        Path(os.environ.get("ESI_SAMPLES", DEFAULT_SAMPLES)),
+        Path(os.environ.get("ESI_CACHE", DEFAULT_CACHE)),
+    )
+
+
+def main() -> None:
+    """`esi-app`: build the page from the environment and serve it."""
+    build_app_from_env().launch(theme=THEME, css=CSS)
+
+
+if __name__ == "__main__":
+    main()

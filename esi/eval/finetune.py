@@ -1,0 +1,243 @@
+"""Downstream evaluation of an ESI model on a prepared PTB-XL dataset (folds 1-8 train, 9 validation, 10 test).
+
+Classification (macro AUROC on the test fold, early stopping on validation macro AUROC):
+
+    python finetune.py --model MODEL --dataset PREPARED_DIR --task superdiagnostic --method linear_probe \
+        --label-fraction 0.1 --seed 0 --output-dir OUT
+
+  --method linear_probe        frozen encoder, embeddings computed once, linear head trained
+  --method lora                PEFT LoRA on the encoder's Linear and ungrouped Conv1d layers, head in full
+  --method full                every weight trained
+  --method supervised_scratch  `full` from a randomly initialised encoder (same architecture)
+  --random-init                randomly initialised encoder under any method (the baseline)
+
+Other evaluations:
+
+  --method subject_id   patients with >= 2 records (all splits): earliest record as gallery, the others as
+                        probes; top-1 / top-5 accuracy by cosine similarity of encoder embeddings
+  --method zero_shot    class prompts from the CQA knowledge base (cqa/knowledge), macro AUROC on test
+  --method captioning   captions generated from test ECGs, scored against the CQA captions (--captions DIR)
+                        with token F1 and ROUGE-L
+
+Label fractions are whole patients sampled from the training folds, stratified over their label sets
+(iterative stratification), seeded, with at least one positive patient per class. Classes with no
+positive record in train or test are dropped and listed in the results.
+
+Outputs in OUT: results.json, results.md, and depending on the method roc.png, test_scores.npz,
+model/ (linear_probe, full, supervised_scratch) or adapter/ (lora: load the base with
+EsiForEcgClassification.from_pretrained(MODEL, num_labels=K) and then PeftModel.from_pretrained(base, OUT/adapter)).
+
+Research software, not a diagnostic device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import evaluate
+import numpy as np
+
+from esi.constants import TASKS
+from esi.data.torch_dataset import join_captions, load_dataset_folder
+from esi.eval.classification import (
+    METHODS,
+    METRICS_DIR,
+    TrainConfig,
+    encoder_features,
+    load_classifier,
+    load_task,
+    make_loader,
+    run_classification,
+    score_predictions,
+)
+from esi.eval.report import DISCLAIMER, classification_markdown, fmt_ci, markdown_table, plot_roc, write_json
+from esi.eval.subject_id import subject_identification
+from esi.eval.zero_shot import class_prompts, generate_captions, zero_shot_scores
+from modeling_esi import EsiFeatureExtractor
+
+logger = logging.getLogger("esi.finetune")
+OTHER_METHODS = ("subject_id", "zero_shot", "captioning")
+# Per-method defaults; a linear head on fixed embeddings needs many cheap epochs.
+DEFAULTS = {
+    "linear_probe": dict(epochs=200, batch_size=64, lr=3e-3, patience=20),
+    "lora": dict(epochs=15, batch_size=32, lr=1e-3, patience=4),
+    "full": dict(epochs=15, batch_size=32, lr=3e-4, patience=4),
+    "supervised_scratch": dict(epochs=15, batch_size=32, lr=1e-3, patience=4),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="ESI model folder (train.py output) or Hub id")
+    p.add_argument("--dataset", required=True, help="prepared dataset folder (dataset_scripts/prepare_ptbxl.py)")
+    p.add_argument("--task", choices=TASKS, default="superdiagnostic")
+    p.add_argument("--method", choices=METHODS + OTHER_METHODS, default="linear_probe")
+    p.add_argument("--label-fraction", type=float, default=1.0, help="share of training patients: 0.01, 0.1, 1.0")
+    p.add_argument("--random-init", action="store_true", help="randomly initialised encoder (baseline)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default depends on --method)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--patience", type=int, default=None, help="epochs without validation improvement")
+    p.add_argument("--eval-batch-size", type=int, default=64)
+    p.add_argument("--bootstrap-samples", type=int, default=200, help="resamples for confidence intervals")
+    p.add_argument("--captions", default=None, help="captioning: CQA captions folder (cqa_generate.py output)")
+    p.add_argument("--max-records", type=int, default=None, help="captioning: caption only the first N test ECGs")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--num-beams", type=int, default=1)
+    args = p.parse_args(argv)
+    if not 0 < args.label_fraction <= 1:
+        p.error("--label-fraction must be in (0, 1]")
+    if args.method == "captioning" and not args.captions:
+        p.error("--method captioning needs --captions")
+    return args
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    defaults = DEFAULTS[args.method]
+    values = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
+    return TrainConfig(weight_decay=args.weight_decay, seed=args.seed, **values)
+
+
+def run_classification_cli(args: argparse.Namespace, out: Path) -> dict:
+    data = load_task(args.dataset, args.task)
+    run = run_classification(
+        args.model,
+        data,
+        args.method,
+        args.label_fraction,
+        train_config(args),
+        random_init=args.random_init,
+        eval_batch_size=args.eval_batch_size,
+        bootstrap_samples=args.bootstrap_samples,
+    )
+    run.model.save_pretrained(out / ("adapter" if args.method == "lora" else "model"))
+    np.savez_compressed(out / "test_scores.npz", scores=run.scores["test"], labels=data.labels["test"])
+    plot_roc(out / "roc.png", {args.method: (data.labels["test"], run.scores["test"])}, data.class_names, args.task)
+    (out / "results.md").write_text(classification_markdown(run.result) + "\n")
+    return run.result
+
+
+def run_subject_id(args: argparse.Namespace, out: Path) -> dict:
+    data = load_dataset_folder(args.dataset)
+    model = load_classifier(args.model, 1, args.random_init, args.seed)
+    feature_extractor = EsiFeatureExtractor.from_pretrained(args.model)
+    embeddings, patients, ecg_ids = [], [], []
+    for split in data.values():
+        embeddings.append(encoder_features(model, make_loader(split, feature_extractor, args.eval_batch_size)))
+        patients.extend(split["patient_id"])
+        ecg_ids.extend(split["ecg_id"])
+    result = {
+        "method": "subject_id",
+        "random_init": args.random_init,
+        **subject_identification(np.concatenate(embeddings), patients, ecg_ids),
+    }
+    table = markdown_table(
+        ["patients (>= 2 records)", "probes", "top-1", "top-5"],
+        [[result["patients"], result["probes"], f"{result['top1_accuracy']:.3f}", f"{result['top5_accuracy']:.3f}"]],
+    )
+    (out / "results.md").write_text(f"Subject identification (all splits).\n\n{table}\n\n{DISCLAIMER}\n")
+    return result
+
+
+def load_pretrained(model_path: str):
+    from transformers import AutoTokenizer
+
+    from modeling_esi import EsiModel
+
+    model = EsiModel.from_pretrained(model_path)
+    # Passing the config stops AutoTokenizer from reading config.json's remote-code auto_map.
+    return model, AutoTokenizer.from_pretrained(model_path, config=model.config)
+
+
+def run_zero_shot(args: argparse.Namespace, out: Path) -> dict:
+    from esi.cqa.knowledge import load_knowledge_base
+
+    data = load_task(args.dataset, args.task)
+    prompts, missing = class_prompts(data.class_names, load_knowledge_base())
+    if not prompts:
+        raise ValueError(f"the knowledge base has no entry for any class of '{args.task}' ({data.class_names})")
+    keep = [k for k, name in enumerate(data.class_names) if name in prompts]
+    names = [data.class_names[k] for k in keep]
+    model, tokenizer = load_pretrained(args.model)
+    feature_extractor = EsiFeatureExtractor.from_pretrained(args.model)
+    scores = {
+        split: zero_shot_scores(
+            model,
+            tokenizer,
+            [prompts[n] for n in names],
+            make_loader(data.splits[split], feature_extractor, args.eval_batch_size),
+        )
+        for split in ("validation", "test")
+    }
+    labels = {split: data.labels[split][:, keep] for split in scores}
+    metrics = score_predictions(
+        labels["validation"],
+        scores["validation"],
+        labels["test"],
+        scores["test"],
+        names,
+        args.bootstrap_samples,
+        args.seed,
+    )
+    plot_roc(out / "roc.png", {"zero-shot": (labels["test"], scores["test"])}, names, f"{args.task}, zero-shot")
+    result = {
+        "method": "zero_shot",
+        "task": args.task,
+        "classes": names,
+        "dropped_classes": {**data.dropped, **{n: "no knowledge-base entry for a prompt" for n in missing}},
+        "prompts": prompts,
+        **metrics,
+    }
+    table = markdown_table(
+        ["class", "AUROC", "prompt"],
+        [[n, f"{metrics['per_class_auroc'][n]:.3f}", prompts[n]] for n in names],
+    )
+    (out / "results.md").write_text(
+        f"Zero-shot **{args.task}** on the test split: macro AUROC "
+        f"{fmt_ci(metrics['macro_auroc'], metrics['macro_auroc_ci'])}.\n\n{table}\n\n{DISCLAIMER}\n"
+    )
+    return result
+
+
+def run_captioning(args: argparse.Namespace, out: Path) -> dict:
+    test = load_dataset_folder(args.dataset)["test"]
+    if args.max_records:
+        test = test.select(range(min(args.max_records, len(test))))
+    references = join_captions(test, load_dataset_folder(args.captions), "test")
+    model, tokenizer = load_pretrained(args.model)
+    loader = make_loader(test, EsiFeatureExtractor.from_pretrained(args.model), args.eval_batch_size)
+    generated = generate_captions(model, tokenizer, loader, args.max_new_tokens, args.num_beams)
+    overlap = evaluate.load(str(METRICS_DIR / "caption_overlap"))
+    metrics = overlap.compute(predictions=generated, references=references)
+    with open(out / "captions.jsonl", "w") as f:
+        for ecg_id, gen, ref in zip(test["ecg_id"], generated, references, strict=True):
+            f.write(json.dumps({"ecg_id": ecg_id, "generated": gen, "reference": ref}) + "\n")
+    result = {"method": "captioning", "records": len(generated), "num_beams": args.num_beams, **metrics}
+    (out / "results.md").write_text(
+        f"Captioning on {len(generated)} test ECGs (beams: {args.num_beams}): token F1 {metrics['token_f1']:.3f}, "
+        f"ROUGE-L {metrics['rouge_l']:.3f} against the CQA captions. Example:\n\n> {generated[0]}\n\n{DISCLAIMER}\n"
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runners = {"subject_id": run_subject_id, "zero_shot": run_zero_shot, "captioning": run_captioning}
+    result = runners.get(args.method, run_classification_cli)(args, out)
+    result["args"] = vars(args)
+    write_json(out / "results.json", result)
+    logger.info("%s: %s", args.method, {k: v for k, v in result.items() if isinstance(v, float)})
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,1 +1,0 @@
-"""Training utilities shared by `train.py` (pretraining) and `finetune.py` (downstream)."""

@@ -9,21 +9,42 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
+from datasets.data_files import DataFilesDict, EmptyDatasetError, get_data_patterns
 
 from .augment import EcgAugmentConfig, augment_ecg
 
 
 def load_dataset_folder(path: str | Path) -> datasets.DatasetDict:
-    """Load either a `save_to_disk` folder or a Parquet/Hub-style folder as a DatasetDict."""
+    """Load either a `save_to_disk` folder or a Parquet/Hub-style folder as a DatasetDict.
+
+    A Parquet folder is read directly (splits found by the file patterns `datasets.load_dataset`
+    uses, e.g. `data/train-00000-of-00001.parquet`), with no `datasets` cache: the cache keys a local
+    folder by its name, so a folder regenerated under a familiar name (`A/cap`, then `B/cap`) was
+    served stale or failed with `NonMatchingSplitsSizesError`. What is loaded depends only on the
+    files' content.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset folder {path} does not exist")
     if (path / "dataset_dict.json").exists():
         return datasets.load_from_disk(str(path))
-    # datasets keys its cache of a local folder by the folder's name and file patterns, so a
-    # regenerated folder of the same name would be served stale: always rebuild (cheap for text).
-    return datasets.load_dataset(str(path), download_mode="force_redownload")
+    try:
+        patterns = get_data_patterns(str(path))
+    except EmptyDatasetError as error:
+        raise FileNotFoundError(f"{path} holds neither a save_to_disk dataset nor Parquet files") from error
+    files = DataFilesDict.from_patterns(patterns, base_path=str(path))
+    splits = {}
+    for split, split_files in files.items():
+        parquet = [f for f in split_files if f.endswith(".parquet")]
+        if len(parquet) != len(split_files):
+            raise ValueError(f"{path}: split '{split}' has non-Parquet files {sorted(set(split_files) - set(parquet))}")
+        # Concatenated Arrow tables in memory (caption folders are text: megabytes).
+        table = pa.concat_tables([pq.read_table(f) for f in sorted(parquet)])
+        splits[split] = datasets.Dataset(table)
+    return datasets.DatasetDict(splits)
 
 
 def join_captions(
@@ -94,7 +115,7 @@ class EcgDataset(torch.utils.data.Dataset):
         signal = row["signal"]
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-            signal = augment_ecg(signal, self.sampling_rate, self.augment, rng)
+            signal = augment_ecg(signal, self.sampling_rate, self.lead_names, self.augment, rng)
         item = {"signal": signal, "ecg_id": int(row["ecg_id"])}
         if self.captions is not None:
             item["caption"] = self.captions[int(index)]
@@ -119,13 +140,18 @@ class EcgCollator:
     num_labels: int | None = None
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        # A list, not a stacked array: augmented (cropped) ECGs are shorter, and the extractor pads
+        # them and marks the padding in `attention_mask`, which the model reads as `ecg_attention_mask`.
         features = self.feature_extractor(
-            np.stack([item["signal"] for item in items]),
+            [item["signal"] for item in items],
             sampling_rate=self.sampling_rate,
             lead_names=list(self.lead_names),
             return_tensors="pt",
         )
-        batch = {"input_values": features["input_values"], "ecg_ids": torch.tensor([i["ecg_id"] for i in items])}
+        batch = {
+            "input_values": features["input_values"],
+            "ecg_attention_mask": features["attention_mask"],
+            "ecg_ids": torch.tensor([i["ecg_id"] for i in items])}
         if self.tokenizer is not None and "caption" in items[0]:
             text = self.tokenizer(
                 [item["caption"] for item in items],

@@ -21,12 +21,41 @@ def _training_section(summary: dict) -> str:
         f"- Signals: `{args.get('signals')}`; captions: `{args.get('captions')}`.",
         f"- Loss = {args.get('contrastive_loss_weight')} x contrastive (symmetric InfoNCE, gathered across processes) "
         f"+ {args.get('caption_loss_weight')} x captioning (causal decoder cross-attending to the ECG token sequence).",
+        *_data_caveats(summary),
     ]
     if losses:
         nan = float("nan")
         total, contrastive, caption = (losses.get(k, nan) for k in ("loss", "contrastive_loss", "caption_loss"))
         lines.append(f"- Final losses: total {total:.4f}, contrastive {contrastive:.4f}, caption {caption:.4f}.")
     return "\n".join(lines)
+
+
+def _data_caveats(summary: dict) -> list[str]:
+    """What the pretraining data means for evaluation: overlap with the evaluation set, truncated text."""
+    lines = []
+    overlap = summary.get("evaluation_overlap") or {}
+    if not overlap.get("checked"):
+        lines.append(
+            "- Overlap with evaluation data: not checked (the run was not given `--evaluation-records`); "
+            "do not read downstream results on PTB-XL as clean unless the pretraining records are disjoint from them."
+        )
+    elif overlap.get("shared_records") or overlap.get("shared_patients"):
+        lines.append(
+            f"- **WARNING: pretrained on evaluation data.** {overlap['shared_records']} record(s) and "
+            f"{overlap['shared_patients']} patient(s) of the pretraining split are also in "
+            f"`{overlap['evaluation_dataset']}`; their captions carry their labels, so downstream results on that "
+            "dataset overstate what the encoder learned."
+        )
+    else:
+        lines.append(f"- No record or patient of the pretraining split is in `{overlap['evaluation_dataset']}`.")
+    truncation = summary.get("caption_truncation") or {}
+    if truncation:
+        lines.append(
+            f"- Captions read up to {truncation['max_text_length']} tokens: "
+            f"{truncation['truncated_token_share']:.1%} of caption tokens were cut off "
+            f"({truncation['truncated_caption_share']:.1%} of captions truncated)."
+        )
+    return lines
 
 
 def _evaluation_section(summary: dict, downstream: dict | None) -> str:

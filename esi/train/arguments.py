@@ -1,0 +1,117 @@
+"""train.py's options: one dataclass per concern, parsed by `transformers.HfArgumentParser`.
+
+Each option is declared once, here. Scripts that start a pretraining run from Python build these
+objects and call `esi.train.pretrain.pretrain(...)`; `python train.py --help` lists the same fields
+(underscores and dashes both accepted: `--max-text-length` = `--max_text_length`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from transformers import HfArgumentParser
+
+# Chosen by measurement (benchmarks/bench_train.py --pool, `caption_tokens` in its result file):
+# the length that reads >= 95% of the template captions' tokens once captions lead with findings.
+DEFAULT_MAX_TEXT_LENGTH = 256
+TRUNCATION_WARNING_SHARE = 0.05
+
+
+@dataclass
+class DataArguments:
+    _argument_group_name = "data"
+
+    signals: str = field(metadata={"help": "prepared ECG dataset folder (dataset_scripts/prepare_ptbxl.py)"})
+    captions: str = field(metadata={"help": "captioned dataset folder (cqa_generate.py), joined on ecg_id"})
+    train_split: str = "train"
+    eval_split: str = field(default="validation", metadata={"help": "'none' to skip retrieval evaluation"})
+    max_text_length: int = field(
+        default=DEFAULT_MAX_TEXT_LENGTH,
+        metadata={"help": "caption tokens read; the share cut off is logged, with a warning above 5%%"},
+    )
+    augment: bool = field(default=True, metadata={"help": "ECG augmentations (--no-augment turns them off)"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+    evaluation_records: str | None = field(
+        default=None,
+        metadata={
+            "help": "prepared dataset folder the model will be evaluated on (e.g. ../shared/ptb-xl prepared): "
+            "records or patients shared with the pretraining split are reported loudly"
+        },
+    )
+
+
+@dataclass
+class ModelArguments:
+    _argument_group_name = "model"
+
+    config: str = field(default="atto", metadata={"help": "ECG encoder size preset: atto, femto, pico, nano, tiny, base"})
+    text_model: str = field(
+        default="default",
+        metadata={"help": "BERT-family folder for the text tower and tokenizer; 'default' = offline all-MiniLM-L6-v2"},
+    )
+    random_text_tower: bool = field(
+        default=False, metadata={"help": "keep the tokenizer but start the text tower from scratch"}
+    )
+    freeze_text_tower: bool = field(
+        default=False, metadata={"help": "text tower frozen and in eval mode (no dropout): deterministic targets"}
+    )
+    cache_text_embeddings: bool = field(
+        default=False,
+        metadata={"help": "with --freeze-text-tower: embed each caption once and reuse it (the decoder still trains)"},
+    )
+    projection_dim: int = 256
+    decoder_layers: int = 4
+    decoder_width: int = 256
+    contrastive_loss_weight: float = 1.0
+    caption_loss_weight: float = 2.0
+
+
+@dataclass
+class OptimizationArguments:
+    _argument_group_name = "optimisation"
+
+    per_device_batch_size: int = 32
+    eval_batch_size: int = 64
+    learning_rate: float = 3e-4
+    weight_decay: float = field(
+        default=0.05, metadata={"help": "on weight matrices only (not norms, GRN, biases, embeddings, logit scale)"}
+    )
+    warmup_steps: int = 100
+    num_epochs: int = 1
+    max_steps: int | None = field(default=None, metadata={"help": "overrides --num-epochs"})
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = field(
+        default=None, metadata={"help": "default: accelerate config"}
+    )
+    gradient_checkpointing: bool = False
+    seed: int = 42
+
+
+@dataclass
+class RunArguments:
+    _argument_group_name = "run"
+
+    output_dir: str
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int = 2
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder, or 'latest'"})
+    eval_steps: int | None = field(default=None, metadata={"help": "also evaluate every N steps (default: each epoch)"})
+    logging_steps: int = 10
+    report_to: str = field(default="tensorboard", metadata={"help": "accelerate tracker(s), or 'none'"})
+    push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id to push the model folder to"})
+    hub_private: bool = False
+
+
+ARGUMENT_CLASSES = (DataArguments, ModelArguments, OptimizationArguments, RunArguments)
+
+
+def parse_args(
+    argv: list[str] | None = None, description: str | None = None
+) -> tuple[DataArguments, ModelArguments, OptimizationArguments, RunArguments]:
+    parser = HfArgumentParser(ARGUMENT_CLASSES, description=description or __doc__)
+    data, model, optim, run = parser.parse_args_into_dataclasses(args=argv)
+    if model.cache_text_embeddings and not model.freeze_text_tower:
+        parser.error("--cache-text-embeddings needs --freeze-text-tower (a trained tower changes its embeddings)")
+    return data, model, optim, run

@@ -1,114 +1,278 @@
-"""Pretraining throughput and a short real pretraining run against the same model untrained.
+"""Pretraining benchmarks: throughput of the training recipes on the pool, and a short real pretraining run.
 
-    python -m benchmarks.bench_train [--ptbxl-dir ../shared/ptb-xl] [--steps 150] [--config atto]
+    python -m benchmarks.bench_train --pool [--records 320] [--steps 6]
+    python -m benchmarks.bench_train [--steps 150] [--config atto]
 
-Prepares the PTB-XL folder at 100 Hz and captions it with the template backend (cached,
-shared with bench_downstream), pretrains on folds 1-8 and prints, in one run:
-samples/s, share of time waiting for data, peak memory, and ECG<->text retrieval
-recall@1/5/10 on fold 9 for the pretrained model and for the identical model before
-training (same seed, same initialisation). Writes benchmarks/reports/train.md.
+`--pool`: prepares the first `--records` records of the pretraining pool (../shared/ptb-xl-pretrain) at
+100 Hz, captions them with the template backend, and runs train.py's default recipe three ways, each in
+a fresh process: text tower trainable, frozen, and frozen with each caption embedded once and cached.
+For each it measures samples/s over `--steps` optimizer steps after one warm-up step (a few hundred
+samples), the peak memory (max RSS of that process) and, extrapolated from samples/s (not timed), the
+seconds per epoch over the whole 6,000-record pool (for the cached recipe plus the one-off embedding of
+6,000 captions, scaled from the slice). It also measures which share of caption tokens each
+`--max-text-length` cuts off. Writes benchmarks/results/bench_train_pool-<time>.json (command, git
+commit, seed, figures) and benchmarks/reports/train_pool.md.
+
+Without `--pool`: pretrains on the pool slice and reports ECG<->text retrieval recall@1/5/10 on fold 9 of
+../shared/ptb-xl (the evaluation corpus, patient-disjoint from the pool) for the pretrained model and for
+the identical model before training (same seed, same initialisation). Writes benchmarks/reports/train.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import multiprocessing
 import platform
 import resource
+import shlex
+import subprocess
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
-from transformers import AutoModel, AutoTokenizer
-
-from benchmarks.bench_downstream import prepare_data
-from esi.data.torch_dataset import EcgCollator, EcgDataset, join_captions, load_dataset_folder
-from esi.text_encoder import default_text_model_path
-from esi.train import pretrain as train
-from esi.train.retrieval_eval import embed_ecg_text, retrieval_recall
-from modeling_esi import EsiFeatureExtractor
 
 REPO = Path(__file__).resolve().parent.parent
+POOL_RECORDS = 6000
+RECIPES = {
+    "text tower trainable": {},
+    "text tower frozen": {"freeze_text_tower": True},
+    "frozen, cached text embeddings": {"freeze_text_tower": True, "cache_text_embeddings": True},
+}
+TEXT_LENGTHS = (128, 192, 256, 320, 384, 448, 512)
+
+
+def prepare_slice(source: Path, records: int, cache: Path) -> tuple[Path, Path]:
+    """The first `records` rows of a PTB-XL-layout folder, prepared at 100 Hz and captioned; built once."""
+    from esi.cqa.cli import generate_captions
+    from esi.data.prepare_ptbxl import prepare_ptbxl
+
+    prepared = cache / f"prepared-100hz-{source.name}-{records}"
+    captions = cache / f"captions-template-{source.name}-{records}"
+    if not (prepared / "dataset_dict.json").exists():
+        prepare_ptbxl(source, prepared, sampling_rate=100, num_proc=2, limit=records)
+    if not any(captions.glob("**/*.parquet")):
+        generate_captions(prepared, captions, backend="template")
+    return prepared, captions
+
+
+def git_state() -> dict:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty_files": git("status", "--porcelain").splitlines()}
+
+
+def run_recipe(arguments: tuple) -> dict:
+    """One pretraining run in this (fresh) process; its summary plus this process's peak RSS."""
+    from esi.train.pretrain import pretrain
+
+    model_dir = pretrain(*arguments)
+    summary = json.loads((model_dir / "training_summary.json").read_text())
+    summary["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    summary["model_sha256"] = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+    return summary
+
+
+def in_fresh_process(arguments: tuple) -> dict:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run_recipe, (arguments,))
+
+
+def recipe_arguments(prepared: Path, captions: Path, out: Path, steps: int, seed: int, **model_overrides) -> tuple:
+    from esi.train.arguments import DataArguments, ModelArguments, OptimizationArguments, RunArguments
+
+    return (
+        DataArguments(signals=str(prepared), captions=str(captions), eval_split="none"),
+        replace(ModelArguments(), **model_overrides),
+        OptimizationArguments(max_steps=steps, seed=seed),
+        RunArguments(output_dir=str(out), logging_steps=1, report_to="none", checkpointing_steps=10**9),
+    )
+
+
+def throughput(summary: dict, batch_size: int) -> float:
+    """Samples/s between the end of the first (warm-up) step and the last step."""
+    history = summary["log_history"]
+    return (len(history) - 1) * batch_size / (history[-1]["elapsed_s"] - history[0]["elapsed_s"])
+
+
+def pool_benchmark(args: argparse.Namespace) -> dict:
+    from transformers import AutoTokenizer
+
+    from esi.data.torch_dataset import load_dataset_folder
+    from esi.text_encoder import default_text_model_path
+    from esi.train.data import caption_truncation
+
+    started = time.perf_counter()
+    prepared, captions = prepare_slice(args.pool_dir, args.records, args.cache_dir)
+    run_root = args.cache_dir / f"bench_train_pool-{time.strftime('%Y%m%d-%H%M%S')}"
+    results = {}
+    for name, overrides in RECIPES.items():
+        arguments = recipe_arguments(
+            prepared, captions, run_root / name.replace(" ", "_").replace(",", ""), args.steps + 1, args.seed,
+            **overrides,
+        )  # fmt: skip
+        summary = in_fresh_process(arguments)
+        batch = arguments[2].per_device_batch_size
+        samples_per_s = throughput(summary, batch)
+        cache_s = summary.get("text_cache_seconds") or 0.0
+        results[name] = {
+            "samples_per_s": round(samples_per_s, 3),
+            "measured_samples": args.steps * batch,
+            "pool_epoch_seconds_extrapolated": round(
+                POOL_RECORDS / samples_per_s + cache_s * POOL_RECORDS / summary["train_ecgs"], 1
+            ),
+            "text_cache_seconds_on_slice": summary.get("text_cache_seconds"),
+            "peak_rss_gib": round(summary["peak_rss_gib"], 3),
+            "model_sha256": summary["model_sha256"],
+            "caption_truncation": summary["caption_truncation"],
+        }
+        print(f"{name}: {json.dumps(results[name])}", flush=True)
+    recipe = arguments
+    tokenizer = AutoTokenizer.from_pretrained(default_text_model_path())
+    from esi.data.torch_dataset import join_captions
+
+    train = load_dataset_folder(prepared)["train"]
+    texts = join_captions(train, load_dataset_folder(captions), "train")
+    lengths = {str(n): caption_truncation(tokenizer, texts, n) for n in TEXT_LENGTHS}
+    return {
+        "benchmark": "bench_train --pool",
+        "command": "python -m benchmarks.bench_train " + shlex.join(sys.argv[1:]),
+        "git": git_state(),
+        "seed": args.seed,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+        "pool": str(args.pool_dir),
+        "records_prepared": args.records,
+        "train_ecgs": summary["train_ecgs"],
+        "recipe": {
+            "config": recipe[1].config,
+            "per_device_batch_size": recipe[2].per_device_batch_size,
+            "max_text_length": recipe[0].max_text_length,
+            "decoder": f"{recipe[1].decoder_layers} layers x {recipe[1].decoder_width}",
+            "text_model": "all-MiniLM-L6-v2",
+        },
+        "note": (
+            f"samples/s measured over {args.steps} steps after one warm-up step per recipe; pool epoch seconds "
+            f"extrapolated to {POOL_RECORDS} records from that rate (not timed)"
+        ),
+        "recipes": results,
+        "caption_tokens_cut_by_max_text_length": lengths,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def pool_report(result: dict) -> str:
+    lines = [
+        "# Pretraining throughput on the pool (CPU)",
+        "",
+        f"Command: `{result['command']}` (commit {result['git']['commit'][:10]}, seed {result['seed']}); "
+        f"{result['machine']}. Recipe: {json.dumps(result['recipe'])}.",
+        f"{result['note']}.",
+        "",
+        "| recipe | samples/s | pool epoch (6,000 ECGs, extrapolated) | peak RSS |",
+        "|---|---|---|---|",
+        *(
+            f"| {name} | {r['samples_per_s']:.2f} | {r['pool_epoch_seconds_extrapolated'] / 60:.1f} min | "
+            f"{r['peak_rss_gib']:.2f} GiB |"
+            for name, r in result["recipes"].items()
+        ),
+        "",
+        "Share of caption tokens cut off, by `--max-text-length` (template captions of the pool slice):",
+        "",
+        "| max text length | tokens cut | captions truncated |",
+        "|---|---|---|",
+        *(
+            f"| {n} | {t['truncated_token_share']:.1%} | {t['truncated_caption_share']:.1%} |"
+            for n, t in result["caption_tokens_cut_by_max_text_length"].items()
+        ),
+    ]
+    return "\n".join(lines)
 
 
 def fold9_recall(model, prepared: Path, captions: Path, max_text_length: int, batch_size: int = 64) -> dict[str, float]:
+    from accelerate import Accelerator
+    from transformers import AutoTokenizer
+
+    from esi.data.torch_dataset import EcgCollator, EcgDataset, join_captions, load_dataset_folder
+    from esi.text_encoder import default_text_model_path
+    from esi.train.retrieval_eval import embed_ecg_text, retrieval_recall
+    from modeling_esi import EsiFeatureExtractor
+
     signals = load_dataset_folder(prepared)["validation"]
     dataset = EcgDataset(signals, join_captions(signals, load_dataset_folder(captions), "validation"))
     tokenizer = AutoTokenizer.from_pretrained(default_text_model_path())
-    extractor = EsiFeatureExtractor()
-    collator = EcgCollator(extractor, dataset.sampling_rate, dataset.lead_names, tokenizer, max_text_length)
+    collator = EcgCollator(EsiFeatureExtractor(), dataset.sampling_rate, dataset.lead_names, tokenizer, max_text_length)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
-    accelerator = Accelerator(cpu=True)
-    return retrieval_recall(*embed_ecg_text(model, loader, accelerator))
+    return retrieval_recall(*embed_ecg_text(model, loader, Accelerator(cpu=True)))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ptbxl-dir", type=Path, default=REPO.parent / "shared" / "ptb-xl")
-    p.add_argument("--cache-dir", type=Path, default=REPO / "outputs" / "bench_downstream")
-    p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--config", default="atto")
-    p.add_argument("--max-text-length", type=int, default=128)
-    p.add_argument("--freeze-text-tower", action="store_true")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--report", type=Path, default=REPO / "benchmarks" / "reports" / "train.md")
-    args = p.parse_args(argv)
+def retrieval_benchmark(args: argparse.Namespace) -> dict:
+    from accelerate.utils import set_seed
+    from transformers import AutoModel
 
-    prepared, captions = prepare_data(args.ptbxl_dir, args.cache_dir)
-    run_dir = args.cache_dir / f"bench_train-{args.config}-{args.steps}steps-{time.strftime('%Y%m%d-%H%M%S')}"
-    train_args = [
-        "--signals", str(prepared), "--captions", str(captions), "--output-dir", str(run_dir),
-        "--config", args.config, "--max-steps", str(args.steps), "--per-device-batch-size", str(args.batch_size),
-        "--max-text-length", str(args.max_text_length), "--seed", str(args.seed), "--warmup-steps", "15",
-        "--checkpointing-steps", str(args.steps), "--eval-split", "none", "--report-to", "none",
-    ] + (["--freeze-text-tower"] if args.freeze_text_tower else [])  # fmt: skip
+    from esi.text_encoder import default_text_model_path
+    from esi.train.pretrain import build_model, pretrain
 
-    # The untrained twin: train.py's model construction under the same seed, before any step.
-    set_seed(args.seed)
-    untrained = train.build_model(train.parse_args(train_args), default_text_model_path())
-    before = fold9_recall(untrained, prepared, captions, args.max_text_length)
+    pool, pool_captions = prepare_slice(args.pool_dir, args.records, args.cache_dir)
+    evaluation, evaluation_captions = prepare_slice(args.ptbxl_dir, 10**9, args.cache_dir)
+    data, model_args, optim, run = recipe_arguments(
+        pool, pool_captions, args.cache_dir / f"bench_train-{args.steps}steps-{time.strftime('%Y%m%d-%H%M%S')}",
+        args.steps, args.seed,
+    )  # fmt: skip
+    data = replace(data, evaluation_records=str(evaluation))
+    optim = replace(optim, warmup_steps=max(1, args.steps // 10))
+    run = replace(run, logging_steps=10)
+    set_seed(args.seed)  # the untrained twin: the same construction under the same seed, before any step
+    untrained = build_model(model_args, data.max_text_length, default_text_model_path())
+    before = fold9_recall(untrained, evaluation, evaluation_captions, data.max_text_length)
     del untrained
-
-    model_dir = train.main(train_args)
+    model_dir = pretrain(data, model_args, optim, run)
     summary = json.loads((model_dir / "training_summary.json").read_text())
-    pretrained = AutoModel.from_pretrained(model_dir, trust_remote_code=True)
-    after = fold9_recall(pretrained, prepared, captions, args.max_text_length)
-    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-    samples_per_s = summary["steps"] * args.batch_size / summary["train_seconds"]
+    after = fold9_recall(
+        AutoModel.from_pretrained(model_dir, trust_remote_code=True), evaluation, evaluation_captions,
+        data.max_text_length,
+    )  # fmt: skip
     lines = [
         "# Pretraining benchmark",
         "",
-        f"Command: `python -m benchmarks.bench_train --ptbxl-dir {args.ptbxl_dir} --steps {args.steps} "
-        f"--config {args.config} --batch-size {args.batch_size} --max-text-length {args.max_text_length}"
-        f"{' --freeze-text-tower' if args.freeze_text_tower else ''}`",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
-        f"{summary['train_ecgs']} training ECGs (folds 1-8).",
-        "",
-        "| throughput | value |",
-        "|---|---|",
-        f"| samples/s | {samples_per_s:.2f} |",
-        f"| seconds/step (batch {args.batch_size}) | {summary['train_seconds'] / summary['steps']:.2f} |",
-        f"| share of time waiting for data | {summary['data_wait_fraction']:.1%} |",
-        f"| peak memory (RSS) | {peak_gib:.2f} GiB |",
-        "",
-        f"Retrieval on fold 9 ({len(load_dataset_folder(prepared)['validation'])} ECG-caption pairs), "
-        "untrained vs after pretraining, same initialisation:",
+        f"Command: `python -m benchmarks.bench_train {shlex.join(sys.argv[1:])}`; pretrained on "
+        f"{summary['train_ecgs']} ECGs of {args.pool_dir} for {summary['steps']} steps, evaluated on fold 9 of "
+        f"{args.ptbxl_dir} (overlap: {summary['evaluation_overlap']}).",
         "",
         "| metric | untrained | pretrained |",
         "|---|---|---|",
         *(f"| {k} | {before[k]:.3f} | {after[k]:.3f} |" for k in before),
-        "",
-        f"Final training losses: {json.dumps({k: round(v, 3) for k, v in (summary['final_losses'] or {}).items()})}",
     ]
     report = "\n".join(lines)
     print(report)
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(report + "\n")
-    return {"before": before, "after": after, "samples_per_s": samples_per_s, "summary": summary}
+    (REPO / "benchmarks" / "reports" / "train.md").write_text(report + "\n")
+    return {"before": before, "after": after, "summary": summary}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pool", action="store_true", help="throughput of the recipes on the pretraining pool")
+    p.add_argument("--pool-dir", type=Path, default=REPO.parent / "shared" / "ptb-xl-pretrain")
+    p.add_argument("--ptbxl-dir", type=Path, default=REPO.parent / "shared" / "ptb-xl", help="evaluation corpus")
+    p.add_argument("--records", type=int, default=320, help="pool records prepared and captioned (first N)")
+    p.add_argument("--cache-dir", type=Path, default=REPO / "outputs" / "bench_train")
+    p.add_argument("--steps", type=int, default=6, help="timed steps per recipe (--pool) or training steps")
+    p.add_argument("--seed", type=int, default=42)
+    args = p.parse_args(argv)
+    if not args.pool:
+        return retrieval_benchmark(args)
+    result = pool_benchmark(args)
+    out = REPO / "benchmarks" / "results" / f"bench_train_pool-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    report = pool_report(result)
+    (REPO / "benchmarks" / "reports" / "train_pool.md").write_text(report + f"\n\nResult file: `{out.name}`.\n")
+    print(report)
+    print(f"wrote {out}")
+    return result
 
 
 if __name__ == "__main__":

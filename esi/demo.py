@@ -6,7 +6,7 @@
 2. write a CQA caption for every ECG (template backend: measured, retrieval-grounded,
    faithfulness-checked);
 3. pretrain a small ESI model on the ECG-caption pairs (the all-MiniLM-L6-v2 text tower is
-   kept frozen here so the demo fits a laptop CPU; `train.py` trains it by default);
+   kept frozen, its caption embeddings cached, so the demo fits a laptop CPU; `train.py` trains it by default);
 4. save it as a Hub-ready folder and reload it with `AutoModel.from_pretrained(...,
    trust_remote_code=True)`, embedding one record through `AutoFeatureExtractor`.
 Each step's output folder is printed; every step can be rerun alone with its own CLI.
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from esi.train.arguments import DEFAULT_MAX_TEXT_LENGTH
+
 
 def banner(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sampling-rate", type=int, default=100)
     parser.add_argument("--pretrain-steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-text-length", type=int, default=128, help="caption tokens seen in pretraining")
+    parser.add_argument("--max-text-length", type=int, default=DEFAULT_MAX_TEXT_LENGTH, help="caption tokens read")
     args = parser.parse_args(argv)
     out = Path(args.output_dir)
     started = time.perf_counter()
@@ -56,15 +58,26 @@ def main(argv: list[str] | None = None) -> None:
     example = captions["train"][0]
     print(f"{sum(len(s) for s in captions.values())} captions; ecg_id {example['ecg_id']}:\n  {example['caption']}")
 
-    from esi.train import pretrain as train
+    from esi.train.arguments import DataArguments, ModelArguments, OptimizationArguments, RunArguments
+    from esi.train.pretrain import pretrain
 
     banner(f"3/4 pretrain ESI for {args.pretrain_steps} steps")
-    model_dir = train.main([
-        "--signals", str(prepared_dir), "--captions", str(captions_dir), "--output-dir", str(out / "pretraining"),
-        "--max-steps", str(args.pretrain_steps), "--per-device-batch-size", str(args.batch_size),
-        "--max-text-length", str(args.max_text_length), "--warmup-steps", "5", "--freeze-text-tower",
-        "--checkpointing-steps", str(max(args.pretrain_steps // 2, 1)), "--resume-from-checkpoint", "latest",
-    ])  # fmt: skip
+    print(
+        "NOTE: this is a demo, not a benchmark: it pretrains on the train folds of the same small sample it "
+        "ships with. For results, pretrain on ../shared/ptb-xl-pretrain and evaluate on ../shared/ptb-xl "
+        "(benchmarks/bench_train.py --pool).",
+        flush=True,
+    )
+    model_dir = pretrain(
+        DataArguments(signals=str(prepared_dir), captions=str(captions_dir), max_text_length=args.max_text_length),
+        ModelArguments(freeze_text_tower=True, cache_text_embeddings=True),
+        OptimizationArguments(per_device_batch_size=args.batch_size, warmup_steps=5, max_steps=args.pretrain_steps),
+        RunArguments(
+            output_dir=str(out / "pretraining"),
+            checkpointing_steps=max(args.pretrain_steps // 2, 1),
+            resume_from_checkpoint="latest",
+        ),
+    )
 
     banner("4/4 reload with AutoModel + AutoFeatureExtractor (trust_remote_code)")
     from transformers import AutoFeatureExtractor, AutoModel

@@ -32,13 +32,16 @@ Research software, not a diagnostic device.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import evaluate
 import numpy as np
+from transformers import HfArgumentParser
 
 from esi.constants import TASKS
 from esi.data.torch_dataset import join_captions, load_dataset_folder
@@ -69,42 +72,56 @@ DEFAULTS = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="ESI model folder (train.py output) or Hub id")
-    p.add_argument("--dataset", required=True, help="prepared dataset folder (dataset_scripts/prepare_ptbxl.py)")
-    p.add_argument("--task", choices=TASKS, default="superdiagnostic")
-    p.add_argument("--method", choices=METHODS + OTHER_METHODS, default="linear_probe")
-    p.add_argument("--label-fraction", type=float, default=1.0, help="share of training patients: 0.01, 0.1, 1.0")
-    p.add_argument("--random-init", action="store_true", help="randomly initialised encoder (baseline)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default depends on --method)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--patience", type=int, default=None, help="epochs without validation improvement")
-    p.add_argument("--eval-batch-size", type=int, default=64)
-    p.add_argument("--bootstrap-samples", type=int, default=200, help="resamples for confidence intervals")
-    p.add_argument("--captions", default=None, help="captioning: CQA captions folder (cqa_generate.py output)")
-    p.add_argument("--max-records", type=int, default=None, help="captioning: caption only the first N test ECGs")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--num-beams", type=int, default=1)
-    args = p.parse_args(argv)
-    if not 0 < args.label_fraction <= 1:
-        p.error("--label-fraction must be in (0, 1]")
-    if args.method == "captioning" and not args.captions:
-        p.error("--method captioning needs --captions")
+@dataclass
+class FinetuneArguments:
+    """finetune.py's options, each declared once (parsed by `HfArgumentParser`; call `run(FinetuneArguments(...))`
+    from Python)."""
+
+    model: str = field(metadata={"help": "ESI model folder (train.py output) or Hub id"})
+    dataset: str = field(metadata={"help": "prepared dataset folder (dataset_scripts/prepare_ptbxl.py)"})
+    output_dir: str
+    task: Literal[TASKS] = "superdiagnostic"
+    method: Literal[METHODS + OTHER_METHODS] = "linear_probe"
+    label_fraction: float = field(default=1.0, metadata={"help": "share of training patients: 0.01, 0.1, 1.0"})
+    random_init: bool = field(default=False, metadata={"help": "randomly initialised encoder (baseline)"})
+    seed: int = 0
+    epochs: int | None = field(default=None, metadata={"help": "maximum epochs (default depends on --method)"})
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float = 1e-4
+    patience: int | None = field(default=None, metadata={"help": "epochs without validation improvement"})
+    eval_batch_size: int = 64
+    bootstrap_samples: int = field(default=200, metadata={"help": "resamples for confidence intervals"})
+    captions: str | None = field(
+        default=None, metadata={"help": "captioning: CQA captions folder (cqa_generate.py output)"}
+    )
+    max_records: int | None = field(default=None, metadata={"help": "captioning: caption only the first N test ECGs"})
+    max_new_tokens: int = 64
+    num_beams: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.label_fraction <= 1:
+            raise ValueError(f"--label-fraction must be in (0, 1], got {self.label_fraction}")
+        if self.method == "captioning" and not self.captions:
+            raise ValueError("--method captioning needs --captions")
+
+
+def parse_args(argv: list[str] | None = None) -> FinetuneArguments:
+    parser = HfArgumentParser(FinetuneArguments, description=__doc__)
+    try:
+        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as error:  # __post_init__'s checks, reported as argparse reports a bad option
+        parser.error(str(error))
     return args
 
 
-def train_config(args: argparse.Namespace) -> TrainConfig:
+def train_config(args: FinetuneArguments) -> TrainConfig:
     defaults = DEFAULTS[args.method]
     values = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
     return TrainConfig(weight_decay=args.weight_decay, seed=args.seed, **values)
 
 
-def run_classification_cli(args: argparse.Namespace, out: Path) -> dict:
+def run_classification_cli(args: FinetuneArguments, out: Path) -> dict:
     data = load_task(args.dataset, args.task)
     run = run_classification(
         args.model,
@@ -123,7 +140,7 @@ def run_classification_cli(args: argparse.Namespace, out: Path) -> dict:
     return run.result
 
 
-def run_subject_id(args: argparse.Namespace, out: Path) -> dict:
+def run_subject_id(args: FinetuneArguments, out: Path) -> dict:
     data = load_dataset_folder(args.dataset)
     model = load_classifier(args.model, 1, args.random_init, args.seed)
     feature_extractor = EsiFeatureExtractor.from_pretrained(args.model)
@@ -155,7 +172,7 @@ def load_pretrained(model_path: str):
     return model, AutoTokenizer.from_pretrained(model_path, config=model.config)
 
 
-def run_zero_shot(args: argparse.Namespace, out: Path) -> dict:
+def run_zero_shot(args: FinetuneArguments, out: Path) -> dict:
     from esi.cqa.knowledge import load_knowledge_base
 
     data = load_task(args.dataset, args.task)
@@ -205,7 +222,7 @@ def run_zero_shot(args: argparse.Namespace, out: Path) -> dict:
     return result
 
 
-def run_captioning(args: argparse.Namespace, out: Path) -> dict:
+def run_captioning(args: FinetuneArguments, out: Path) -> dict:
     test = load_dataset_folder(args.dataset)["test"]
     if args.max_records:
         test = test.select(range(min(args.max_records, len(test))))
@@ -226,17 +243,21 @@ def run_captioning(args: argparse.Namespace, out: Path) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def run(args: FinetuneArguments) -> dict:
+    """Run one evaluation and write OUT/results.json (+ results.md, ...); returns the result."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     runners = {"subject_id": run_subject_id, "zero_shot": run_zero_shot, "captioning": run_captioning}
     result = runners.get(args.method, run_classification_cli)(args, out)
-    result["args"] = vars(args)
+    result["args"] = dataclasses.asdict(args)
     write_json(out / "results.json", result)
     logger.info("%s: %s", args.method, {k: v for k, v in result.items() if isinstance(v, float)})
     return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":

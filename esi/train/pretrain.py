@@ -158,12 +158,16 @@ def pretrain(
         model.text_model.requires_grad_(False)
     if optim_args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    if model_args.cache_text_embeddings:
-        use_cached_text_tower(model)
     feature_extractor = EsiFeatureExtractor(
         sampling_rate=model.config.ecg_config.sampling_rate, duration_s=model.config.ecg_config.duration_s
     )
     data = build_data(data_args, optim_args, feature_extractor, tokenizer)
+    text_cache_seconds = None
+    if model_args.cache_text_embeddings:
+        started = time.perf_counter()
+        cache = use_cached_text_tower(model, tokenizer, data.train_set.captions, data_args.max_text_length)
+        text_cache_seconds = round(time.perf_counter() - started, 2)
+        logger.info("embedded %d distinct captions once in %.1f s (frozen text tower)", len(cache), text_cache_seconds)
 
     optimizer = build_optimizer(model, optim_args)
     raw_optimizer = optimizer
@@ -202,6 +206,7 @@ def pretrain(
             **run,
             "train_ecgs": len(data.train_set),
             "num_processes": accelerator.num_processes,
+            "text_cache_seconds": text_cache_seconds,
             "caption_truncation": data.truncation,
             "evaluation_overlap": data.evaluation_overlap,
             "args": all_arguments(data_args, model_args, optim_args, run_args),
@@ -275,6 +280,7 @@ def train_loop(
                 "caption_loss": outputs.caption_loss.item(),
                 "lr": scheduler.get_last_lr()[0],
                 "logit_scale": accelerator.unwrap_model(model).clamped_logit_scale().item(),
+                "elapsed_s": round(time.perf_counter() - started, 3),
             }
             progress.set_postfix(loss=f"{logs['loss']:.3f}")
             if global_step % run_args.logging_steps == 0 or global_step == schedule.max_steps:

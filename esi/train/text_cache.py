@@ -44,15 +44,29 @@ class CachedTextTower(nn.Module):
         keys = [self._key(ids, m) for ids, m in zip(input_ids, mask, strict=True)]
         missing = [row for row, key in enumerate(keys) if key not in self._cache]
         if missing:
-            hidden = self.tower(input_ids=input_ids[missing], attention_mask=mask[missing]).last_hidden_state
-            for row, vector in zip(missing, masked_mean(hidden, mask[missing]), strict=True):
-                self._cache[keys[row]] = vector.detach().clone()
-        pooled = torch.stack([self._cache[key] for key in keys])
+            # The tower is not a registered submodule, so it stays where it was built (CPU): run it there.
+            device = next(self.tower.parameters()).device
+            rows_ids, rows_mask = input_ids[missing].to(device), mask[missing].to(device)
+            hidden = self.tower(input_ids=rows_ids, attention_mask=rows_mask).last_hidden_state
+            for row, vector in zip(missing, masked_mean(hidden, rows_mask), strict=True):
+                self._cache[keys[row]] = vector.detach().float().cpu()
+        pooled = torch.stack([self._cache[key] for key in keys]).to(input_ids.device)
         return BaseModelOutput(last_hidden_state=pooled.unsqueeze(1).expand(-1, input_ids.shape[1], -1))
 
-
-def use_cached_text_tower(model: nn.Module) -> CachedTextTower:
+def use_cached_text_tower(
+    model: nn.Module, tokenizer, captions: list[str], max_length: int, batch_size: int = 64
+) -> CachedTextTower:
+    """Swap `model.text_model` for a cache filled with every caption's embedding (tokenised as the collator does)."""
     cached = CachedTextTower(model.text_model)
+    for start in range(0, len(captions), batch_size):
+        text = tokenizer(
+            captions[start : start + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        cached(text["input_ids"], text["attention_mask"])
     model.text_model = cached
     return cached
 

@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 import multiprocessing
+import os
 import platform
 import resource
 import shlex
@@ -82,13 +83,15 @@ def in_fresh_process(arguments: tuple) -> dict:
         return pool.apply(run_recipe, (arguments,))
 
 
-def recipe_arguments(prepared: Path, captions: Path, out: Path, steps: int, seed: int, **model_overrides) -> tuple:
+def recipe_arguments(
+    prepared: Path, captions: Path, out: Path, steps: int, seed: int, batch_size: int = 32, **model_overrides
+) -> tuple:
     from esi.train.arguments import DataArguments, ModelArguments, OptimizationArguments, RunArguments
 
     return (
         DataArguments(signals=str(prepared), captions=str(captions), eval_split="none"),
         replace(ModelArguments(), **model_overrides),
-        OptimizationArguments(max_steps=steps, seed=seed),
+        OptimizationArguments(max_steps=steps, seed=seed, per_device_batch_size=batch_size),
         RunArguments(output_dir=str(out), logging_steps=1, report_to="none", checkpointing_steps=10**9),
     )
 
@@ -113,7 +116,7 @@ def pool_benchmark(args: argparse.Namespace) -> dict:
     for name, overrides in RECIPES.items():
         arguments = recipe_arguments(
             prepared, captions, run_root / name.replace(" ", "_").replace(",", ""), args.steps + 1, args.seed,
-            **overrides,
+            args.batch_size, **overrides,
         )  # fmt: skip
         summary = in_fresh_process(arguments)
         batch = arguments[2].per_device_batch_size
@@ -161,6 +164,8 @@ def pool_benchmark(args: argparse.Namespace) -> dict:
         "recipes": results,
         "caption_tokens_cut_by_max_text_length": lengths,
         "wall_seconds": round(time.perf_counter() - started, 1),
+        # Other jobs share this CPU: the figures above are only comparable under a similar load.
+        "load_average_1_5_15_min_at_end": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -261,6 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cache-dir", type=Path, default=REPO / "outputs" / "bench_train")
     p.add_argument("--steps", type=int, default=6, help="timed steps per recipe (--pool) or training steps")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--batch-size", type=int, default=32, help="per-device batch (train.py's default: 32)")
     args = p.parse_args(argv)
     if not args.pool:
         return retrieval_benchmark(args)

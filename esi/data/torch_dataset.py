@@ -151,7 +151,8 @@ class EcgCollator:
         batch = {
             "input_values": features["input_values"],
             "ecg_attention_mask": features["attention_mask"],
-            "ecg_ids": torch.tensor([i["ecg_id"] for i in items])}
+            "ecg_ids": torch.tensor([i["ecg_id"] for i in items]),
+        }
         if self.tokenizer is not None and "caption" in items[0]:
             text = self.tokenizer(
                 [item["caption"] for item in items],

@@ -46,7 +46,9 @@ class DataArguments:
 class ModelArguments:
     _argument_group_name = "model"
 
-    config: str = field(default="atto", metadata={"help": "ECG encoder size preset: atto, femto, pico, nano, tiny, base"})
+    config: str = field(
+        default="atto", metadata={"help": "ECG encoder size preset: atto, femto, pico, nano, tiny, base"}
+    )
     text_model: str = field(
         default="default",
         metadata={"help": "BERT-family folder for the text tower and tokenizer; 'default' = offline all-MiniLM-L6-v2"},

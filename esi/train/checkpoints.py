@@ -86,7 +86,9 @@ def set_aside_later_checkpoints(accelerator: Accelerator, output_dir: Path, step
     """
     later = [d for d in checkpoint_dirs(output_dir) if checkpoint_step(d) > step]
     if later and accelerator.is_main_process:
-        aside = Path(output_dir) / "checkpoints" / f"abandoned-{time.strftime('%Y%m%d-%H%M%S')}"
+        stamp, number = time.strftime("%Y%m%d-%H%M%S"), 0
+        while (aside := Path(output_dir) / "checkpoints" / f"abandoned-{stamp}-{number}").exists():
+            number += 1
         aside.mkdir()
         for folder in later:
             folder.rename(aside / folder.name)
@@ -105,8 +107,9 @@ def resolve_checkpoint(output_dir: Path, requested: str) -> list[Path]:
         return list(reversed(checkpoint_dirs(output_dir)))
     path = Path(requested)
     if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (complete checkpoints: "
-                                f"{[d.name for d in checkpoint_dirs(output_dir)]})")
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist (complete checkpoints: {[d.name for d in checkpoint_dirs(output_dir)]})"
+        )
     if not path.name[len(CHECKPOINT_PREFIX) :].isdigit() or not path.name.startswith(CHECKPOINT_PREFIX):
         raise ValueError(f"{path} is not a checkpoint folder (expected a name like {CHECKPOINT_PREFIX}500)")
     return [path]

@@ -43,7 +43,12 @@ from esi.train.arguments import (
     RunArguments,
     parse_args,
 )
-from esi.train.checkpoints import load_checkpoint, remove_partial_checkpoints, save_checkpoint, set_aside_later_checkpoints
+from esi.train.checkpoints import (
+    load_checkpoint,
+    remove_partial_checkpoints,
+    save_checkpoint,
+    set_aside_later_checkpoints,
+)
 from esi.train.data import PretrainingData, build_data
 from esi.train.optim import build_optimizer, build_scheduler
 from esi.train.retrieval_eval import embed_ecg_text, retrieval_recall

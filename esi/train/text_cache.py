@@ -53,6 +53,7 @@ class CachedTextTower(nn.Module):
         pooled = torch.stack([self._cache[key] for key in keys]).to(input_ids.device)
         return BaseModelOutput(last_hidden_state=pooled.unsqueeze(1).expand(-1, input_ids.shape[1], -1))
 
+
 def use_cached_text_tower(
     model: nn.Module, tokenizer, captions: list[str], max_length: int, batch_size: int = 64
 ) -> CachedTextTower:

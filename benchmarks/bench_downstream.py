@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def prepare_data(ptbxl_dir: Path, cache: Path) -> tuple[Path, Path]:
     """Prepared 100 Hz dataset and template captions, built once into the cache."""
-    from esi.cqa.cli import generate_captions
+    from esi.cqa.run import generate_captions
     from esi.data.prepare_ptbxl import prepare_ptbxl
 
     # Folder names carry the source's name: datasets' cache keys a Parquet folder by its name.

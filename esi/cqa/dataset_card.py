@@ -10,6 +10,11 @@ import os
 from pathlib import Path
 from string import Template
 
+from esi.cqa.backends import TEMPLATE_MODEL_ID
+from esi.cqa.faithfulness import TOLERANCES
+from esi.cqa.knowledge import load_knowledge_base
+from esi.cqa.schema import output_features
+
 TEMPLATE = Path(__file__).with_name("dataset_card.md")
 
 _FIXED_COLUMNS = {
@@ -52,8 +57,6 @@ def _size_category(n: int) -> str:
 
 
 def _column_table() -> str:
-    from esi.cqa.pipeline import output_features
-
     rows = []
     for name, feature in output_features().items():
         if name in _FIXED_COLUMNS:
@@ -69,8 +72,6 @@ def _column_table() -> str:
 
 def render_dataset_card(config: dict, stats: dict) -> str:
     """Card text for a run's config (``.cqa/run.json``) and stats (rows per split, faithfulness counts)."""
-    from esi.cqa.faithfulness import TOLERANCES
-    from esi.cqa.knowledge import load_knowledge_base
 
     per_split = stats["rows_per_split"]
     splits = [s for s in config["splits"] if s in per_split]
@@ -106,8 +107,6 @@ def render_dataset_card(config: dict, stats: dict) -> str:
 
 
 def _model_id(config: dict) -> str:
-    from esi.cqa.backends import TEMPLATE_MODEL_ID
-
     return TEMPLATE_MODEL_ID if config["backend"] == "template" else Path(config["model"]).name
 
 

@@ -181,10 +181,10 @@ def evaluate_scratch(model_dir: Path, data, args, seeds) -> list[dict]:
 
 
 def zero_shot(model_dir: Path, data, args) -> dict:
-    from esi.cqa.knowledge import load_knowledge_base
     from esi.eval.classification import score_predictions
     from esi.eval.finetune import load_pretrained
     from esi.eval.zero_shot import class_prompts, zero_shot_scores
+    from esi.knowledge import load_knowledge_base
 
     prompts, _ = class_prompts(data.class_names, load_knowledge_base())
     keep = [k for k, n in enumerate(data.class_names) if n in prompts]
@@ -357,7 +357,7 @@ on {"this machine" if not quick else "the quick configuration"}.
 
 {subject_table}
 
-## Zero-shot classification from the text side (prompts from cqa/knowledge)
+## Zero-shot classification from the text side (prompts from esi/knowledge)
 
 {zero_table}
 

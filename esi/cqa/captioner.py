@@ -17,12 +17,12 @@ import numpy as np
 from esi.cqa.backends import CaptionBackend, make_backend
 from esi.cqa.consistency import reconcile_with_statements
 from esi.cqa.faithfulness import DiagnosisLexicon, FaithfulnessChecker
-from esi.cqa.knowledge import load_knowledge_base
 from esi.cqa.measurements import EcgMeasurements, measure_ecg
 from esi.cqa.options import GenerationOptions
 from esi.cqa.prompts import CaptionInputs, CaptionRequest, Statement, build_request, is_number
 from esi.cqa.retrieval import HybridRetriever, build_query
 from esi.cqa.template_writer import TemplateWriter
+from esi.knowledge import load_knowledge_base
 
 # PTB-XL's statement table and licence ship as package data (CC BY 4.0, see the folder's README).
 PTBXL_RESOURCES = Path(str(importlib.resources.files("esi.data") / "resources" / "ptbxl"))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from esi.cqa.knowledge import KnowledgeEntry
+from esi.knowledge import KnowledgeEntry
 from esi.text_encoder import default_text_model_path
 
 logger = logging.getLogger(__name__)

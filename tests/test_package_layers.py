@@ -1,7 +1,8 @@
 """The package's import graph: nothing imports a higher layer or a command-line entry module, and there are no cycles.
 
-Layers, lowest first (README, "Layout"): modeling_esi; esi's shared modules; esi.data and esi.knowledge; esi.plot; esi.cqa,
-esi.train and esi.eval (which do not import each other); esi.app, esi.publish and esi.demo; benchmarks.
+Layers, lowest first (README, "Layout"): modeling_esi; esi's shared modules; esi.data and esi.knowledge;
+esi.plot; esi.cqa, esi.train and esi.eval (which do not import each other); esi.app, esi.publish and esi.demo;
+benchmarks.
 Imports inside functions count too: a lazy import is still a dependency.
 """
 

@@ -100,3 +100,17 @@ def push_folder(
         commit_message=f"Upload {folder.name} with ESI",
     )
     return str(commit.commit_url)
+
+
+def resolve_model_dir(spec: str | Path) -> Path:
+    """A local model folder for `spec`: the folder itself, or the Hub snapshot of a repo id ("org/name").
+
+    A repo id is fetched with `huggingface_hub.snapshot_download`, which honours HF_HUB_OFFLINE and the local
+    cache, so a Space or an offline machine with the model cached needs no network.
+    """
+    path = Path(spec)
+    if path.exists() or str(spec).count("/") != 1 or str(spec).startswith((".", "/")):
+        return path
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(spec)))

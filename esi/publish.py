@@ -78,7 +78,8 @@ def assemble_dataset_folder(
     return output_dir
 
 
-def main(argv: list[str] | None = None) -> dict[str, Path]:
+def assemble_and_push(argv: list[str] | None = None) -> dict[str, Path]:
+    """Parse `esi-publish` arguments, assemble the folders and push those given a repo id; returns the folders."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, help="a train.py output model folder")
     parser.add_argument("--captions-dir", type=Path, help="a cqa_generate.py output folder")
@@ -110,6 +111,11 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     for kind, folder in folders.items():
         print(f"{kind} folder: {folder}")
     return folders
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (its return value would become the exit status)."""
+    assemble_and_push(argv)
 
 
 if __name__ == "__main__":

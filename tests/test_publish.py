@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 
 import yaml
 
-from esi.publish import main as publish
+from esi.publish import assemble_and_push as publish
 
 USER_SCRIPT = textwrap.dedent(
     """

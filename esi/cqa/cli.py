@@ -88,9 +88,10 @@ def run(args: CqaArguments, options: GenerationOptions) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (its return value becomes the exit status, so it returns nothing; see `run`)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run(*parse_args(argv))
+    run(*parse_args(argv))
 
 
 if __name__ == "__main__":

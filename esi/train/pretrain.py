@@ -220,7 +220,7 @@ def pretrain(
         restore_text_tower(unwrapped)
         save_model_folder(unwrapped, feature_extractor, tokenizer, final_dir, summary)
         if run_args.push_to_hub:
-            from esi.publish import push_folder
+            from esi.hub import push_folder
 
             push_folder(final_dir, run_args.push_to_hub, repo_type="model", private=run_args.hub_private)
     accelerator.wait_for_everyone()

@@ -48,8 +48,8 @@ def _data_caveats(summary: dict) -> list[str]:
         lines.append(
             f"- **WARNING: pretrained on evaluation data.** {overlap['shared_records']} record(s) and "
             f"{overlap['shared_patients']} patient(s) of the pretraining split are also in "
-            f"`{_name(overlap['evaluation_dataset'])}`; their captions carry their labels, so downstream results on that "
-            "dataset overstate what the encoder learned."
+            f"`{_name(overlap['evaluation_dataset'])}`; their captions carry their labels, so downstream results "
+            "on that dataset overstate what the encoder learned."
         )
     else:
         lines.append(f"- No record or patient of the pretraining split is in `{_name(overlap['evaluation_dataset'])}`.")

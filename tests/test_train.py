@@ -265,7 +265,7 @@ def test_same_named_caption_folders_do_not_break_train_and_finetune(
     prepared_sample, sample_captions, tiny_text_model, tiny_esi, tmp_path
 ):
     """Captions for a large set in A/cap, then for a 200-record set in B/cap: B/cap must train and evaluate."""
-    from esi.cqa.pipeline import generate_captions
+    from esi.cqa.run import generate_captions
     from esi.data.prepare_ptbxl import prepare_ptbxl
     from esi.data.torch_dataset import load_dataset_folder
     from esi.eval import finetune

@@ -211,6 +211,9 @@ def test_caption_folder_loads_by_content_not_by_name(sample_captions, tmp_path):
     assert sum(len(s) for s in load_dataset_folder(big).values()) == 300
     small.mkdir(parents=True)
     full = load_dataset_folder(big)
+    # A dataset card whose split sizes do not match the files (here: A's card): `datasets.load_dataset`, as
+    # used before, failed with NonMatchingSplitsSizesError; the files alone decide what is loaded now.
+    shutil.copy(big / "README.md", small / "README.md")
     (small / "data").mkdir()
     for split, rows in full.items():
         rows.select(range(len(rows) // 2)).to_parquet(str(small / "data" / f"{split}-00000-of-00001.parquet"))

@@ -14,7 +14,7 @@ the whole pool and evaluation set):
   tower computed once per caption: the "cached text embeddings" recipe), optionally reduced by PCA
   (fitted on the pool's texts) to `text_embedding_dims`.
 - `zero_shot.json` + `zero_shot_emb.npy`: the superdiagnostic class prompts and their embeddings.
-- `references.jsonl`: the full-variant text of the fold-10 records, the reference for caption quality.
+- `references.jsonl`: every variant's text of the captioned fold-10 records (references for caption quality).
 - `tokenizer/`: the text tokenizer (to decode generated captions).
 
 Run: python -m benchmarks.esi_claim.pack --profile cpu --work-dir outputs/esi_claim
@@ -23,7 +23,6 @@ Run: python -m benchmarks.esi_claim.pack --profile cpu --work-dir outputs/esi_cl
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -32,20 +31,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.esi_claim.codec import encode
+from benchmarks.esi_claim.codec import encode, sha256_file
 from benchmarks.esi_claim.profiles import PROFILES, Profile
 from benchmarks.esi_claim.texts import VARIANTS, compose
 
 logger = logging.getLogger("esi_claim.pack")
 CARRY_BUDGET = 52 * 2**20  # 64 MiB carry limit minus the repository's ~10 MiB and a margin
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pool_source(pool_dir: Path, work_dir: Path) -> tuple[Path, str | None]:
@@ -233,7 +224,8 @@ def pack(profile: Profile, work_dir: Path, pool_dir: Path, eval_dir: Path, num_p
         f.writelines(json.dumps(r) + "\n" for r in eval_rows)
     with open(out / "references.jsonl", "w") as f:
         for ecg_id, caption in sorted(eval_captions.items()):
-            f.write(json.dumps({"ecg_id": ecg_id, "text": compose(caption, "full", knowledge)}) + "\n")
+            texts = {v: compose(caption, v, knowledge) for v in VARIANTS}
+            f.write(json.dumps({"ecg_id": ecg_id, "texts": texts}) + "\n")
 
     vocabulary = sorted({code for r in pool_rows for code in r["statements"]})
     files = sorted(p for p in out.rglob("*") if p.is_file())

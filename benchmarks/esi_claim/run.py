@@ -422,12 +422,16 @@ def state_sha256(state: dict[str, torch.Tensor]) -> str:
 
 
 def git_commit() -> str:
+    """HEAD (with -dirty for uncommitted changes); ESI_GIT_COMMIT names it where the tree has no .git
+    (the accelerator machine receives a copy of the working tree)."""
+    if os.environ.get("ESI_GIT_COMMIT"):
+        return os.environ["ESI_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("ESI_GIT_COMMIT", "unknown")  # a carried tree without .git
+        return "unknown"
 
 
 class Grid:

@@ -13,7 +13,6 @@ and `datasets.load_dataset(folder)`.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 import datasets
 import yaml
 
+from esi.checksum import sha256_file
 from esi.train.model_card import write_model_card
 
 logger = logging.getLogger("esi.publish")
@@ -34,11 +34,7 @@ def weights_sha256(model_dir: Path) -> str:
     path = model_dir / "model.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"{model_dir} has no model.safetensors to identify the model by")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def results_for_model(downstream: dict | None, checksum: str) -> dict | None:

@@ -14,10 +14,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from benchmarks.esi_claim.codec import decode, encode, limb_leads, sha256_file
+from benchmarks.esi_claim.codec import decode, encode, limb_leads
 from benchmarks.esi_claim.pack import pool_source
 from benchmarks.esi_claim.profiles import PROFILES
 from benchmarks.esi_claim.texts import compose
+from esi.checksum import sha256_file
 from esi.cqa.knowledge import load_knowledge_base
 from esi.eval.stats import bootstrap_interval, macro_auroc, paired_bootstrap, per_class_auroc
 

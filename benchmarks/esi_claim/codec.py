@@ -8,11 +8,8 @@ of the int16 size for PTB-XL at 100 Hz.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import lzma
-
-from pathlib import Path
 
 import numpy as np
 
@@ -51,12 +48,3 @@ def decode(blob: bytes) -> np.ndarray:
     out[:, STORED] = stored
     out[:, 2:6] = limb_leads(stored[:, 0], stored[:, 1]).transpose(1, 0, 2)
     return out
-
-
-def sha256_file(path: Path) -> str:
-    """Checksum of a file (packs and model weights are identified by it)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

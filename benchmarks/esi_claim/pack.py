@@ -31,9 +31,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.esi_claim.codec import encode, sha256_file
+from benchmarks.esi_claim.codec import encode
 from benchmarks.esi_claim.profiles import PROFILES, Profile
 from benchmarks.esi_claim.texts import VARIANTS, compose
+from esi.checksum import sha256_file
 
 logger = logging.getLogger("esi_claim.pack")
 CARRY_BUDGET = 52 * 2**20  # 64 MiB carry limit minus the repository's ~10 MiB and a margin
@@ -89,13 +90,18 @@ def captions(prepared_dir: Path, output_dir: Path, splits: list[str] | None, num
 
 
 def caption_rows(captions_dir: Path) -> dict[int, dict]:
-    from esi.data.torch_dataset import load_dataset_folder
+    """Caption rows by ecg_id, read from the folder's Parquet files directly.
 
-    rows = {}
-    for split in load_dataset_folder(captions_dir).values():
-        for row in split:
-            rows[int(row["ecg_id"])] = row
-    return rows
+    Not through `datasets.load_dataset`: its cache is keyed by the folder's name, so a regenerated
+    folder of a familiar name is served stale (issue 11, item 8) and fails with
+    NonMatchingSplitsSizesError; reading the files has no cache to go stale.
+    """
+    import pyarrow.parquet as pq
+
+    files = sorted((captions_dir / "data").glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{captions_dir}/data holds no Parquet file: is it a finished cqa_generate output?")
+    return {int(row["ecg_id"]): row for path in files for row in pq.read_table(path).to_pylist()}
 
 
 def write_signals(path: Path, signals: list[np.ndarray], quantum_uv: int) -> int:
@@ -197,8 +203,12 @@ def pack(profile: Profile, work_dir: Path, pool_dir: Path, eval_dir: Path, num_p
     np.save(out / "zero_shot_emb.npy", embeddings["zero_shot"])
     (out / "zero_shot.json").write_text(
         json.dumps(
-            {"task": "superdiagnostic", "classes": prompt_names, "prompts": [prompts[n] for n in prompt_names],
-             "missing": missing},
+            {
+                "task": "superdiagnostic",
+                "classes": prompt_names,
+                "prompts": [prompts[n] for n in prompt_names],
+                "missing": missing,
+            },
             indent=1,
         )
     )

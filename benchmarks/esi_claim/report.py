@@ -1,6 +1,7 @@
 """Generate `benchmarks/reports/esi_claim.md` (tables, paired differences, plots) from the result files only.
 
-    python -m benchmarks.esi_claim.report [--results-dir benchmarks/results/esi_claim] [--output benchmarks/reports/esi_claim.md]
+    python -m benchmarks.esi_claim.report [--results-dir benchmarks/results/esi_claim] \
+        [--output benchmarks/reports/esi_claim.md]
 
 Every number comes from a JSON (and its scores file) written by `benchmarks.esi_claim.run`; none is typed
 here. Each profile folder under the results directory gets its own section; the `tiny` profile is a smoke
@@ -22,8 +23,16 @@ from esi.eval.stats import bootstrap_interval, macro_auroc, mean_over_runs, pair
 
 DISCLAIMER = "Research software, not a diagnostic device."
 ORDER = (
-    "esi_full", "esi_no_knowledge", "statements_only", "measurements_only", "contrastive_only", "caption_only",
-    "supervised_pool", "ssl_two_views", "random_init", "supervised_scratch",
+    "esi_full",
+    "esi_no_knowledge",
+    "statements_only",
+    "measurements_only",
+    "contrastive_only",
+    "caption_only",
+    "supervised_pool",
+    "ssl_two_views",
+    "random_init",
+    "supervised_scratch",
 )
 # (arm, baseline): the differences the issue's rows and targets ask for.
 COMPARISONS = tuple(("esi_full", other) for other in ORDER[1:])
@@ -163,9 +172,15 @@ def render_section(section: Section, plot_path: Path, plot_link: str) -> str:
         table(
             ["arm", "seed", "steps", "seconds", "first loss", "final loss", "weights sha256"],
             [
-                [r["arm"], str(r["seed"]), str(r["training"]["steps"]), str(r["training"].get("seconds", 0)),
-                 fmt(r["training"].get("first_loss", float("nan"))), fmt(r["training"].get("final_loss", float("nan"))),
-                 f"`{r['weights_sha256'][:16]}`"]
+                [
+                    r["arm"],
+                    str(r["seed"]),
+                    str(r["training"]["steps"]),
+                    str(r["training"].get("seconds", 0)),
+                    fmt(r["training"].get("first_loss", float("nan"))),
+                    fmt(r["training"].get("final_loss", float("nan"))),
+                    f"`{r['weights_sha256'][:16]}`",
+                ]
                 for r in pre
             ],
         )
@@ -224,7 +239,9 @@ def render_section(section: Section, plot_path: Path, plot_link: str) -> str:
                 else:
                     cell = difference_cell(d)
                     verdict = "met" if d["ci"][0] > 0 and d["difference"] >= margin else "not met"
-                target_rows.append([f"esi_full beats {other} by >= {margin:+.2f}", task, f"{fraction:.0%}", cell, verdict])
+                target_rows.append(
+                    [f"esi_full beats {other} by >= {margin:+.2f}", task, f"{fraction:.0%}", cell, verdict]
+                )
     out.append(table(["target", "task", "labels", "difference [95% CI]", "verdict"], target_rows))
 
     sid = defaultdict(list)
@@ -243,8 +260,9 @@ def render_section(section: Section, plot_path: Path, plot_link: str) -> str:
             ranks = [r["_scores"]["ranks"] for r in sid[arm]]
             dummy = np.zeros(len(ranks[0]))
             value = mean_over_runs(top1, dummy, ranks)
-            ci = bootstrap_interval(lambda *a: mean_over_runs(top1, a[0], list(a[1:])), dummy, *ranks,
-                                    samples=section.samples)
+            ci = bootstrap_interval(
+                lambda *a: mean_over_runs(top1, a[0], list(a[1:])), dummy, *ranks, samples=section.samples
+            )
             versus = ""
             if arm != "random_init" and "random_init" in sid:
                 base = [r["_scores"]["ranks"] for r in sid["random_init"]]
@@ -272,9 +290,20 @@ def render_section(section: Section, plot_path: Path, plot_link: str) -> str:
             runs = [r for r in section.by_kind["captioning"] if r["arm"] == arm]
             if runs:
                 m = {k: np.mean([r["metrics"][k] for r in runs]) for k in runs[0]["metrics"]}
-                rows.append([arm, runs[0]["reference_variant"], str(runs[0]["records"]), fmt(m["token_f1"]),
-                             fmt(m["rouge_l"]), fmt(m["token_f1_vs_full"]), fmt(m["rouge_l_vs_full"])])
-        out.append(table(["arm", "reference", "ECGs", "token F1", "ROUGE-L", "token F1 (full)", "ROUGE-L (full)"], rows))
+                rows.append(
+                    [
+                        arm,
+                        runs[0]["reference_variant"],
+                        str(runs[0]["records"]),
+                        fmt(m["token_f1"]),
+                        fmt(m["rouge_l"]),
+                        fmt(m["token_f1_vs_full"]),
+                        fmt(m["rouge_l_vs_full"]),
+                    ]
+                )
+        out.append(
+            table(["arm", "reference", "ECGs", "token F1", "ROUGE-L", "token F1 (full)", "ROUGE-L (full)"], rows)
+        )
     return "\n\n".join(out)
 
 
@@ -293,8 +322,11 @@ def model_summary(results_dir: Path, checksum: str) -> dict:
     for run in runs:
         groups[(run["task"], run["label_fraction"])].append(run["metrics"]["macro_auroc"])
     results = [
-        {"name": f"PTB-XL {task}, linear probe, {fraction:.0%} labels (mean of {len(values)} probe seeds)",
-         "value": float(np.mean(values)), "weights_sha256": checksum}
+        {
+            "name": f"PTB-XL {task}, linear probe, {fraction:.0%} labels (mean of {len(values)} probe seeds)",
+            "value": float(np.mean(values)),
+            "weights_sha256": checksum,
+        }
         for (task, fraction), values in sorted(groups.items())
     ]
     rows = "\n".join(f"| {r['name']} | {r['value']:.3f} |" for r in results)
@@ -312,8 +344,12 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--results-dir", type=Path, default=Path("benchmarks/results/esi_claim"))
     p.add_argument("--output", type=Path, default=Path("benchmarks/reports/esi_claim.md"))
     p.add_argument("--bootstrap-samples", type=int, default=1000)
-    p.add_argument("--model-summary", metavar="WEIGHTS_SHA256", default=None,
-                   help="instead of the report, write the downstream summary of that model (for esi.publish)")
+    p.add_argument(
+        "--model-summary",
+        metavar="WEIGHTS_SHA256",
+        default=None,
+        help="instead of the report, write the downstream summary of that model (for esi.publish)",
+    )
     p.add_argument("--summary-output", type=Path, default=Path("outputs/esi_claim/model_summary.json"))
     args = p.parse_args(argv)
     if args.model_summary:

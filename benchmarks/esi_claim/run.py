@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, get_cosine_schedule_with_warmup
 
-from benchmarks.esi_claim.codec import LEADS, decode, sha256_file
+from benchmarks.esi_claim.codec import LEADS, decode
 from benchmarks.esi_claim.profiles import MULTI_SEED_ARMS, PROFILES, Profile
+from esi.checksum import sha256_file
 from esi.data.augment import EcgAugmentConfig, augment_ecg
 from esi.eval.probe import TrainConfig, choose_thresholds, fit_linear_probe
 from esi.eval.sampling import sample_label_fraction
@@ -217,7 +218,7 @@ def pretrain(arm: Arm, profile: Profile, pack: Pack, seed: int, device: torch.de
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return model, {
         "steps": profile.steps,
         "seconds": round(time.perf_counter() - started, 1),
@@ -230,8 +231,10 @@ def pretrain(arm: Arm, profile: Profile, pack: Pack, seed: int, device: torch.de
 def embed(model: EsiModel, inputs: torch.Tensor, device: torch.device, batch: int = 256) -> np.ndarray:
     model.eval()
     return np.concatenate(
-        [model.ecg_model(inputs[i : i + batch].to(device)).pooler_output.float().cpu().numpy()
-         for i in range(0, len(inputs), batch)]
+        [
+            model.ecg_model(inputs[i : i + batch].to(device)).pooler_output.float().cpu().numpy()
+            for i in range(0, len(inputs), batch)
+        ]
     )
 
 
@@ -256,7 +259,9 @@ def task_rows(pack: Pack, task: str) -> tuple[dict[str, np.ndarray], np.ndarray,
 def probe(features: np.ndarray, pack: Pack, task: str, fraction: float, seed: int, profile: Profile) -> dict:
     rows, labels, names = task_rows(pack, task)
     chosen = rows["train"][sample_label_fraction(pack.patients[rows["train"]], labels[rows["train"]], fraction, seed)]
-    config = TrainConfig(epochs=profile.probe_epochs, batch_size=64, lr=3e-3, patience=profile.probe_patience, seed=seed)
+    config = TrainConfig(
+        epochs=profile.probe_epochs, batch_size=64, lr=3e-3, patience=profile.probe_patience, seed=seed
+    )
     torch.manual_seed(seed)
     head = nn.Linear(features.shape[1], labels.shape[1])
     history = fit_linear_probe(
@@ -307,9 +312,7 @@ def scratch(pack: Pack, task: str, fraction: float, seed: int, profile: Profile,
     optimizer = torch.optim.AdamW(params, lr=profile.learning_rate, weight_decay=0.05)
     batch = min(profile.batch_size, len(chosen))
     steps_per_epoch = max(1, len(chosen) // batch)
-    scheduler = get_cosine_schedule_with_warmup(
-        optimizer, steps_per_epoch, steps_per_epoch * profile.scratch_epochs
-    )
+    scheduler = get_cosine_schedule_with_warmup(optimizer, steps_per_epoch, steps_per_epoch * profile.scratch_epochs)
     rate = pack.meta["sampling_rate"]
     extractor = EsiFeatureExtractor(sampling_rate=model.config.ecg_config.sampling_rate)
     evaluation = {s: featurize(extractor, pack.eval_signals[rows[s]], rate) for s in ("validation", "test")}
@@ -319,13 +322,16 @@ def scratch(pack: Pack, task: str, fraction: float, seed: int, profile: Profile,
     def predict(split: str) -> np.ndarray:
         model.eval()
         with torch.no_grad():
-            return torch.sigmoid(head(torch.from_numpy(embed(model, evaluation[split], device)).to(device))).cpu().numpy()
+            return (
+                torch.sigmoid(head(torch.from_numpy(embed(model, evaluation[split], device)).to(device))).cpu().numpy()
+            )
 
     for epoch in range(profile.scratch_epochs):
         epochs += 1
         model.train()
-        for step, start in enumerate(range(0, steps_per_epoch * batch, batch)):
-            picked = rng.permutation(chosen)[:batch] if len(chosen) > batch else chosen
+        shuffled = rng.permutation(chosen)  # each labelled record once per epoch
+        for step in range(steps_per_epoch):
+            picked = shuffled[step * batch : (step + 1) * batch]
             x = featurize(
                 extractor, augmented_batch(pack.eval_signals, picked, rate, seed, epoch * 10_000 + step, 0), rate
             )
@@ -337,9 +343,12 @@ def scratch(pack: Pack, task: str, fraction: float, seed: int, profile: Profile,
             optimizer.step()
             scheduler.step()
         score = macro_auroc(labels[rows["validation"]], predict("validation"))
-        if score > best:
+        if best_state is None or score > best:
             best, best_epoch = score, epoch
-            best_state = {k: v.detach().clone() for k, v in [*model.state_dict().items(), *(("head." + k, v) for k, v in head.state_dict().items())]}
+            best_state = {
+                **{k: v.detach().clone() for k, v in model.state_dict().items()},
+                **{"head." + k: v.detach().clone() for k, v in head.state_dict().items()},
+            }
         if epoch - best_epoch >= profile.scratch_patience:
             break
     model.load_state_dict({k: v for k, v in best_state.items() if not k.startswith("head.")})
@@ -370,7 +379,9 @@ def zero_shot(model: EsiModel, inputs: torch.Tensor, pack: Pack, device: torch.d
     prompts = torch.from_numpy(np.load(pack.folder / "zero_shot_emb.npy").astype(np.float32)[prompt_rows]).to(device)
     model.eval()
     text = F.normalize(model.text_projection(prompts), dim=-1)
-    ecg = F.normalize(model.ecg_projection(torch.from_numpy(embed(model, inputs[rows["test"]], device)).to(device)), dim=-1)
+    ecg = F.normalize(
+        model.ecg_projection(torch.from_numpy(embed(model, inputs[rows["test"]], device)).to(device)), dim=-1
+    )
     scores = (ecg @ text.t()).float().cpu().numpy()
     test_y = labels[rows["test"]][:, keep]
     return {
@@ -384,19 +395,23 @@ def zero_shot(model: EsiModel, inputs: torch.Tensor, pack: Pack, device: torch.d
 
 
 @torch.no_grad()
-def caption_quality(model: EsiModel, inputs: torch.Tensor, pack: Pack, variant: str, profile: Profile,
-                    device: torch.device) -> dict:
+def caption_quality(
+    model: EsiModel, inputs: torch.Tensor, pack: Pack, variant: str, profile: Profile, device: torch.device
+) -> dict:
     """Greedy captions of the first fold-10 records with a reference, scored against that record's text of the
     variant the arm was trained on (and against the full variant)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(pack.folder / "tokenizer")
-    rows = [i for i in np.flatnonzero(pack.folds == 10) if int(pack.ecg_ids[i]) in pack.references][: profile.caption_records]
+    rows = [i for i in np.flatnonzero(pack.folds == 10) if int(pack.ecg_ids[i]) in pack.references][
+        : profile.caption_records
+    ]
     model.eval()
     ids = model.generate_caption(inputs[rows].to(device), max_new_tokens=profile.max_text_length - 1)
     generated = tokenizer.batch_decode(ids.cpu(), skip_special_tokens=True)
-    own = np.array([pair_scores(g, pack.references[int(pack.ecg_ids[i])][variant]) for g, i in zip(generated, rows)])
-    full = np.array([pair_scores(g, pack.references[int(pack.ecg_ids[i])]["full"]) for g, i in zip(generated, rows)])
+    references = [pack.references[int(pack.ecg_ids[i])] for i in rows]
+    own = np.array([pair_scores(g, r[variant]) for g, r in zip(generated, references, strict=True)])
+    full = np.array([pair_scores(g, r["full"]) for g, r in zip(generated, references, strict=True)])
     return {
         "metrics": {
             "token_f1": float(own[:, 0].mean()),
@@ -437,7 +452,9 @@ def git_commit() -> str:
 class Grid:
     def __init__(self, profile: Profile, pack: Pack, results: Path, models: Path, device: torch.device):
         self.profile, self.pack, self.results, self.models, self.device = profile, pack, results, models, device
-        self.command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, "-m", "benchmarks.esi_claim.run", *sys.argv[1:]])
+        self.command = " ".join(
+            shlex.quote(a) for a in [Path(sys.executable).name, "-m", "benchmarks.esi_claim.run", *sys.argv[1:]]
+        )
         self.commit = git_commit()
         (results / "scores").mkdir(parents=True, exist_ok=True)
         models.mkdir(parents=True, exist_ok=True)
@@ -446,7 +463,9 @@ class Grid:
     def path(self, run_id: str) -> Path:
         return self.results / f"{run_id}.json"
 
-    def write(self, run_id: str, kind: str, arm: str, seed: int, weights_sha256: str, payload: dict, extra: dict) -> None:
+    def write(
+        self, run_id: str, kind: str, arm: str, seed: int, weights_sha256: str, payload: dict, extra: dict
+    ) -> None:
         scores = payload.pop("_scores", None)
         record = {
             "run_id": run_id,
@@ -456,7 +475,10 @@ class Grid:
             "command": self.command,
             "git_commit": self.commit,
             "config": asdict(self.profile),
-            "pack": {k: self.pack.meta[k] for k in ("pool_records", "eval_records", "pool_workaround", "signal_quantum_uv", "text_embedding_dims")},
+            "pack": {
+                k: self.pack.meta[k]
+                for k in ("pool_records", "eval_records", "pool_workaround", "signal_quantum_uv", "text_embedding_dims")
+            },
             "seed": seed,
             "weights_sha256": weights_sha256,
             "device": str(self.device),
@@ -466,7 +488,9 @@ class Grid:
         }
         if scores is not None:
             score_file = self.results / "scores" / f"{run_id}.npz"
-            np.savez_compressed(score_file, **{k: (v.astype(np.float16) if v.dtype.kind == "f" else v) for k, v in scores.items()})
+            np.savez_compressed(
+                score_file, **{k: (v.astype(np.float16) if v.dtype.kind == "f" else v) for k, v in scores.items()}
+            )
             record["scores_file"] = f"scores/{score_file.name}"
         tmp = self.path(run_id).with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=1, default=float))
@@ -477,9 +501,13 @@ class Grid:
     def encoder_runs(self, arm: Arm, seed: int) -> list[tuple[str, callable]]:
         p = self.profile
         runs = [
-            (f"probe-{arm.name}-s{seed}-{task}-f{fraction:g}-p{probe_seed}",
-             dict(task=task, label_fraction=fraction, probe_seed=probe_seed))
-            for task in p.tasks for fraction in p.fractions for probe_seed in p.probe_seeds
+            (
+                f"probe-{arm.name}-s{seed}-{task}-f{fraction:g}-p{probe_seed}",
+                dict(task=task, label_fraction=fraction, probe_seed=probe_seed),
+            )
+            for task in p.tasks
+            for fraction in p.fractions
+            for probe_seed in p.probe_seeds
         ]
         runs.append((f"subject_id-{arm.name}-s{seed}", {}))
         if arm.kind == "esi" and arm.contrastive_weight:
@@ -499,8 +527,15 @@ class Grid:
                             continue
                         result = scratch(self.pack, task, fraction, probe_seed, self.profile, self.device)
                         sha = result.pop("weights_sha256")
-                        self.write(run_id, "scratch", arm.name, probe_seed, sha, result,
-                                   dict(task=task, label_fraction=fraction, probe_seed=probe_seed, pretrain_seed=None))
+                        self.write(
+                            run_id,
+                            "scratch",
+                            arm.name,
+                            probe_seed,
+                            sha,
+                            result,
+                            dict(task=task, label_fraction=fraction, probe_seed=probe_seed, pretrain_seed=None),
+                        )
             return
         pending = [(r, e) for r, e in self.encoder_runs(arm, seed) if not self.path(r).exists()]
         self.skipped += len(self.encoder_runs(arm, seed)) - len(pending)
@@ -512,12 +547,16 @@ class Grid:
         model.save_pretrained(folder)
         # The checksum of the file a user would publish: `esi.publish --downstream` matches results on it.
         sha = sha256_file(folder / "model.safetensors")
-        self.write(pretrain_id, "pretrain", arm.name, seed, sha, {"training": summary, "weights_folder": str(folder)}, {})
+        self.write(
+            pretrain_id, "pretrain", arm.name, seed, sha, {"training": summary, "weights_folder": str(folder)}, {}
+        )
         features = embed(model, inputs, self.device)
         for run_id, extra in pending:
             kind = run_id.split("-")[0]
             if kind == "probe":
-                result = probe(features, self.pack, extra["task"], extra["label_fraction"], extra["probe_seed"], self.profile)
+                result = probe(
+                    features, self.pack, extra["task"], extra["label_fraction"], extra["probe_seed"], self.profile
+                )
             elif kind == "subject_id":
                 result = subject_id(features, self.pack)
             elif kind == "zero_shot":

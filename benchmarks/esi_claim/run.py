@@ -252,6 +252,8 @@ def task_rows(pack: Pack, task: str) -> tuple[dict[str, np.ndarray], np.ndarray,
         "test": np.flatnonzero(labelled & (pack.folds == 10)),
     }
     keep = labels[rows["train"]].any(0) & labels[rows["test"]].any(0) & ~labels[rows["test"]].all(0)
+    if not keep.any():
+        raise ValueError(f"task '{task}': no class has positives in folds 1-8 and in fold 10 and negatives in fold 10")
     names = [n for n, k in zip(pack.meta["class_names"][task], keep, strict=True) if k]
     return rows, labels[:, keep], names
 

@@ -185,6 +185,7 @@ def test_grid_runs_without_datasets_resumes_and_feeds_the_report(sample_pack, tm
                      "--bootstrap-samples", "100"])  # fmt: skip
     text = output.read_text()
     assert "SMOKE RUN" in text and "no evidence" in text
+    assert "| met |" not in text and "no verdict (smoke run)" in text
     assert f"`{pretrain['weights_sha256'][:16]}`" in text
     assert "| esi_full - random_init |" in text and "| esi_full - supervised_scratch |" in text
     assert (tmp_path / "esi_claim_tiny_label_efficiency.png").stat().st_size > 0

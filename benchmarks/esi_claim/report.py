@@ -239,6 +239,8 @@ def render_section(section: Section, plot_path: Path, plot_link: str) -> str:
                 else:
                     cell = difference_cell(d)
                     verdict = "met" if d["ci"][0] > 0 and d["difference"] >= margin else "not met"
+                    if section.smoke:
+                        verdict = "no verdict (smoke run)"
                 target_rows.append(
                     [f"esi_full beats {other} by >= {margin:+.2f}", task, f"{fraction:.0%}", cell, verdict]
                 )

@@ -75,7 +75,7 @@ def prepared(ptbxl_dir: Path, output_dir: Path, limit: int | None, num_proc: int
 
 def captions(prepared_dir: Path, output_dir: Path, splits: list[str] | None, num_samples: int | None) -> Path:
     """Template CQA captions (resumable: the pipeline's journal skips finished units)."""
-    from esi.cqa.pipeline import generate_captions
+    from esi.cqa.run import generate_captions
 
     generate_captions(
         prepared_dir,
@@ -150,7 +150,7 @@ def pack(profile: Profile, work_dir: Path, pool_dir: Path, eval_dir: Path, num_p
     """Build (or reuse) `work_dir/pack` for `profile`; returns its path."""
     from transformers import AutoTokenizer
 
-    from esi.cqa.knowledge import load_knowledge_base
+    from esi.knowledge import load_knowledge_base
     from esi.data.torch_dataset import load_dataset_folder
     from esi.eval.zero_shot import class_prompts
     from esi.text_encoder import default_text_model_path

@@ -150,9 +150,9 @@ def pack(profile: Profile, work_dir: Path, pool_dir: Path, eval_dir: Path, num_p
     """Build (or reuse) `work_dir/pack` for `profile`; returns its path."""
     from transformers import AutoTokenizer
 
-    from esi.knowledge import load_knowledge_base
     from esi.data.torch_dataset import load_dataset_folder
     from esi.eval.zero_shot import class_prompts
+    from esi.knowledge import load_knowledge_base
     from esi.text_encoder import default_text_model_path
 
     out = work_dir / "pack"

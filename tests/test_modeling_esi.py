@@ -120,10 +120,10 @@ def test_logit_scale_is_clamped_at_100():
 def test_caption_decoder_is_causal(model: EsiModel, ecg: torch.Tensor):
     ids, _ = caption_batch(batch=2, length=16)
     tokens = model.ecg_model(ecg[:2]).last_hidden_state
-    logits = model.text_decoder(ids, tokens)
+    logits = model.text_decoder(ids, tokens).logits
     changed = ids.clone()
     changed[:, 9] = 4242
-    changed_logits = model.text_decoder(changed, tokens)
+    changed_logits = model.text_decoder(changed, tokens).logits
     torch.testing.assert_close(changed_logits[:, :9], logits[:, :9])
     assert not torch.allclose(changed_logits[:, 9:], logits[:, 9:])
 
@@ -131,11 +131,11 @@ def test_caption_decoder_is_causal(model: EsiModel, ecg: torch.Tensor):
 def test_caption_decoder_attends_to_ecg_tokens(model: EsiModel, ecg: torch.Tensor):
     ids, _ = caption_batch(batch=2, length=8)
     tokens = model.ecg_model(ecg[:2]).last_hidden_state
-    logits = model.text_decoder(ids, tokens)
+    logits = model.text_decoder(ids, tokens).logits
     # Changing a single ECG token (not a pooled vector) changes every position's prediction.
     perturbed = tokens.clone()
     perturbed[:, -1] += 1.0
-    assert not torch.allclose(model.text_decoder(ids, perturbed)[:, 0], logits[:, 0])
+    assert not torch.allclose(model.text_decoder(ids, perturbed).logits[:, 0], logits[:, 0])
 
 
 def test_caption_loss_is_shifted_and_ignores_padding(model: EsiModel, ecg: torch.Tensor):
@@ -243,7 +243,7 @@ def test_generate_caption_greedy_and_beam(model: EsiModel, ecg: torch.Tensor):
     tokens = model.ecg_model(ecg[:2]).last_hidden_state
     manual = greedy[:, :1]
     for _ in range(6):
-        next_token = model.text_decoder(manual, tokens)[:, -1].argmax(dim=-1, keepdim=True)
+        next_token = model.text_decoder(manual, tokens).logits[:, -1].argmax(dim=-1, keepdim=True)
         manual = torch.cat([manual, next_token], dim=1)
     assert torch.equal(greedy, manual)
     assert torch.equal(model.generate_caption(ecg[:2], max_new_tokens=6, num_beams=1), greedy)

@@ -543,9 +543,6 @@ class EsiPreTrainedModel(PreTrainedModel):
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **ESI_AUTO_MAP}
         if isinstance(self, EsiModel):
             self.config.custom_pipelines = ESI_CUSTOM_PIPELINES
-        # A sub-config read from a local folder remembers that path: it must not ship to the Hub.
-        for sub_config in (self.config.ecg_config, self.config.text_config, self.config.decoder_config):
-            sub_config._name_or_path = ""
         super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -774,9 +771,13 @@ class EsiModel(EsiPreTrainedModel):
     ) -> torch.LongTensor:
         """Greedy (`num_beams=1`) or beam-search captions (shortcut for `generate`): (B, 12, T) -> token ids
         (B, <= 1 + max_new_tokens), padded with `[PAD]` after EOS (`[SEP]`)."""
-        return self.generate(
+        ids = self.generate(
             input_values, ecg_attention_mask, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False
         )
+        # transformers' beam search fills finished beams with EOS when the pad id is 0 (falsy): pad after EOS.
+        after_eos = (ids == self.config.eos_token_id).long().cumsum(dim=1).roll(1, dims=1) > 0
+        after_eos[:, 0] = False
+        return ids.masked_fill(after_eos, self.config.pad_token_id)
 
 
 @dataclass

@@ -30,7 +30,7 @@ def test_ptbxl_record_round_trip(record_100hz: wfdb.Record):
     features = extractor(record_100hz.p_signal, sampling_rate=100, lead_names=record_100hz.sig_name)
     assert features["input_values"].shape == (1, 12, 1000) and features["input_values"].dtype == np.float32
     np.testing.assert_allclose(features["input_values"][0], record_100hz.p_signal.T.astype(np.float32))
-    assert features["attention_mask"].sum() == 1000
+    assert features["ecg_attention_mask"].sum() == 1000
     # (leads x time) and torch input give the same answer as (time x leads) numpy.
     again = extractor(torch.from_numpy(record_100hz.p_signal.T.copy()), sampling_rate=100, lead_names=PTBXL_LEADS)
     np.testing.assert_array_equal(again["input_values"], features["input_values"])
@@ -84,7 +84,7 @@ def test_crop_pad_and_normalise(record_100hz: wfdb.Record):
     short = record_100hz.p_signal[:600]
     long = np.concatenate([record_100hz.p_signal, record_100hz.p_signal])
     features = extractor([short, long], sampling_rate=100, lead_names=PTBXL_LEADS, return_tensors="pt")
-    values, mask = features["input_values"], features["attention_mask"]
+    values, mask = features["input_values"], features["ecg_attention_mask"]
     assert values.shape == (2, 12, 1000) and mask.shape == (2, 1000)
     assert mask[0].sum() == 600 and mask[1].sum() == 1000
     assert (values[0, :, 600:] == 0).all()

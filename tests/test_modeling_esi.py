@@ -253,20 +253,25 @@ def test_generate_caption_greedy_and_beam(model: EsiModel, ecg: torch.Tensor):
 
 def test_generate_caption_pads_after_eos(ecg: torch.Tensor):
     model = EsiModel(tiny_config()).eval()
+    steps = []
 
     def eos_from_third_token(module, inputs, logits):
-        # An untrained decoder rarely emits EOS: force it for the first ECG (its rows come first) at position 3.
-        if logits.shape[1] >= 3:
+        # An untrained decoder rarely emits EOS: force it for the first ECG (its rows come first) at position 3,
+        # i.e. at the third decoding step (with the KV cache each step sees only the newest position).
+        steps.append(logits.shape)
+        if len(steps) == 3:
             logits = logits.clone()
             logits[: logits.shape[0] // 2, -1, 102] += 100.0
         return logits
 
     model.text_decoder.lm_head.register_forward_hook(eos_from_third_token)
     for beams in (1, 2):
+        steps.clear()
         captions = model.generate_caption(ecg[:2], max_new_tokens=5, num_beams=beams)
         first = captions[0].tolist()
         assert len(first) == 6 and first[3] == 102 and first[4:] == [0, 0]
         assert 102 not in captions[1, :4].tolist()
+        assert all(shape[1] == 1 for shape in steps)  # one new position per step: the cache is used
 
 
 def test_from_text_pretrained_loads_minilm(ecg: torch.Tensor):

@@ -861,7 +861,8 @@ class EsiForEcgCaptioning(EsiPreTrainedModel, GenerationMixin):
                 raise ValueError("pass the ECG as input_values (or its encoding as ecg_last_hidden_state)")
             ecg = self._encode_ecg(input_values, ecg_attention_mask)
             ecg_last_hidden_state, ecg_token_mask = ecg.last_hidden_state, ecg.token_mask
-        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        # A cache only when asked (generate asks); a training pass has no use for one.
+        use_cache = bool(use_cache)
         if use_cache and cache is None:
             cache = DynamicCache()
         decoded = self.text_decoder(

@@ -3,6 +3,7 @@
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -48,6 +49,7 @@ def _worker(rank: int, store: str, result_path: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_process_loss_and_gradients_match_single_process(tmp_path: Path):
     result_path = tmp_path / "rank0.pt"
     mp.spawn(_worker, args=(str(tmp_path / "store"), str(result_path)), nprocs=WORLD, join=True)
@@ -81,6 +83,7 @@ def _inference_worker(rank: int, store: str, result_path: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_inference_without_loss_enters_no_collective(tmp_path: Path):
     """Inside a process group, `return_loss=False` must not all-gather: here only rank 0 runs the model."""
     result_path = tmp_path / "rank0.pt"

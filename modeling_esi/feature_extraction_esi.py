@@ -215,18 +215,19 @@ class EsiFeatureExtractor(SequenceFeatureExtractor):
         if padding not in self.padding_strategies:
             raise ValueError(f"padding must be one of {self.padding_strategies}, got {padding!r}")
         if isinstance(processed_features, (list, tuple)):
-            processed_features = {
-                key: [item[key] for item in processed_features] for key in processed_features[0].keys()
-            }
-        if "input_values" not in processed_features:
+            values = [item["input_values"] for item in processed_features]
+            masks = [item.get("ecg_attention_mask") for item in processed_features]
+        elif "input_values" in processed_features:
+            values = list(processed_features["input_values"])
+            masks = processed_features.get("ecg_attention_mask")
+            masks = list(masks) if masks is not None else [None] * len(values)
+        else:
             raise ValueError(f"pad() needs 'input_values', got keys {list(processed_features)}")
-        values = [self._as_numpy(item) for item in processed_features["input_values"]]
-        masks = processed_features.get("ecg_attention_mask")
-        masks = (
-            [np.ones(item.shape[-1], dtype=np.int32) for item in values]
-            if masks is None
-            else [self._as_numpy(mask).astype(np.int32) for mask in masks]
-        )
+        values = [self._as_numpy(item) for item in values]
+        masks = [
+            np.ones(item.shape[-1], dtype=np.int32) if mask is None else self._as_numpy(mask).astype(np.int32)
+            for item, mask in zip(values, masks, strict=True)
+        ]
         for index, (item, mask) in enumerate(zip(values, masks, strict=True)):
             if item.ndim != 2 or item.shape[0] != len(self.lead_names) or mask.shape != item.shape[-1:]:
                 raise ValueError(

@@ -355,8 +355,10 @@ class EsiAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """hidden (B, L, D), context (B, S, kv_dim), mask broadcastable to (B, heads, L, S') -> (B, L, D) and,
         with `output_attentions`, the attention weights (B, heads, L, S')."""
-        query, key, value = self._heads(self.q_proj(hidden)), self._heads(self.k_proj(context)), self._heads(
-            self.v_proj(context)
+        query, key, value = (
+            self._heads(self.q_proj(hidden)),
+            self._heads(self.k_proj(context)),
+            self._heads(self.v_proj(context)),
         )
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
@@ -528,6 +530,7 @@ ESI_AUTO_MAP = {
     "AutoModelForSequenceClassification": "modeling_esi.EsiForEcgClassification",
 }
 
+
 class EsiPreTrainedModel(PreTrainedModel):
     config_class = EsiConfig
     config: EsiConfig
@@ -560,7 +563,25 @@ class EsiPreTrainedModel(PreTrainedModel):
         return self.ecg_model(input_values, ecg_attention_mask, output_hidden_states=output_hidden_states)
 
 
-class EsiModel(EsiPreTrainedModel):
+class EsiCaptionEmbeddingsMixin:
+    """Input/output embeddings of a model holding the caption decoder (`text_decoder`); the two are tied."""
+
+    text_decoder: EsiCaptionDecoder
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_decoder.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_decoder.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.text_decoder.lm_head
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.text_decoder.lm_head = value
+
+
+class EsiModel(EsiCaptionEmbeddingsMixin, EsiPreTrainedModel):
     r"""
     ESI pretraining model: ECG encoder, BERT text encoder and a causal caption decoder attending to the ECG tokens.
 
@@ -596,18 +617,6 @@ class EsiModel(EsiPreTrainedModel):
         pretrained = BertModel.from_pretrained(text_model_path, add_pooling_layer=False)
         model.text_model.load_state_dict(pretrained.state_dict())
         return model
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.text_decoder.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.text_decoder.embed_tokens = value
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.text_decoder.lm_head
-
-    def set_output_embeddings(self, value: nn.Module) -> None:
-        self.text_decoder.lm_head = value
 
     def resize_token_embeddings(self, new_num_tokens: int | None = None, *args, **kwargs) -> nn.Embedding:
         """Resize the caption decoder's embeddings and LM head (tied) and the text tower's word embeddings
@@ -680,9 +689,7 @@ class EsiModel(EsiPreTrainedModel):
             inside a process group never blocks on other ranks.
         output_attentions: text-tower and caption-decoder attention weights (the ECG encoder is convolutional).
         """
-        output_attentions = bool(
-            output_attentions if output_attentions is not None else self.config.output_attentions
-        )
+        output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
         output_hidden_states = bool(
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
@@ -801,7 +808,7 @@ class EsiCaptioningOutput(ModelOutput):
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-class EsiForEcgCaptioning(EsiPreTrainedModel, GenerationMixin):
+class EsiForEcgCaptioning(EsiCaptionEmbeddingsMixin, EsiPreTrainedModel, GenerationMixin):
     r"""
     ECG encoder and caption decoder of ESI as a `GenerationMixin` model (as open_clip's CoCa generates).
 
@@ -820,18 +827,9 @@ class EsiForEcgCaptioning(EsiPreTrainedModel, GenerationMixin):
         self.ecg_model = EsiEcgEncoder(config.ecg_config)
         self.text_decoder = EsiCaptionDecoder(config.decoder_config, config.text_config.vocab_size, ecg_dim)
         self.post_init()
-        if self.generation_config is not None and self.generation_config.max_length == 20:
-            # transformers' default of 20 tokens is far shorter than a caption; the decoder's limit is the cap.
-            self.generation_config.max_length = config.decoder_config.max_position_embeddings
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.text_decoder.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.text_decoder.embed_tokens = value
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.text_decoder.lm_head
+        # transformers' default of 20 tokens is far shorter than a caption; the decoder's limit is the cap
+        # (a saved generation_config.json still overrides it on from_pretrained).
+        self.generation_config.max_length = config.decoder_config.max_position_embeddings
 
     def forward(
         self,

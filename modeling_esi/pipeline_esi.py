@@ -9,7 +9,6 @@ Research software, not a diagnostic device.
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import Pipeline
@@ -73,7 +72,9 @@ class EcgFeatureExtractionPipeline(_EcgPipeline):
         return self._ecg_features(ecg, sampling_rate, lead_names)
 
     def _forward(self, model_inputs):
-        return {"embedding": self.model.get_ecg_features(model_inputs["input_values"], model_inputs["ecg_attention_mask"])}
+        return {
+            "embedding": self.model.get_ecg_features(model_inputs["input_values"], model_inputs["ecg_attention_mask"])
+        }
 
     def postprocess(self, model_outputs, normalize=True):
         embedding = model_outputs["embedding"][0].float()
@@ -112,7 +113,7 @@ class ZeroShotEcgClassificationPipeline(_EcgPipeline):
 
     def postprocess(self, model_outputs):
         scores = model_outputs["logits"][0].float().softmax(dim=-1).tolist()
-        ranked = sorted(zip(model_outputs["candidate_labels"], scores), key=lambda pair: -pair[1])
+        ranked = sorted(zip(model_outputs["candidate_labels"], scores, strict=True), key=lambda pair: -pair[1])
         return [{"label": label, "score": score} for label, score in ranked]
 
 

@@ -33,7 +33,8 @@ extract = pipeline("ecg-feature-extraction", model=folder, trust_remote_code=Tru
 report["embedding_array"] = extract(array, sampling_rate=500, lead_names=leads)
 report["embedding_record"] = extract(record)
 classify = pipeline("zero-shot-ecg-classification", model=folder, trust_remote_code=True)
-report["zero_shot"] = classify(record, candidate_labels=["normal ECG", "atrial fibrillation", "left bundle branch block"])
+labels = ["normal ECG", "atrial fibrillation", "left bundle branch block"]
+report["zero_shot"] = classify(record, candidate_labels=labels)
 caption = pipeline("ecg-captioning", model=folder, trust_remote_code=True)
 report["caption"] = caption(record, max_new_tokens=6)
 report["caption_batch"] = caption([array, array], sampling_rate=500, lead_names=leads, max_new_tokens=4, num_beams=2)
@@ -80,7 +81,7 @@ def test_pipelines_from_a_saved_folder_in_a_clean_process(tmp_path: Path):
         )[0].softmax(-1)
     np.testing.assert_allclose(report["embedding_record"], expected.numpy(), rtol=1e-4, atol=1e-5)
     assert len(report["embedding_array"]) == model.config.projection_dim
-    ranked = sorted(zip(labels, scores.tolist()), key=lambda pair: -pair[1])
+    ranked = sorted(zip(labels, scores.tolist(), strict=True), key=lambda pair: -pair[1])
     assert [item["label"] for item in report["zero_shot"]] == [label for label, _ in ranked]
     np.testing.assert_allclose([item["score"] for item in report["zero_shot"]], [s for _, s in ranked], rtol=1e-4)
     assert report["caption"] == [

@@ -223,8 +223,8 @@ def record_metadata(row: Mapping[str, object], labeler: PtbxlLabeler, line: int 
     sex = _number(ecg_id, line, "sex", cells["sex"], integer=True, required=False) if cells["sex"].strip() else None
     if sex is not None and sex not in SEX_NAMES:
         raise PtbxlRecordError(ecg_id, f"line {line}, column 'sex' {cells['sex']!r} is not 0 (male) or 1 (female)")
-    scp_text = bounded_cell(ecg_id, "scp_codes", cells["scp_codes"], "PTB-XL ecg_id", MAX_SCP_CODES_CHARS)
     try:
+        scp_text = bounded_cell(ecg_id, "scp_codes", cells["scp_codes"], "PTB-XL ecg_id", MAX_SCP_CODES_CHARS)
         text = {key: bounded_cell(ecg_id, key, cells[key], "PTB-XL ecg_id") for key in ("report", "heart_axis")}
     except RecordError as err:
         raise PtbxlRecordError(ecg_id, err.problem) from None

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from datasets import DatasetDict
 
-from esi.data.prepare import SKIPPED_REPORT, PrepareOptions, default_num_proc, prepare_source
+from esi.data.prepare import SKIPPED_REPORT, UNIT_SIZE, PrepareOptions, default_num_proc, prepare_source
 from esi.data.ptbxl import SAMPLING_RATES, PtbxlSource
 from esi.data.schema import RecordError
 
@@ -42,6 +42,7 @@ def prepare_ptbxl(
     num_shards: int = 1,
     shard_index: int = 0,
     replicas: int = 1,
+    unit_size: int = UNIT_SIZE,
 ) -> DatasetDict:
     """Prepare PTB-XL as a DatasetDict (train / validation / test).
 
@@ -56,6 +57,7 @@ def prepare_ptbxl(
         resume: continue an interrupted run in `output_dir`.
         num_shards, shard_index: prepare only this shard's units (one machine's part of a corpus).
         replicas: benchmarks only, see `PtbxlSource`.
+        unit_size: records per committed unit (the granularity of resume).
 
     Raises:
         PtbxlRecordError: naming the ecg_id (or CSV line) and the problem, for a record no skip flag covers.
@@ -68,6 +70,7 @@ def prepare_ptbxl(
         resume=resume,
         num_shards=num_shards,
         shard_index=shard_index,
+        unit_size=unit_size,
     )
     return prepare_source(source, output_dir, options)
 
@@ -81,6 +84,7 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --output-dir")
     parser.add_argument("--num-shards", type=int, default=1, help="split the corpus into this many parts")
     parser.add_argument("--shard-index", type=int, default=0, help="the part this run prepares (0-based)")
+    parser.add_argument("--unit-size", type=int, default=UNIT_SIZE, help="records per committed unit (resume step)")
 
 
 def report(output_dir: Path, dataset_dict: DatasetDict) -> str:
@@ -114,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
             resume=args.resume,
             num_shards=args.num_shards,
             shard_index=args.shard_index,
+            unit_size=args.unit_size,
         )
     except (RecordError, FileExistsError) as err:
         sys.exit(f"error: {err}")

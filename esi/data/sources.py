@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         resume=args.resume,
         num_shards=args.num_shards,
         shard_index=args.shard_index,
+        unit_size=args.unit_size,
     )
     try:
         source = make_source(args.source, args.input, args.sampling_rate, args.labels, args.limit)

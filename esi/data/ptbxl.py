@@ -26,7 +26,16 @@ from datasets import DatasetDict, Features
 
 from esi.constants import PTBXL_AGE_OVER_89, TASKS
 from esi.data.schema import LEAD_NAMES, SPLIT_FOLDS, RecordError, bounded_cell, prepared_features, split_of
-from esi.data.wfdb_record import BYTES_PER_SAMPLE, check_header, inside
+from esi.data.wfdb_record import (
+    BYTES_PER_SAMPLE,
+    Header,
+    bad_checksums,
+    check_header,
+    inside,
+    read_digital,
+    read_header,
+    to_physical,
+)
 
 DURATION_S = 10
 SAMPLING_RATES = (100, 500)
@@ -265,7 +274,7 @@ def _check_header(ecg_id: int, header: wfdb.Record, base: Path, sampling_rate: i
     if header.fs != sampling_rate or header.sig_len != expected_len:
         raise PtbxlRecordError(
             ecg_id,
-            f"header says {header.sig_len} samples at {header.fs} Hz; expected {expected_len} at {sampling_rate} Hz",
+            f"header says {header.sig_len} samples at {header.fs:g} Hz; expected {expected_len} at {sampling_rate} Hz",
         )
     if any(fmt not in BYTES_PER_SAMPLE for fmt in header.fmt) or len(set(header.file_name)) != 1:
         raise PtbxlRecordError(ecg_id, f"expected one format-16 .dat file, header lists {header.fmt}")
@@ -291,32 +300,30 @@ def read_signal(ptbxl_dir: str | os.PathLike, ecg_id: int, record_name: str, sam
     for suffix in (".hea", ".dat"):
         if not base.with_name(base.name + suffix).is_file():
             raise MissingRecordFileError(ecg_id, f"{sampling_rate} Hz file {record_name}{suffix} is missing")
-    # wfdb's header parsing dominates the cost of a read, so the header is parsed once (by
-    # rdrecord) and parsed again on its own only to explain a failed read.
     try:
-        record = wfdb.rdrecord(str(base), physical=False)
-    except Exception as read_error:  # wfdb raises assorted types on malformed files
-        try:
-            header = wfdb.rdheader(str(base))
-        except Exception as err:
-            raise PtbxlRecordError(ecg_id, f"unreadable header {record_name}.hea: {err}") from None
-        _check_header(ecg_id, header, base, sampling_rate)  # explains the failure (e.g. a missing signal file)
-        raise PtbxlRecordError(ecg_id, f"wfdb cannot read {record_name}: {read_error}") from None
-    by_name = _check_header(ecg_id, record, base, sampling_rate)
-
-    bad_checksums = [
-        name
-        for name, got, want in zip(record.sig_name, record.calc_checksum(), record.checksum, strict=True)
-        if got != want
-    ]
-    record.dac(expanded=False, return_res=64, inplace=True)  # exactly what rdsamp does
-    signal = record.p_signal[:, [by_name[lead.upper()] for lead in LEAD_NAMES]].T
+        header = read_header(base)
+    except Exception as err:  # wfdb raises assorted types on malformed headers
+        raise PtbxlRecordError(ecg_id, f"unreadable header {record_name}.hea: {err}") from None
+    by_name = _check_header(ecg_id, header, base, sampling_rate)  # before reading: also checks the file size
+    try:
+        if isinstance(header, Header):
+            digital = read_digital(base, header, ecg_id, "PTB-XL ecg_id")
+        else:
+            header = wfdb.rdrecord(str(base), physical=False)
+            digital = header.d_signal
+    except RecordError as err:
+        raise PtbxlRecordError(ecg_id, err.problem) from None
+    except Exception as err:  # wfdb raises assorted types on malformed files
+        raise PtbxlRecordError(ecg_id, f"wfdb cannot read {record_name}: {err}") from None
+    corrupt = bad_checksums(digital, header)
+    # Equal to wfdb.rdsamp's samples (same float64 arithmetic), cast to float32.
+    signal = to_physical(digital, header)[:, [by_name[lead.upper()] for lead in LEAD_NAMES]].T
     nan_leads = [lead for lead, row in zip(LEAD_NAMES, signal, strict=True) if not np.isfinite(row).all()]
     if nan_leads:
         count = int((~np.isfinite(signal)).sum())
         raise PtbxlRecordError(ecg_id, f"{count} NaN (invalid) samples in leads {nan_leads}")
-    if bad_checksums:
-        raise PtbxlRecordError(ecg_id, f"checksum mismatch in leads {bad_checksums}: {record_name}.dat is corrupt")
+    if corrupt:
+        raise PtbxlRecordError(ecg_id, f"checksum mismatch in leads {corrupt}: {record_name}.dat is corrupt")
     return np.ascontiguousarray(signal, dtype=np.float32)
 
 

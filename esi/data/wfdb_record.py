@@ -10,6 +10,7 @@ Research software, not a diagnostic device.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -27,6 +28,106 @@ UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "v": 1e3}
 # Longest record accepted (a 24-hour Holter at 1 kHz is not a 12-lead resting ECG).
 MAX_SECONDS = 600
 MAX_SIGNALS = 64
+MAX_HEADER_BYTES = 64 * 1024
+
+
+@dataclass
+class Header:
+    """The fields of a WFDB header the readers use (wfdb.Record's attribute names)."""
+
+    record_name: str
+    n_sig: int
+    fs: float
+    sig_len: int
+    file_name: list[str]
+    fmt: list[str]
+    adc_gain: list[float]
+    baseline: list[int]
+    units: list[str]
+    checksum: list[int]
+    sig_name: list[str]
+    comments: list[str]
+    byte_offset: int = 0  # Challenge .mat files: "16+24" / "16x1+24" (a 24-byte MATLAB v4 header first)
+
+
+def _parse_simple_header(text: str) -> Header | None:
+    """Parse a single-segment header of plain format-16 signals; None for anything else (wfdb handles it).
+
+    wfdb's own parser costs ~75 ms per header (pandas indexing per field), which dominates preparing
+    a PTB-XL or MIMIC record; these headers are simple enough to read directly.
+    """
+    lines = [line.strip() for line in text.splitlines()]
+    comments = [line[1:].strip() for line in lines if line.startswith("#")]
+    fields = [line.split() for line in lines if line and not line.startswith("#")]
+    if not fields or len(fields[0]) < 4 or "/" in fields[0][0]:
+        return None
+    try:
+        n_sig, fs, sig_len = int(fields[0][1]), float(fields[0][2]), int(fields[0][3])
+    except ValueError:
+        return None
+    signals = fields[1:]
+    if len(signals) != n_sig or any(len(f) < 9 for f in signals) or len({f[0] for f in signals}) != 1:
+        return None
+    formats = {re.fullmatch(r"16(?:x1)?(?:\+(\d+))?", f[1]) for f in signals}
+    if None in formats or len({m.group(0) for m in formats}) != 1:
+        return None
+    offset = int(next(iter(formats)).group(1) or 0)
+    gains, baselines, units = [], [], []
+    for f in signals:
+        gain_text, _, unit = f[2].partition("/")
+        gain, _, base = gain_text.partition("(")
+        try:
+            gains.append(float(gain))
+            baselines.append(int(base.rstrip(")")) if base else int(f[4]))
+            checksum = int(f[6])
+        except ValueError:
+            return None
+        units.append(unit or "mV")
+        f[6] = checksum
+    return Header(
+        record_name=fields[0][0], n_sig=n_sig, fs=fs, sig_len=sig_len, file_name=[f[0] for f in signals],
+        fmt=["16"] * n_sig, byte_offset=offset, adc_gain=gains, baseline=baselines, units=units,
+        checksum=[f[6] for f in signals], sig_name=[" ".join(f[8:]) for f in signals], comments=comments,
+    )
+
+
+def read_header(base: Path) -> Header | wfdb.Record:
+    """The header of record `base` (no extension): parsed directly when simple, else by wfdb."""
+    path = base.with_name(base.name + ".hea")
+    if path.stat().st_size > MAX_HEADER_BYTES:
+        raise ValueError(f"{path.name} is {path.stat().st_size:,} bytes (limit {MAX_HEADER_BYTES:,})")
+    header = _parse_simple_header(path.read_text(errors="replace"))
+    return header if header is not None else wfdb.rdheader(str(base))
+
+
+def read_digital(base: Path, header: Header, record: object, source: str) -> np.ndarray:
+    """(sig_len, n_sig) int16 samples of a simple header's single format-16 file."""
+    path = base.parent / header.file_name[0]
+    declared = header.byte_offset + 2 * header.sig_len * header.n_sig
+    size = path.stat().st_size
+    if size != declared:
+        raise RecordError(
+            record, f"{path.name} has {size} bytes but its header declares {header.n_sig} signals x "
+            f"{header.sig_len} samples = {declared} bytes (truncated file or header mismatch)", source=source,
+        )
+    samples = np.fromfile(path, dtype="<i2", offset=header.byte_offset)
+    return samples.reshape(header.sig_len, header.n_sig)
+
+
+def to_physical(digital: np.ndarray, header: Header | wfdb.Record) -> np.ndarray:
+    """Digital -> physical units exactly as wfdb's `dac` (float64); WFDB's invalid marker becomes NaN."""
+    physical = (digital.astype(np.float64) - np.asarray(header.baseline)) / np.asarray(header.adc_gain)
+    physical[digital == -32768] = np.nan
+    return physical
+
+
+def bad_checksums(digital: np.ndarray, header: Header | wfdb.Record) -> list[str]:
+    """Leads whose 16-bit sample sum differs from the header's checksum (written signed or unsigned)."""
+    if not header.checksum:
+        return []
+    sums = digital.astype(np.int64).sum(axis=0)
+    return [name for name, got, want in zip(header.sig_name, sums, header.checksum, strict=False)
+            if (int(got) - int(want)) % 65536]
 
 
 @dataclass
@@ -91,13 +192,13 @@ def read_wfdb(
     if not hea.is_file():
         raise RecordError(record, f"header {hea} is missing", missing=True, source=source)
     try:
-        header = wfdb.rdheader(str(base))
+        header = read_header(base)
     except Exception as err:  # wfdb raises assorted types on malformed headers
         raise RecordError(record, f"unreadable header {hea.name}: {err}", source=source) from None
     check_header(header, base, record, source)
     if expected_seconds is not None and abs(header.sig_len / header.fs - expected_seconds) > 1e-6:
         raise RecordError(
-            record, f"{hea.name} says {header.sig_len} samples at {header.fs} Hz; expected {expected_seconds} s",
+            record, f"{hea.name} says {header.sig_len} samples at {header.fs:g} Hz; expected {expected_seconds} s",
             source=source,
         )
     try:
@@ -111,30 +212,31 @@ def read_wfdb(
     unknown_units = sorted({u for u in units if u not in UNIT_TO_MV})
     if unknown_units:
         raise RecordError(record, f"{hea.name} gives units {unknown_units}; expected mV, uV or V", source=source)
-    try:
-        data = wfdb.rdrecord(str(base), physical=False)
-    except Exception as err:
-        raise RecordError(record, f"wfdb cannot read {base.name}: {err}", source=source) from None
-    if data.d_signal is None or data.d_signal.shape != (header.sig_len, header.n_sig):
-        got = None if data.d_signal is None else data.d_signal.shape
-        raise RecordError(
-            record, f"signal file holds {got} samples x leads; {hea.name} declares ({header.sig_len}, {header.n_sig}) "
-            "(truncated file or header mismatch)", source=source,
-        )
-    # Headers write the 16-bit checksum signed (Challenge) or unsigned: compare modulo 2^16.
-    bad_checksums = [
-        name for name, got, want in zip(data.sig_name, data.calc_checksum(), data.checksum or [], strict=False)
-        if (int(got) - int(want)) % 65536
-    ] if data.checksum else []
-    data.dac(expanded=False, return_res=64, inplace=True)
+    if isinstance(header, Header):
+        digital = read_digital(base, header, record, source)
+    else:
+        try:
+            header = wfdb.rdrecord(str(base), physical=False)
+        except Exception as err:
+            raise RecordError(record, f"wfdb cannot read {base.name}: {err}", source=source) from None
+        digital = header.d_signal
+        if digital is None or digital.shape != (header.sig_len, header.n_sig):
+            got = None if digital is None else digital.shape
+            raise RecordError(
+                record, f"signal file holds {got} samples x leads; {hea.name} declares ({header.sig_len}, "
+                f"{header.n_sig}) (truncated file or header mismatch)", source=source,
+            )
+    if np.any(np.asarray(header.adc_gain) <= 0):
+        raise RecordError(record, f"{hea.name} gives a gain <= 0 {header.adc_gain}", source=source)
     scale = np.array([UNIT_TO_MV[units[row]] for row in rows])[:, None]
-    signal = data.p_signal[:, rows].T * scale
+    signal = to_physical(digital, header)[:, rows].T * scale
     nan_leads = [lead for lead, values in zip(LEAD_NAMES, signal, strict=True) if not np.isfinite(values).all()]
     if nan_leads:
         count = int((~np.isfinite(signal)).sum())
         raise RecordError(record, f"{count} NaN (invalid) samples in leads {nan_leads}", source=source)
-    if bad_checksums:
-        raise RecordError(record, f"checksum mismatch in leads {bad_checksums}: the signal file is corrupt", source=source)
+    corrupt = bad_checksums(digital, header)
+    if corrupt:
+        raise RecordError(record, f"checksum mismatch in leads {corrupt}: the signal file is corrupt", source=source)
     rate = float(header.fs)
     if sampling_rate is None:
         if rate != int(rate):

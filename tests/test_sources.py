@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import wfdb
-from datasets import Array2D, List
+from datasets import Array2D, List, load_from_disk
 
 from esi.data.challenge import ChallengeSource
 from esi.data.mimic import MimicEcgSource
@@ -235,3 +235,20 @@ def test_one_command_per_source(tmp_path, capsys):
     assert "wrote 3 records" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="needs --labels"):
         prepare_main(["--source", "wfdb-folder", "--input", str(CPSC), "--output-dir", str(tmp_path / "w")])
+
+
+def test_cqa_captions_a_challenge_prepared_dataset(tmp_path):
+    """cqa_generate's pipeline runs unchanged on a Challenge-prepared dataset of variable-length records."""
+    from esi.cqa.pipeline import generate_captions
+    from esi.data.torch_dataset import load_dataset_folder
+
+    folder = _copy_records(CPSC, ["A0001", "A0006"], tmp_path / "cpsc")
+    prepare_source(ChallengeSource(folder), tmp_path / "prepared", PrepareOptions(num_proc=1))
+    summary = generate_captions(tmp_path / "prepared", tmp_path / "captions", backend="template", num_workers=1)
+    assert summary["complete"] and summary["rows_written"] == 2
+    prepared = _all_rows(load_from_disk(str(tmp_path / "prepared")))
+    captions = {}
+    for split in load_dataset_folder(tmp_path / "captions").values():
+        captions.update(zip(split["ecg_id"], split["caption"], strict=True))
+    a0001 = captions[int(prepared["A0001"]["ecg_id"])]  # '#Dx: RBBB', 74-year-old man
+    assert "right bundle branch block" in a0001.lower() and "74" in a0001 and "male" in a0001

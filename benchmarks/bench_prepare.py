@@ -89,13 +89,18 @@ def main() -> None:
     for run in args.runs:
         child = subprocess.run(
             [sys.executable, "-m", "benchmarks.bench_prepare", "--one", run, "--num-proc", str(args.num_proc)],
-            cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         result = json.loads(child.stdout.strip().splitlines()[-1])
         results.append(result)
-        print(f"{run}: {result['records']} records in {result['wall_s']} s -> {result['records_per_s']} records/s; "
-              f"peak RSS {result['peak_rss_gib']} GiB (main {result['peak_rss_main_gib']} + reader "
-              f"{result['peak_rss_largest_reader_gib']}); {result['on_disk_mib']} MiB on disk")
+        print(
+            f"{run}: {result['records']} records in {result['wall_s']} s -> {result['records_per_s']} records/s; "
+            f"peak RSS {result['peak_rss_gib']} GiB (main {result['peak_rss_main_gib']} + reader "
+            f"{result['peak_rss_largest_reader_gib']}); {result['on_disk_mib']} MiB on disk"
+        )
     by_run = {r["run"]: r for r in results}
     summary = {}
     if "pool" in by_run:
@@ -109,15 +114,21 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True).stdout)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({
-        "command": "python -m benchmarks.bench_prepare " + " ".join(sys.argv[1:]),
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "cpus": os.cpu_count(),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "results": results,
-        "summary": summary,
-    }, indent=2) + "\n")
+    args.output.write_text(
+        json.dumps(
+            {
+                "command": "python -m benchmarks.bench_prepare " + " ".join(sys.argv[1:]),
+                "git_commit": commit,
+                "git_dirty": dirty,
+                "cpus": os.cpu_count(),
+                "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "results": results,
+                "summary": summary,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {args.output}")
 
 

@@ -45,17 +45,39 @@ def main() -> None:
         folder = Path("files") / f"p{str(subject)[:4]}" / f"p{subject}" / f"s{study}"
         (out / folder).mkdir(parents=True, exist_ok=True)
         wfdb.wrsamp(
-            str(study), fs=500, units=["mV"] * 12, sig_name=MIMIC_LEAD_ORDER,
+            str(study),
+            fs=500,
+            units=["mV"] * 12,
+            sig_name=MIMIC_LEAD_ORDER,
             p_signal=signal[:, [by_name[name.upper()] for name in MIMIC_LEAD_ORDER]],
-            fmt=["16"] * 12, adc_gain=[200.0] * 12, baseline=[0] * 12, write_dir=str(out / folder),
+            fmt=["16"] * 12,
+            adc_gain=[200.0] * 12,
+            baseline=[0] * 12,
+            write_dir=str(out / folder),
         )
         time = "2180-01-04 13:13:00"
-        record_rows.append({"subject_id": subject, "study_id": study, "file_name": study, "ecg_time": time,
-                            "path": str(folder / str(study))})
+        record_rows.append(
+            {
+                "subject_id": subject,
+                "study_id": study,
+                "file_name": study,
+                "ecg_time": time,
+                "path": str(folder / str(study)),
+            }
+        )
         reports = {f"report_{i}": report[i] if i < len(report) else "" for i in range(18)}
-        measurement_rows.append({"subject_id": subject, "study_id": study, "cart_id": 6848296, "ecg_time": time,
-                                 **reports, "bandwidth": "0.005-150 Hz", "filtering": "60 Hz notch Baseline filter",
-                                 **dict(zip(INTERVALS, intervals, strict=True))})
+        measurement_rows.append(
+            {
+                "subject_id": subject,
+                "study_id": study,
+                "cart_id": 6848296,
+                "ecg_time": time,
+                **reports,
+                "bandwidth": "0.005-150 Hz",
+                "filtering": "60 Hz notch Baseline filter",
+                **dict(zip(INTERVALS, intervals, strict=True)),
+            }
+        )
     for name, rows in (("record_list.csv", record_rows), ("machine_measurements.csv", measurement_rows)):
         with open(out / name, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))

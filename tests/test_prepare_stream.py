@@ -32,11 +32,25 @@ def _expected_ids() -> list[int]:
 
 
 def _start(out: Path, resume: bool = False) -> subprocess.Popen:
-    args = [sys.executable, "-m", "esi.data.prepare_ptbxl", "--ptbxl-dir", str(POOL), "--output-dir", str(out),
-            "--limit", str(LIMIT), "--unit-size", str(UNIT), "--num-proc", "2"] + (["--resume"] if resume else [])
+    args = [
+        sys.executable,
+        "-m",
+        "esi.data.prepare_ptbxl",
+        "--ptbxl-dir",
+        str(POOL),
+        "--output-dir",
+        str(out),
+        "--limit",
+        str(LIMIT),
+        "--unit-size",
+        str(UNIT),
+        "--num-proc",
+        "2",
+    ] + (["--resume"] if resume else [])
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(args, cwd=REPO_ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        args, cwd=REPO_ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def _kill_after(process: subprocess.Popen, out: Path, units: int, timeout: float = 240) -> int:

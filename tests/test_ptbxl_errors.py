@@ -241,7 +241,9 @@ def test_header_naming_missing_signal_file_is_a_record_error(ptbxl_sample_dir, t
     hea = folder / (rows[BAD_ROW]["filename_lr"] + ".hea")
     hea.write_text(hea.read_text().replace(Path(rows[BAD_ROW]["filename_lr"]).name + ".dat", "elsewhere.dat"))
     ecg_id = int(rows[BAD_ROW]["ecg_id"])
-    with pytest.raises(PtbxlRecordError, match=rf"ecg_id {ecg_id}: .*names signal file elsewhere.dat, which is missing"):
+    with pytest.raises(
+        PtbxlRecordError, match=rf"ecg_id {ecg_id}: .*names signal file elsewhere.dat, which is missing"
+    ):
         prepare_ptbxl(folder, num_proc=1)
     prepared = prepare_ptbxl(folder, tmp_path / "out", num_proc=1, skip_invalid=True)
     assert sum(split.num_rows for split in prepared.values()) == NUM_ROWS - 1

@@ -57,7 +57,9 @@ def cpsc_prepared(tmp_path_factory):
 def test_challenge_keeps_full_length_and_exact_samples(cpsc_prepared):
     rows = _all_rows(cpsc_prepared)
     assert sorted(rows) == CPSC_RECORDS
-    assert cpsc_prepared["train"].features["signal"] == List(List(cpsc_prepared["train"].features["signal"].feature.feature))
+    assert cpsc_prepared["train"].features["signal"] == List(
+        List(cpsc_prepared["train"].features["signal"].feature.feature)
+    )
     lengths = set()
     for name, row in rows.items():
         expected, fields = wfdb.rdsamp(str(CPSC / name))
@@ -87,7 +89,9 @@ def test_challenge_2021_snomed_codes_named_and_unknown_kept(tmp_path):
     prepared = prepare_source(ChallengeSource(folder), None, PrepareOptions(num_proc=1))
     row = _all_rows(prepared)["E07500"]
     assert [(s["code"], s["text"]) for s in row["statements"]] == [
-        ("67741000119109", "left atrial enlargement"), ("426177001", "sinus bradycardia"), ("999999", "999999")
+        ("67741000119109", "left atrial enlargement"),
+        ("426177001", "sinus bradycardia"),
+        ("999999", "999999"),
     ]
     assert json.loads(row["scp_codes"]) == {"LAO/LAE": 100.0, "SBRAD": 100.0}
     assert row["signal"].shape == (12, 1000) and row["sampling_rate"] == 100 and row["original_sampling_rate"] == 500
@@ -187,7 +191,9 @@ def test_mimic_is_strict_about_documented_columns(tmp_path):
     folder = _mimic_copy(tmp_path)
     table = pd.read_csv(folder / "machine_measurements.csv", dtype=str)
     table.drop(columns=["qrs_axis"]).to_csv(folder / "machine_measurements.csv", index=False)
-    with pytest.raises(ValueError, match=r"machine_measurements.csv lacks the documented MIMIC-IV-ECG column\(s\) \['qrs_axis'\]"):
+    with pytest.raises(
+        ValueError, match=r"machine_measurements.csv lacks the documented MIMIC-IV-ECG column\(s\) \['qrs_axis'\]"
+    ):
         prepare_source(MimicEcgSource(folder), None, PrepareOptions(num_proc=1))
 
 
@@ -220,7 +226,9 @@ def test_wfdb_folder_with_labels_csv(tmp_path):
     rows = _all_rows(prepared)
     first = rows["sub/A0001"]
     assert [s["text"] for s in first["statements"]] == [
-        "complete right bundle branch block", "read by Dr X", "complete right bundle branch block"
+        "complete right bundle branch block",
+        "read by Dr X",
+        "complete right bundle branch block",
     ]
     assert first["age"] == 74 and first["sex"] == "male" and first["patient_id"] == 7 and first["strat_fold"] == 3
     assert np.isnan(rows["sub/A0002"]["age"]) and rows["sub/A0002"]["statements"].tolist() == []

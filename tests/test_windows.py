@@ -32,7 +32,9 @@ def test_short_record_is_padded_and_masked():
     assert windows.shape == (1, 12, 1000) and masks[0].sum() == 600
 
 
-@pytest.mark.parametrize(("samples", "stride", "starts"), [(2500, None, [0, 1000, 1500]), (3000, 500, [0, 500, 1000, 1500, 2000])])
+@pytest.mark.parametrize(
+    ("samples", "stride", "starts"), [(2500, None, [0, 1000, 1500]), (3000, 500, [0, 500, 1000, 1500, 2000])]
+)
 def test_eval_windows_cover_the_whole_record(samples, stride, starts):
     windows, masks = eval_windows(_ecg(samples), 1000, stride)
     assert [int(w[0, 0]) for w in windows] == starts

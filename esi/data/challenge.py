@@ -39,15 +39,45 @@ EXTRA_ABBREVIATIONS = {"Normal": "normal ECG"}
 # the PTB-XL task labels and the CQA's statement descriptions. The Challenge scores RBBB/CRBBB and
 # PAC/SVPB, PVC/VPB as equivalent, and so does this table.
 SNOMED_TO_SCP = {
-    "164889003": "AFIB", "164890007": "AFLT", "733534002": "CLBBB", "164909002": "CLBBB",
-    "713427006": "CRBBB", "59118001": "CRBBB", "713426002": "IRBBB", "251120003": "ILBBB",
-    "270492004": "1AVB", "195042002": "2AVB", "27885002": "3AVB", "445118002": "LAFB", "445211001": "LPFB",
-    "251146004": "LVOLT", "698252002": "IVCD", "426783006": "SR", "284470004": "PAC", "63593006": "PAC",
-    "427172004": "PVC", "17338001": "PVC", "10370003": "PACE", "164947007": "LPR", "111975006": "LNGQT",
-    "164917005": "QWAVE", "427393009": "SARRH", "426177001": "SBRAD", "427084000": "STACH",
-    "164934002": "TAB_", "59931005": "INVT", "429622005": "STD_", "164931005": "STE_", "164873001": "LVH",
-    "89792004": "RVH", "67741000119109": "LAO/LAE", "74390002": "WPW", "67198005": "PSVT",
-    "426761007": "SVTAC", "251268003": "PACE", "251266004": "PACE",
+    "164889003": "AFIB",
+    "164890007": "AFLT",
+    "733534002": "CLBBB",
+    "164909002": "CLBBB",
+    "713427006": "CRBBB",
+    "59118001": "CRBBB",
+    "713426002": "IRBBB",
+    "251120003": "ILBBB",
+    "270492004": "1AVB",
+    "195042002": "2AVB",
+    "27885002": "3AVB",
+    "445118002": "LAFB",
+    "445211001": "LPFB",
+    "251146004": "LVOLT",
+    "698252002": "IVCD",
+    "426783006": "SR",
+    "284470004": "PAC",
+    "63593006": "PAC",
+    "427172004": "PVC",
+    "17338001": "PVC",
+    "10370003": "PACE",
+    "164947007": "LPR",
+    "111975006": "LNGQT",
+    "164917005": "QWAVE",
+    "427393009": "SARRH",
+    "426177001": "SBRAD",
+    "427084000": "STACH",
+    "164934002": "TAB_",
+    "59931005": "INVT",
+    "429622005": "STD_",
+    "164931005": "STE_",
+    "164873001": "LVH",
+    "89792004": "RVH",
+    "67741000119109": "LAO/LAE",
+    "74390002": "WPW",
+    "67198005": "PSVT",
+    "426761007": "SVTAC",
+    "251268003": "PACE",
+    "251266004": "PACE",
 }
 EXTRA_TO_SCP = {"Normal": "NORM"}
 
@@ -89,8 +119,9 @@ class ChallengeSource:
 
     name = "challenge"
 
-    def __init__(self, folder: str | os.PathLike, sampling_rate: int = 100,
-                 mapping_dir: str | os.PathLike = DEFAULT_MAPPING_DIR):
+    def __init__(
+        self, folder: str | os.PathLike, sampling_rate: int = 100, mapping_dir: str | os.PathLike = DEFAULT_MAPPING_DIR
+    ):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"{self.folder} is not a folder of Challenge records")
@@ -99,8 +130,12 @@ class ChallengeSource:
         self.snomed_names, self.abbreviations = load_dx_mapping(self.mapping_dir)
 
     def identity(self) -> dict:
-        return {"name": self.name, "dir": str(self.folder.resolve()), "sampling_rate": self.sampling_rate,
-                "mapping_dir": str(self.mapping_dir.resolve())}
+        return {
+            "name": self.name,
+            "dir": str(self.folder.resolve()),
+            "sampling_rate": self.sampling_rate,
+            "mapping_dir": str(self.mapping_dir.resolve()),
+        }
 
     def features(self) -> Features:
         return prepared_features(None, scp_reference()[1])

@@ -46,7 +46,7 @@ def parse_age(record: object, text: str | None, source: str) -> float | None:
 
 
 def parse_sex(record: object, text: str | None, source: str) -> str | None:
-    """"male" / "female" from Male/M/Female/F (any case); None when not recorded; an error otherwise."""
+    """ "male" / "female" from Male/M/Female/F (any case); None when not recorded; an error otherwise."""
     value = (text or "").strip()
     if value.lower() in MISSING_TEXT:
         return None

@@ -43,7 +43,9 @@ INTERVAL_COLUMNS = {
     "t_axis": "machine_t_axis_deg",
 }
 MEASUREMENT_COLUMNS = (
-    ("subject_id", "study_id", "cart_id", "ecg_time") + REPORT_COLUMNS + ("bandwidth", "filtering")
+    ("subject_id", "study_id", "cart_id", "ecg_time")
+    + REPORT_COLUMNS
+    + ("bandwidth", "filtering")
     + tuple(INTERVAL_COLUMNS)
 )
 # The cart writes 29999 (and larger) where it could not measure.
@@ -92,8 +94,12 @@ class MimicEcgSource:
         self.limit = limit
 
     def identity(self) -> dict:
-        return {"name": self.name, "dir": str(self.folder.resolve()), "sampling_rate": self.sampling_rate,
-                "limit": self.limit}
+        return {
+            "name": self.name,
+            "dir": str(self.folder.resolve()),
+            "sampling_rate": self.sampling_rate,
+            "limit": self.limit,
+        }
 
     def features(self) -> Features:
         extra = {column: Value("float32") for column in INTERVAL_COLUMNS.values()}
@@ -115,8 +121,13 @@ class MimicEcgSource:
         rows = []
         for line, row in enumerate(records.to_dict("records"), start=2):
             machine = measurements.get(row["study_id"].strip())
-            rows.append({"line": line, "record": {c: row[c] for c in RECORD_LIST_COLUMNS},
-                         "machine": {c: machine[c] for c in MEASUREMENT_COLUMNS} if machine else None})
+            rows.append(
+                {
+                    "line": line,
+                    "record": {c: row[c] for c in RECORD_LIST_COLUMNS},
+                    "machine": {c: machine[c] for c in MEASUREMENT_COLUMNS} if machine else None,
+                }
+            )
         return rows
 
     def example(self, row: dict) -> dict:
@@ -129,8 +140,10 @@ class MimicEcgSource:
             raise RecordError(study_id, "has no row in machine_measurements.csv", source=SOURCE)
         if machine["subject_id"].strip() != record["subject_id"].strip():
             raise RecordError(
-                study_id, f"subject_id {machine['subject_id']!r} in machine_measurements.csv differs from "
-                f"{record['subject_id']!r} in record_list.csv", source=SOURCE,
+                study_id,
+                f"subject_id {machine['subject_id']!r} in machine_measurements.csv differs from "
+                f"{record['subject_id']!r} in record_list.csv",
+                source=SOURCE,
             )
         lines = [bounded_cell(study_id, c, machine[c], SOURCE, 1000).strip() for c in REPORT_COLUMNS]
         lines = [line for line in lines if line]

@@ -77,9 +77,15 @@ def default_num_proc() -> int:
 
 
 def skip_entry(err: RecordError) -> dict:
-    ecg_id = getattr(err, "ecg_id", err.record if isinstance(err, RecordError) and isinstance(err.record, int) else None)
-    return {"ecg_id": ecg_id, "record": str(err.record), "reason": "missing" if err.missing else "invalid",
-            "problem": err.problem}
+    ecg_id = getattr(
+        err, "ecg_id", err.record if isinstance(err, RecordError) and isinstance(err.record, int) else None
+    )
+    return {
+        "ecg_id": ecg_id,
+        "record": str(err.record),
+        "reason": "missing" if err.missing else "invalid",
+        "problem": err.problem,
+    }
 
 
 def _flag_hint(err: RecordError) -> RecordError:
@@ -141,7 +147,9 @@ def _write_unit(output_dir: str, index: int, rows: list[dict], skip_missing: boo
             split = split_of(example["strat_fold"])
             if split not in writers:
                 tmp_paths[split] = out / split / f".{_unit_file(index)}.tmp-{os.getpid()}"
-                writers[split] = ArrowWriter(features=features, path=str(tmp_paths[split]), writer_batch_size=WRITE_BATCH)
+                writers[split] = ArrowWriter(
+                    features=features, path=str(tmp_paths[split]), writer_batch_size=WRITE_BATCH
+                )
             writers[split].write(example)
         counts = {}
         for split, writer in writers.items():
@@ -150,8 +158,12 @@ def _write_unit(output_dir: str, index: int, rows: list[dict], skip_missing: boo
             closed.add(split)
         for split, tmp in tmp_paths.items():
             os.replace(tmp, out / split / _unit_file(index))
-        commit = {"index": index, "rows": counts, "skipped": skipped,
-                  "bytes": {s: (out / s / _unit_file(index)).stat().st_size for s in counts}}
+        commit = {
+            "index": index,
+            "rows": counts,
+            "skipped": skipped,
+            "bytes": {s: (out / s / _unit_file(index)).stat().st_size for s in counts},
+        }
         _atomic_json(out / STATE_DIR / "units" / f"{index:05d}.json", commit)
         return commit
     finally:
@@ -235,7 +247,9 @@ def _finalize(out: Path, features: Features, commits: dict[int, dict], config: d
     _atomic_json(out / "dataset_dict.json", {"splits": list(SPLIT_FOLDS)})
 
 
-def _run_units(source: Source, out: Path, todo: list[tuple[int, list[dict]]], options: PrepareOptions) -> Iterator[dict]:
+def _run_units(
+    source: Source, out: Path, todo: list[tuple[int, list[dict]]], options: PrepareOptions
+) -> Iterator[dict]:
     """Commits of `todo` as they finish; at most 2 units per process in flight (bounded memory)."""
     args = (options.skip_missing, options.skip_invalid)
     if options.num_proc <= 1:

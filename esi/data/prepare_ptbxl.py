@@ -27,7 +27,7 @@ from esi.data.prepare import SKIPPED_REPORT, UNIT_SIZE, PrepareOptions, default_
 from esi.data.ptbxl import SAMPLING_RATES, PtbxlSource
 from esi.data.schema import RecordError
 
-__all__ = ["SKIPPED_REPORT", "add_prepare_arguments", "default_num_proc", "prepare_ptbxl", "main"]
+__all__ = ["SKIPPED_REPORT", "add_prepare_arguments", "default_num_proc", "main", "options_from_args", "prepare_ptbxl"]
 
 
 def prepare_ptbxl(
@@ -103,23 +103,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def options_from_args(args: argparse.Namespace) -> PrepareOptions:
+    """`PrepareOptions` from the arguments `add_prepare_arguments` defines."""
+    return PrepareOptions(
+        num_proc=args.num_proc or default_num_proc(),
+        skip_missing=args.skip_missing,
+        skip_invalid=args.skip_invalid,
+        resume=args.resume,
+        num_shards=args.num_shards,
+        shard_index=args.shard_index,
+        unit_size=args.unit_size,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        dataset_dict = prepare_ptbxl(
-            args.ptbxl_dir,
-            args.output_dir,
-            sampling_rate=args.sampling_rate,
-            num_proc=args.num_proc,
-            limit=args.limit,
-            skip_missing=args.skip_missing,
-            skip_invalid=args.skip_invalid,
-            resume=args.resume,
-            num_shards=args.num_shards,
-            shard_index=args.shard_index,
-            unit_size=args.unit_size,
-        )
+        source = PtbxlSource(args.ptbxl_dir, args.sampling_rate, args.limit)
+        dataset_dict = prepare_source(source, args.output_dir, options_from_args(args))
     except (RecordError, FileExistsError) as err:
         sys.exit(f"error: {err}")
     print(report(args.output_dir, dataset_dict))

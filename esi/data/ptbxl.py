@@ -25,7 +25,7 @@ import wfdb
 from datasets import DatasetDict, Features
 
 from esi.constants import PTBXL_AGE_OVER_89, TASKS
-from esi.data.schema import LEAD_NAMES, SPLIT_FOLDS, RecordError, bounded_cell, prepared_features, split_of
+from esi.data.schema import LEAD_NAMES, RecordError, bounded_cell, prepared_features
 from esi.data.wfdb_record import (
     BYTES_PER_SAMPLE,
     Header,
@@ -214,8 +214,10 @@ def record_metadata(row: Mapping[str, object], labeler: PtbxlLabeler, line: int 
     `line` is the row's line in ptbxl_database.csv, used to name a row whose ecg_id is unusable.
     """
     line = line if line is not None else int(row.get("_line", 0))
-    cells = {key: "" if row[key] is None or (isinstance(row[key], float) and math.isnan(row[key])) else str(row[key])
-             for key in DATABASE_COLUMNS}
+    cells = {
+        key: "" if row[key] is None or (isinstance(row[key], float) and math.isnan(row[key])) else str(row[key])
+        for key in DATABASE_COLUMNS
+    }
     raw_id = _number(None, line, "ecg_id", cells["ecg_id"], integer=True, required=True)
     if not 1 <= raw_id < 2**31:
         raise PtbxlRecordError(None, f"line {line}, column 'ecg_id' is out of range: {cells['ecg_id']!r}", row=line)
@@ -348,8 +350,9 @@ class PtbxlSource:
 
     name = "ptbxl"
 
-    def __init__(self, ptbxl_dir: str | os.PathLike, sampling_rate: int = 100, limit: int | None = None,
-                 replicas: int = 1):
+    def __init__(
+        self, ptbxl_dir: str | os.PathLike, sampling_rate: int = 100, limit: int | None = None, replicas: int = 1
+    ):
         if sampling_rate not in SAMPLING_RATES:
             raise ValueError(f"sampling_rate must be one of {SAMPLING_RATES}, got {sampling_rate}")
         self.ptbxl_dir = Path(ptbxl_dir)
@@ -361,8 +364,13 @@ class PtbxlSource:
         self.descriptions = {str(c): str(d) for c, d in self.statements["description"].items()}
 
     def identity(self) -> dict:
-        return {"name": self.name, "dir": str(self.ptbxl_dir.resolve()), "sampling_rate": self.sampling_rate,
-                "limit": self.limit, "replicas": self.replicas}
+        return {
+            "name": self.name,
+            "dir": str(self.ptbxl_dir.resolve()),
+            "sampling_rate": self.sampling_rate,
+            "limit": self.limit,
+            "replicas": self.replicas,
+        }
 
     def features(self) -> Features:
         return ptbxl_features(self.statements, self.sampling_rate)

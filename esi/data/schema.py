@@ -69,9 +69,7 @@ def prepared_features(
         extra: source-specific columns appended after the common ones (MIMIC's machine intervals).
     """
     signal = (
-        Array2D((len(LEAD_NAMES), num_samples), "float32")
-        if num_samples is not None
-        else List(List(Value("float32")))
+        Array2D((len(LEAD_NAMES), num_samples), "float32") if num_samples is not None else List(List(Value("float32")))
     )
     return Features(
         {

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from esi.data.challenge import ChallengeSource
 from esi.data.mimic import MimicEcgSource
-from esi.data.prepare import PrepareOptions, Source, default_num_proc, prepare_source
-from esi.data.prepare_ptbxl import add_prepare_arguments, report
+from esi.data.prepare import Source, prepare_source
+from esi.data.prepare_ptbxl import add_prepare_arguments, options_from_args, report
 from esi.data.ptbxl import PtbxlSource
 from esi.data.schema import RecordError
 from esi.data.wfdb_folder import WfdbFolderSource
@@ -29,8 +29,9 @@ from esi.data.wfdb_folder import WfdbFolderSource
 SOURCES = ("ptbxl", "challenge", "mimic", "wfdb-folder")
 
 
-def make_source(name: str, folder: Path, sampling_rate: int, labels: Path | None = None,
-                limit: int | None = None) -> Source:
+def make_source(
+    name: str, folder: Path, sampling_rate: int, labels: Path | None = None, limit: int | None = None
+) -> Source:
     """The reader for source `name` over `folder`."""
     if name == "ptbxl":
         return PtbxlSource(folder, sampling_rate, limit)
@@ -59,18 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    options = PrepareOptions(
-        num_proc=args.num_proc or default_num_proc(),
-        skip_missing=args.skip_missing,
-        skip_invalid=args.skip_invalid,
-        resume=args.resume,
-        num_shards=args.num_shards,
-        shard_index=args.shard_index,
-        unit_size=args.unit_size,
-    )
     try:
         source = make_source(args.source, args.input, args.sampling_rate, args.labels, args.limit)
-        dataset_dict = prepare_source(source, args.output_dir, options)
+        dataset_dict = prepare_source(source, args.output_dir, options_from_args(args))
     except (RecordError, FileExistsError, FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")
     print(report(args.output_dir, dataset_dict))

@@ -47,8 +47,12 @@ class WfdbFolderSource:
         self.sampling_rate = sampling_rate
 
     def identity(self) -> dict:
-        return {"name": self.name, "dir": str(self.folder.resolve()), "labels": str(self.labels_csv.resolve()),
-                "sampling_rate": self.sampling_rate}
+        return {
+            "name": self.name,
+            "dir": str(self.folder.resolve()),
+            "labels": str(self.labels_csv.resolve()),
+            "sampling_rate": self.sampling_rate,
+        }
 
     def features(self) -> Features:
         return prepared_features(None, scp_reference()[1])
@@ -60,8 +64,9 @@ class WfdbFolderSource:
         if "record" not in table.columns:
             raise ValueError(f"{self.labels_csv} lacks the required column 'record' (WFDB record name)")
         columns = ["record"] + [c for c in OPTIONAL_COLUMNS if c in table.columns]
-        return [{"line": line, **{c: row[c] for c in columns}}
-                for line, row in enumerate(table.to_dict("records"), start=2)]
+        return [
+            {"line": line, **{c: row[c] for c in columns}} for line, row in enumerate(table.to_dict("records"), start=2)
+        ]
 
     def example(self, row: dict) -> dict:
         line = row["line"]

@@ -85,9 +85,19 @@ def _parse_simple_header(text: str) -> Header | None:
         units.append(unit or "mV")
         f[6] = checksum
     return Header(
-        record_name=fields[0][0], n_sig=n_sig, fs=fs, sig_len=sig_len, file_name=[f[0] for f in signals],
-        fmt=["16"] * n_sig, byte_offset=offset, adc_gain=gains, baseline=baselines, units=units,
-        checksum=[f[6] for f in signals], sig_name=[" ".join(f[8:]) for f in signals], comments=comments,
+        record_name=fields[0][0],
+        n_sig=n_sig,
+        fs=fs,
+        sig_len=sig_len,
+        file_name=[f[0] for f in signals],
+        fmt=["16"] * n_sig,
+        byte_offset=offset,
+        adc_gain=gains,
+        baseline=baselines,
+        units=units,
+        checksum=[f[6] for f in signals],
+        sig_name=[" ".join(f[8:]) for f in signals],
+        comments=comments,
     )
 
 
@@ -107,8 +117,10 @@ def read_digital(base: Path, header: Header, record: object, source: str) -> np.
     size = path.stat().st_size
     if size != declared:
         raise RecordError(
-            record, f"{path.name} has {size} bytes but its header declares {header.n_sig} signals x "
-            f"{header.sig_len} samples = {declared} bytes (truncated file or header mismatch)", source=source,
+            record,
+            f"{path.name} has {size} bytes but its header declares {header.n_sig} signals x "
+            f"{header.sig_len} samples = {declared} bytes (truncated file or header mismatch)",
+            source=source,
         )
     samples = np.fromfile(path, dtype="<i2", offset=header.byte_offset)
     return samples.reshape(header.sig_len, header.n_sig)
@@ -126,8 +138,11 @@ def bad_checksums(digital: np.ndarray, header: Header | wfdb.Record) -> list[str
     if not header.checksum:
         return []
     sums = digital.astype(np.int64).sum(axis=0)
-    return [name for name, got, want in zip(header.sig_name, sums, header.checksum, strict=False)
-            if (int(got) - int(want)) % 65536]
+    return [
+        name
+        for name, got, want in zip(header.sig_name, sums, header.checksum, strict=False)
+        if (int(got) - int(want)) % 65536
+    ]
 
 
 @dataclass
@@ -155,8 +170,10 @@ def check_header(header: wfdb.Record, base: Path, record: object, source: str) -
         raise RecordError(record, f"{name}.hea gives no positive sampling rate and length", source=source)
     if header.n_sig > MAX_SIGNALS or header.sig_len / header.fs > MAX_SECONDS:
         raise RecordError(
-            record, f"{name}.hea declares {header.n_sig} signals x {header.sig_len / header.fs:.0f} s "
-            f"(limits: {MAX_SIGNALS} signals, {MAX_SECONDS} s)", source=source,
+            record,
+            f"{name}.hea declares {header.n_sig} signals x {header.sig_len / header.fs:.0f} s "
+            f"(limits: {MAX_SIGNALS} signals, {MAX_SECONDS} s)",
+            source=source,
         )
     for file_name in sorted(set(header.file_name)):
         if os.path.basename(file_name) != file_name:
@@ -173,8 +190,10 @@ def check_header(header: wfdb.Record, base: Path, record: object, source: str) -
         declared = header.sig_len * len(formats) * BYTES_PER_SAMPLE[formats[0]]
         if size != declared:
             raise RecordError(
-                record, f"{file_name} has {size} bytes but its header declares {len(formats)} signals x "
-                f"{header.sig_len} samples = {declared} bytes (truncated file or header mismatch)", source=source,
+                record,
+                f"{file_name} has {size} bytes but its header declares {len(formats)} signals x "
+                f"{header.sig_len} samples = {declared} bytes (truncated file or header mismatch)",
+                source=source,
             )
 
 
@@ -198,7 +217,8 @@ def read_wfdb(
     check_header(header, base, record, source)
     if expected_seconds is not None and abs(header.sig_len / header.fs - expected_seconds) > 1e-6:
         raise RecordError(
-            record, f"{hea.name} says {header.sig_len} samples at {header.fs:g} Hz; expected {expected_seconds} s",
+            record,
+            f"{hea.name} says {header.sig_len} samples at {header.fs:g} Hz; expected {expected_seconds} s",
             source=source,
         )
     try:
@@ -207,7 +227,9 @@ def read_wfdb(
         raise RecordError(record, f"{hea.name}: {err}", source=source) from None
     missing = [lead for lead, row in zip(LEAD_NAMES, rows, strict=True) if row is None]
     if missing or header.n_sig != len(LEAD_NAMES):
-        raise RecordError(record, f"leads {header.sig_name} do not match {LEAD_NAMES} (missing: {missing})", source=source)
+        raise RecordError(
+            record, f"leads {header.sig_name} do not match {LEAD_NAMES} (missing: {missing})", source=source
+        )
     units = [str(u).strip().lower() for u in header.units]
     unknown_units = sorted({u for u in units if u not in UNIT_TO_MV})
     if unknown_units:
@@ -223,8 +245,10 @@ def read_wfdb(
         if digital is None or digital.shape != (header.sig_len, header.n_sig):
             got = None if digital is None else digital.shape
             raise RecordError(
-                record, f"signal file holds {got} samples x leads; {hea.name} declares ({header.sig_len}, "
-                f"{header.n_sig}) (truncated file or header mismatch)", source=source,
+                record,
+                f"signal file holds {got} samples x leads; {hea.name} declares ({header.sig_len}, "
+                f"{header.n_sig}) (truncated file or header mismatch)",
+                source=source,
             )
     if np.any(np.asarray(header.adc_gain) <= 0):
         raise RecordError(record, f"{hea.name} gives a gain <= 0 {header.adc_gain}", source=source)
@@ -240,7 +264,9 @@ def read_wfdb(
     rate = float(header.fs)
     if sampling_rate is None:
         if rate != int(rate):
-            raise RecordError(record, f"rate {rate} Hz is not an integer; pass a sampling rate to resample to", source=source)
+            raise RecordError(
+                record, f"rate {rate} Hz is not an integer; pass a sampling rate to resample to", source=source
+            )
         sampling_rate = int(rate)
     elif rate != sampling_rate:
         signal = resample(signal, rate, sampling_rate)

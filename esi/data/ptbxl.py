@@ -93,16 +93,17 @@ def load_statements(ptbxl_dir: str | os.PathLike) -> pd.DataFrame:
     return statements
 
 
-def load_database(ptbxl_dir: str | os.PathLike, limit: int | None = None) -> pd.DataFrame:
-    """The first `limit` rows (all when None) of `ptbxl_database.csv`, in file order."""
+def load_database(ptbxl_dir: str | os.PathLike, limit: int | None = None, as_text: bool = False) -> pd.DataFrame:
+    """The first `limit` rows (all when None) of `ptbxl_database.csv`, in file order.
+
+    `as_text` reads every cell as text ("" when empty) for per-row parsing (`record_metadata`): one bad
+    cell must fail only its record, not turn a whole column into text and fail every record.
+    """
     path = Path(ptbxl_dir) / "ptbxl_database.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {ptbxl_dir} a PTB-XL folder?")
-    # Every cell is read as text and parsed per row (`record_metadata`): one bad cell must fail only its
-    # record, not turn a whole column into text and fail every record.
-    database = pd.read_csv(
-        path, usecols=lambda column: column in DATABASE_COLUMNS, nrows=limit, dtype=str, keep_default_na=False
-    )
+    text = {"dtype": str, "keep_default_na": False} if as_text else {}
+    database = pd.read_csv(path, usecols=lambda column: column in DATABASE_COLUMNS, nrows=limit, **text)
     missing = set(DATABASE_COLUMNS) - set(database.columns)
     if missing:
         raise ValueError(f"{path} lacks columns {sorted(missing)}")
@@ -376,7 +377,7 @@ class PtbxlSource:
         return ptbxl_features(self.statements, self.sampling_rate)
 
     def rows(self) -> list[dict]:
-        database = load_database(self.ptbxl_dir, self.limit)
+        database = load_database(self.ptbxl_dir, self.limit, as_text=True)
         rows = [{**row, "_line": i + 2, "_replica": 0} for i, row in enumerate(database.to_dict("records"))]
         return [{**row, "_replica": k} for k in range(self.replicas) for row in rows]
 

@@ -29,7 +29,7 @@ def prepared_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def sample_captions(prepared_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """CQA captions (template backend) for every record of `prepared_sample`; a Parquet folder."""
-    from esi.cqa.pipeline import generate_captions
+    from esi.cqa.run import generate_captions
 
     output_dir = tmp_path_factory.mktemp("captions") / "ptbxl_sample_captions"
     generate_captions(prepared_sample, output_dir, backend="template")

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from transformers import AutoFeatureExtractor, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from esi.cqa.knowledge import load_knowledge_base
 from esi.eval.zero_shot import class_prompts
+from esi.knowledge import load_knowledge_base
 
 from .records import EcgRecord
 

@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> Path:
         }
         save_model_folder(accelerator.unwrap_model(model), feature_extractor, tokenizer, final_dir, summary)
         if args.push_to_hub:
-            from esi.publish import push_folder
+            from esi.hub import push_folder
 
             push_folder(final_dir, args.push_to_hub, repo_type="model", private=args.hub_private)
     accelerator.wait_for_everyone()

@@ -248,7 +248,7 @@ def test_one_command_per_source(tmp_path, capsys):
 @pytest.mark.slow
 def test_cqa_captions_a_challenge_prepared_dataset(tmp_path):
     """cqa_generate's pipeline runs unchanged on a Challenge-prepared dataset of variable-length records."""
-    from esi.cqa.pipeline import generate_captions
+    from esi.cqa.run import generate_captions
     from esi.data.torch_dataset import load_dataset_folder
 
     folder = _copy_records(CPSC, ["A0001", "A0006", "A0008"], tmp_path / "cpsc")

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import math
 import os
-from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
 from datasets import Features, Value
 
 from esi.data.labels import scp_reference
+from esi.data.prepare import RowTable
 from esi.data.schema import LEAD_NAMES, RecordError, bounded_cell, hash_fold, prepared_features
 from esi.data.wfdb_record import inside, read_wfdb
 
@@ -105,49 +105,37 @@ class MimicEcgSource:
         extra = {column: Value("float32") for column in INTERVAL_COLUMNS.values()}
         return prepared_features(DURATION_S * self.sampling_rate, scp_reference()[1], extra)
 
-    @cached_property
-    def _measurements(self) -> dict[str, dict]:
-        table = _read_table(self.folder / "machine_measurements.csv", MEASUREMENT_COLUMNS)
-        return {row["study_id"].strip(): row for row in table.to_dict("records")}
-
-    def rows(self) -> list[dict]:
-        records = _read_table(self.folder / "record_list.csv", RECORD_LIST_COLUMNS)
+    def rows(self) -> RowTable:
+        records = _read_table(self.folder / "record_list.csv", RECORD_LIST_COLUMNS)[list(RECORD_LIST_COLUMNS)]
         if self.limit is not None:
             records = records.head(self.limit)
         duplicated = records["study_id"][records["study_id"].duplicated()]
         if len(duplicated):
             raise ValueError(f"{self.folder / 'record_list.csv'} repeats study_id {sorted(set(duplicated))[:10]}")
-        measurements = self._measurements
-        rows = []
-        for line, row in enumerate(records.to_dict("records"), start=2):
-            machine = measurements.get(row["study_id"].strip())
-            rows.append(
-                {
-                    "line": line,
-                    "record": {c: row[c] for c in RECORD_LIST_COLUMNS},
-                    "machine": {c: machine[c] for c in MEASUREMENT_COLUMNS} if machine else None,
-                }
-            )
-        return rows
+        machine = _read_table(self.folder / "machine_measurements.csv", MEASUREMENT_COLUMNS)
+        machine = machine[list(MEASUREMENT_COLUMNS)].drop_duplicates("study_id")
+        machine.columns = [f"machine.{c}" for c in machine.columns]
+        # One compact table (cells as text) for the whole corpus; rows become dicts one unit at a time.
+        joined = records.merge(machine, how="left", left_on="study_id", right_on="machine.study_id", indicator=True)
+        return RowTable(joined)
 
     def example(self, row: dict) -> dict:
-        record = row["record"]
-        label = f"{record['study_id'][:20]!r} (record_list.csv line {row['line']})"
-        study_id = _identifier(label, "study_id", record["study_id"])
-        subject_id = _identifier(study_id, "subject_id", record["subject_id"])
-        machine = row["machine"]
-        if machine is None:
+        label = f"{str(row['study_id'])[:20]!r} (record_list.csv line {row['_line']})"
+        study_id = _identifier(label, "study_id", row["study_id"])
+        subject_id = _identifier(study_id, "subject_id", row["subject_id"])
+        if row["_merge"] != "both":
             raise RecordError(study_id, "has no row in machine_measurements.csv", source=SOURCE)
-        if machine["subject_id"].strip() != record["subject_id"].strip():
+        machine = {c: row[f"machine.{c}"] for c in MEASUREMENT_COLUMNS}
+        if machine["subject_id"].strip() != row["subject_id"].strip():
             raise RecordError(
                 study_id,
                 f"subject_id {machine['subject_id']!r} in machine_measurements.csv differs from "
-                f"{record['subject_id']!r} in record_list.csv",
+                f"{row['subject_id']!r} in record_list.csv",
                 source=SOURCE,
             )
         lines = [bounded_cell(study_id, c, machine[c], SOURCE, 1000).strip() for c in REPORT_COLUMNS]
         lines = [line for line in lines if line]
-        path = bounded_cell(study_id, "path", record["path"], SOURCE, 1000)
+        path = bounded_cell(study_id, "path", row["path"], SOURCE, 1000)
         base = inside(self.folder, path, study_id, SOURCE)
         read = read_wfdb(base, study_id, SOURCE, self.sampling_rate, expected_seconds=DURATION_S)
         labeler = scp_reference()[0]

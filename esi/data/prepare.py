@@ -24,12 +24,13 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import pandas as pd
 from datasets import DatasetDict, Features, load_from_disk
 from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
@@ -53,11 +54,35 @@ class Source(Protocol):
 
     def features(self) -> Features: ...
 
-    def rows(self) -> list[dict]: ...
+    def rows(self) -> Sequence[dict]: ...
 
     def example(self, row: dict) -> dict: ...
 
     def identity(self) -> dict: ...
+
+
+class RowTable(Sequence):
+    """Rows of a metadata table (cells as text), turned into dicts one slice at a time.
+
+    A corpus of 800,000 records keeps its metadata as one compact table (pandas' Arrow-backed
+    strings), not as 800,000 dicts; `copies` lists the table that many times (row i of copy k
+    gets `_replica` k) and every row gets `_line`, its line in the CSV file.
+    """
+
+    def __init__(self, frame: pd.DataFrame, copies: int = 1):
+        self.frame = frame.reset_index(drop=True)
+        self.copies = copies
+
+    def __len__(self) -> int:
+        return len(self.frame) * self.copies
+
+    def __getitem__(self, index):
+        if not isinstance(index, slice):
+            return self[index : index + 1][0] if index >= 0 else self[len(self) + index]
+        positions = range(*index.indices(len(self)))
+        n = len(self.frame)
+        records = self.frame.iloc[[i % n for i in positions]].to_dict("records")
+        return [{**row, "_line": i % n + 2, "_replica": i // n} for i, row in zip(positions, records, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -248,7 +273,7 @@ def _finalize(out: Path, features: Features, commits: dict[int, dict], config: d
 
 
 def _run_units(
-    source: Source, out: Path, todo: list[tuple[int, list[dict]]], options: PrepareOptions
+    source: Source, out: Path, todo: Iterator[tuple[int, list[dict]]], options: PrepareOptions
 ) -> Iterator[dict]:
     """Commits of `todo` as they finish; at most 2 units per process in flight (bounded memory)."""
     args = (options.skip_missing, options.skip_invalid)
@@ -290,8 +315,8 @@ def prepare_source(source: Source, output_dir: str | os.PathLike | None, options
             prepare_source(source, Path(scratch) / "prepared", options)
             return load_from_disk(str(Path(scratch) / "prepared"), keep_in_memory=True)
     out = Path(output_dir)
-    rows = source.rows()
-    units = [rows[start : start + options.unit_size] for start in range(0, len(rows), options.unit_size)]
+    rows = source.rows()  # a sequence whose slices are materialised one unit at a time
+    bounds = [(start, min(start + options.unit_size, len(rows))) for start in range(0, len(rows), options.unit_size)]
     config = {
         "source": source.identity(),
         "unit_size": options.unit_size,
@@ -302,11 +327,13 @@ def prepare_source(source: Source, output_dir: str | os.PathLike | None, options
         "num_rows": len(rows),
     }
     _prepare_output(out, config, options.resume)
-    mine = [i for i in range(len(units)) if i % options.num_shards == options.shard_index]
-    commits = {i: c for i, c in _committed(out, len(units)).items() if i in mine}
-    todo = [(i, units[i]) for i in mine if i not in commits]
-    total = sum(len(units[i]) for i in mine)
-    with tqdm(total=total, initial=total - sum(len(u) for _, u in todo), unit="rec", desc=source.name) as bar:
+    mine = [i for i in range(len(bounds)) if i % options.num_shards == options.shard_index]
+    commits = {i: c for i, c in _committed(out, len(bounds)).items() if i in mine}
+    pending = [i for i in mine if i not in commits]
+    todo = ((i, rows[slice(*bounds[i])]) for i in pending)
+    total = sum(bounds[i][1] - bounds[i][0] for i in mine)
+    done = total - sum(bounds[i][1] - bounds[i][0] for i in pending)
+    with tqdm(total=total, initial=done, unit="rec", desc=source.name) as bar:
         for commit in _run_units(source, out, todo, options):
             if "error" in commit:
                 raise commit["error"]

@@ -25,6 +25,7 @@ import wfdb
 from datasets import DatasetDict, Features
 
 from esi.constants import PTBXL_AGE_OVER_89, TASKS
+from esi.data.prepare import RowTable
 from esi.data.schema import LEAD_NAMES, RecordError, bounded_cell, prepared_features
 from esi.data.wfdb_record import (
     BYTES_PER_SAMPLE,
@@ -376,10 +377,8 @@ class PtbxlSource:
     def features(self) -> Features:
         return ptbxl_features(self.statements, self.sampling_rate)
 
-    def rows(self) -> list[dict]:
-        database = load_database(self.ptbxl_dir, self.limit, as_text=True)
-        rows = [{**row, "_line": i + 2, "_replica": 0} for i, row in enumerate(database.to_dict("records"))]
-        return [{**row, "_replica": k} for k in range(self.replicas) for row in rows]
+    def rows(self) -> RowTable:
+        return RowTable(load_database(self.ptbxl_dir, self.limit, as_text=True), copies=self.replicas)
 
     def example(self, row: dict) -> dict:
         meta = record_metadata(row, self.labeler)

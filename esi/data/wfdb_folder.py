@@ -20,6 +20,7 @@ import pandas as pd
 from datasets import Features
 
 from esi.data.labels import parse_age, parse_sex, scp_reference
+from esi.data.prepare import RowTable
 from esi.data.schema import LEAD_NAMES, RecordError, bounded_cell, hash_fold, prepared_features
 from esi.data.wfdb_record import inside, read_wfdb
 
@@ -57,19 +58,16 @@ class WfdbFolderSource:
     def features(self) -> Features:
         return prepared_features(None, scp_reference()[1])
 
-    def rows(self) -> list[dict]:
+    def rows(self) -> RowTable:
         if not self.labels_csv.is_file():
             raise FileNotFoundError(f"labels CSV {self.labels_csv} not found")
         table = pd.read_csv(self.labels_csv, dtype=str, keep_default_na=False)
         if "record" not in table.columns:
             raise ValueError(f"{self.labels_csv} lacks the required column 'record' (WFDB record name)")
-        columns = ["record"] + [c for c in OPTIONAL_COLUMNS if c in table.columns]
-        return [
-            {"line": line, **{c: row[c] for c in columns}} for line, row in enumerate(table.to_dict("records"), start=2)
-        ]
+        return RowTable(table[["record"] + [c for c in OPTIONAL_COLUMNS if c in table.columns]])
 
     def example(self, row: dict) -> dict:
-        line = row["line"]
+        line = row["_line"]
         record = f"line {line}"
         ecg_id = _optional_int(record, "ecg_id", row.get("ecg_id", ""), 1, 2**31 - 1) or line - 1
         name = bounded_cell(record, "record", row["record"], SOURCE, 1000).strip()

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import csv
 import importlib.resources
-import json
 import os
 from functools import cached_property
 from pathlib import Path
 
 from datasets import Features
 
-from esi.data.labels import parse_age, parse_sex, scp_reference
-from esi.data.schema import LEAD_NAMES, RecordError, hash_fold, prepared_features
+from esi.data.labels import parse_age, parse_sex, scp_reference, wfdb_example
+from esi.data.schema import RecordError, hash_fold, prepared_features
 from esi.data.wfdb_record import inside, read_wfdb
 
 SOURCE = "Challenge record"
@@ -189,22 +188,15 @@ class ChallengeSource:
         fields = header_fields(read.comments)
         statements = self.statements(name, fields.get("dx", ""))
         scp_codes = self.scp_codes(statements)
-        labeler = scp_reference()[0]
-        return {
-            "ecg_id": ecg_id,
-            "patient_id": ecg_id,
-            "signal": read.signal,
-            "sampling_rate": read.sampling_rate,
-            "lead_names": LEAD_NAMES,
-            "age": parse_age(name, fields.get("age"), SOURCE),
-            "sex": parse_sex(name, fields.get("sex"), SOURCE),
-            "report": "",
-            "scp_codes": json.dumps(scp_codes),
-            "heart_axis": "",
-            "strat_fold": hash_fold(name),
-            "source": "challenge",
-            "record_name": name,
-            "original_sampling_rate": read.original_sampling_rate,
-            "statements": statements,
-            **labeler(ecg_id, scp_codes),
-        }
+        return wfdb_example(
+            read,
+            ecg_id=ecg_id,
+            patient_id=ecg_id,
+            scp_codes=scp_codes,
+            age=parse_age(name, fields.get("age"), SOURCE),
+            sex=parse_sex(name, fields.get("sex"), SOURCE),
+            strat_fold=hash_fold(name),
+            source="challenge",
+            record_name=name,
+            statements=statements,
+        )

@@ -9,13 +9,15 @@ adds no label.
 from __future__ import annotations
 
 import importlib.resources
+import json
 import math
 from functools import cache
 from pathlib import Path
 
 from esi.constants import TASKS
 from esi.data.ptbxl import PtbxlLabeler, load_statements, task_class_names
-from esi.data.schema import RecordError
+from esi.data.schema import LEAD_NAMES, RecordError
+from esi.data.wfdb_record import WfdbSignal
 
 PTBXL_RESOURCES = Path(str(importlib.resources.files("esi.data") / "resources" / "ptbxl"))
 MISSING_TEXT = {"", "nan", "none", "unknown", "n/a", "na", "-"}
@@ -53,3 +55,23 @@ def parse_sex(record: object, text: str | None, source: str) -> str | None:
     if value.lower() not in SEX_WORDS:
         raise RecordError(record, f"sex {value[:40]!r} is not Male/Female (or M/F, Unknown)", source=source)
     return SEX_WORDS[value.lower()]
+
+
+def wfdb_example(
+    read: WfdbSignal, *, ecg_id: int, patient_id: int, scp_codes: dict[str, float], report: str = "", **columns
+) -> dict:
+    """A prepared example from a WFDB signal: the common columns, PTB-XL task labels from `scp_codes`,
+    and `columns` (age, sex, strat_fold, source, record_name, statements, source-specific ones)."""
+    return {
+        "ecg_id": ecg_id,
+        "patient_id": patient_id,
+        "signal": read.signal,
+        "sampling_rate": read.sampling_rate,
+        "lead_names": LEAD_NAMES,
+        "report": report,
+        "scp_codes": json.dumps(scp_codes),
+        "heart_axis": "",
+        "original_sampling_rate": read.original_sampling_rate,
+        **columns,
+        **scp_reference()[0](ecg_id, scp_codes),
+    }

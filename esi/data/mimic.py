@@ -22,9 +22,9 @@ from pathlib import Path
 import pandas as pd
 from datasets import Features, Value
 
-from esi.data.labels import scp_reference
+from esi.data.labels import scp_reference, wfdb_example
 from esi.data.prepare import RowTable
-from esi.data.schema import LEAD_NAMES, RecordError, bounded_cell, hash_fold, prepared_features
+from esi.data.schema import RecordError, bounded_cell, hash_fold, prepared_features
 from esi.data.wfdb_record import inside, read_wfdb
 
 SOURCE = "MIMIC-IV-ECG study_id"
@@ -138,23 +138,17 @@ class MimicEcgSource:
         path = bounded_cell(study_id, "path", row["path"], SOURCE, 1000)
         base = inside(self.folder, path, study_id, SOURCE)
         read = read_wfdb(base, study_id, SOURCE, self.sampling_rate, expected_seconds=DURATION_S)
-        labeler = scp_reference()[0]
-        return {
-            "ecg_id": study_id,
-            "patient_id": subject_id,
-            "signal": read.signal,
-            "sampling_rate": read.sampling_rate,
-            "lead_names": LEAD_NAMES,
-            "age": None,
-            "sex": None,
-            "report": "; ".join(lines),
-            "scp_codes": "{}",
-            "heart_axis": "",
-            "strat_fold": hash_fold(str(subject_id)),
-            "source": "mimic-iv-ecg",
-            "record_name": path,
-            "original_sampling_rate": read.original_sampling_rate,
-            "statements": [{"system": "MIMIC-IV-ECG machine report", "code": "", "text": line} for line in lines],
-            **labeler(study_id, {}),
+        return wfdb_example(
+            read,
+            ecg_id=study_id,
+            patient_id=subject_id,
+            scp_codes={},
+            report="; ".join(lines),
+            age=None,
+            sex=None,
+            strat_fold=hash_fold(str(subject_id)),
+            source="mimic-iv-ecg",
+            record_name=path,
+            statements=[{"system": "MIMIC-IV-ECG machine report", "code": "", "text": line} for line in lines],
             **{name: _measurement(study_id, column, machine[column]) for column, name in INTERVAL_COLUMNS.items()},
-        }
+        )

@@ -12,16 +12,15 @@ Research software, not a diagnostic device.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pandas as pd
 from datasets import Features
 
-from esi.data.labels import parse_age, parse_sex, scp_reference
+from esi.data.labels import parse_age, parse_sex, scp_reference, wfdb_example
 from esi.data.prepare import RowTable
-from esi.data.schema import LEAD_NAMES, RecordError, bounded_cell, hash_fold, prepared_features
+from esi.data.schema import RecordError, bounded_cell, hash_fold, prepared_features
 from esi.data.wfdb_record import inside, read_wfdb
 
 SOURCE = "labels CSV"
@@ -78,28 +77,21 @@ class WfdbFolderSource:
         texts = [t.strip() for t in bounded_cell(record, "statements", row.get("statements"), SOURCE).split(";")]
         codes = [c.strip() for c in bounded_cell(record, "scp_codes", row.get("scp_codes"), SOURCE).split(";")]
         codes = [c for c in codes if c]
-        labeler, _, descriptions = scp_reference()
+        _, _, descriptions = scp_reference()
         unknown = [c for c in codes if c not in descriptions]
         if unknown:
             raise RecordError(record, f"column 'scp_codes' lists unknown SCP-ECG code(s) {unknown}", source=SOURCE)
         read = read_wfdb(inside(self.folder, name, record, SOURCE), record, SOURCE, self.sampling_rate)
-        scp_codes = dict.fromkeys(codes, 100.0)
-        return {
-            "ecg_id": ecg_id,
-            "patient_id": patient_id,
-            "signal": read.signal,
-            "sampling_rate": read.sampling_rate,
-            "lead_names": LEAD_NAMES,
-            "age": parse_age(record, row.get("age"), SOURCE),
-            "sex": parse_sex(record, row.get("sex"), SOURCE),
-            "report": "",
-            "scp_codes": json.dumps(scp_codes),
-            "heart_axis": "",
-            "strat_fold": fold,
-            "source": "wfdb-folder",
-            "record_name": name,
-            "original_sampling_rate": read.original_sampling_rate,
-            "statements": [{"system": "labels CSV", "code": "", "text": t} for t in texts if t]
+        return wfdb_example(
+            read,
+            ecg_id=ecg_id,
+            patient_id=patient_id,
+            scp_codes=dict.fromkeys(codes, 100.0),
+            age=parse_age(record, row.get("age"), SOURCE),
+            sex=parse_sex(record, row.get("sex"), SOURCE),
+            strat_fold=fold,
+            source="wfdb-folder",
+            record_name=name,
+            statements=[{"system": "labels CSV", "code": "", "text": t} for t in texts if t]
             + [{"system": "SCP-ECG", "code": c, "text": descriptions[c]} for c in codes],
-            **labeler(ecg_id, scp_codes),
-        }
+        )

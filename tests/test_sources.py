@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import wfdb
-from datasets import Array2D, List, load_from_disk
+from datasets import Array2D, List
 
 from esi.data.challenge import ChallengeSource
 from esi.data.mimic import MimicEcgSource

@@ -19,8 +19,8 @@ from benchmarks.esi_claim.pack import pool_source
 from benchmarks.esi_claim.profiles import PROFILES
 from benchmarks.esi_claim.texts import compose
 from esi.checksum import sha256_file
-from esi.knowledge import load_knowledge_base
 from esi.eval.stats import bootstrap_interval, macro_auroc, paired_bootstrap, per_class_auroc
+from esi.knowledge import load_knowledge_base
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The accelerator image has none of these: the runner must work without them.

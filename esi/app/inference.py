@@ -81,7 +81,7 @@ class EsiPredictor:
             record_names=[r.name for r in records],
             return_tensors="pt",
         )
-        return {"input_values": batch["input_values"], "ecg_attention_mask": batch["attention_mask"]}
+        return {"input_values": batch["input_values"], "ecg_attention_mask": batch["ecg_attention_mask"]}
 
     @torch.no_grad()
     def embed(self, records: list[EcgRecord]) -> np.ndarray:

@@ -53,7 +53,7 @@ from esi.train.data import PretrainingData, build_data
 from esi.train.optim import build_optimizer, build_scheduler
 from esi.train.retrieval_eval import embed_ecg_text, retrieval_recall
 from esi.train.text_cache import restore_text_tower, use_cached_text_tower
-from modeling_esi import EsiConfig, EsiFeatureExtractor, EsiModel
+from modeling_esi import EsiConfig, EsiFeatureExtractor, EsiModel, EsiProcessor
 
 logger = logging.getLogger("esi.train")
 
@@ -336,6 +336,9 @@ def save_model_folder(model: EsiModel, feature_extractor, tokenizer, folder: Pat
     model.save_pretrained(folder)
     feature_extractor.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    # AutoProcessor: ECG and text inputs in one call (`model(**processor(ecgs=..., text=...))`).
+    max_text_length = model.config.decoder_config.max_position_embeddings
+    EsiProcessor(feature_extractor, tokenizer, max_text_length=max_text_length).save_pretrained(folder)
     (folder / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     write_model_card(folder, summary)
     logger.info("saved model to %s", folder)

@@ -65,7 +65,7 @@ def test_each_augmentation_survives_the_feature_extractor(record, name):
     rng = np.random.default_rng(3)
     augmented = augment_ecg(record, 100, LEADS, only(**TRANSFORMS[name]), rng)
     original, changed = extract([record]), extract([augmented])
-    length = int(changed["attention_mask"].sum())
+    length = int(changed["ecg_attention_mask"].sum())
     diff = np.abs(changed["input_values"][0, :, :length] - original["input_values"][0, :, :length]).mean()
     assert diff > 0.05, f"{name} changed the model input by only {diff:.4f} (z-units)"
 

@@ -141,7 +141,7 @@ class EcgCollator:
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         # A list, not a stacked array: augmented (cropped) ECGs are shorter, and the extractor pads
-        # them and marks the padding in `attention_mask`, which the model reads as `ecg_attention_mask`.
+        # them and marks the padding in `attention_mask`, (`ecg_attention_mask`).
         features = self.feature_extractor(
             [item["signal"] for item in items],
             sampling_rate=self.sampling_rate,
@@ -150,7 +150,7 @@ class EcgCollator:
         )
         batch = {
             "input_values": features["input_values"],
-            "ecg_attention_mask": features["attention_mask"],
+            "ecg_attention_mask": features["ecg_attention_mask"],
             "ecg_ids": torch.tensor([i["ecg_id"] for i in items]),
         }
         if self.tokenizer is not None and "caption" in items[0]:

@@ -93,6 +93,7 @@ class EcgMeasurements:
     qt_interval_ms: float | None = None
     qtc_bazett_ms: float | None = None
     qtc_fridericia_ms: float | None = None
+    qt_search_limit_ms: float | None = None  # end of the T-end search window after QRS onset (diagnostic)
     qrs_axis_deg: float | None = None
     qrs_axis_category: str | None = None
     sokolow_lyon_mv: float | None = None
@@ -509,6 +510,7 @@ def _morphology(beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float
     t_stop = min(beat.shape[1] - 1, on + int(_qt_limit(mean_rr, (off - on) / rate) * rate))
     if first_p.onset is not None:
         t_stop = min(t_stop, int(first_p.onset) + rr - int(NEXT_P_MARGIN_S * rate))
+    out.qt_search_limit_ms = (t_stop - on) / rate * 1000.0
     t_start = off + int(0.06 * rate)
     tp = np.zeros(beat.shape[0])
     if first_p.onset is not None and first_p.onset >= 0.03 * rate:  # TP level: just before this beat's P

@@ -162,8 +162,8 @@ _NORMALITY_RE = re.compile(
 BENIGN_CODES = {"NORM", "SR"}  # statements a normality claim may stand beside
 # Care advice (treatment, drugs, tests, referral): captions describe an ECG, never advise.
 ADVICE_RE = re.compile(
-    r"\b(treat|therap|manag|should|recommend|advis|refer|anticoag|medication|prescri|drugs?\b|evaluat|"
-    r"follow.up|tests?\b|advice|consult|deserve|urgent|emergenc|must (see|seek|take|start))",
+    r"\b(treat|therap|manag|should|recommend|advis|refer|anticoag|medication|prescri|evaluat|"
+    r"follow.up|advice|consult|deserve|urgent|emergenc|must (see|seek|take|start))",
     re.IGNORECASE,
 )
 _URL_RE = re.compile(r"(https?://|\bwww\.|\b[\w-]+\.(com|org|net|io|gov|edu|de|info)\b|\]\(|<a\s)", re.IGNORECASE)

@@ -34,6 +34,9 @@ from esi.text_encoder import default_text_model_path
 RHYTHM_CODES = ("SR", "AFIB", "AFLT", "STACH", "SBRAD", "SARRH", "SVARR", "SVTAC", "PSVT", "BIGU", "TRIGU", "PACE")
 _SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _MAX_KNOWLEDGE_CHARS = 320
+# Background sentences about drugs or tests lead towards care; they stay out (the checker's advice
+# rule cannot ban the words: "drug effect" is a PTB-XL statement).
+_CARE_TOPIC_RE = re.compile(r"\b(drugs?|tests?)\b", re.IGNORECASE)
 # Intervals in caption order with short labels (the prompt's INTERVAL_FIELDS carry the long ones);
 # Fridericia's QTc is in the data, not the caption: one corrected QT is what a reader needs.
 _CAPTION_INTERVALS = {"pr_interval_ms": "PR", "qrs_duration_ms": "QRS", "qt_interval_ms": "QT",
@@ -255,7 +258,7 @@ class TemplateWriter:
                 continue
             for sentence in _SENTENCE_SPLIT_RE.split(passage.text.strip()):
                 sentence = _LABEL_RE.sub("", sentence).rstrip(" .") + "."  # "Significance: ..." -> "..."
-                if len(sentence) > _MAX_KNOWLEDGE_CHARS or ADVICE_RE.search(sentence):
+                if len(sentence) > _MAX_KNOWLEDGE_CHARS or ADVICE_RE.search(sentence) or _CARE_TOPIC_RE.search(sentence):
                     continue
                 if self._safe(sentence, inputs):
                     return self._frame(sentence, statement)

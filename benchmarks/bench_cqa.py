@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument("--skip-llm", action="store_true", help="template backend only (no npm/tiny-LLM run)")
     args = parser.parse_args()
 
-    from esi.cqa.pipeline import generate_captions
+    from esi.cqa.run import generate_captions
 
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     prepared = _prepared(args.ptbxl_dir, args.cache_dir)

@@ -12,6 +12,7 @@ GRADIO_SERVER_PORT / GRADIO_SERVER_NAME choose the address; ESI_CACHE where samp
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from pathlib import Path
@@ -21,6 +22,7 @@ import pandas as pd
 
 from esi.app.analysis import Analyser, Analysis
 from esi.app.records import RecordError, read_upload
+from esi.hub import resolve_model_dir
 
 logger = logging.getLogger("esi.app")
 # Relative to the working directory: where `make demo` leaves its model, and the embedded sample.
@@ -194,8 +196,7 @@ def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACH
         )
         if predictor is not None:
             gr.Markdown(
-                f"Model `{model_dir}` (sha256 {predictor.hash[:12]}), "
-                f"{len(catalogue.ecg_ids)} sample ECGs indexed.",
+                f"Model `{model_dir}` (sha256 {predictor.hash[:12]}), {len(catalogue.ecg_ids)} sample ECGs indexed.",
                 elem_id="model-info",
             )
         outputs = [status, plot, measurements, predictions, method, description, caption, similar]
@@ -204,18 +205,26 @@ def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACH
     return demo
 
 
-def build_app_from_env() -> gr.Blocks:
-    """The page for $ESI_MODEL, $ESI_SAMPLES and $ESI_CACHE (defaults: the `make demo` outputs)."""
+def build_app_from_env(model: str | None = None, samples: str | None = None, cache: str | None = None) -> gr.Blocks:
+    """The page for a model folder or Hub repo id, a sample folder and a cache folder.
+
+    Each defaults to $ESI_MODEL, $ESI_SAMPLES and $ESI_CACHE, else to `make demo`'s outputs.
+    """
     return build_app(
-        Path(os.environ.get("ESI_MODEL", DEFAULT_MODEL)),
-        Path(os.environ.get("ESI_SAMPLES", DEFAULT_SAMPLES)),
-        Path(os.environ.get("ESI_CACHE", DEFAULT_CACHE)),
+        resolve_model_dir(model or os.environ.get("ESI_MODEL", DEFAULT_MODEL)),
+        Path(samples or os.environ.get("ESI_SAMPLES", DEFAULT_SAMPLES)),
+        Path(cache or os.environ.get("ESI_CACHE", DEFAULT_CACHE)),
     )
 
 
-def main() -> None:
-    """`esi-app`: build the page from the environment and serve it."""
-    build_app_from_env().launch(theme=THEME, css=CSS)
+def main(argv: list[str] | None = None) -> None:
+    """`esi-app`: build the page and serve it (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose the address)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="model folder or Hub repo id (default: $ESI_MODEL, else the demo's model)")
+    parser.add_argument("--samples", help="PTB-XL-layout sample folder (default: $ESI_SAMPLES, else data/ptbxl_sample)")
+    parser.add_argument("--cache", help="where sample embeddings are cached (default: $ESI_CACHE)")
+    args = parser.parse_args(argv)
+    build_app_from_env(args.model, args.samples, args.cache).launch(theme=THEME, css=CSS)
 
 
 if __name__ == "__main__":

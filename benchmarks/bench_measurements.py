@@ -33,8 +33,15 @@ from esi.cqa.measurements import INTERVAL_NAMES, EcgMeasurements, axis_category_
 
 REPO = Path(__file__).resolve().parents[1]
 # PTB-XL heart_axis codes in its German convention, grouped three ways.
-AXIS_GROUPS = {"LAD": "left", "ALAD": "left", "AXL": "left", "MID": "normal", "RAD": "right", "ARAD": "right",
-               "AXR": "right"}
+AXIS_GROUPS = {
+    "LAD": "left",
+    "ALAD": "left",
+    "AXL": "left",
+    "MID": "normal",
+    "RAD": "right",
+    "ARAD": "right",
+    "AXR": "right",
+}
 # Statements under which a QTc above 600 ms can be genuine: long QT or a wide-QRS rhythm.
 LONG_QT_OR_WIDE_QRS = {"LNGQT", "CLBBB", "CRBBB", "IVCD", "WPW", "PACE", "ILBBB"}
 SINUS = {"SR", "SBRAD", "STACH", "SARRH"}
@@ -68,17 +75,27 @@ def _values(ms: list[EcgMeasurements], name: str) -> np.ndarray:
 def agreement(db: pd.DataFrame, ms: list[EcgMeasurements]) -> list[dict]:
     """Each check: share of records with the statement the measurement confirms (missing = disagreement),
     and the share of reference records (SR or NORM) the same rule flags (false positives)."""
-    has = {code: db.codes.apply(lambda c, code=code: code in c).to_numpy() for code in
-           ("SR", "NORM", "SBRAD", "STACH", "AFIB", "CLBBB", "CRBBB", "1AVB", "LPR")}
+    has = {
+        code: db.codes.apply(lambda c, code=code: code in c).to_numpy()
+        for code in ("SR", "NORM", "SBRAD", "STACH", "AFIB", "CLBBB", "CRBBB", "1AVB", "LPR")
+    }
     hr, qrs, pr = _values(ms, "heart_rate_bpm"), _values(ms, "qrs_duration_ms"), _values(ms, "pr_interval_ms")
     irregular = np.array([m.rr_irregular is True for m in ms])
     no_p = np.array([m.p_wave_absent is True for m in ms])
     rows = []
 
     def row(name, predicted, positive, reference, ref_name, target):
-        rows.append({"check": name, "agreement": _share(predicted[positive]), "n": int(positive.sum()),
-                     "flagged_reference": _share(predicted[reference]), "n_reference": int(reference.sum()),
-                     "reference": ref_name, "target": target})
+        rows.append(
+            {
+                "check": name,
+                "agreement": _share(predicted[positive]),
+                "n": int(positive.sum()),
+                "flagged_reference": _share(predicted[reference]),
+                "n_reference": int(reference.sum()),
+                "reference": ref_name,
+                "target": target,
+            }
+        )
 
     sr, norm = has["SR"], has["NORM"]
     row("SBRAD: HR < 60", hr < 60, has["SBRAD"], sr, "SR", ">= 95%")
@@ -100,10 +117,14 @@ def qt_window(ms: list[EcgMeasurements]) -> dict:
     qt, limit = _values(ms, "qt_interval_ms"), _values(ms, "qt_search_limit_ms")
     gap = (limit - qt)[~np.isnan(qt)]
     edges = (-np.inf, *WINDOW_BINS_MS, np.inf)
-    bins = {f"{lo:g}..{hi:g} ms": int(((gap >= lo) & (gap < hi)).sum()) for lo, hi in zip(edges, edges[1:])}
+    bins = {f"{lo:g}..{hi:g} ms": int(((gap >= lo) & (gap < hi)).sum()) for lo, hi in zip(edges, edges[1:], strict=False)}
     at_bound = sum("search bound" in m.missing.get("qt_interval_ms", "") for m in ms)
-    return {"measured": int(len(gap)), "gap_to_window_end": bins, "within_35_ms": int((gap < 35).sum()),
-            "rejected_at_bound": int(at_bound)}
+    return {
+        "measured": int(len(gap)),
+        "gap_to_window_end": bins,
+        "within_35_ms": int((gap < 35).sum()),
+        "rejected_at_bound": int(at_bound),
+    }
 
 
 def plausibility(db: pd.DataFrame, ms: list[EcgMeasurements]) -> dict:
@@ -122,10 +143,12 @@ def plausibility(db: pd.DataFrame, ms: list[EcgMeasurements]) -> dict:
         "qtc_over_600_called_p_absent": int((high & no_p).sum()),
         "qtc_over_600_stated": int((high & stated["qtc_bazett_ms"]).sum()),
         "qtc_over_600_stated_without_such_statement": int((high & stated["qtc_bazett_ms"] & ~long_or_wide).sum()),
-        "pr_over_400": int((pr > 400).sum()), "pr_over_400_stated": int(((pr > 400) & stated["pr_interval_ms"]).sum()),
+        "pr_over_400": int((pr > 400).sum()),
+        "pr_over_400_stated": int(((pr > 400) & stated["pr_interval_ms"]).sum()),
         "qrs_under_50": int((qrs < 50).sum()),
         "qrs_under_50_stated": int(((qrs < 50) & stated["qrs_duration_ms"]).sum()),
-        "p_absent_in_sinus": _share(no_p[sinus]), "n_sinus": int(sinus.sum()),
+        "p_absent_in_sinus": _share(no_p[sinus]),
+        "n_sinus": int(sinus.sum()),
     }
 
 
@@ -147,17 +170,25 @@ def reconciliation(db: pd.DataFrame, ms: list[EcgMeasurements]) -> dict:
 
 
 def evaluate(db: pd.DataFrame, ms: list[EcgMeasurements]) -> dict:
-    splits = {"folds 1-9 (tuning)": db.strat_fold <= 9, "fold 10 (held out)": db.strat_fold == 10,
-              "all": db.strat_fold > 0}
+    splits = {
+        "folds 1-9 (tuning)": db.strat_fold <= 9,
+        "fold 10 (held out)": db.strat_fold == 10,
+        "all": db.strat_fold > 0,
+    }
     out = {}
     for name, sel in splits.items():
         if sel.sum() == 0:
             continue
         part = db[sel].reset_index(drop=True)
         part_ms = [m for m, s in zip(ms, sel, strict=True) if s]
-        out[name] = {"n": int(sel.sum()), "raw_agreement": agreement(part, part_ms), "qt_window": qt_window(part_ms),
-                     "plausibility": plausibility(part, part_ms), "quality": quality_counts(part_ms),
-                     "reconciliation": reconciliation(part, part_ms)}
+        out[name] = {
+            "n": int(sel.sum()),
+            "raw_agreement": agreement(part, part_ms),
+            "qt_window": qt_window(part_ms),
+            "plausibility": plausibility(part, part_ms),
+            "quality": quality_counts(part_ms),
+            "reconciliation": reconciliation(part, part_ms),
+        }
     return out
 
 
@@ -168,10 +199,20 @@ def run(args: argparse.Namespace, rate: int, limit: int | None) -> dict:
     t0 = time.perf_counter()
     ms = measure_batch(signals, rate, leads, ecg_ids=db.ecg_id.tolist(), num_workers=args.workers)
     t_measure = time.perf_counter() - t0
-    return {"rate_hz": rate, "records": len(db), "first_ecg_id": int(db.ecg_id.min()),
-            "last_ecg_id": int(db.ecg_id.max()), "splits": evaluate(db, ms),
-            "speed": {"measure_s": t_measure, "records_per_s": len(db) / t_measure, "read_s": t_load,
-                      "workers": args.workers, "load_average_after": os.getloadavg()[0]}}
+    return {
+        "rate_hz": rate,
+        "records": len(db),
+        "first_ecg_id": int(db.ecg_id.min()),
+        "last_ecg_id": int(db.ecg_id.max()),
+        "splits": evaluate(db, ms),
+        "speed": {
+            "measure_s": t_measure,
+            "records_per_s": len(db) / t_measure,
+            "read_s": t_load,
+            "workers": args.workers,
+            "load_average_after": os.getloadavg()[0],
+        },
+    }
 
 
 def _pct(x: float | None) -> str:
@@ -180,46 +221,71 @@ def _pct(x: float | None) -> str:
 
 def render(result: dict) -> str:
     """Markdown report from a result JSON."""
-    out = ["# esi.cqa.measurements vs PTB-XL statements (raw detector output)", "",
-           f"Generated from `{result['json']}` by `{result['command']}` at git commit `{result['git_commit']}` "
-           f"({result['date']}). Machine: {result['cpus']} CPUs.", "",
-           "Raw: the detector's output before reconciliation with the statements (reported apart). Agreement: "
-           "share of records carrying the statement that the measurement confirms (a missing value counts as "
-           "disagreement); flagged reference: share of SR or NORM records the same rule flags (false positives). "
-           "Thresholds were tuned on folds 1-9; fold 10 is held out. Research software, not a diagnostic device.", ""]
+    out = [
+        "# esi.cqa.measurements vs PTB-XL statements (raw detector output)",
+        "",
+        f"Generated from `{result['json']}` by `{result['command']}` at git commit `{result['git_commit']}` "
+        f"({result['date']}). Machine: {result['cpus']} CPUs.",
+        "",
+        "Raw: the detector's output before reconciliation with the statements (reported apart). Agreement: "
+        "share of records carrying the statement that the measurement confirms (a missing value counts as "
+        "disagreement); flagged reference: share of SR or NORM records the same rule flags (false positives). "
+        "Thresholds were tuned on folds 1-9; fold 10 is held out. Research software, not a diagnostic device.",
+        "",
+    ]
     for ds in result["datasets"]:
         out += [f"## {ds['rate_hz']} Hz: {ds['records']} records (ecg_id {ds['first_ecg_id']}-{ds['last_ecg_id']})", ""]
         for split, r in ds["splits"].items():
-            out += [f"### {split}: {r['n']} records", "",
-                    "| check | agreement | n | flagged reference | n reference | target |",
-                    "| --- | --- | --- | --- | --- | --- |"]
+            out += [
+                f"### {split}: {r['n']} records",
+                "",
+                "| check | agreement | n | flagged reference | n reference | target |",
+                "| --- | --- | --- | --- | --- | --- |",
+            ]
             for row in r["raw_agreement"]:
-                out.append(f"| {row['check']} | {_pct(row['agreement'])} | {row['n']} | "
-                           f"{_pct(row['flagged_reference']) if row['reference'] else ''} | "
-                           f"{str(row['n_reference']) + ' ' + row['reference'] if row['reference'] else ''} | "
-                           f"{row['target']} |")
+                out.append(
+                    f"| {row['check']} | {_pct(row['agreement'])} | {row['n']} | "
+                    f"{_pct(row['flagged_reference']) if row['reference'] else ''} | "
+                    f"{str(row['n_reference']) + ' ' + row['reference'] if row['reference'] else ''} | "
+                    f"{row['target']} |"
+                )
             w, p = r["qt_window"], r["plausibility"]
-            out += ["", f"QT vs its search window: {w['measured']} measured; distance of the T end from the window "
-                    f"end: " + ", ".join(f"{k}: {v}" for k, v in w["gap_to_window_end"].items())
-                    + f"; within 35 ms: {w['within_35_ms']}; rejected at the bound (not measurable): "
-                    f"{w['rejected_at_bound']}.", "",
-                    f"Plausibility: QTc (Bazett) > 600 ms in {p['qtc_over_600']} records ({p['qtc_over_600_with_long_qt_or_wide_qrs_statement']} "
-                    f"with a long-QT or wide-QRS statement, {p['qtc_over_600_without_such_statement']} without, "
-                    f"{p['qtc_over_600_sinus_statement']} with a sinus-rhythm statement, "
-                    f"{p['qtc_over_600_called_p_absent']} called P-absent); stated as fact in captions: "
-                    f"{p['qtc_over_600_stated']} ({p['qtc_over_600_stated_without_such_statement']} without such a "
-                    f"statement). PR > 400 ms: {p['pr_over_400']} (stated {p['pr_over_400_stated']}). QRS < 50 ms: "
-                    f"{p['qrs_under_50']} (stated {p['qrs_under_50_stated']}). P called absent in "
-                    f"{_pct(p['p_absent_in_sinus'])} of {p['n_sinus']} sinus-rhythm records.", "",
-                    "Quality flags: " + "; ".join(
-                        f"{name}: " + ", ".join(f"{k} {v}" for k, v in sorted(q.items()))
-                        for name, q in r["quality"].items()) + ".", "",
-                    f"Reconciliation (separate step, captions of labelled records only): {r['reconciliation']['records_changed']} "
-                    f"records get a withheld flag; AFIB flagged after it: {_pct(r['reconciliation']['afib_flagged_after'])}.", ""]
+            out += [
+                "",
+                f"QT vs its search window: {w['measured']} measured; distance of the T end from the window "
+                f"end: "
+                + ", ".join(f"{k}: {v}" for k, v in w["gap_to_window_end"].items())
+                + f"; within 35 ms: {w['within_35_ms']}; rejected at the bound (not measurable): "
+                f"{w['rejected_at_bound']}.",
+                "",
+                f"Plausibility: QTc (Bazett) > 600 ms in {p['qtc_over_600']} records "
+                f"({p['qtc_over_600_with_long_qt_or_wide_qrs_statement']} with a long-QT or wide-QRS statement, {p['qtc_over_600_without_such_statement']} without, "
+                f"{p['qtc_over_600_sinus_statement']} with a sinus-rhythm statement, "
+                f"{p['qtc_over_600_called_p_absent']} called P-absent); stated as fact in captions: "
+                f"{p['qtc_over_600_stated']} ({p['qtc_over_600_stated_without_such_statement']} without such a "
+                f"statement). PR > 400 ms: {p['pr_over_400']} (stated {p['pr_over_400_stated']}). QRS < 50 ms: "
+                f"{p['qrs_under_50']} (stated {p['qrs_under_50_stated']}). P called absent in "
+                f"{_pct(p['p_absent_in_sinus'])} of {p['n_sinus']} sinus-rhythm records.",
+                "",
+                "Quality flags: "
+                + "; ".join(
+                    f"{name}: " + ", ".join(f"{k} {v}" for k, v in sorted(q.items()))
+                    for name, q in r["quality"].items()
+                )
+                + ".",
+                "",
+                "Reconciliation (separate step, captions of labelled records only): "
+                f"{r['reconciliation']['records_changed']} records get a withheld flag; "
+                f"AFIB flagged after it: {_pct(r['reconciliation']['afib_flagged_after'])}.",
+                "",
+            ]
         s = ds["speed"]
-        out += [f"Speed: measure_batch with {s['workers']} worker processes, {ds['records']} records in "
-                f"{s['measure_s']:.1f} s = **{s['records_per_s']:.1f} records/s** (reading WFDB not included: "
-                f"{s['read_s']:.1f} s); load average after: {s['load_average_after']:.1f} (shared machine).", ""]
+        out += [
+            f"Speed: measure_batch with {s['workers']} worker processes, {ds['records']} records in "
+            f"{s['measure_s']:.1f} s = **{s['records_per_s']:.1f} records/s** (reading WFDB not included: "
+            f"{s['read_s']:.1f} s); load average after: {s['load_average_after']:.1f} (shared machine).",
+            "",
+        ]
     return "\n".join(out)
 
 
@@ -240,10 +306,14 @@ def main() -> None:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         path = args.results_dir / f"measurements-{stamp}.json"
-        result = {"command": "python -m benchmarks.bench_measurements " + " ".join(sys.argv[1:]),
-                  "git_commit": commit, "date": stamp, "cpus": os.cpu_count(),
-                  "json": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path),
-                  "datasets": [run(args, 100, args.limit)] + ([run(args, 500, args.hr_limit)] if args.hr_limit else [])}
+        result = {
+            "command": "python -m benchmarks.bench_measurements " + " ".join(sys.argv[1:]),
+            "git_commit": commit,
+            "date": stamp,
+            "cpus": os.cpu_count(),
+            "json": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path),
+            "datasets": [run(args, 100, args.limit)] + ([run(args, 500, args.hr_limit)] if args.hr_limit else []),
+        }
         args.results_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1))
     text = render(result)

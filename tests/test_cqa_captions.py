@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from esi.cqa.knowledge import load_knowledge_base
 
 from esi.cqa.faithfulness import DiagnosisLexicon, FaithfulnessChecker
-from esi.cqa.knowledge import load_knowledge_base
 from esi.cqa.template_writer import DISCLAIMER, TEXT_VARIANTS, TemplateWriter, _minilm_tokenizer
 from esi.data.ptbxl import load_statements
 
@@ -43,7 +43,11 @@ def test_text_variants_select_sections(sample_captions, ptbxl_sample_dir):
     checker = FaithfulnessChecker(DiagnosisLexicon.build(descriptions, knowledge))
     entry = next(e for e in knowledge if "AFIB" in e.scp_codes)
     inputs = CaptionInputs(
-        ecg_id=5, age=70.0, sex="female", report="", statements=[Statement("AFIB", descriptions["AFIB"], 100.0)],
+        ecg_id=5,
+        age=70.0,
+        sex="female",
+        report="",
+        statements=[Statement("AFIB", descriptions["AFIB"], 100.0)],
         measurements=EcgMeasurements(heart_rate_bpm=104.0, rr_irregular=True, p_wave_absent=True, qrs_duration_ms=90.0),
         passages=[RetrievedPassage("scp:AFIB", entry.title, entry.text, 1.0)],
     )

@@ -130,15 +130,22 @@ def test_batch_matches_single_records_in_order() -> None:
     ids = [1, 2, 3, 4]
     records = [read(i) for i in ids]
     batch = measure_batch([s for s, _ in records], 100, records[0][1], ecg_ids=ids, num_workers=2)
-    assert [m.to_columns() for m in batch] == [measure_ecg(s, 100, lead, i).to_columns()
-                                              for (s, lead), i in zip(records, ids, strict=True)]
+    assert [m.to_columns() for m in batch] == [
+        measure_ecg(s, 100, lead, i).to_columns() for (s, lead), i in zip(records, ids, strict=True)
+    ]
     with pytest.raises(ValueError, match="record 2"):
         measure_batch([records[0][0], np.full((12, 1000), np.inf)], 100, records[0][1], ecg_ids=[1, 2])
 
 
 def test_axis_categories() -> None:
     assert [axis_category_ptbxl(a) for a in (-45, -5, 0, 60, 90, 120)] == [
-        "left", "left", "normal", "normal", "normal", "right"]
+        "left",
+        "left",
+        "normal",
+        "normal",
+        "normal",
+        "right",
+    ]
 
 
 @pytest.mark.parametrize("ecg_id", [26, 28, 257, 329])  # sinus rhythm at 88-92 bpm, no long-QT statement
@@ -167,9 +174,11 @@ def test_every_interval_carries_a_quality_flag(norm: EcgMeasurements) -> None:
     quality = json.loads(norm.to_columns()["measurement_quality"])
     assert set(quality) == set(INTERVAL_NAMES)
     assert all(q == {"flag": "measured", "reason": ""} for q in quality.values())
-    doubtful = EcgMeasurements(pr_interval_ms=450.0, low_confidence={"pr_interval_ms": "above 400 ms"},
-                               missing={"qt_interval_ms": "T-wave end not found"})
+    doubtful = EcgMeasurements(
+        pr_interval_ms=450.0,
+        low_confidence={"pr_interval_ms": "above 400 ms"},
+        missing={"qt_interval_ms": "T-wave end not found"},
+    )
     assert doubtful.quality("pr_interval_ms") == ("low_confidence", "above 400 ms")
     assert doubtful.quality("qt_interval_ms") == ("not_measurable", "T-wave end not found")
     assert reliable_value(doubtful, "pr_interval_ms") is None and reliable_value(norm, "pr_interval_ms") > 0
-

@@ -75,8 +75,14 @@ NEXT_P_MARGIN_S = 0.02
 WAVE_FLANK = 0.2
 RECHECK_AGREE_S = 0.04  # the area-method re-check must agree within this to confirm a value
 
-INTERVAL_NAMES = ("heart_rate_bpm", "pr_interval_ms", "qrs_duration_ms", "qt_interval_ms", "qtc_bazett_ms",
-                  "qtc_fridericia_ms")
+INTERVAL_NAMES = (
+    "heart_rate_bpm",
+    "pr_interval_ms",
+    "qrs_duration_ms",
+    "qt_interval_ms",
+    "qtc_bazett_ms",
+    "qtc_fridericia_ms",
+)
 MEASURED, LOW_CONFIDENCE, NOT_MEASURABLE = "measured", "low_confidence", "not_measurable"
 
 

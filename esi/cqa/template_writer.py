@@ -39,10 +39,13 @@ _MAX_KNOWLEDGE_CHARS = 320
 _CARE_TOPIC_RE = re.compile(r"\b(drugs?|tests?)\b", re.IGNORECASE)
 # Intervals in caption order with short labels (the prompt's INTERVAL_FIELDS carry the long ones);
 # Fridericia's QTc is in the data, not the caption: one corrected QT is what a reader needs.
-_CAPTION_INTERVALS = {"pr_interval_ms": "PR", "qrs_duration_ms": "QRS", "qt_interval_ms": "QT",
-                      "qtc_bazett_ms": "QTc (Bazett)"}
+_CAPTION_INTERVALS = {
+    "pr_interval_ms": "PR",
+    "qrs_duration_ms": "QRS",
+    "qt_interval_ms": "QT",
+    "qtc_bazett_ms": "QTc (Bazett)",
+}
 _LABEL_RE = re.compile(r"^[A-Z][A-Za-z -]{2,30}:\s+")
-
 
 
 def _cap(text: str) -> str:
@@ -258,7 +261,11 @@ class TemplateWriter:
                 continue
             for sentence in _SENTENCE_SPLIT_RE.split(passage.text.strip()):
                 sentence = _LABEL_RE.sub("", sentence).rstrip(" .") + "."  # "Significance: ..." -> "..."
-                if len(sentence) > _MAX_KNOWLEDGE_CHARS or ADVICE_RE.search(sentence) or _CARE_TOPIC_RE.search(sentence):
+                if (
+                    len(sentence) > _MAX_KNOWLEDGE_CHARS
+                    or ADVICE_RE.search(sentence)
+                    or _CARE_TOPIC_RE.search(sentence)
+                ):
                     continue
                 if self._safe(sentence, inputs):
                     return self._frame(sentence, statement)

@@ -117,7 +117,9 @@ def qt_window(ms: list[EcgMeasurements]) -> dict:
     qt, limit = _values(ms, "qt_interval_ms"), _values(ms, "qt_search_limit_ms")
     gap = (limit - qt)[~np.isnan(qt)]
     edges = (-np.inf, *WINDOW_BINS_MS, np.inf)
-    bins = {f"{lo:g}..{hi:g} ms": int(((gap >= lo) & (gap < hi)).sum()) for lo, hi in zip(edges, edges[1:], strict=False)}
+    bins = {
+        f"{lo:g}..{hi:g} ms": int(((gap >= lo) & (gap < hi)).sum()) for lo, hi in zip(edges, edges[1:], strict=False)
+    }
     at_bound = sum("search bound" in m.missing.get("qt_interval_ms", "") for m in ms)
     return {
         "measured": int(len(gap)),
@@ -259,7 +261,8 @@ def render(result: dict) -> str:
                 f"{w['rejected_at_bound']}.",
                 "",
                 f"Plausibility: QTc (Bazett) > 600 ms in {p['qtc_over_600']} records "
-                f"({p['qtc_over_600_with_long_qt_or_wide_qrs_statement']} with a long-QT or wide-QRS statement, {p['qtc_over_600_without_such_statement']} without, "
+                f"({p['qtc_over_600_with_long_qt_or_wide_qrs_statement']} with a long-QT or wide-QRS statement, "
+                f"{p['qtc_over_600_without_such_statement']} without, "
                 f"{p['qtc_over_600_sinus_statement']} with a sinus-rhythm statement, "
                 f"{p['qtc_over_600_called_p_absent']} called P-absent); stated as fact in captions: "
                 f"{p['qtc_over_600_stated']} ({p['qtc_over_600_stated_without_such_statement']} without such a "

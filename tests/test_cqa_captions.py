@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from esi.cqa.knowledge import load_knowledge_base
 
 from esi.cqa.faithfulness import DiagnosisLexicon, FaithfulnessChecker
 from esi.cqa.template_writer import DISCLAIMER, TEXT_VARIANTS, TemplateWriter, _minilm_tokenizer
 from esi.data.ptbxl import load_statements
+from esi.knowledge import load_knowledge_base
 
 MAX_TEXT_LENGTH = 128  # the benchmarks' and demo's --max-text-length
 
@@ -61,3 +61,15 @@ def test_text_variants_select_sections(sample_captions, ptbxl_sample_dir):
         assert checker.check(text, inputs, require_complete=writer.complete) == [], (variant, text)
     with pytest.raises(ValueError, match="text_variant"):
         TemplateWriter(checker, "everything")
+
+
+def test_generate_captions_writes_the_chosen_text_variant(prepared_sample, tmp_path):
+    from esi.cqa.run import generate_captions
+
+    out = tmp_path / "statements_only"
+    generate_captions(prepared_sample, out, backend="template", text_variant="statements_only", num_samples=3,
+                      splits=["test"], num_workers=1)  # fmt: skip
+    rows = pd.concat([pd.read_parquet(f) for f in sorted(out.rglob("*.parquet"))]).to_dict("records")
+    assert rows and all("bpm" not in r["caption"] and "statement" in r["caption"] for r in rows)
+    with pytest.raises(ValueError, match="text_variant"):
+        generate_captions(prepared_sample, tmp_path / "llm", backend="transformers", text_variant="statements_only")

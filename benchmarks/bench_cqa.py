@@ -192,6 +192,13 @@ def main() -> None:
     print(f"template: first-attempt rejection rate {rejected:.1%}, template fallback {fallback:.1%}")
 
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    from esi.cqa.template_writer import _minilm_tokenizer
+
+    lengths = [len(_minilm_tokenizer()(r["caption"])["input_ids"]) for split in loaded.values() for r in split]
+    for limit in (64, 128, 256):
+        read = sum(min(n, limit) for n in lengths) / sum(lengths)
+        print(f"MiniLM tokens per caption: median {sorted(lengths)[len(lengths) // 2]}, max {max(lengths)}; "
+              f"a text tower reading {limit} tokens reads {read:.1%} of all caption tokens")  # fmt: skip
     if not args.skip_llm:
         llm_out = args.cache_dir / "transformers-tiny"
         shutil.rmtree(llm_out, ignore_errors=True)

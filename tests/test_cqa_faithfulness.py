@@ -244,6 +244,8 @@ def test_low_confidence_values_are_never_stated(checker, descriptions):
     inputs.measurements.low_confidence = {"pr_interval_ms": "P onset agrees in only 2 lead(s)"}
     issues = checker.check(FAITHFUL, inputs)
     assert issues == ["states 164 ms for the PR interval, but the record has no such value"], issues
+    prompt = build_request(inputs).messages[1]["content"]  # the LLM is not even told the value
+    assert "- PR interval: could not be measured reliably (P onset agrees" in prompt and "164 ms" not in prompt
     for variant in ("full", "no_knowledge", "measurements_only"):
         text = TemplateWriter(checker, variant).write(inputs)
         assert "164" not in text and "PR could not be measured reliably" in text, text

@@ -158,8 +158,8 @@ class TemplateWriter:
         age = format_age(inputs.age)
         sex = inputs.sex if inputs.sex in ("male", "female") else ""
         who = f"{sex} patient" if sex else "patient"
-        if age is None:
-            return f"The {who}'s age is not recorded." if sex else ""
+        if age is None:  # missing demographics are simply left out (PTB-XL pretraining pool: all missing)
+            return f"A {who}." if sex else ""
         if age == "over 89":
             return f"The {who} is over 89 years of age."
         return rng.choice([f"The {who} is {age} years old.", f"A {age}-year-old {who}."])

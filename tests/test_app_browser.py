@@ -157,5 +157,5 @@ def test_text_file_shows_a_message(page, app_url, tmp_path):
     notes.write_text("Not an ECG.")
     upload_and_analyse(page, app_url, [notes])
     status = page.locator("#status")
-    expect(status).to_contain_text("notes.txt: not part of a WFDB record", timeout=ANALYSIS_TIMEOUT_MS)
+    expect(status).to_contain_text("notes.txt: not an ECG file the app reads", timeout=ANALYSIS_TIMEOUT_MS)
     assert "Traceback" not in page.content()

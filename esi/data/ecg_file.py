@@ -241,8 +241,8 @@ def _read_wfdb(header_path: Path, limits: ReadLimits) -> EcgFile:
         num_signals, rate, num_samples = int(fields[1]), float(fields[2].split("/")[0].split("(")[0]), int(fields[3])
     except ValueError:
         raise EcgFileError(
-            f"{name}: the record line '{' '.join(fields)}' does not give the signal count, sampling rate "
-            "and length as numbers."
+            f"{name} is not a readable WFDB header: its record line '{' '.join(fields)}' does not give the "
+            "signal count, sampling rate and length as numbers."
         ) from None
     rate_hz = _check_rate(name, rate, limits)
     _check_shape(name, num_signals, num_samples, rate_hz, limits)

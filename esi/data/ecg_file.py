@@ -155,9 +155,12 @@ def _check_shape(file_name: str, num_signals: int, num_samples: int, rate: int, 
 
 
 def _check_lead_names(file_name: str, names: list[str]) -> tuple[str, ...]:
-    names = [str(name).strip() for name in names]
+    names = ["" if name is None else str(name).strip() for name in names]
     if any(not name for name in names):
-        raise EcgFileError(f"{file_name}: a signal has no lead name.")
+        raise EcgFileError(
+            f"{file_name}: {sum(not name for name in names)} of its {len(names)} signals have no lead name; "
+            "leads are matched by name."
+        )
     seen: dict[str, str] = {}
     for name in names:
         if name.casefold() in seen:
@@ -267,9 +270,25 @@ def _read_wfdb(header_path: Path, limits: ReadLimits) -> EcgFile:
     scale = np.array([_mv_per_unit(name, unit or "mV", lead) for lead, unit in zip(leads, header.units, strict=True)])
     _check_wfdb_file_sizes(header_path.parent, header, name)
     try:
-        record = wfdb.rdrecord(str(header_path.with_suffix("")))
+        record = wfdb.rdrecord(str(header_path.with_suffix("")), physical=False)
     except Exception as error:
         raise EcgFileError(f"the signal of {name} could not be read ({error}).") from None
+    # Checksums are optional in WFDB: compare only those the header states, and not for the Challenge's .mat
+    # files (a byte offset): their headers' checksums match none of the 200 CinC/CPSC records in ../shared.
+    offsets = record.byte_offset or [None] * len(leads)
+    wrong = [
+        lead
+        for lead, got, want, offset in zip(
+            leads, record.calc_checksum(), record.checksum or [None] * len(leads), offsets, strict=True
+        )
+        if want is not None and not offset and got != want
+    ]
+    if wrong:
+        raise EcgFileError(
+            f"{name}: the samples of leads {', '.join(wrong)} do not match the header's checksums; "
+            f"the signal file {record.file_name[0]} is damaged or belongs to another record."
+        )
+    record.dac(expanded=False, return_res=64, inplace=True)
     signal = np.asarray(record.p_signal.T * scale[:, None], dtype=np.float32)
     demographics = _challenge_comments(header.comments)
     return EcgFile(header_path, "WFDB", signal, leads, rate_hz, **demographics)

@@ -20,10 +20,6 @@ import html
 import logging
 import os
 import re
-import shutil
-import signal
-import sys
-import tempfile
 from pathlib import Path
 
 import gradio as gr
@@ -31,6 +27,7 @@ import pandas as pd
 
 from esi.app.analysis import Analyser, Analysis
 from esi.app.records import MAX_UPLOAD_BYTES
+from esi.app.uploads import delete_uploads, exit_cleanly_on_sigterm, private_upload_folder
 from esi.app.workers import AnalysisTimeout, WorkerFailed, WorkerPool
 
 logger = logging.getLogger("esi.app")
@@ -68,24 +65,6 @@ def escape_markdown(text: str) -> str:
 
 def refusal_status(message: str) -> str:
     return f"**Could not analyse this record.** {escape_markdown(message)}"
-
-
-def delete_uploads(paths: list[str] | None) -> None:
-    """Uploaded files are the user's data: kept only as long as their analysis runs."""
-    for path in paths or []:
-        Path(path).unlink(missing_ok=True)
-        try:
-            Path(path).parent.rmdir()  # Gradio gives each upload its own folder
-        except OSError:
-            pass
-
-
-def private_upload_folder() -> Path:
-    """Gradio's upload folder, made private to this server and removed at exit (also on SIGTERM)."""
-    if not os.environ.get("GRADIO_TEMP_DIR"):
-        os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="esi_app_uploads_")
-        atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
-    return Path(os.environ["GRADIO_TEMP_DIR"])
 
 
 def no_model_message(model_dir: Path) -> str:
@@ -262,8 +241,8 @@ def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACH
 
 
 def launch(demo: gr.Blocks) -> None:
-    """Serve the page with the upload size limit; SIGTERM exits cleanly so uploads and workers go too."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    """Serve the page with the upload size limit; uploads and workers go when the server stops."""
+    exit_cleanly_on_sigterm()
     demo.launch(theme=THEME, css=CSS, max_file_size=MAX_UPLOAD_BYTES)
 
 

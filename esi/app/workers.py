@@ -26,9 +26,7 @@ class WorkerFailed(RuntimeError):
 
 
 def _serve(factory: Callable[[], Any], connection: Connection, threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)  # workers share the cores instead of each taking all of them
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # before torch loads: workers share the cores
     target = factory()
     connection.send(("ready", None))
     while True:
@@ -42,7 +40,7 @@ def _serve(factory: Callable[[], Any], connection: Connection, threads: int) -> 
             connection.send(("failed", None))
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity
 class _Worker:
     process: multiprocessing.Process
     connection: Connection

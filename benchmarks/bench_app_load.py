@@ -48,6 +48,7 @@ class LoadResult:
     peak_rss_mb: float = 0.0
     idle_rss_mb: float = 0.0
     uploads_left_after_stop: int = -1
+    upload_folders_left_after_stop: int = -1
 
     @property
     def max_latency_s(self) -> float:
@@ -90,7 +91,7 @@ def normal_uploads(i: int) -> list[Path]:
 
 def start_server(model: Path | None, work: Path, workers: int, timeout_s: float) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    uploads = work / "uploads"
+    (work / "tmp").mkdir()
     env = {
         **os.environ,
         "ESI_MODEL": str(model or work / "no-model"),
@@ -101,7 +102,7 @@ def start_server(model: Path | None, work: Path, workers: int, timeout_s: float)
         "GRADIO_SERVER_NAME": "127.0.0.1",
         "GRADIO_SERVER_PORT": str(port),
         "GRADIO_ANALYTICS_ENABLED": "False",
-        "GRADIO_TEMP_DIR": str(uploads),
+        "TMPDIR": str(work / "tmp"),  # the server makes its private upload folder here
         "HF_HUB_OFFLINE": "1",
     }
     log = (work / "server.log").open("w")
@@ -163,8 +164,9 @@ def run_load(requests: int = 20, workers: int = 2, model: Path | None = None, ti
             stop.set()
             server.terminate()
             server.wait(timeout=60)
-        uploads = work / "uploads"
-        result.uploads_left_after_stop = sum(1 for p in uploads.rglob("*") if p.is_file()) if uploads.exists() else 0
+        # The server's upload folder (and everything in it) must be gone once it has stopped.
+        result.uploads_left_after_stop = sum(1 for p in (work / "tmp").rglob("esi_app_uploads_*/**/*") if p.is_file())
+        result.upload_folders_left_after_stop = len(list((work / "tmp").glob("esi_app_uploads_*")))
     return result
 
 

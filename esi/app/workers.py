@@ -8,7 +8,9 @@ import logging
 import multiprocessing
 import os
 import queue
+import sys
 import threading
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -64,7 +66,14 @@ class WorkerPool:
     def _start(self) -> _Worker:
         parent, child = self.context.Pipe()
         process = self.context.Process(target=_serve, args=(self.factory, child, self.threads), daemon=True)
-        process.start()
+        # A spawned child re-runs the parent's main script unless told otherwise, and `app.py` builds the
+        # page (and this pool) at import; the workers need nothing from it, so they are shown none.
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__mp_main__")
+        try:
+            process.start()
+        finally:
+            sys.modules["__main__"] = main
         child.close()
         worker = _Worker(process, parent)
         with self.lock:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -43,6 +44,7 @@ class LoadResult:
     model: str | None
     latencies_s: list[float] = field(default_factory=list)
     normal_ok: int = 0
+    failures: list[str] = field(default_factory=list)
     hostile_status: str = ""
     hostile_latency_s: float = 0.0
     peak_rss_mb: float = 0.0
@@ -80,13 +82,25 @@ def hostile_record(folder: Path, signals: int = 100_000) -> list[Path]:
     return [header, dat]
 
 
-def normal_uploads(i: int) -> list[Path]:
-    choices = [
-        [PTBXL_RECORD.with_suffix(".hea"), PTBXL_RECORD.with_suffix(".dat")],
-        [PHILIPS],
-        [Path(pydicom.examples.get_path("waveform"))],
-    ]
-    return choices[i % len(choices)]
+def normal_uploads(i: int, folder: Path) -> list[Path]:
+    """Request i's upload: a real WFDB record, Philips XML or DICOM file, made unique (as different users'
+    ECGs are: Gradio stores uploads by content) by a comment, an XML comment or a DICOM patient id."""
+    folder = folder / f"request_{i}"
+    folder.mkdir(parents=True, exist_ok=True)
+    kind = i % 3
+    if kind == 0:
+        header, dat = folder / "00547_lr.hea", folder / "00547_lr.dat"
+        header.write_text(PTBXL_RECORD.with_suffix(".hea").read_text() + f"# request {i}\n")
+        shutil.copy(PTBXL_RECORD.with_suffix(".dat"), dat)
+        return [header, dat]
+    if kind == 1:
+        xml = folder / PHILIPS.name
+        xml.write_bytes(PHILIPS.read_bytes() + f"<!-- request {i} -->\n".encode())
+        return [xml]
+    dataset = pydicom.dcmread(pydicom.examples.get_path("waveform"))
+    dataset.PatientID = f"request-{i}"
+    dataset.save_as(folder / "waveform_ecg.dcm")
+    return [folder / "waveform_ecg.dcm"]
 
 
 def start_server(model: Path | None, work: Path, workers: int, timeout_s: float) -> tuple[subprocess.Popen, str]:
@@ -145,18 +159,20 @@ def run_load(requests: int = 20, workers: int = 2, model: Path | None = None, ti
         try:
             # Warm up: one analysis per worker, so the figures are for a running server, not its start.
             with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(lambda i: analyse(url, normal_uploads(i)), range(workers)))
+                list(pool.map(lambda i: analyse(url, normal_uploads(requests + i, work)), range(workers)))
             result.idle_rss_mb = tree_rss_mb(process)
             sampler = threading.Thread(target=sample_memory, daemon=True)
             sampler.start()
             hostile = hostile_record(work)
             with ThreadPoolExecutor(requests + 1) as pool:
                 hostile_future = pool.submit(analyse, url, hostile)
-                futures = [pool.submit(analyse, url, normal_uploads(i)) for i in range(requests)]
+                futures = [pool.submit(analyse, url, normal_uploads(i, work)) for i in range(requests)]
                 for future in futures:
                     status, latency = future.result()
                     result.latencies_s.append(latency)
                     result.normal_ok += status.startswith("**Showing:**")
+                    if not status.startswith("**Showing:**"):
+                        result.failures.append(status)
                 result.hostile_status, result.hostile_latency_s = hostile_future.result()
             stop.set()
             sampler.join()

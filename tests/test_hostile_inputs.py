@@ -16,7 +16,7 @@ import wfdb
 
 from esi.app.records import RecordError, read_upload
 from esi.app.ui import escape_markdown, refusal_status
-from esi.app.uploads import delete_uploads
+from esi.app.uploads import uploads_in_use
 from esi.app.workers import AnalysisTimeout, WorkerPool
 from esi.constants import STANDARD_LEADS
 from esi.data.ptbxl import read_signal
@@ -142,10 +142,13 @@ def test_worker_pool_stops_an_overrun_and_serves_others_meanwhile():
 # ---- Medium 3: uploads deleted after analysis and at shutdown ---------------------------------------------
 
 
-def test_uploads_are_deleted_after_analysis(tmp_path):
-    files = write_record(tmp_path / "upload")
-    delete_uploads([str(f) for f in files])
-    assert not any(f.exists() for f in files) and not (tmp_path / "upload").exists()
+def test_uploads_are_deleted_after_the_last_analysis_using_them(tmp_path):
+    files = [str(f) for f in write_record(tmp_path / "upload")]
+    with uploads_in_use(files):
+        with uploads_in_use(files):  # the same file uploaded by two people shares Gradio's path
+            pass
+        assert all(Path(f).exists() for f in files)  # still in use by the first analysis
+    assert not any(Path(f).exists() for f in files) and not (tmp_path / "upload").exists()
 
 
 def test_upload_folder_is_removed_at_sigterm(tmp_path):

@@ -27,7 +27,7 @@ import pandas as pd
 
 from esi.app.analysis import Analyser, Analysis
 from esi.app.records import MAX_UPLOAD_BYTES
-from esi.app.uploads import delete_uploads, exit_cleanly_on_sigterm, private_upload_folder
+from esi.app.uploads import exit_cleanly_on_sigterm, private_upload_folder, uploads_in_use
 from esi.app.workers import AnalysisTimeout, WorkerFailed, WorkerPool
 
 logger = logging.getLogger("esi.app")
@@ -137,10 +137,8 @@ def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACH
         return (f"**Showing:** {escape_markdown(analysis.heading)}", *show(analysis))
 
     def analyse_upload(files: list[str] | None) -> tuple:
-        try:
+        with uploads_in_use(files):
             return run("analyse_upload", files)
-        finally:
-            delete_uploads(files)
 
     def analyse_sample(ecg_id: int | None) -> tuple:
         if ecg_id is None:

@@ -30,7 +30,7 @@ from gradio_client import Client, handle_file
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-PTBXL_RECORD = REPO / "data" / "ptbxl_sample" / "records100" / "00000" / "00547_lr"
+PTBXL_RECORDS = REPO / "data" / "ptbxl_sample" / "records100"
 PHILIPS = SHARED / "vendor-ecg" / "philips-xml" / "129DYPRG.XML"
 # Stated bounds (2 workers, a 2-core machine shared with other jobs, no model): generous on purpose.
 MAX_LATENCY_S = 240.0
@@ -45,6 +45,7 @@ class LoadResult:
     latencies_s: list[float] = field(default_factory=list)
     normal_ok: int = 0
     failures: list[str] = field(default_factory=list)
+    server_log_tail: str = ""
     hostile_status: str = ""
     hostile_latency_s: float = 0.0
     peak_rss_mb: float = 0.0
@@ -83,16 +84,14 @@ def hostile_record(folder: Path, signals: int = 100_000) -> list[Path]:
 
 
 def normal_uploads(i: int, folder: Path) -> list[Path]:
-    """Request i's upload: a real WFDB record, Philips XML or DICOM file, made unique (as different users'
-    ECGs are: Gradio stores uploads by content) by a comment, an XML comment or a DICOM patient id."""
+    """Request i's upload, distinct as different users' ECGs are (Gradio stores uploads by content): a
+    different real PTB-XL record, or the Philips XML / DICOM example with an XML comment / patient id added."""
     folder = folder / f"request_{i}"
     folder.mkdir(parents=True, exist_ok=True)
     kind = i % 3
     if kind == 0:
-        header, dat = folder / "00547_lr.hea", folder / "00547_lr.dat"
-        header.write_text(PTBXL_RECORD.with_suffix(".hea").read_text() + f"# request {i}\n")
-        shutil.copy(PTBXL_RECORD.with_suffix(".dat"), dat)
-        return [header, dat]
+        record = sorted(PTBXL_RECORDS.glob("*/*.hea"))[i]
+        return [Path(shutil.copy(record, folder)), Path(shutil.copy(record.with_suffix(".dat"), folder))]
     if kind == 1:
         xml = folder / PHILIPS.name
         xml.write_bytes(PHILIPS.read_bytes() + f"<!-- request {i} -->\n".encode())
@@ -180,6 +179,8 @@ def run_load(requests: int = 20, workers: int = 2, model: Path | None = None, ti
             stop.set()
             server.terminate()
             server.wait(timeout=60)
+            if result.failures:
+                result.server_log_tail = (work / "server.log").read_text()[-4000:]
         # The server's upload folder (and everything in it) must be gone once it has stopped.
         result.uploads_left_after_stop = sum(1 for p in (work / "tmp").rglob("esi_app_uploads_*/**/*") if p.is_file())
         result.upload_folders_left_after_stop = len(list((work / "tmp").glob("esi_app_uploads_*")))
@@ -197,11 +198,12 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "app_load.json")
     args = parser.parse_args()
+    commit = git_commit()
     result = run_load(args.requests, args.workers, args.model)
     latencies = sorted(result.latencies_s)
     summary = {
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.bench_app_load", *sys.argv[1:]]),
-        "git_commit": git_commit(),
+        "git_commit": commit,
         "seed": None,  # no randomness: fixed real files
         "model_checksum": None if args.model is None else "see the app log (sha256 shown on the page)",
         **asdict(result),

@@ -138,6 +138,10 @@ def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACH
 
     def analyse_upload(files: list[str] | None) -> tuple:
         with uploads_in_use(files):
+            gone = [Path(f).name for f in files or [] if not Path(f).is_file()]
+            if gone:  # Gradio keeps one copy per content: an identical upload was analysed and deleted
+                return (refusal_status(f"{', '.join(gone)} is no longer on the server (an identical upload was "
+                                       "analysed and deleted meanwhile); upload it again."), *empty)  # fmt: skip
             return run("analyse_upload", files)
 
     def analyse_sample(ecg_id: int | None) -> tuple:

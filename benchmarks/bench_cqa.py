@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--report-dir", type=Path, default=REPO_ROOT / "benchmarks" / "reports")
     args = parser.parse_args()
 
-    from esi.cqa.pipeline import generate_captions
+    from esi.cqa.run import generate_captions
 
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     prepared = _prepared(args.ptbxl_dir, args.cache_dir)

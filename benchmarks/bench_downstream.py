@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def prepare_data(ptbxl_dir: Path, cache: Path) -> tuple[Path, Path]:
     """Prepared 100 Hz dataset and template captions, built once into the cache."""
-    from esi.cqa.cli import generate_captions
+    from esi.cqa.run import generate_captions
     from esi.data.prepare_ptbxl import prepare_ptbxl
 
     # Folder names carry the source's name: datasets' cache keys a Parquet folder by its name.
@@ -181,10 +181,10 @@ def evaluate_scratch(model_dir: Path, data, args, seeds) -> list[dict]:
 
 
 def zero_shot(model_dir: Path, data, args) -> dict:
-    from esi.cqa.knowledge import load_knowledge_base
     from esi.eval.classification import score_predictions
     from esi.eval.finetune import load_pretrained
     from esi.eval.zero_shot import class_prompts, zero_shot_scores
+    from esi.knowledge import load_knowledge_base
 
     prompts, _ = class_prompts(data.class_names, load_knowledge_base())
     keep = [k for k, n in enumerate(data.class_names) if n in prompts]
@@ -357,7 +357,7 @@ on {"this machine" if not quick else "the quick configuration"}.
 
 {subject_table}
 
-## Zero-shot classification from the text side (prompts from cqa/knowledge)
+## Zero-shot classification from the text side (prompts from esi/knowledge)
 
 {zero_table}
 

@@ -2,9 +2,14 @@
 
 Layers (nothing imports upward; nothing imports a command-line entry module):
 
-    modeling_esi  <-  esi.constants, esi.text_encoder, esi.hub, esi.data
-                  <-  esi.cqa, esi.train, esi.eval, esi.plot
-                  <-  esi.app, esi.publish, esi.demo, benchmarks
+    modeling_esi  <-  esi.constants, esi.text_encoder, esi.hub
+                  <-  esi.data, esi.knowledge
+                  <-  esi.plot
+                  <-  esi.cqa | esi.train | esi.eval   (siblings: they do not import each other)
+                  <-  esi.app, esi.publish, esi.demo
+                  <-  benchmarks
+
+`tests/test_package_layers.py` enforces it.
 
 Research software, not a medical device.
 """

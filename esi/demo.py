@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     prepared = prepare_ptbxl(args.ptbxl_dir, output_dir=prepared_dir, sampling_rate=args.sampling_rate)
     print(summarize(prepared))
 
-    from esi.cqa.cli import generate_captions
+    from esi.cqa.run import generate_captions
 
     banner("2/4 Cardio Query Assistant captions (template backend)")
     captions_dir = out / "captions"

@@ -18,16 +18,25 @@ import shutil
 from pathlib import Path
 
 import datasets
-import yaml
 
+from esi.cqa.dataset_card import write_dataset_card
+from esi.cqa.run import output_stats
+from esi.cqa.run_state import read_run_config
+from esi.hub import push_folder
 from esi.train.model_card import write_model_card
 
 # What a captions folder holds for users; its `.cqa/` journal is for resuming runs only.
 DATASET_FILES = ("README.md", "LICENSE.txt", "data")
 
 
-def assemble_model_folder(model_dir: Path, output_dir: Path, repo_id: str, downstream: dict | None = None) -> Path:
-    """Copy a `train.py` model folder and refill its card with the repo id and downstream results."""
+def assemble_model_folder(
+    model_dir: Path,
+    output_dir: Path,
+    repo_id: str,
+    downstream: dict | None = None,
+    dataset_repo_id: str | None = None,
+) -> Path:
+    """Copy an `esi-train` model folder and refill its card: repo id, caption dataset link, downstream results."""
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json)")
     if output_dir.exists():
@@ -35,74 +44,42 @@ def assemble_model_folder(model_dir: Path, output_dir: Path, repo_id: str, downs
     shutil.copytree(model_dir, output_dir)
     summary_path = output_dir / "training_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    write_model_card(output_dir, summary, repo_id=repo_id, downstream=downstream)
+    write_model_card(output_dir, summary, repo_id=repo_id, downstream=downstream, dataset_repo_id=dataset_repo_id)
     return output_dir
 
 
-def _split_front_matter(card: str) -> tuple[dict, str]:
-    _, header, body = card.split("---\n", 2)
-    return yaml.safe_load(header), body
+def assemble_dataset_folder(
+    captions_dir: Path, output_dir: Path, signals_dir: Path | None = None, model_repo_id: str | None = None
+) -> Path:
+    """Copy the captioned dataset; with `signals_dir`, add the prepared signals as a second config.
 
-
-def assemble_dataset_folder(captions_dir: Path, output_dir: Path, signals_dir: Path | None = None) -> Path:
-    """Copy the captioned dataset; with `signals_dir`, add the prepared signals as a second config."""
+    The card is rendered again for what the folder holds (the signals config, the model link), so its text and
+    its `configs` always agree.
+    """
     missing = [name for name in DATASET_FILES if not (captions_dir / name).exists()]
     if missing:
-        raise FileNotFoundError(f"{captions_dir} lacks {missing}: is it a finished cqa_generate.py output?")
+        raise FileNotFoundError(f"{captions_dir} lacks {missing}: is it a finished esi-cqa output?")
     if output_dir.exists():
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True)
     for name in DATASET_FILES:
         source = captions_dir / name
         (shutil.copytree if source.is_dir() else shutil.copy2)(source, output_dir / name)
+    signal_splits: list[str] = []
     if signals_dir is not None:
         signals = datasets.load_from_disk(str(signals_dir))
         (output_dir / "signals").mkdir()
         for split, part in signals.items():
             part.to_parquet(str(output_dir / "signals" / f"{split}-00000-of-00001.parquet"))
-        meta, body = _split_front_matter((output_dir / "README.md").read_text())
-        meta["configs"].append({
-            "config_name": "signals",
-            "data_files": [{"split": s, "path": f"signals/{s}-*.parquet"} for s in signals],
-        })  # fmt: skip
-        body += (
-            "\n## Signals config\n\nThe `signals` config holds the 12-lead signals the captions describe "
-            "(`signal`: leads x time, millivolts, PTB-XL lead order), with demographics, statements, labels and "
-            "folds; join it to the captions on `ecg_id`:\n\n```python\n"
-            'signals = load_dataset(repo, "signals")\n```\n'
-        )
-        card = "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n" + body
-        (output_dir / "README.md").write_text(card)
+        signal_splits = list(signals)
+    write_dataset_card(
+        output_dir, read_run_config(captions_dir), output_stats(output_dir), signal_splits, model_repo_id
+    )
     return output_dir
 
 
-def push_folder(
-    folder: str | Path,
-    repo_id: str,
-    repo_type: str = "model",
-    private: bool = False,
-    token: str | None = None,
-    revision: str | None = None,
-) -> str:
-    """Create `repo_id` if needed and upload `folder` as one commit; returns the commit URL.
-
-    The token comes from `token`, else HF_TOKEN or `hf auth login`.
-    """
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-    commit = api.upload_folder(
-        folder_path=str(folder),
-        repo_id=repo_id,
-        repo_type=repo_type,
-        revision=revision,
-        commit_message=f"Upload {Path(folder).name} with ESI's esi.publish",
-    )
-    return str(commit)
-
-
-def main(argv: list[str] | None = None) -> dict[str, Path]:
+def assemble_and_push(argv: list[str] | None = None) -> dict[str, Path]:
+    """Parse `esi-publish` arguments, assemble the folders and push those given a repo id; returns the folders."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, help="a train.py output model folder")
     parser.add_argument("--captions-dir", type=Path, help="a cqa_generate.py output folder")
@@ -121,15 +98,24 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     if args.model_dir:
         downstream = json.loads(args.downstream.read_text()) if args.downstream else None
         repo_id = args.model_repo_id or "ORG/esi"
-        folders["model"] = assemble_model_folder(args.model_dir, args.output_dir / "model", repo_id, downstream)
+        folders["model"] = assemble_model_folder(
+            args.model_dir, args.output_dir / "model", repo_id, downstream, args.dataset_repo_id
+        )
     if args.captions_dir:
-        folders["dataset"] = assemble_dataset_folder(args.captions_dir, args.output_dir / "dataset", args.signals_dir)
+        folders["dataset"] = assemble_dataset_folder(
+            args.captions_dir, args.output_dir / "dataset", args.signals_dir, args.model_repo_id
+        )
     for kind, repo_id in (("model", args.model_repo_id), ("dataset", args.dataset_repo_id)):
         if repo_id and kind in folders:
             print(f"pushed {kind}: {push_folder(folders[kind], repo_id, kind, args.private, args.token)}")
     for kind, folder in folders.items():
         print(f"{kind} folder: {folder}")
     return folders
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (its return value would become the exit status)."""
+    assemble_and_push(argv)
 
 
 if __name__ == "__main__":

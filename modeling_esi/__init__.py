@@ -2,7 +2,16 @@
 
 from .configuration_esi import EsiConfig, EsiDecoderConfig, EsiEcgConfig
 from .feature_extraction_esi import EsiFeatureExtractor
-from .modeling_esi import EsiForEcgClassification, EsiModel, EsiOutput, EsiPreTrainedModel
+from .modeling_esi import (
+    LORA_TARGET_MODULES,
+    EsiForEcgCaptioning,
+    EsiForEcgClassification,
+    EsiModel,
+    EsiOutput,
+    EsiPreTrainedModel,
+    lora_target_modules,
+)
+from .processing_esi import EsiProcessor
 
 __all__ = [
     "EsiConfig",
@@ -10,7 +19,11 @@ __all__ = [
     "EsiDecoderConfig",
     "EsiModel",
     "EsiForEcgClassification",
+    "EsiForEcgCaptioning",
     "EsiPreTrainedModel",
     "EsiOutput",
     "EsiFeatureExtractor",
+    "EsiProcessor",
+    "LORA_TARGET_MODULES",
+    "lora_target_modules",
 ]

@@ -90,12 +90,15 @@ def map_leads_by_name(lead_names: Sequence[str], wanted: Sequence[str] = PTBXL_L
 
 class EsiFeatureExtractor(SequenceFeatureExtractor):
     r"""
-    Turns raw 12-lead ECGs into the model's `input_values` (B, 12, T), float32, plus `attention_mask` (B, T).
+    Turns raw 12-lead ECGs into the model's `input_values` (B, 12, T), float32, plus `ecg_attention_mask` (B, T).
 
     Leads are matched by name (case-insensitive), so any source order works: PTB-XL's and MIMIC-IV-ECG's (which
     swaps aVL and aVF) alike. Signals are resampled to `sampling_rate`, optionally band-passed, z-scored per lead
     over their valid samples (`do_normalize`), then cropped (the start is kept) or right-padded with zeros to
-    `duration_s`. Pass `attention_mask` to the model as `ecg_attention_mask`.
+    `duration_s` (or to the longest record, `padding="longest"`). The output feeds the model directly:
+    `model(**feature_extractor(...))`, `model.get_ecg_features(**feature_extractor(...))`. The mask is named
+    `ecg_attention_mask`, not `attention_mask`, so it cannot be confused with the caption tokens' mask when both
+    go to `EsiModel` (see `EsiProcessor`).
 
     Args:
         sampling_rate (`int`, defaults to 100): the model's rate in Hz.
@@ -106,7 +109,8 @@ class EsiFeatureExtractor(SequenceFeatureExtractor):
             criteria); turn it off when amplitudes in millivolts matter more than robustness to device gain.
     """
 
-    model_input_names = ["input_values", "attention_mask"]
+    model_input_names = ["input_values", "ecg_attention_mask"]
+    padding_strategies = (True, False, "longest", "max_length", "do_not_pad")
 
     def __init__(
         self,
@@ -149,6 +153,10 @@ class EsiFeatureExtractor(SequenceFeatureExtractor):
         allow_missing_leads: bool = False,
         return_tensors: str | None = None,
         record_names: Sequence[str] | None = None,
+        padding: bool | str = "max_length",
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        return_attention_mask: bool = True,
     ) -> BatchFeature:
         r"""
         ecg: one ECG (2-D) or a batch (3-D array, or a list of 2-D arrays of any lengths), numpy or torch,
@@ -157,8 +165,13 @@ class EsiFeatureExtractor(SequenceFeatureExtractor):
         channels_first: `True` for (leads x time); inferred from the lead count when unambiguous.
         allow_missing_leads: zero-fill leads the input lacks and return `lead_mask` (B, 12) (1 = present).
         record_names: names used in error messages (defaults to the position in the batch).
+        padding: `"max_length"` (default: every record cropped or padded to `max_length`), `True`/`"longest"`
+            (crop to `max_length`, pad to the longest record of the batch) or `False`/`"do_not_pad"` (crop only;
+            records of different lengths then come back as a list, which cannot become a tensor).
+        max_length: samples at the model's rate; defaults to `sampling_rate x duration_s` of this extractor.
+        pad_to_multiple_of: round the padded length up to a multiple of this.
 
-        Returns `BatchFeature` with `input_values` (B, 12, T) float32 and `attention_mask` (B, T) int32.
+        Returns `BatchFeature` with `input_values` (B, 12, T) float32 and `ecg_attention_mask` (B, T) int32.
         """
         if sampling_rate is None:
             raise ValueError(
@@ -171,6 +184,8 @@ class EsiFeatureExtractor(SequenceFeatureExtractor):
             raise ValueError(
                 f"lead_names must be given, in the input's lead order; the model expects {self.lead_names}"
             )
+        if padding not in self.padding_strategies:
+            raise ValueError(f"padding must be one of {self.padding_strategies}, got {padding!r}")
         sources, present = self._map_leads(lead_names, allow_missing_leads)
         signals = self._split_batch(ecg)
         names = (
@@ -179,22 +194,106 @@ class EsiFeatureExtractor(SequenceFeatureExtractor):
         if len(names) != len(signals):
             raise ValueError(f"got {len(names)} record_names for {len(signals)} ECGs")
 
-        target = self.num_samples
-        values = np.full((len(signals), len(self.lead_names), target), self.padding_value, dtype=np.float32)
-        mask = np.zeros((len(signals), target), dtype=np.int32)
-        for row, (signal, name) in enumerate(zip(signals, names, strict=True)):
+        crop = max_length if max_length is not None else self.num_samples
+        values = []
+        for signal, name in zip(signals, names, strict=True):
             signal = self._leads_first(signal, len(lead_names), channels_first, name)
             if not np.isfinite(signal).all():
                 bad = sorted({lead_names[i] for i in np.nonzero(~np.isfinite(signal))[0]})
                 raise ValueError(f"{name}: contains NaN or infinite samples in lead(s) {bad}")
-            signal = self._preprocess(signal, sources, int(sampling_rate))
-            length = min(signal.shape[-1], target)
-            values[row, :, :length] = signal[:, :length]
-            mask[row, :length] = 1
-        data = {"input_values": values, "attention_mask": mask}
+            # The start is kept: the model's input window is the first `crop` samples.
+            values.append(self._preprocess(signal, sources, int(sampling_rate), crop)[:, :crop].astype(np.float32))
+        batch = self.pad(
+            {"input_values": values},
+            padding=padding,
+            max_length=crop,
+            pad_to_multiple_of=pad_to_multiple_of,
+            return_attention_mask=return_attention_mask,
+            return_tensors=return_tensors,
+        )
         if allow_missing_leads:
-            data["lead_mask"] = np.repeat(present[None].astype(np.int32), len(signals), axis=0)
+            batch["lead_mask"] = np.repeat(present[None].astype(np.int32), len(signals), axis=0)
+            batch.convert_to_tensors(return_tensors)
+        return batch
+
+    def pad(
+        self,
+        processed_features: BatchFeature | dict | Sequence[dict],
+        padding: bool | str = True,
+        max_length: int | None = None,
+        truncation: bool = False,
+        pad_to_multiple_of: int | None = None,
+        return_attention_mask: bool | None = True,
+        return_tensors: str | None = None,
+    ) -> BatchFeature:
+        r"""
+        Pads (leads x time) `input_values` along time with `padding_value` and builds `ecg_attention_mask`
+        (1 = sample, 0 = padding; an incoming mask is kept and extended).
+
+        processed_features: `{"input_values": [(12, T_i), ...], "ecg_attention_mask": [(T_i,), ...]}` (mask
+            optional), a batch (B, 12, T) under `input_values`, or a list of such dicts with one ECG each.
+        padding: `True`/`"longest"` (to the longest record), `"max_length"` (to `max_length`) or
+            `False`/`"do_not_pad"`. truncation: crop records longer than `max_length`.
+        """
+        if padding not in self.padding_strategies:
+            raise ValueError(f"padding must be one of {self.padding_strategies}, got {padding!r}")
+        if isinstance(processed_features, (list, tuple)):
+            values = [item["input_values"] for item in processed_features]
+            masks = [item.get("ecg_attention_mask") for item in processed_features]
+        elif "input_values" in processed_features:
+            values = list(processed_features["input_values"])
+            masks = processed_features.get("ecg_attention_mask")
+            masks = list(masks) if masks is not None else [None] * len(values)
+        else:
+            raise ValueError(f"pad() needs 'input_values', got keys {list(processed_features)}")
+        values = [self._as_numpy(item) for item in values]
+        masks = [
+            np.ones(item.shape[-1], dtype=np.int32) if mask is None else self._as_numpy(mask).astype(np.int32)
+            for item, mask in zip(values, masks, strict=True)
+        ]
+        for index, (item, mask) in enumerate(zip(values, masks, strict=True)):
+            if item.ndim != 2 or item.shape[0] != len(self.lead_names) or mask.shape != item.shape[-1:]:
+                raise ValueError(
+                    f"ECG #{index} of the batch: expected input_values ({len(self.lead_names)} leads, T) and "
+                    f"ecg_attention_mask (T,), got {item.shape} and {mask.shape}"
+                )
+        if truncation:
+            if max_length is None:
+                raise ValueError("truncation=True needs max_length")
+            values, masks = [item[:, :max_length] for item in values], [mask[:max_length] for mask in masks]
+        if padding in (True, "longest"):
+            target = max(item.shape[-1] for item in values)
+        elif padding == "max_length":
+            if max_length is None:
+                raise ValueError('padding="max_length" needs max_length')
+            target = max_length
+        else:
+            target = None
+        if target is not None and pad_to_multiple_of:
+            target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
+        if target is not None:
+            too_long = [i for i, item in enumerate(values) if item.shape[-1] > target]
+            if too_long:
+                raise ValueError(
+                    f"ECG(s) {too_long} of the batch are longer than {target} samples; pass truncation=True"
+                )
+            values = [
+                np.pad(item, ((0, 0), (0, target - item.shape[-1])), constant_values=self.padding_value)
+                for item in values
+            ]
+            masks = [np.pad(mask, (0, target - mask.shape[-1])) for mask in masks]
+        data = {"input_values": values}
+        if return_attention_mask:
+            data["ecg_attention_mask"] = masks
+        if len({item.shape[-1] for item in values}) == 1:
+            data = {key: np.stack(items) for key, items in data.items()}
+        elif return_tensors is not None:
+            raise ValueError("records of different lengths cannot become one tensor; pass padding=True")
         return BatchFeature(data, tensor_type=return_tensors)
+
+    @staticmethod
+    def _as_numpy(item) -> np.ndarray:
+        return item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
 
     def _map_leads(self, lead_names: Sequence[str], allow_missing: bool) -> tuple[list[int | None], np.ndarray]:
         """For each model lead, its row in the input (None when absent), and the (12,) present mask."""
@@ -242,7 +341,7 @@ class EsiFeatureExtractor(SequenceFeatureExtractor):
             raise ValueError(f"{name}: has no samples")
         return leads_first
 
-    def _preprocess(self, signal: np.ndarray, sources: list[int | None], rate: int) -> np.ndarray:
+    def _preprocess(self, signal: np.ndarray, sources: list[int | None], rate: int, crop: int) -> np.ndarray:
         """(input leads, N) at `rate` -> (12, N') at the model's rate, in the model's lead order."""
         ordered = np.zeros((len(sources), signal.shape[1]))
         for row, source in enumerate(sources):
@@ -252,7 +351,7 @@ class EsiFeatureExtractor(SequenceFeatureExtractor):
         if self.do_bandpass:
             ordered = bandpass(ordered, self.sampling_rate, self.bandpass_low_hz, self.bandpass_high_hz)
         if self.do_normalize:
-            valid = ordered[:, : self.num_samples]  # statistics of the part the model sees
+            valid = ordered[:, :crop]  # statistics of the part the model sees
             # Zero-filled (absent) leads stay zero: their mean and deviation are 0.
             ordered = (ordered - valid.mean(axis=1, keepdims=True)) / np.maximum(valid.std(axis=1, keepdims=True), 1e-6)
         return ordered

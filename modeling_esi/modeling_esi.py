@@ -10,14 +10,18 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from torch import nn
-from transformers import BertConfig, BertModel, PreTrainedModel
+from transformers import BertConfig, BertModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_esi import EsiConfig, EsiDecoderConfig, EsiEcgConfig
+
+# Imported (not only named in the config) so that save_pretrained ships pipeline_esi.py with this file.
+from .pipeline_esi import ESI_CUSTOM_PIPELINES
 
 
 @dataclass
@@ -42,12 +46,15 @@ class EsiOutput(ModelOutput):
     contrastive_loss (`()`): symmetric InfoNCE between ECG and text embeddings (gathered over processes).
     caption_loss (`()`): next-token cross-entropy of the caption decoder (padding ignored).
     logits_per_ecg (`(B, B_global)`), logits_per_text (`(B, B_global)`): scaled cosine similarities of the local
-        rows against all columns (B_global = world size x B under torch.distributed, else B).
+        rows against all columns (B_global = world size x B under torch.distributed with `return_loss=True`,
+        else B: without a loss nothing is gathered).
     ecg_embeds (`(B, projection_dim)`), text_embeds (`(B, projection_dim)`): L2-normalised embeddings.
     caption_logits (`(B, L-1, vocab)`): decoder logits for tokens 1..L-1.
     ecg_last_hidden_state (`(B, N, C)`), ecg_pooler_output (`(B, C)`): ECG encoder outputs.
     text_last_hidden_state (`(B, L, H)`): text encoder output.
     ecg_hidden_states, text_hidden_states (`tuple`, *optional*): per-stage / per-layer states.
+    text_attentions, decoder_attentions, cross_attentions (`tuple`, *optional*): per-layer attention weights
+        of the text tower, the decoder's self-attention and its cross-attention to the ECG tokens.
     """
 
     loss: torch.FloatTensor | None = None
@@ -63,6 +70,9 @@ class EsiOutput(ModelOutput):
     text_last_hidden_state: torch.FloatTensor | None = None
     ecg_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    text_attentions: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -78,6 +88,24 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def conv_output_lengths(lengths: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """Valid output length of `conv` for inputs whose first `lengths` samples are valid: the length the same
+    convolution gives on the unpadded input, so every valid output position sees only real samples and the
+    zeros the unpadded convolution would also pad with."""
+    (kernel,), (stride,), (padding,), (dilation,) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    return ((lengths + 2 * padding - dilation * (kernel - 1) - 1).div(stride, rounding_mode="floor") + 1).clamp(min=0)
+
+
+def lengths_to_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
+    """(B,) valid lengths -> (B, size) boolean mask of the valid prefix."""
+    return torch.arange(size, device=lengths.device)[None] < lengths[:, None]
+
+
+def _zero_padding(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Zero the padded time steps of a (B, C, N) tensor; `mask` is (B, N) boolean or None (no padding)."""
+    return hidden if mask is None else hidden * mask[:, None].to(hidden.dtype)
+
+
 class EsiGRN(nn.Module):
     """ConvNeXt-V2 global response normalisation over time, channels-last input (B, N, C)."""
 
@@ -86,15 +114,20 @@ class EsiGRN(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1, 1, dim))
         self.beta = nn.Parameter(torch.zeros(1, 1, dim))
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        # The global norm runs over valid time steps only, so padding cannot change a record's response.
+        valid = hidden.float() if mask is None else hidden.float() * mask[:, :, None]
         # Norms in float32: bf16 sums of squares over hundreds of steps lose too much precision.
-        global_norm = torch.linalg.vector_norm(hidden.float(), ord=2, dim=1, keepdim=True)
+        global_norm = torch.linalg.vector_norm(valid, ord=2, dim=1, keepdim=True)
         relative = (global_norm / (global_norm.mean(dim=-1, keepdim=True) + 1e-6)).to(hidden.dtype)
         return self.gamma * (hidden * relative) + self.beta + hidden
 
 
 class EsiConvNextBlock(GradientCheckpointingLayer):
-    """Depthwise conv -> LayerNorm -> pointwise MLP with GRN, residual. (B, C, T) -> (B, C, T)."""
+    """Depthwise conv -> LayerNorm -> pointwise MLP with GRN, residual. (B, C, T) -> (B, C, T).
+
+    `mask` (B, T): valid time steps; the input must be zero elsewhere, and the output is zeroed there, so the
+    depthwise convolution of the next block sees the same zeros as on the unpadded record."""
 
     def __init__(self, config: EsiEcgConfig, dim: int):
         super().__init__()
@@ -105,11 +138,14 @@ class EsiConvNextBlock(GradientCheckpointingLayer):
         self.grn = EsiGRN(config.mlp_ratio * dim)
         self.pwconv2 = nn.Linear(config.mlp_ratio * dim, dim)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def output_length(self, length: int) -> int:
+        return length
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         residual = hidden
         hidden = self.dwconv(hidden).transpose(1, 2)
-        hidden = self.pwconv2(self.grn(self.act(self.pwconv1(self.layernorm(hidden)))))
-        return residual + hidden.transpose(1, 2)
+        hidden = self.pwconv2(self.grn(self.act(self.pwconv1(self.layernorm(hidden))), mask))
+        return _zero_padding(residual + hidden.transpose(1, 2), mask)
 
 
 class EsiChannelsLayerNorm(nn.LayerNorm):
@@ -120,17 +156,45 @@ class EsiChannelsLayerNorm(nn.LayerNorm):
 
 
 class EsiStagedBackbone(nn.Module):
-    """A stem followed by stages; subclasses build `self.stem` and `self.stages`."""
+    """A stem followed by stages; subclasses build `self.stem` and `self.stages` (`nn.Sequential`s of layers
+    and residual blocks)."""
 
-    stem: nn.Module
+    stem: nn.Sequential
     stages: nn.ModuleList
 
-    def forward(self, input_values: torch.Tensor) -> list[torch.Tensor]:
-        """(B, C_in, T) -> stem output and each stage's output, each (B, C_s, N_s)."""
-        states = [self.stem(input_values)]
+    def forward(
+        self, input_values: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """(B, C_in, T) and valid lengths (B,) -> channels-last outputs of the stem and each stage (B, N_s, C_s),
+        and the valid lengths of the last one. Padded time steps are zero after every layer.
+
+        The returned states are the tensors the next stage reads, so gradients reach them (saliency)."""
+        hidden, lengths = self._run(self.stem, input_values, lengths)
+        states = [hidden.transpose(1, 2)]
         for stage in self.stages:
-            states.append(stage(states[-1]))
-        return states
+            hidden, lengths = self._run(stage, states[-1].transpose(1, 2), lengths)
+            states.append(hidden.transpose(1, 2))
+        return states, lengths
+
+    def _run(
+        self, layers: nn.Sequential, hidden: torch.Tensor, lengths: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        for layer in layers:
+            if isinstance(layer, nn.Sequential):
+                hidden, lengths = self._run(layer, hidden, lengths)
+            elif isinstance(layer, (EsiConvNextBlock, EsiResNetBlock)):
+                if lengths is not None and isinstance(layer, EsiResNetBlock):
+                    lengths = conv_output_lengths(lengths, layer.conv1)
+                mask = None if lengths is None else lengths_to_mask(lengths, layer.output_length(hidden.shape[-1]))
+                hidden = layer(hidden, mask)
+            else:
+                hidden = layer(hidden)
+                if lengths is not None:
+                    if isinstance(layer, nn.Conv1d):
+                        lengths = conv_output_lengths(lengths, layer)
+                    # Biases, norms and activations make zeros non-zero: re-zero the padding after each layer.
+                    hidden = _zero_padding(hidden, lengths_to_mask(lengths, hidden.shape[-1]))
+        return hidden, lengths
 
 
 class EsiConvNextEncoder(EsiStagedBackbone):
@@ -157,7 +221,10 @@ class EsiConvNextEncoder(EsiStagedBackbone):
 
 
 class EsiResNetBlock(GradientCheckpointingLayer):
-    """1-D basic residual block (two convolutions with BatchNorm). (B, C_in, T) -> (B, C_out, T / stride)."""
+    """1-D basic residual block (two convolutions with BatchNorm). (B, C_in, T) -> (B, C_out, T / stride).
+
+    `mask` (B, T / stride): valid output steps (eval-mode BatchNorm is per step, so masking makes padding
+    invisible at inference; in training mode BatchNorm's batch statistics still see padded steps)."""
 
     def __init__(self, config: EsiEcgConfig, in_dim: int, out_dim: int, stride: int):
         super().__init__()
@@ -172,9 +239,12 @@ class EsiResNetBlock(GradientCheckpointingLayer):
             else nn.Identity()
         )
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.norm1(self.conv1(hidden)))
-        return F.relu(self.norm2(self.conv2(out)) + self.shortcut(hidden))
+    def output_length(self, length: int) -> int:
+        return int(conv_output_lengths(torch.tensor([length]), self.conv1))
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        out = _zero_padding(F.relu(self.norm1(self.conv1(hidden))), mask)
+        return _zero_padding(F.relu(self.norm2(self.conv2(out)) + self.shortcut(hidden)), mask)
 
 
 class EsiResNetEncoder(EsiStagedBackbone):
@@ -197,8 +267,28 @@ class EsiResNetEncoder(EsiStagedBackbone):
             in_dim = width
 
 
+def valid_lengths(ecg_attention_mask: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """(B, T) mask of a right-padded batch -> valid lengths (B,). Raises unless each row is ones then zeros."""
+    if ecg_attention_mask.dim() != 2 or ecg_attention_mask.shape[1] != num_samples:
+        raise ValueError(
+            f"ecg_attention_mask must be (batch, {num_samples} samples), got {tuple(ecg_attention_mask.shape)}"
+        )
+    mask = ecg_attention_mask.bool()
+    lengths = mask.sum(dim=1)
+    bad = (mask != lengths_to_mask(lengths, num_samples)).any(dim=1).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(
+            f"ecg_attention_mask rows {bad} are not right padding (ones, then zeros); the encoder needs each "
+            "record's valid samples first (EsiFeatureExtractor pads on the right)"
+        )
+    return lengths
+
+
 class EsiEcgEncoder(nn.Module):
-    """ECG tower: backbone + final LayerNorm. (B, 12, T) -> tokens (B, N, C) and pooled (B, C)."""
+    """ECG tower: backbone + final LayerNorm. (B, 12, T) -> tokens (B, N, C) and pooled (B, C).
+
+    With `ecg_attention_mask` (right padding), every layer ignores padded samples: a padded record embeds as the
+    same record unpadded (up to float rounding; for ResNet encoders in eval mode)."""
 
     def __init__(self, config: EsiEcgConfig):
         super().__init__()
@@ -217,21 +307,18 @@ class EsiEcgEncoder(nn.Module):
             raise ValueError(
                 f"input_values must be (batch, {self.config.in_channels} leads, time), got {tuple(input_values.shape)}"
             )
+        lengths = None
         if ecg_attention_mask is not None:
-            # Padded samples are zeroed so the padding value cannot leak into valid tokens' receptive fields.
-            input_values = input_values * ecg_attention_mask.unsqueeze(1).to(input_values.dtype)
-        states = self.backbone(input_values)
-        tokens = self.layernorm(states[-1].transpose(1, 2))
-        token_mask = None
-        if ecg_attention_mask is not None:
-            # A token is valid when its share of the input window holds any valid sample.
-            pooled_mask = F.adaptive_max_pool1d(ecg_attention_mask[:, None].float(), tokens.shape[1])
-            token_mask = pooled_mask[:, 0] > 0
+            lengths = valid_lengths(ecg_attention_mask, input_values.shape[-1])
+            input_values = _zero_padding(input_values, lengths_to_mask(lengths, input_values.shape[-1]))
+        states, lengths = self.backbone(input_values, lengths)
+        tokens = self.layernorm(states[-1])
+        token_mask = None if lengths is None else lengths_to_mask(lengths, tokens.shape[1])
         return EsiEcgEncoderOutput(
             last_hidden_state=tokens,
             pooler_output=masked_mean(tokens, token_mask),
             token_mask=token_mask,
-            hidden_states=tuple(state.transpose(1, 2) for state in states) if output_hidden_states else None,
+            hidden_states=tuple(states) if output_hidden_states else None,
         )
 
 
@@ -241,12 +328,14 @@ class EsiEcgEncoder(nn.Module):
 
 
 class EsiAttention(nn.Module):
-    """Multi-head attention through `F.scaled_dot_product_attention`; `mask` is boolean, True = may attend."""
+    """Multi-head attention; `mask` is boolean, True = may attend. Self-attention keys/values go through a
+    `Cache` during generation (`layer_idx` is the layer's slot in it)."""
 
-    def __init__(self, config: EsiDecoderConfig, kv_dim: int | None = None):
+    def __init__(self, config: EsiDecoderConfig, kv_dim: int | None = None, layer_idx: int | None = None):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.dropout = config.dropout
+        self.layer_idx = layer_idx
         kv_dim = kv_dim or config.hidden_size
         self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.k_proj = nn.Linear(kv_dim, config.hidden_size)
@@ -256,25 +345,44 @@ class EsiAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # (B, L, D) -> (B, heads, L, D/heads)
 
-    def forward(self, hidden: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """hidden (B, L, D), context (B, S, kv_dim), mask broadcastable to (B, heads, L, S) -> (B, L, D)."""
-        attended = F.scaled_dot_product_attention(
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        context: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: Cache | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden (B, L, D), context (B, S, kv_dim), mask broadcastable to (B, heads, L, S') -> (B, L, D) and,
+        with `output_attentions`, the attention weights (B, heads, L, S')."""
+        query, key, value = (
             self._heads(self.q_proj(hidden)),
             self._heads(self.k_proj(context)),
             self._heads(self.v_proj(context)),
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
         )
-        return self.out_proj(attended.transpose(1, 2).flatten(2))
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if output_attentions:
+            # The explicit path: SDPA does not return its weights.
+            scores = query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = scores.softmax(dim=-1)
+            attended = F.dropout(weights, dropout, self.training) @ value
+        else:
+            attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout)
+        return self.out_proj(attended.transpose(1, 2).flatten(2)), weights
 
 
 class EsiDecoderLayer(GradientCheckpointingLayer):
     """Pre-norm transformer decoder layer: causal self-attention, ECG cross-attention, MLP."""
 
-    def __init__(self, config: EsiDecoderConfig, ecg_dim: int):
+    def __init__(self, config: EsiDecoderConfig, ecg_dim: int, layer_idx: int):
         super().__init__()
         self.self_attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.self_attn = EsiAttention(config)
+        self.self_attn = EsiAttention(config, layer_idx=layer_idx)
         self.cross_attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.cross_attn = EsiAttention(config, kv_dim=ecg_dim)
         self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -286,12 +394,34 @@ class EsiDecoderLayer(GradientCheckpointingLayer):
         )
 
     def forward(
-        self, hidden: torch.Tensor, ecg_tokens: torch.Tensor, self_mask: torch.Tensor, cross_mask: torch.Tensor | None
-    ) -> torch.Tensor:
+        self,
+        hidden: torch.Tensor,
+        ecg_tokens: torch.Tensor,
+        self_mask: torch.Tensor,
+        cross_mask: torch.Tensor | None,
+        cache: Cache | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         normed = self.self_attn_norm(hidden)
-        hidden = hidden + self.self_attn(normed, normed, self_mask)
-        hidden = hidden + self.cross_attn(self.cross_attn_norm(hidden), ecg_tokens, cross_mask)
-        return hidden + self.mlp(self.mlp_norm(hidden))
+        attended, self_weights = self.self_attn(normed, normed, self_mask, cache, output_attentions)
+        hidden = hidden + attended
+        # Cross-attention keys are recomputed each step: N ECG tokens (15 for 10 s) cost less than a cache slot.
+        attended, cross_weights = self.cross_attn(
+            self.cross_attn_norm(hidden), ecg_tokens, cross_mask, output_attentions=output_attentions
+        )
+        hidden = hidden + attended
+        return hidden + self.mlp(self.mlp_norm(hidden)), self_weights, cross_weights
+
+
+@dataclass
+class EsiDecoderOutput(ModelOutput):
+    """logits (`(B, L, vocab)`); hidden_states (embeddings + each layer, `(B, L, D)`); attentions and
+    cross_attentions (per layer, `(B, heads, L, past + L)` and `(B, heads, L, N)`)."""
+
+    logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class EsiCaptionDecoder(nn.Module):
@@ -302,7 +432,9 @@ class EsiCaptionDecoder(nn.Module):
         self.config = config
         self.embed_tokens = nn.Embedding(vocab_size, config.hidden_size)
         self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.layers = nn.ModuleList(EsiDecoderLayer(config, ecg_dim) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            EsiDecoderLayer(config, ecg_dim, index) for index in range(config.num_hidden_layers)
+        )
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, vocab_size, bias=False)
 
@@ -312,25 +444,40 @@ class EsiCaptionDecoder(nn.Module):
         ecg_tokens: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         ecg_token_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        cache: Cache | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> EsiDecoderOutput:
+        """`attention_mask` covers the cached tokens and the new ones (B, past + L); `cache` holds the
+        self-attention keys/values of the `past` tokens already decoded."""
         length = input_ids.shape[1]
-        if length > self.config.max_position_embeddings:
+        past = cache.get_seq_length() if cache is not None else 0
+        if past + length > self.config.max_position_embeddings:
             raise ValueError(
-                f"caption of {length} tokens exceeds the decoder's max_position_embeddings "
-                f"({self.config.max_position_embeddings}); truncate when tokenising"
+                f"caption of {past + length} tokens exceeds the decoder's max_position_embeddings "
+                f"({self.config.max_position_embeddings}); truncate when tokenising (or lower max_new_tokens)"
             )
-        positions = torch.arange(length, device=input_ids.device)
+        positions = torch.arange(past, past + length, device=input_ids.device)
         hidden = self.embed_tokens(input_ids) + self.embed_positions(positions)
-        causal = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
-        self_mask = causal[None, None]
+        keys = torch.arange(past + length, device=input_ids.device)
+        diagonal = keys[None] == positions[:, None]
+        self_mask = (keys[None] <= positions[:, None])[None, None]
         if attention_mask is not None:
             # Padding keys are hidden; the diagonal stays visible so no query row is fully masked.
-            keys = attention_mask.bool()[:, None, None, :] | torch.eye(length, dtype=torch.bool, device=causal.device)
-            self_mask = self_mask & keys
+            self_mask = self_mask & (attention_mask.bool()[:, None, None, -(past + length) :] | diagonal)
         cross_mask = ecg_token_mask[:, None, None, :] if ecg_token_mask is not None else None
+        all_hidden, self_weights, cross_weights = [hidden], [], []
         for layer in self.layers:
-            hidden = layer(hidden, ecg_tokens, self_mask, cross_mask)
-        return self.lm_head(self.final_norm(hidden))
+            hidden, attn, cross = layer(hidden, ecg_tokens, self_mask, cross_mask, cache, output_attentions)
+            all_hidden.append(hidden)
+            self_weights.append(attn)
+            cross_weights.append(cross)
+        return EsiDecoderOutput(
+            logits=self.lm_head(self.final_norm(hidden)),
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(self_weights) if output_attentions else None,
+            cross_attentions=tuple(cross_weights) if output_attentions else None,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -397,6 +544,8 @@ class EsiPreTrainedModel(PreTrainedModel):
         # All ESI heads share one config and one code file: list every Auto class in `auto_map`, so a
         # pretraining folder also loads with AutoModelForSequenceClassification (and a classifier with AutoModel).
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **ESI_AUTO_MAP}
+        if isinstance(self, EsiModel):
+            self.config.custom_pipelines = ESI_CUSTOM_PIPELINES
         super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -414,12 +563,33 @@ class EsiPreTrainedModel(PreTrainedModel):
         return self.ecg_model(input_values, ecg_attention_mask, output_hidden_states=output_hidden_states)
 
 
-class EsiModel(EsiPreTrainedModel):
+class EsiCaptionEmbeddingsMixin:
+    """Input/output embeddings of a model holding the caption decoder (`text_decoder`); the two are tied."""
+
+    text_decoder: EsiCaptionDecoder
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_decoder.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_decoder.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.text_decoder.lm_head
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.text_decoder.lm_head = value
+
+
+class EsiModel(EsiCaptionEmbeddingsMixin, EsiPreTrainedModel):
     r"""
     ESI pretraining model: ECG encoder, BERT text encoder and a causal caption decoder attending to the ECG tokens.
 
     The text tokenizer is BERT WordPiece (all-MiniLM-L6-v2's); save it beside the model with
-    `tokenizer.save_pretrained(folder)` so `AutoTokenizer.from_pretrained(folder)` finds it.
+    `tokenizer.save_pretrained(folder)` so `AutoTokenizer.from_pretrained(folder)` finds it. `EsiProcessor`
+    (`AutoProcessor`) bundles tokenizer and feature extractor: `model(**processor(ecgs=..., text=...))`.
+    Captions: `model.generate(input_values=..., ecg_attention_mask=..., generation_config=...)` (see
+    [`EsiForEcgCaptioning`]).
     """
 
     _tied_weights_keys = {"text_decoder.lm_head.weight": "text_decoder.embed_tokens.weight"}
@@ -448,33 +618,48 @@ class EsiModel(EsiPreTrainedModel):
         model.text_model.load_state_dict(pretrained.state_dict())
         return model
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.text_decoder.embed_tokens
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, *args, **kwargs) -> nn.Embedding:
+        """Resize the caption decoder's embeddings and LM head (tied) and the text tower's word embeddings
+        together: captions are tokenised once for both, so their vocabularies must stay equal."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, *args, **kwargs)
+        self.text_model.resize_token_embeddings(embeddings.num_embeddings, *args, **kwargs)
+        self.config.text_config.vocab_size = embeddings.num_embeddings
+        return embeddings
 
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.text_decoder.embed_tokens = value
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.text_decoder.lm_head
-
-    def _text_pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, output_hidden_states=False):
+    def _text_outputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ):
         outputs = self.text_model(
-            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
         # Mean over real tokens, as sentence-transformers pools all-MiniLM-L6-v2.
         return outputs, masked_mean(outputs.last_hidden_state, attention_mask)
 
     def get_ecg_features(
-        self, input_values: torch.FloatTensor, ecg_attention_mask: torch.Tensor | None = None
+        self, input_values: torch.FloatTensor, ecg_attention_mask: torch.Tensor | None = None, **kwargs
     ) -> torch.FloatTensor:
-        """(B, 12, T) -> projected ECG embeddings (B, projection_dim), not normalised."""
+        """(B, 12, T) -> projected ECG embeddings (B, projection_dim), not normalised.
+        `model.get_ecg_features(**feature_extractor(...))` works (other keys, e.g. `lead_mask`, are ignored)."""
         return self.ecg_projection(self._encode_ecg(input_values, ecg_attention_mask).pooler_output)
 
     def get_text_features(
-        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
     ) -> torch.FloatTensor:
-        """(B, L) token ids -> projected text embeddings (B, projection_dim), not normalised."""
-        return self.text_projection(self._text_pooled(input_ids, attention_mask)[1])
+        """(B, L) token ids -> projected text embeddings (B, projection_dim), not normalised.
+        `model.get_text_features(**tokenizer(texts, return_tensors="pt"))` works."""
+        return self.text_projection(self._text_outputs(input_ids, attention_mask, token_type_ids)[1])
 
     def clamped_logit_scale(self) -> torch.Tensor:
         """exp(logit_scale) with logit_scale clamped at `config.logit_scale_max` (CLIP caps it at 100)."""
@@ -486,17 +671,25 @@ class EsiModel(EsiPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         ecg_attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
         return_loss: bool = True,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        **kwargs,
     ) -> EsiOutput | tuple:
         r"""
         input_values (`(B, 12, T)`): ECGs in `config.ecg_config.lead_names` order (see `EsiFeatureExtractor`).
-        input_ids (`(B, L)`), attention_mask (`(B, L)`): BERT-tokenised captions, `[CLS] ... [SEP] [PAD]...`.
-            The text encoder reads all of them; the decoder reads ids[:, :-1] and predicts ids[:, 1:].
-        ecg_attention_mask (`(B, T)`): 1 for real samples, 0 for padding.
-        return_loss: compute the losses (needs `input_ids`).
+        input_ids (`(B, L)`), attention_mask (`(B, L)`), token_type_ids (`(B, L)`, optional): BERT-tokenised
+            captions, `[CLS] ... [SEP] [PAD]...`. The text encoder reads all of them; the decoder reads
+            ids[:, :-1] and predicts ids[:, 1:].
+        ecg_attention_mask (`(B, T)`): 1 for real samples, 0 for (right) padding, as the feature extractor returns.
+        return_loss: compute the losses (needs `input_ids`). Only then are embeddings gathered across processes
+            (a collective every rank must enter); without it, logits compare the local batch only, so inference
+            inside a process group never blocks on other ranks.
+        output_attentions: text-tower and caption-decoder attention weights (the ECG encoder is convolutional).
         """
+        output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
         output_hidden_states = bool(
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
@@ -510,26 +703,35 @@ class EsiModel(EsiPreTrainedModel):
             ecg_hidden_states=ecg.hidden_states,
         )
         if input_ids is not None:
-            text, text_pooled = self._text_pooled(input_ids, attention_mask, output_hidden_states)
+            text, text_pooled = self._text_outputs(
+                input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions
+            )
             text_embeds = F.normalize(self.text_projection(text_pooled), dim=-1)
-            caption_logits = self.text_decoder(
+            decoded = self.text_decoder(
                 input_ids[:, :-1],
                 ecg.last_hidden_state,
                 attention_mask[:, :-1] if attention_mask is not None else None,
                 ecg.token_mask,
+                output_attentions=output_attentions,
             )
-            clip_loss, logits_per_ecg, logits_per_text = contrastive_loss(
-                ecg_embeds, text_embeds, self.clamped_logit_scale()
-            )
+            logit_scale = self.clamped_logit_scale()
+            if return_loss:
+                clip_loss, logits_per_ecg, logits_per_text = contrastive_loss(ecg_embeds, text_embeds, logit_scale)
+            else:
+                logits_per_ecg = logit_scale * ecg_embeds @ text_embeds.t()
+                logits_per_text = logits_per_ecg.t()
             output.text_embeds = text_embeds
             output.text_last_hidden_state = text.last_hidden_state
             output.text_hidden_states = text.hidden_states
-            output.caption_logits = caption_logits
+            output.text_attentions = text.attentions
+            output.decoder_attentions = decoded.attentions
+            output.cross_attentions = decoded.cross_attentions
+            output.caption_logits = decoded.logits
             output.logits_per_ecg, output.logits_per_text = logits_per_ecg, logits_per_text
             if return_loss:
                 labels = caption_targets(input_ids, attention_mask)
                 output.contrastive_loss = clip_loss
-                output.caption_loss = F.cross_entropy(caption_logits.flatten(0, 1).float(), labels.flatten())
+                output.caption_loss = F.cross_entropy(decoded.logits.flatten(0, 1).float(), labels.flatten())
                 output.loss = (
                     self.config.contrastive_loss_weight * output.contrastive_loss
                     + self.config.caption_loss_weight * output.caption_loss
@@ -549,7 +751,24 @@ class EsiModel(EsiPreTrainedModel):
         text = F.normalize(self.get_text_features(class_input_ids, class_attention_mask), dim=-1)
         return self.clamped_logit_scale() * ecg @ text.t()
 
-    @torch.no_grad()
+    def captioner(self) -> "EsiForEcgCaptioning":
+        """An [`EsiForEcgCaptioning`] view sharing this model's ECG encoder and decoder (no copy of weights)."""
+        captioner = self.__dict__.get("_captioner")
+        if captioner is None:
+            with torch.device("meta"):
+                captioner = EsiForEcgCaptioning(self.config)
+            captioner.ecg_model, captioner.text_decoder = self.ecg_model, self.text_decoder
+            # Kept out of `_modules`: the view must not add its (shared) weights to this model's state dict.
+            self.__dict__["_captioner"] = captioner
+        return captioner.train(self.training)
+
+    def generate(self, input_values: torch.FloatTensor, ecg_attention_mask: torch.Tensor | None = None, **kwargs):
+        """Captions through transformers' `GenerationMixin.generate` (greedy, beam search, sampling; KV cache):
+        `model.generate(input_values, ecg_attention_mask, generation_config=GenerationConfig(num_beams=3))`.
+        Returns token ids (B, <= 1 + max_new_tokens) starting with BOS (`[CLS]`); decode with
+        `tokenizer.batch_decode(ids, skip_special_tokens=True)`."""
+        return self.captioner().generate(input_values=input_values, ecg_attention_mask=ecg_attention_mask, **kwargs)
+
     def generate_caption(
         self,
         input_values: torch.FloatTensor,
@@ -557,44 +776,149 @@ class EsiModel(EsiPreTrainedModel):
         num_beams: int = 1,
         ecg_attention_mask: torch.Tensor | None = None,
     ) -> torch.LongTensor:
-        """Greedy (`num_beams=1`) or beam-search captions: (B, 12, T) -> token ids (B, <= 1 + max_new_tokens).
+        """Greedy (`num_beams=1`) or beam-search captions (shortcut for `generate`): (B, 12, T) -> token ids
+        (B, <= 1 + max_new_tokens), padded with `[PAD]` after EOS (`[SEP]`)."""
+        ids = self.generate(
+            input_values, ecg_attention_mask, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False
+        )
+        # transformers' beam search fills finished beams with EOS when the pad id is 0 (falsy): pad after EOS.
+        after_eos = (ids == self.config.eos_token_id).long().cumsum(dim=1).roll(1, dims=1) > 0
+        after_eos[:, 0] = False
+        return ids.masked_fill(after_eos, self.config.pad_token_id)
 
-        Each row starts with BOS (`[CLS]`) and is padded with `[PAD]` after its EOS (`[SEP]`); decode with the
-        tokenizer's `batch_decode(..., skip_special_tokens=True)`. Beams are ranked by mean token log-probability.
+
+@dataclass
+class EsiCaptioningOutput(ModelOutput):
+    """
+    loss (`()`, *optional*): next-token cross-entropy against `labels` (shifted inside, -100 ignored).
+    logits (`(B, L, vocab)`): next-token logits for every input position.
+    cache (`Cache`, *optional*): the decoder's self-attention keys/values, for the next generation step.
+    ecg_last_hidden_state (`(B, N, C)`), ecg_token_mask (`(B, N)`, *optional*): the encoded ECG, reused by
+        generation after the first step.
+    hidden_states, attentions, cross_attentions: the decoder's (see `EsiDecoderOutput`).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    ecg_last_hidden_state: torch.FloatTensor | None = None
+    ecg_token_mask: torch.BoolTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class EsiForEcgCaptioning(EsiCaptionEmbeddingsMixin, EsiPreTrainedModel, GenerationMixin):
+    r"""
+    ECG encoder and caption decoder of ESI as a `GenerationMixin` model (as open_clip's CoCa generates).
+
+    The ECG is encoded once, at the first step; later steps read it from the generation kwargs and the decoder's
+    self-attention keys/values from a `DynamicCache`. Loads the two towers from an [`EsiModel`] folder
+    (`EsiForEcgCaptioning.from_pretrained(folder)`), or use `EsiModel.generate`, which shares the weights.
+    """
+
+    main_input_name = "input_ids"  # the caption prompt (BOS when omitted); the ECG goes in as `input_values`
+    _tied_weights_keys = {"text_decoder.lm_head.weight": "text_decoder.embed_tokens.weight"}
+    _keys_to_ignore_on_load_unexpected = [r"^text_model\.", r"^(ecg|text)_projection\.", r"^logit_scale$"]
+
+    def __init__(self, config: EsiConfig):
+        super().__init__(config)
+        ecg_dim = config.ecg_config.hidden_sizes[-1]
+        self.ecg_model = EsiEcgEncoder(config.ecg_config)
+        self.text_decoder = EsiCaptionDecoder(config.decoder_config, config.text_config.vocab_size, ecg_dim)
+        self.post_init()
+        # transformers' default of 20 tokens is far shorter than a caption; the decoder's limit is the cap
+        # (a saved generation_config.json still overrides it on from_pretrained).
+        self.generation_config.max_length = config.decoder_config.max_position_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        input_values: torch.FloatTensor | None = None,
+        ecg_attention_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        ecg_last_hidden_state: torch.FloatTensor | None = None,
+        ecg_token_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> EsiCaptioningOutput | tuple:
+        r"""
+        input_ids (`(B, L)`): caption tokens so far (with a `cache`, only the new ones).
+        input_values (`(B, 12, T)`) and ecg_attention_mask (`(B, T)`): the ECG, or its encoding
+            `ecg_last_hidden_state` (`(B, N, C)`) and `ecg_token_mask` (`(B, N)`) from an earlier step.
+        attention_mask (`(B, past + L)`): caption padding. labels (`(B, L)`): targets, shifted inside.
         """
-        max_new_tokens = min(max_new_tokens, self.config.decoder_config.max_position_embeddings - 1)
-        ecg = self._encode_ecg(input_values, ecg_attention_mask)
-        batch = input_values.shape[0]
-        # Every beam is a row: ECG tokens are repeated per beam.
-        ecg_tokens = ecg.last_hidden_state.repeat_interleave(num_beams, dim=0)
-        token_mask = ecg.token_mask.repeat_interleave(num_beams, dim=0) if ecg.token_mask is not None else None
-        sequences = torch.full((batch * num_beams, 1), self.config.bos_token_id, device=input_values.device)
-        scores = torch.zeros(batch, num_beams, device=input_values.device)
-        scores[:, 1:] = float("-inf")  # all beams start identical; keep one alive at step 0
-        lengths = torch.zeros(batch * num_beams, device=input_values.device)
-        finished = torch.zeros(batch * num_beams, dtype=torch.bool, device=input_values.device)
-        for _ in range(max_new_tokens):
-            logits = self.text_decoder(sequences, ecg_tokens, ecg_token_mask=token_mask)[:, -1].float()
-            log_probs = logits.log_softmax(dim=-1)
-            # A finished beam only extends with PAD, at no cost.
-            log_probs[finished] = float("-inf")
-            log_probs[finished, self.config.pad_token_id] = 0.0
-            vocab = log_probs.shape[-1]
-            candidates = (scores.view(-1, 1) + log_probs).view(batch, num_beams * vocab)
-            scores, flat = candidates.topk(num_beams, dim=-1)
-            beam_rows = (flat // vocab + torch.arange(batch, device=flat.device)[:, None] * num_beams).view(-1)
-            tokens = (flat % vocab).view(-1, 1)
-            sequences = torch.cat([sequences[beam_rows], tokens], dim=1)
-            lengths = lengths[beam_rows] + (~finished[beam_rows]).float()
-            finished = finished[beam_rows] | (tokens[:, 0] == self.config.eos_token_id)
-            if finished.all():
-                break
-        best = (scores.view(-1) / lengths.clamp(min=1)).view(batch, num_beams).argmax(dim=-1)
-        return sequences.view(batch, num_beams, -1)[torch.arange(batch), best]
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if ecg_last_hidden_state is None:
+            if input_values is None:
+                raise ValueError("pass the ECG as input_values (or its encoding as ecg_last_hidden_state)")
+            ecg = self._encode_ecg(input_values, ecg_attention_mask)
+            ecg_last_hidden_state, ecg_token_mask = ecg.last_hidden_state, ecg.token_mask
+        # A cache only when asked (generate asks); a training pass has no use for one.
+        use_cache = bool(use_cache)
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        decoded = self.text_decoder(
+            input_ids,
+            ecg_last_hidden_state,
+            attention_mask,
+            ecg_token_mask,
+            cache if use_cache else None,
+            output_attentions=bool(output_attentions),
+            output_hidden_states=bool(output_hidden_states),
+        )
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(decoded.logits, labels, vocab_size=decoded.logits.shape[-1], **kwargs)
+        output = EsiCaptioningOutput(
+            loss=loss,
+            logits=decoded.logits,
+            cache=cache if use_cache else None,
+            ecg_last_hidden_state=ecg_last_hidden_state,
+            ecg_token_mask=ecg_token_mask,
+            hidden_states=decoded.hidden_states,
+            attentions=decoded.attentions,
+            cross_attentions=decoded.cross_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
+        model_inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
+        if model_inputs.get("ecg_last_hidden_state") is not None:
+            # Encoded at the first step; the raw ECG is not read again.
+            model_inputs.pop("input_values", None)
+            model_inputs.pop("ecg_attention_mask", None)
+        return model_inputs
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs: dict, *args, **kwargs) -> dict:
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+        model_kwargs["ecg_last_hidden_state"] = outputs.ecg_last_hidden_state
+        model_kwargs["ecg_token_mask"] = outputs.ecg_token_mask
+        return model_kwargs
 
 
-# PEFT LoRA targets of the ConvNeXt-V2 encoder (see EsiForEcgClassification); a full-match regex.
-LORA_TARGET_MODULES = r".*\.(pwconv1|pwconv2)|ecg_model\.backbone\.stem\.0|ecg_model\.backbone\.stages\.\d+\.0\.1"
+def lora_target_modules(model_or_config: "PreTrainedModel | EsiConfig | EsiEcgConfig") -> str:
+    """PEFT LoRA `target_modules` (a full-match regex) for the ECG encoder of an ESI model or config.
+
+    ConvNeXt-V2: the pointwise `nn.Linear` layers `pwconv1`/`pwconv2` of every block, the `nn.Conv1d` stem and
+    the downsampling convolutions. ResNet: the stem and every block's convolutions (including 1x1 shortcuts).
+    Depthwise convolutions are left out: PEFT's LoRA needs the rank to be divisible by a convolution's groups.
+    BatchNorm and LayerNorm stay frozen; the classification head is trained in full (`modules_to_save`).
+    """
+    config = getattr(model_or_config, "config", model_or_config)
+    config = getattr(config, "ecg_config", config)
+    if config.architecture == "resnet1d":
+        return r".*ecg_model\.backbone\.(stem\.0|stages\.\d+\.\d+\.(conv1|conv2|shortcut\.0))"
+    return r".*ecg_model\.backbone\.(stem\.0|stages\.\d+\.0\.1|stages\.\d+\.\d+\.(pwconv1|pwconv2))"
+
+
+# The targets for the default (ConvNeXt-V2) encoder.
+LORA_TARGET_MODULES = lora_target_modules(EsiEcgConfig())
 
 
 class EsiForEcgClassification(EsiPreTrainedModel):
@@ -604,14 +928,12 @@ class EsiForEcgClassification(EsiPreTrainedModel):
     Loads the pretrained ECG encoder from an [`EsiModel`] folder (shared submodule name `ecg_model`):
     `EsiForEcgClassification.from_pretrained(folder, num_labels=5, problem_type="multi_label_classification")`.
     `problem_type`: `"multi_label_classification"` (BCE on multi-hot float labels), `"single_label_classification"`
-    (cross-entropy on class ids) or `"regression"` (MSE); inferred from the labels when unset, as transformers does.
-    Registered for `AutoModelForSequenceClassification`, transformers' conventional class for one prediction per
-    input sequence (it has no ECG-specific auto class).
+    (cross-entropy on class ids) or `"regression"` (MSE); inferred from the labels when unset. The loss is
+    transformers' `ForSequenceClassification` loss (`loss_type`). Registered for
+    `AutoModelForSequenceClassification`, transformers' conventional class for one prediction per input sequence.
 
-    LoRA (PEFT) targets for the default ConvNeXt-V2 encoder: the pointwise `nn.Linear` layers `pwconv1`/`pwconv2`
-    of every block and the `nn.Conv1d` stem and downsampling layers: `target_modules=LORA_TARGET_MODULES`, with
-    `modules_to_save=["classifier"]`. The depthwise `dwconv` layers are left out: PEFT's LoRA needs the rank to be
-    divisible by a convolution's groups. For `architecture="resnet1d"`: `target_modules=["conv1", "conv2"]`.
+    LoRA (PEFT): `LoraConfig(task_type=TaskType.SEQ_CLS, target_modules=lora_target_modules(model))`; the
+    `SEQ_CLS` task type trains the `classifier` head in full (PEFT's `modules_to_save`).
     """
 
     # Loading from an EsiModel folder: the text tower, decoder and projections are expected leftovers.
@@ -628,6 +950,7 @@ class EsiForEcgClassification(EsiPreTrainedModel):
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.ecg_config.hidden_sizes[-1], config.num_labels)
         self.encoder_frozen = False
+        self.loss_type = "ForSequenceClassification"
         self.post_init()
 
     def freeze_encoder(self) -> None:
@@ -644,40 +967,41 @@ class EsiForEcgClassification(EsiPreTrainedModel):
 
     def forward(
         self,
-        input_values: torch.FloatTensor,
+        input_values: torch.FloatTensor | None = None,
         labels: torch.Tensor | None = None,
         ecg_attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        input_ids: None = None,
+        inputs_embeds: None = None,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
     ) -> SequenceClassifierOutput | tuple:
         r"""
-        input_values (`(B, 12, T)`); labels (`(B, num_labels)` floats for multi-label, `(B,)` ids for
-        single-label, `(B,)` or `(B, num_labels)` floats for regression); returns logits (B, num_labels).
+        input_values (`(B, 12, T)`); ecg_attention_mask (`(B, T)`); labels (`(B, num_labels)` floats for
+        multi-label, `(B,)` ids for single-label, `(B,)` or `(B, num_labels)` floats for regression); returns
+        logits (B, num_labels). `input_ids`, `inputs_embeds`, `attention_mask` and `output_attentions` exist for
+        PEFT's sequence-classification wrapper, which always passes them: this head has no text input and no
+        attention, so `attention_mask` may only repeat the ECG mask.
         """
+        if input_values is None or input_ids is not None or inputs_embeds is not None:
+            raise ValueError("EsiForEcgClassification reads ECGs: pass input_values (B, 12, T), not token ids")
+        if attention_mask is not None:
+            if ecg_attention_mask is not None and not torch.equal(attention_mask, ecg_attention_mask):
+                raise ValueError("attention_mask and ecg_attention_mask differ; pass the ECG mask once")
+            ecg_attention_mask = attention_mask
         output_hidden_states = bool(
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         ecg = self._encode_ecg(input_values, ecg_attention_mask, output_hidden_states)
         logits = self.classifier(self.dropout(ecg.pooler_output))
-        loss = self._loss(logits, labels) if labels is not None else None
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels=labels, pooled_logits=logits.float(), config=self.config)
         output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=ecg.hidden_states)
         return output if return_dict else output.to_tuple()
-
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.config.problem_type is None:
-            if self.config.num_labels == 1:
-                self.config.problem_type = "regression"
-            elif labels.dtype in (torch.long, torch.int):
-                self.config.problem_type = "single_label_classification"
-            else:
-                self.config.problem_type = "multi_label_classification"
-        logits = logits.float()
-        if self.config.problem_type == "regression":
-            return F.mse_loss(logits.squeeze(-1), labels.float().view_as(logits.squeeze(-1)))
-        if self.config.problem_type == "single_label_classification":
-            return F.cross_entropy(logits, labels.view(-1).long())
-        return F.binary_cross_entropy_with_logits(logits, labels.float())
 
 
 EsiModel.register_for_auto_class("AutoModel")
@@ -685,9 +1009,12 @@ EsiForEcgClassification.register_for_auto_class("AutoModelForSequenceClassificat
 
 __all__ = [
     "LORA_TARGET_MODULES",
+    "lora_target_modules",
     "EsiPreTrainedModel",
     "EsiModel",
+    "EsiForEcgCaptioning",
     "EsiForEcgClassification",
     "EsiOutput",
+    "EsiCaptioningOutput",
     "EsiEcgEncoderOutput",
 ]

@@ -29,7 +29,7 @@ def prepared_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def sample_captions(prepared_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """CQA captions (template backend) for every record of `prepared_sample`; a Parquet folder."""
-    from esi.cqa.pipeline import generate_captions
+    from esi.cqa.run import generate_captions
 
     output_dir = tmp_path_factory.mktemp("captions") / "ptbxl_sample_captions"
     generate_captions(prepared_sample, output_dir, backend="template")
@@ -60,7 +60,7 @@ def save_tiny_esi(folder: Path, classifier_labels: list[str] | None = None) -> P
     from transformers import AutoTokenizer, BertConfig
 
     from esi.text_encoder import default_text_model_path
-    from modeling_esi import EsiConfig, EsiFeatureExtractor, EsiForEcgClassification, EsiModel
+    from modeling_esi import EsiConfig, EsiFeatureExtractor, EsiForEcgClassification, EsiModel, EsiProcessor
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(default_text_model_path())
@@ -73,6 +73,7 @@ def save_tiny_esi(folder: Path, classifier_labels: list[str] | None = None) -> P
     EsiModel(config).save_pretrained(folder)
     EsiFeatureExtractor().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    EsiProcessor(EsiFeatureExtractor(), tokenizer, max_text_length=64).save_pretrained(folder)
     if classifier_labels:
         config.num_labels = len(classifier_labels)
         config.id2label = dict(enumerate(classifier_labels))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from esi.cqa.faithfulness import DiagnosisLexicon, FaithfulnessChecker
-from esi.cqa.knowledge import load_knowledge_base
 from esi.cqa.measurements import EcgMeasurements
 from esi.cqa.prompts import REPORT_BEGIN, REPORT_END, SYSTEM_PROMPT, CaptionInputs, Statement, build_request
 from esi.cqa.retrieval import RetrievedPassage
 from esi.cqa.template_writer import TemplateWriter
 from esi.data.ptbxl import load_statements
+from esi.knowledge import load_knowledge_base
 
 
 @pytest.fixture(scope="module")

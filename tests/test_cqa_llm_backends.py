@@ -14,8 +14,10 @@ from datasets import load_dataset
 
 from benchmarks.bench_cqa import build_tiny_chat_model
 from esi.cqa.backends import CaptionBackend, TransformersBackend
-from esi.cqa.pipeline import Captioner, GenerationOptions, generate_captions
+from esi.cqa.captioner import Captioner
+from esi.cqa.options import GenerationOptions
 from esi.cqa.prompts import build_request
+from esi.cqa.run import generate_captions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = REPO_ROOT / "outputs" / ".cache" / "cqa-tests"  # the npm-fetched tokenizer files survive sessions

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from datasets import DatasetDict, load_dataset, load_from_disk
 
-from esi.cqa.pipeline import generate_captions, merge_outputs, push_to_hub
+from esi.cqa.run import generate_captions, merge_outputs, push_captions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,7 +87,7 @@ def test_two_shards_plus_merge_equal_one_full_run(full_run, prepared_sample, tmp
     with pytest.raises(ValueError, match="overlapping shards"):
         merge_outputs([shards[0], shards[0]], tmp_path / "twice")
     with pytest.raises(ValueError, match="not a complete captioned dataset"):
-        push_to_hub(shards[0], "someone/never-pushed")
+        push_captions(shards[0], "someone/never-pushed")
 
     merged = merge_outputs(shards, tmp_path / "merged")
     assert merged["rows_per_split"] == {"train": 20, "validation": 20, "test": 20}

@@ -30,7 +30,7 @@ def test_ptbxl_record_round_trip(record_100hz: wfdb.Record):
     features = extractor(record_100hz.p_signal, sampling_rate=100, lead_names=record_100hz.sig_name)
     assert features["input_values"].shape == (1, 12, 1000) and features["input_values"].dtype == np.float32
     np.testing.assert_allclose(features["input_values"][0], record_100hz.p_signal.T.astype(np.float32))
-    assert features["attention_mask"].sum() == 1000
+    assert features["ecg_attention_mask"].sum() == 1000
     # (leads x time) and torch input give the same answer as (time x leads) numpy.
     again = extractor(torch.from_numpy(record_100hz.p_signal.T.copy()), sampling_rate=100, lead_names=PTBXL_LEADS)
     np.testing.assert_array_equal(again["input_values"], features["input_values"])
@@ -84,7 +84,7 @@ def test_crop_pad_and_normalise(record_100hz: wfdb.Record):
     short = record_100hz.p_signal[:600]
     long = np.concatenate([record_100hz.p_signal, record_100hz.p_signal])
     features = extractor([short, long], sampling_rate=100, lead_names=PTBXL_LEADS, return_tensors="pt")
-    values, mask = features["input_values"], features["attention_mask"]
+    values, mask = features["input_values"], features["ecg_attention_mask"]
     assert values.shape == (2, 12, 1000) and mask.shape == (2, 1000)
     assert mask[0].sum() == 600 and mask[1].sum() == 1000
     assert (values[0, :, 600:] == 0).all()
@@ -136,3 +136,54 @@ def test_save_and_reload(tmp_path: Path, record_500hz: wfdb.Record):
         reloaded(record_500hz.p_signal, **args)["input_values"],
         extractor(record_500hz.p_signal, **args)["input_values"],
     )
+
+
+def test_padding_strategies(record_100hz: wfdb.Record):
+    """The sequence feature-extraction contracts: max_length (default), longest, do_not_pad, multiples, batch vs
+    single consistency, and outputs named so `model(**features)` works."""
+    extractor = EsiFeatureExtractor()
+    short, full = record_100hz.p_signal[:600], record_100hz.p_signal
+    kwargs = dict(sampling_rate=100, lead_names=PTBXL_LEADS)
+    default = extractor([short, full], **kwargs)
+    assert set(default) == set(extractor.model_input_names) == {"input_values", "ecg_attention_mask"}
+    assert default["input_values"].shape == (2, 12, 1000)
+    np.testing.assert_array_equal(default["ecg_attention_mask"].sum(axis=1), [600, 1000])
+    assert not default["input_values"][0, :, 600:].any()  # padding_value 0
+    longest = extractor([short, short[:500]], padding="longest", **kwargs)
+    assert longest["input_values"].shape == (2, 12, 600)
+    np.testing.assert_array_equal(longest["ecg_attention_mask"].sum(axis=1), [600, 500])
+    assert extractor(short, padding=True, pad_to_multiple_of=64, **kwargs)["input_values"].shape == (1, 12, 640)
+    unpadded = extractor([short, full], padding="do_not_pad", **kwargs)
+    assert [values.shape for values in unpadded["input_values"]] == [(12, 600), (12, 1000)]
+    with pytest.raises(ValueError, match="padding=True"):
+        extractor([short, full], padding=False, return_tensors="pt", **kwargs)
+    assert extractor(full, max_length=400, **kwargs)["input_values"].shape == (1, 12, 400)
+    with pytest.raises(ValueError, match="padding must be one of"):
+        extractor(short, padding="left", **kwargs)
+    # A record's values do not depend on what else is in the batch.
+    alone = extractor(short, **kwargs)
+    np.testing.assert_array_equal(alone["input_values"][0], default["input_values"][0])
+    tensors = extractor([short, full], return_tensors="pt", **kwargs)
+    assert tensors["input_values"].dtype == torch.float32 and tensors["ecg_attention_mask"].dtype == torch.int32
+
+
+def test_pad_handles_lead_by_time_arrays():
+    extractor = EsiFeatureExtractor()
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((12, 700)).astype(np.float32), rng.standard_normal((12, 1000)).astype(np.float32)
+    padded = extractor.pad({"input_values": [a, b]}, return_tensors="np")
+    assert padded["input_values"].shape == (2, 12, 1000)
+    np.testing.assert_array_equal(padded["input_values"][0, :, :700], a)
+    np.testing.assert_array_equal(padded["ecg_attention_mask"].sum(axis=1), [700, 1000])
+    # A list of single-ECG dicts (what a DataLoader collates), with masks that already mark padding.
+    mask_a = np.r_[np.ones(650), np.zeros(50)].astype(np.int32)
+    items = [{"input_values": a, "ecg_attention_mask": mask_a}, {"input_values": b}]
+    stacked = extractor.pad(items, padding="max_length", max_length=1200, return_tensors="pt")
+    assert stacked["input_values"].shape == (2, 12, 1200)
+    assert stacked["ecg_attention_mask"].sum(dim=1).tolist() == [650, 1000]
+    truncated = extractor.pad({"input_values": [a, b]}, padding="max_length", max_length=800, truncation=True)
+    assert truncated["input_values"].shape == (2, 12, 800)
+    with pytest.raises(ValueError, match="truncation=True"):
+        extractor.pad({"input_values": [a, b]}, padding="max_length", max_length=800)
+    with pytest.raises(ValueError, match=r"ECG #0 of the batch: expected input_values \(12 leads, T\)"):
+        extractor.pad({"input_values": [a.T]})

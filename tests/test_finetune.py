@@ -118,7 +118,7 @@ def test_subject_identification_run(tiny_esi, prepared_sample, tmp_path):
 
 
 def test_zero_shot_prompts_and_run(tiny_esi, prepared_sample, tmp_path):
-    from esi.cqa.knowledge import load_knowledge_base
+    from esi.knowledge import load_knowledge_base
 
     prompts, missing = class_prompts(["NORM", "MI", "STTC", "CD", "HYP", "AFIB"], load_knowledge_base())
     assert not missing

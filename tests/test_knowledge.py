@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from esi.cqa.knowledge import DEFAULT_PATHS, KnowledgeEntry, load_knowledge_base, scp_entry_id
+from esi.knowledge import DEFAULT_PATHS, KnowledgeEntry, load_knowledge_base, scp_entry_id
 
 SCP_CSV = Path(__file__).resolve().parents[1] / "data" / "ptbxl_sample" / "scp_statements.csv"
 

@@ -1,7 +1,9 @@
 """Two gloo processes with batch B give the loss and (DDP-averaged) gradients of one process with batch 2B."""
 
+from datetime import timedelta
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -47,6 +49,7 @@ def _worker(rank: int, store: str, result_path: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_process_loss_and_gradients_match_single_process(tmp_path: Path):
     result_path = tmp_path / "rank0.pt"
     mp.spawn(_worker, args=(str(tmp_path / "store"), str(result_path)), nprocs=WORLD, join=True)
@@ -62,3 +65,28 @@ def test_two_process_loss_and_gradients_match_single_process(tmp_path: Path):
     assert grads.keys() == distributed["grads"].keys()
     for name, grad in grads.items():
         torch.testing.assert_close(distributed["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _inference_worker(rank: int, store: str, result_path: str) -> None:
+    # A short timeout: a collective that rank 1 never joins fails within seconds instead of hanging the test.
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=20)
+    )
+    torch.set_num_threads(1)
+    if rank == 0:
+        model, ecg, ids, mask = _model_and_batch()
+        with torch.no_grad():
+            out = model.eval()(ecg[:PER_RANK], ids[:PER_RANK], mask[:PER_RANK], return_loss=False)
+        torch.save({"logits_shape": tuple(out.logits_per_ecg.shape), "loss": out.loss}, result_path)
+    # Rank 1 never calls the model: it goes straight to the shutdown barrier (a gloo collective of its own).
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_inference_without_loss_enters_no_collective(tmp_path: Path):
+    """Inside a process group, `return_loss=False` must not all-gather: here only rank 0 runs the model."""
+    result_path = tmp_path / "rank0.pt"
+    mp.spawn(_inference_worker, args=(str(tmp_path / "store"), str(result_path)), nprocs=WORLD, join=True)
+    result = torch.load(result_path)
+    assert result["logits_shape"] == (PER_RANK, PER_RANK) and result["loss"] is None

@@ -120,10 +120,10 @@ def test_logit_scale_is_clamped_at_100():
 def test_caption_decoder_is_causal(model: EsiModel, ecg: torch.Tensor):
     ids, _ = caption_batch(batch=2, length=16)
     tokens = model.ecg_model(ecg[:2]).last_hidden_state
-    logits = model.text_decoder(ids, tokens)
+    logits = model.text_decoder(ids, tokens).logits
     changed = ids.clone()
     changed[:, 9] = 4242
-    changed_logits = model.text_decoder(changed, tokens)
+    changed_logits = model.text_decoder(changed, tokens).logits
     torch.testing.assert_close(changed_logits[:, :9], logits[:, :9])
     assert not torch.allclose(changed_logits[:, 9:], logits[:, 9:])
 
@@ -131,11 +131,11 @@ def test_caption_decoder_is_causal(model: EsiModel, ecg: torch.Tensor):
 def test_caption_decoder_attends_to_ecg_tokens(model: EsiModel, ecg: torch.Tensor):
     ids, _ = caption_batch(batch=2, length=8)
     tokens = model.ecg_model(ecg[:2]).last_hidden_state
-    logits = model.text_decoder(ids, tokens)
+    logits = model.text_decoder(ids, tokens).logits
     # Changing a single ECG token (not a pooled vector) changes every position's prediction.
     perturbed = tokens.clone()
     perturbed[:, -1] += 1.0
-    assert not torch.allclose(model.text_decoder(ids, perturbed)[:, 0], logits[:, 0])
+    assert not torch.allclose(model.text_decoder(ids, perturbed).logits[:, 0], logits[:, 0])
 
 
 def test_caption_loss_is_shifted_and_ignores_padding(model: EsiModel, ecg: torch.Tensor):
@@ -243,7 +243,7 @@ def test_generate_caption_greedy_and_beam(model: EsiModel, ecg: torch.Tensor):
     tokens = model.ecg_model(ecg[:2]).last_hidden_state
     manual = greedy[:, :1]
     for _ in range(6):
-        next_token = model.text_decoder(manual, tokens)[:, -1].argmax(dim=-1, keepdim=True)
+        next_token = model.text_decoder(manual, tokens).logits[:, -1].argmax(dim=-1, keepdim=True)
         manual = torch.cat([manual, next_token], dim=1)
     assert torch.equal(greedy, manual)
     assert torch.equal(model.generate_caption(ecg[:2], max_new_tokens=6, num_beams=1), greedy)
@@ -253,20 +253,25 @@ def test_generate_caption_greedy_and_beam(model: EsiModel, ecg: torch.Tensor):
 
 def test_generate_caption_pads_after_eos(ecg: torch.Tensor):
     model = EsiModel(tiny_config()).eval()
+    steps = []
 
     def eos_from_third_token(module, inputs, logits):
-        # An untrained decoder rarely emits EOS: force it for the first ECG (its rows come first) at position 3.
-        if logits.shape[1] >= 3:
+        # An untrained decoder rarely emits EOS: force it for the first ECG (its rows come first) at position 3,
+        # i.e. at the third decoding step (with the KV cache each step sees only the newest position).
+        steps.append(logits.shape)
+        if len(steps) == 3:
             logits = logits.clone()
             logits[: logits.shape[0] // 2, -1, 102] += 100.0
         return logits
 
     model.text_decoder.lm_head.register_forward_hook(eos_from_third_token)
     for beams in (1, 2):
+        steps.clear()
         captions = model.generate_caption(ecg[:2], max_new_tokens=5, num_beams=beams)
         first = captions[0].tolist()
         assert len(first) == 6 and first[3] == 102 and first[4:] == [0, 0]
         assert 102 not in captions[1, :4].tolist()
+        assert all(shape[1] == 1 for shape in steps)  # one new position per step: the cache is used
 
 
 def test_from_text_pretrained_loads_minilm(ecg: torch.Tensor):

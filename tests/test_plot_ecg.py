@@ -5,11 +5,11 @@ from __future__ import annotations
 import datasets
 import numpy as np
 import pytest
-from esi.plot.paper import MM_PER_INCH
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from esi.plot import PaperLayout, plot_ecg, plot_records_with_captions
+from esi.plot.paper import MM_PER_INCH
 
 LEADS = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 RATE = 100

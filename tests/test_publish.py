@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 
 import yaml
 
-from esi.publish import main as publish
+from esi.publish import assemble_and_push as publish
 
 USER_SCRIPT = textwrap.dedent(
     """
@@ -79,3 +80,46 @@ def test_published_folders_load_offline_in_a_clean_process(
     assert seen["splits"] == {"train": 240, "validation": 30, "test": 30}
     assert seen["signal_shape"] == [12, 1000]
     assert seen["caption_ids"]
+
+
+def test_uploaded_files_carry_no_local_paths_and_cards_link_model_and_dataset(
+    tiny_pretrained_model, sample_captions, prepared_sample, tmp_path
+):
+    from esi.hub import scrubbed_bytes, upload_files
+
+    model_copy = tmp_path / "model-with-paths"
+    shutil.copytree(tiny_pretrained_model, model_copy)
+    local = str(tmp_path / "private" / "signals-folder")
+    (model_copy / "training_summary.json").write_text(
+        json.dumps({"args": {"signals": local, "captions": str(sample_captions)}, "steps": 3})
+    )
+    folders = publish([
+        "--model-dir", str(model_copy), "--captions-dir", str(sample_captions), "--signals-dir", str(prepared_sample),
+        "--output-dir", str(tmp_path / "publish"), "--model-repo-id", "", "--dataset-repo-id", "",
+    ])  # fmt: skip
+    model_folder, dataset_folder = folders["model"], folders["dataset"]
+    for folder in (model_folder, dataset_folder):
+        for name in upload_files(folder):
+            text = scrubbed_bytes(folder / name).decode(errors="ignore")
+            for secret in (str(tmp_path), "/work/", str(sample_captions.parent)):
+                assert secret not in text, f"{folder.name}/{name} would upload the local path {secret}"
+
+    from esi.publish import assemble_dataset_folder, assemble_model_folder
+
+    model = assemble_model_folder(model_copy, tmp_path / "m", "me/esi-tiny", dataset_repo_id="me/esi-captions")
+    meta = yaml.safe_load((model / "README.md").read_text().split("---\n")[1])
+    assert meta["datasets"] == ["me/esi-captions"]
+    assert 'repo = "me/esi-tiny"' in (model / "README.md").read_text()
+    dataset = assemble_dataset_folder(sample_captions, tmp_path / "d", prepared_sample, model_repo_id="me/esi-tiny")
+    card = (dataset / "README.md").read_text()
+    dataset_meta = yaml.safe_load(card.split("---\n")[1])
+    assert "https://huggingface.co/me/esi-tiny" in card
+    assert dataset_meta["source_datasets"] == ["extended|ptb-xl"]
+    info = dataset_meta["dataset_info"]
+    assert {s["name"]: s["num_examples"] for s in info["splits"]} == {"train": 240, "validation": 30, "test": 30}
+    assert {"name": "caption", "dtype": "string"} in info["features"]
+    # The card's words agree with its configs: with a signals config it must not say the signals are absent.
+    assert "signals are not repeated here" not in card and 'load_dataset(repo, "signals")' in card
+    bare = assemble_dataset_folder(sample_captions, tmp_path / "d2")
+    bare_card = (bare / "README.md").read_text()
+    assert "signals are not repeated here" in bare_card and "config_name: signals" not in bare_card

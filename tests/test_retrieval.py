@@ -5,8 +5,8 @@ import logging
 import numpy as np
 import pytest
 
-from esi.cqa.knowledge import load_knowledge_base
 from esi.cqa.retrieval import RRF_K, HybridRetriever, RetrievedPassage, build_query
+from esi.knowledge import load_knowledge_base
 from esi.text_encoder import default_text_model_path
 
 AF_QUERY = "atrial fibrillation irregular rhythm without P waves"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from esi.cqa.measurements import EcgMeasurements, measure_ecg
-from esi.cqa.pipeline import Captioner, GenerationOptions
-from esi.cqa.prompts import build_request, measurement_lines
+from esi.cqa.captioner import Captioner
+from esi.cqa.measurements import EcgMeasurements
+from esi.cqa.options import GenerationOptions
+from esi.cqa.prompts import measurement_lines
 
 from .records import EcgRecord
 
@@ -33,16 +33,14 @@ class CqaDescriber:
         self.captioner = Captioner(Path(ptbxl_dir), GenerationOptions(backend="template"))
 
     def describe(self, record: EcgRecord) -> CqaResult:
-        m = measure_ecg(
-            record.signal, record.sampling_rate, list(record.lead_names), ecg_id=record.ecg_id or record.name
+        m, result = self.captioner.caption_record(
+            record.signal,
+            record.sampling_rate,
+            record.lead_names,
+            record.scp_codes,
+            age=record.age,
+            sex=record.sex,
+            report=record.report,
+            record_id=record.ecg_id if record.ecg_id is not None else record.name,
         )
-        row = {
-            "ecg_id": [record.ecg_id or 0],  # uploads have no PTB-XL id; 0 only seeds the template's phrasing
-            "scp_codes": [json.dumps(record.scp_codes)],
-            "age": [record.age],
-            "sex": [record.sex],
-            "report": [record.report],
-        }
-        inputs = self.captioner.inputs(row, [m])[0]
-        ((text, outcome, _),) = self.captioner.captions([build_request(inputs)])
-        return CqaResult(m, measurement_table(m), text, outcome)
+        return CqaResult(m, measurement_table(m), result.caption, result.faithfulness)

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from transformers import AutoFeatureExtractor, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from esi.cqa.knowledge import load_knowledge_base
 from esi.eval.zero_shot import class_prompts
+from esi.knowledge import load_knowledge_base
 
 from .records import EcgRecord
 
@@ -81,7 +81,7 @@ class EsiPredictor:
             record_names=[r.name for r in records],
             return_tensors="pt",
         )
-        return {"input_values": batch["input_values"], "ecg_attention_mask": batch["attention_mask"]}
+        return {"input_values": batch["input_values"], "ecg_attention_mask": batch["ecg_attention_mask"]}
 
     @torch.no_grad()
     def embed(self, records: list[EcgRecord]) -> np.ndarray:

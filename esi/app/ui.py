@@ -14,6 +14,7 @@ ESI_APP_WORKERS how many analyses run at once (default 2), ESI_ANALYSIS_TIMEOUT_
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import functools
 import html
@@ -29,6 +30,7 @@ from esi.app.analysis import Analyser, Analysis
 from esi.app.records import MAX_UPLOAD_BYTES
 from esi.app.uploads import exit_cleanly_on_sigterm, private_upload_folder, uploads_in_use
 from esi.app.workers import AnalysisTimeout, WorkerFailed, WorkerPool
+from esi.hub import resolve_model_dir
 
 logger = logging.getLogger("esi.app")
 # Relative to the working directory: where `make demo` leaves its model, and the embedded sample.
@@ -229,8 +231,7 @@ def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACH
         )
         if predictor is not None:
             gr.Markdown(
-                f"Model `{model_dir}` (sha256 {predictor.hash[:12]}), "
-                f"{len(catalogue.ecg_ids)} sample ECGs indexed.",
+                f"Model `{model_dir}` (sha256 {predictor.hash[:12]}), {len(catalogue.ecg_ids)} sample ECGs indexed.",
                 elem_id="model-info",
             )
         outputs = [status, plot, measurements, predictions, method, description, caption, similar]
@@ -248,18 +249,26 @@ def launch(demo: gr.Blocks) -> None:
     demo.launch(theme=THEME, css=CSS, max_file_size=MAX_UPLOAD_BYTES)
 
 
-def build_app_from_env() -> gr.Blocks:
-    """The page for $ESI_MODEL, $ESI_SAMPLES and $ESI_CACHE (defaults: the `make demo` outputs)."""
+def build_app_from_env(model: str | None = None, samples: str | None = None, cache: str | None = None) -> gr.Blocks:
+    """The page for a model folder or Hub repo id, a sample folder and a cache folder.
+
+    Each defaults to $ESI_MODEL, $ESI_SAMPLES and $ESI_CACHE, else to `make demo`'s outputs.
+    """
     return build_app(
-        Path(os.environ.get("ESI_MODEL", DEFAULT_MODEL)),
-        Path(os.environ.get("ESI_SAMPLES", DEFAULT_SAMPLES)),
-        Path(os.environ.get("ESI_CACHE", DEFAULT_CACHE)),
+        resolve_model_dir(model or os.environ.get("ESI_MODEL", DEFAULT_MODEL)),
+        Path(samples or os.environ.get("ESI_SAMPLES", DEFAULT_SAMPLES)),
+        Path(cache or os.environ.get("ESI_CACHE", DEFAULT_CACHE)),
     )
 
 
-def main() -> None:
-    """`esi-app`: build the page from the environment and serve it."""
-    launch(build_app_from_env())
+def main(argv: list[str] | None = None) -> None:
+    """`esi-app`: build the page and serve it (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose the address)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="model folder or Hub repo id (default: $ESI_MODEL, else the demo's model)")
+    parser.add_argument("--samples", help="PTB-XL-layout sample folder (default: $ESI_SAMPLES, else data/ptbxl_sample)")
+    parser.add_argument("--cache", help="where sample embeddings are cached (default: $ESI_CACHE)")
+    args = parser.parse_args(argv)
+    launch(build_app_from_env(args.model, args.samples, args.cache))
 
 
 if __name__ == "__main__":

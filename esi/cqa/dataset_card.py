@@ -7,10 +7,25 @@ Hub viewer and ``datasets.load_dataset`` agree on the splits.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from string import Template
 
+import yaml
+from datasets import Value
+
+from esi.cqa.backends import TEMPLATE_MODEL_ID
+from esi.cqa.faithfulness import TOLERANCES
+from esi.cqa.schema import output_features
+from esi.knowledge import load_knowledge_base
+
 TEMPLATE = Path(__file__).with_name("dataset_card.md")
+NO_SIGNALS_NOTE = "The signals are not repeated here: join on `ecg_id` with the prepared dataset (or the source files)."
+SIGNALS_NOTE = (
+    "The `signals` config holds the 12-lead signals the captions describe (`signal`: leads x time, millivolts, "
+    "PTB-XL lead order) with demographics, statements, labels and folds; join it on `ecg_id`:\n\n"
+    '```python\nsignals = load_dataset(repo, "signals")\n```\n'
+)
 
 _FIXED_COLUMNS = {
     "ecg_id": ("int32", "PTB-XL `ecg_id`; join key to the signals"),
@@ -52,8 +67,6 @@ def _size_category(n: int) -> str:
 
 
 def _column_table() -> str:
-    from esi.cqa.pipeline import output_features
-
     rows = []
     for name, feature in output_features().items():
         if name in _FIXED_COLUMNS:
@@ -62,15 +75,34 @@ def _column_table() -> str:
             dtype = getattr(feature, "dtype", "list")
             lead = name.removeprefix("st_deviation_").removesuffix("_mv")
             note = _MEASUREMENT_NOTES.get(name, f"ST deviation in lead {lead} (mV)")
-            note = f"computed from the signal by `cqa/measurements.py`: {note}; null when not measurable"
+            note = f"computed from the signal by `esi/cqa/measurements.py`: {note}; null when not measurable"
         rows.append(f"| `{name}` | {dtype} | {note} |")
     return "\n".join(rows)
 
 
-def render_dataset_card(config: dict, stats: dict) -> str:
-    """Card text for a run's config (``.cqa/run.json``) and stats (rows per split, faithfulness counts)."""
-    from esi.cqa.faithfulness import TOLERANCES
-    from esi.cqa.knowledge import load_knowledge_base
+def _dataset_info(splits: Sequence[str], per_split: dict[str, int]) -> str:
+    """The card's `dataset_info` block: features and split sizes of the default config, as the Hub lists them."""
+    info = {
+        "features": [{"name": name, **_feature_yaml(feature)} for name, feature in output_features().items()],
+        "splits": [{"name": s, "num_examples": per_split[s]} for s in splits],
+    }
+    return yaml.safe_dump({"dataset_info": info}, sort_keys=False).rstrip()
+
+
+def _feature_yaml(feature) -> dict:
+    if isinstance(feature, Value):
+        return {"dtype": feature.dtype}
+    return {"list": feature.feature.dtype}  # List(Value(...)): the only other kind in the schema
+
+
+def render_dataset_card(
+    config: dict, stats: dict, signal_splits: Sequence[str] = (), model_repo_id: str | None = None
+) -> str:
+    """Card text for a run's config (``.cqa/run.json``) and stats (rows per split, faithfulness counts).
+
+    `signal_splits`: splits of a `signals` config published beside the captions (`esi-publish --signals-dir`).
+    `model_repo_id`: the ESI model pretrained on these captions, linked from the card.
+    """
 
     per_split = stats["rows_per_split"]
     splits = [s for s in config["splits"] if s in per_split]
@@ -93,7 +125,10 @@ def render_dataset_card(config: dict, stats: dict) -> str:
         "backend_note": backend_note,
         "retrieval_k": config["retrieval_k"],
         "knowledge_size": len(load_knowledge_base()),
-        "encoder": config["encoder_path"] if config["encoder_path"] != "default" else "all-MiniLM-L6-v2",
+        # Only the folder's name: the card must not reveal (or depend on) a path on the machine that made it.
+        "encoder": Path(config["encoder_path"]).name
+        if config["encoder_path"] not in (None, "default")
+        else ("all-MiniLM-L6-v2" if config["encoder_path"] == "default" else "none (BM25 only)"),
         "tolerances": ", ".join(f"{v:g} {u}" for u, v in TOLERANCES.items()),
         "max_retries": config["max_retries"],
         "outcomes": ", ".join(
@@ -101,19 +136,40 @@ def render_dataset_card(config: dict, stats: dict) -> str:
             for name, count in outcomes.items()
         ),
         "column_table": _column_table(),
+        "extra_configs": _signals_config(signal_splits),
+        "dataset_info": _dataset_info(splits, per_split),
+        "signals_note": SIGNALS_NOTE if signal_splits else NO_SIGNALS_NOTE,
+        "model_note": _model_note(model_repo_id),
     }
     return Template(TEMPLATE.read_text()).substitute(values)
 
 
 def _model_id(config: dict) -> str:
-    from esi.cqa.backends import TEMPLATE_MODEL_ID
-
     return TEMPLATE_MODEL_ID if config["backend"] == "template" else Path(config["model"]).name
 
 
-def write_dataset_card(output_dir: str | os.PathLike, config: dict, stats: dict) -> Path:
+def _model_note(model_repo_id: str | None) -> str:
+    if not model_repo_id:
+        return ""
+    return f"\nAn ESI model pretrained on these captions: [{model_repo_id}](https://huggingface.co/{model_repo_id}).\n"
+
+
+def _signals_config(signal_splits: Sequence[str]) -> str:
+    if not signal_splits:
+        return ""
+    files = "\n".join(f"  - split: {s}\n    path: signals/{s}-*.parquet" for s in signal_splits)
+    return f"- config_name: signals\n  data_files:\n{files}\n"
+
+
+def write_dataset_card(
+    output_dir: str | os.PathLike,
+    config: dict,
+    stats: dict,
+    signal_splits: Sequence[str] = (),
+    model_repo_id: str | None = None,
+) -> Path:
     path = Path(output_dir) / "README.md"
     tmp = path.with_name("README.md.tmp")
-    tmp.write_text(render_dataset_card(config, stats))
+    tmp.write_text(render_dataset_card(config, stats, signal_splits, model_repo_id))
     os.replace(tmp, path)
     return path

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from esi.cqa.knowledge import KnowledgeEntry
+from esi.knowledge import KnowledgeEntry
 from esi.text_encoder import default_text_model_path
+from modeling_esi.modeling_esi import masked_mean
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +91,7 @@ class _DenseEncoder:
                 return_tensors="pt",
             ).to(self.device)
             hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            pooled = masked_mean(hidden, batch["attention_mask"])
             out[idx] = torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
         return out
 

@@ -40,9 +40,7 @@ class VllmEngine:
         from vllm import SamplingParams
 
         params = [
-            SamplingParams(
-                temperature=r["temperature"], top_p=r["top_p"], max_tokens=r["max_tokens"], seed=r["seed"]
-            )
+            SamplingParams(temperature=r["temperature"], top_p=r["top_p"], max_tokens=r["max_tokens"], seed=r["seed"])
             for r in requests
         ]
         outputs = self.llm.chat([r["messages"] for r in requests], sampling_params=params, use_tqdm=False)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from esi.data.ptbxl import multi_hot
 from esi.data.torch_dataset import EcgCollator, EcgDataset, load_dataset_folder
 from esi.eval.metrics.multilabel_auroc.multilabel_auroc import macro_auroc
-from modeling_esi import EsiConfig, EsiFeatureExtractor, EsiForEcgClassification
+from modeling_esi import EsiConfig, EsiFeatureExtractor, EsiForEcgClassification, lora_target_modules
 
 METHODS = ("linear_probe", "lora", "full", "supervised_scratch")
 SPLITS = ("train", "validation", "test")
@@ -235,16 +235,6 @@ def fit_network(
             break
     stopper.restore()
     return history
-
-
-def lora_target_modules(model: EsiForEcgClassification) -> list[str]:
-    """Every `nn.Linear` and ungrouped `nn.Conv1d` of the ECG encoder (stem, downsampling, pointwise
-    layers). Depthwise convolutions are left out: LoRA's rank does not divide their groups."""
-    return [
-        f"ecg_model.{name}"
-        for name, module in model.ecg_model.named_modules()
-        if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv1d) and module.groups == 1)
-    ]
 
 
 def add_lora(model: EsiForEcgClassification, rank: int = 8, alpha: int = 16, dropout: float = 0.0) -> PeftModel:

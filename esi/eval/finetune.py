@@ -15,7 +15,7 @@ Other evaluations:
 
   --method subject_id   patients with >= 2 records (all splits): earliest record as gallery, the others as
                         probes; top-1 / top-5 accuracy by cosine similarity of encoder embeddings
-  --method zero_shot    class prompts from the CQA knowledge base (cqa/knowledge), macro AUROC on test
+  --method zero_shot    class prompts from the CQA knowledge base (esi/knowledge), macro AUROC on test
   --method captioning   captions generated from test ECGs, scored against the CQA captions (--captions DIR)
                         with token F1 and ROUGE-L
 
@@ -156,7 +156,7 @@ def load_pretrained(model_path: str):
 
 
 def run_zero_shot(args: argparse.Namespace, out: Path) -> dict:
-    from esi.cqa.knowledge import load_knowledge_base
+    from esi.knowledge import load_knowledge_base
 
     data = load_task(args.dataset, args.task)
     prompts, missing = class_prompts(data.class_names, load_knowledge_base())

@@ -11,6 +11,11 @@ from modeling_esi.modeling_esi import LORA_TARGET_MODULES
 TEMPLATE = Path(__file__).with_name("model_card.md")
 
 
+def _name(path: str | None) -> str | None:
+    """A folder's name without the local path to it (cards are uploaded; the path means nothing there)."""
+    return Path(path).name if path else path
+
+
 def _training_section(summary: dict) -> str:
     args = summary.get("args", {})
     losses = summary.get("final_losses") or {}
@@ -18,7 +23,7 @@ def _training_section(summary: dict) -> str:
         f"- Pretrained for {summary.get('steps')} optimiser steps on {summary.get('train_ecgs')} ECG-caption pairs "
         f"({summary.get('num_processes')} process(es), batch {args.get('per_device_batch_size')} per device, "
         f"learning rate {args.get('learning_rate')}, seed {args.get('seed')}).",
-        f"- Signals: `{args.get('signals')}`; captions: `{args.get('captions')}`.",
+        f"- Signals: `{_name(args.get('signals'))}`; captions: `{_name(args.get('captions'))}`.",
         f"- Loss = {args.get('contrastive_loss_weight')} x contrastive (symmetric InfoNCE, gathered across processes) "
         f"+ {args.get('caption_loss_weight')} x captioning (causal decoder cross-attending to the ECG token sequence).",
     ]
@@ -57,9 +62,18 @@ def _model_index(downstream: dict | None) -> str:
     return "model-index:\n- name: ESI\n  results:\n" + "\n".join("  - " + json.dumps(entry) for entry in entries)
 
 
-def render_model_card(summary: dict, config: dict, repo_id: str = "ORG/esi", downstream: dict | None = None) -> str:
+def render_model_card(
+    summary: dict,
+    config: dict,
+    repo_id: str = "ORG/esi",
+    downstream: dict | None = None,
+    dataset_repo_id: str | None = None,
+) -> str:
+    """Card text; `dataset_repo_id` links the caption dataset the model was pretrained on (Hub `datasets:`)."""
     ecg = config.get("ecg_config", {})
+    datasets = [dataset_repo_id] if dataset_repo_id else ["ptb-xl"]
     return Template(TEMPLATE.read_text()).substitute(
+        datasets="\n".join(f"- {name}" for name in datasets),
         model_index=_model_index(downstream),
         encoder_size=ecg.get("size", "custom"),
         repo_id=repo_id,
@@ -73,10 +87,14 @@ def render_model_card(summary: dict, config: dict, repo_id: str = "ORG/esi", dow
 
 
 def write_model_card(
-    folder: str | Path, summary: dict, repo_id: str = "ORG/esi", downstream: dict | None = None
+    folder: str | Path,
+    summary: dict,
+    repo_id: str = "ORG/esi",
+    downstream: dict | None = None,
+    dataset_repo_id: str | None = None,
 ) -> Path:
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
     path = folder / "README.md"
-    path.write_text(render_model_card(summary, config, repo_id, downstream))
+    path.write_text(render_model_card(summary, config, repo_id, downstream, dataset_repo_id))
     return path

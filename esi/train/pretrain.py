@@ -35,7 +35,7 @@ from esi.data.augment import EcgAugmentConfig
 from esi.data.torch_dataset import EcgCollator, EcgDataset, join_captions, load_dataset_folder
 from esi.text_encoder import default_text_model_path
 from esi.train.retrieval_eval import embed_ecg_text, retrieval_recall
-from modeling_esi import EsiConfig, EsiFeatureExtractor, EsiModel
+from modeling_esi import EsiConfig, EsiFeatureExtractor, EsiModel, EsiProcessor
 
 logger = logging.getLogger("esi.train")
 CHECKPOINT_PREFIX = "step_"
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> Path:
         }
         save_model_folder(accelerator.unwrap_model(model), feature_extractor, tokenizer, final_dir, summary)
         if args.push_to_hub:
-            from esi.publish import push_folder
+            from esi.hub import push_folder
 
             push_folder(final_dir, args.push_to_hub, repo_type="model", private=args.hub_private)
     accelerator.wait_for_everyone()
@@ -373,6 +373,9 @@ def save_model_folder(model: EsiModel, feature_extractor, tokenizer, folder: Pat
     model.save_pretrained(folder)
     feature_extractor.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    # AutoProcessor: ECG and text inputs in one call (`model(**processor(ecgs=..., text=...))`).
+    max_text_length = model.config.decoder_config.max_position_embeddings
+    EsiProcessor(feature_extractor, tokenizer, max_text_length=max_text_length).save_pretrained(folder)
     (folder / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     write_model_card(folder, summary)
     logger.info("saved model to %s", folder)

@@ -1,0 +1,234 @@
+"""The Cardio Query Assistant for records: statements, measurements and retrieved knowledge in, checked captions out.
+
+`Captioner.caption_record` captions one ECG (the app's path); `Captioner.rows` a block of prepared-dataset rows
+(`cqa_generate.py`'s path). Both go through the same inputs, backend, faithfulness check and template fallback.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from esi.cqa.backends import CaptionBackend, make_backend
+from esi.cqa.consistency import reconcile_with_statements
+from esi.cqa.faithfulness import DiagnosisLexicon, FaithfulnessChecker
+from esi.cqa.measurements import EcgMeasurements, measure_ecg
+from esi.cqa.options import GenerationOptions
+from esi.cqa.prompts import CaptionInputs, CaptionRequest, Statement, build_request, is_number
+from esi.cqa.retrieval import HybridRetriever, build_query
+from esi.cqa.template_writer import TemplateWriter
+from esi.knowledge import load_knowledge_base
+
+# PTB-XL's statement table and licence ship as package data (CC BY 4.0, see the folder's README).
+PTBXL_RESOURCES = Path(str(importlib.resources.files("esi.data") / "resources" / "ptbxl"))
+DEFAULT_SCP_STATEMENTS = PTBXL_RESOURCES / "scp_statements.csv"
+DEFAULT_PTBXL_LICENSE = PTBXL_RESOURCES / "LICENSE.txt"
+
+
+@dataclass
+class CaptionResult:
+    """One record's caption and how it was obtained."""
+
+    caption: str
+    faithfulness: str  # one of schema.FAITHFULNESS_OUTCOMES
+    issues: list[str]
+    inputs: CaptionInputs
+    prompt_hash: str
+
+
+def abnormal_findings(m: EcgMeasurements) -> list[str]:
+    """Coarse words for the retrieval query; no numbers, so many records share a cached query."""
+    findings = []
+    rate = m.heart_rate_bpm
+    if is_number(rate):
+        findings += ["fast heart rate"] if rate > 100 else ["slow heart rate"] if rate < 60 else []
+    if m.rr_irregular:
+        findings.append("irregular RR intervals")
+    if m.p_wave_absent:
+        findings.append("absent P waves")
+    if is_number(m.qrs_duration_ms) and m.qrs_duration_ms >= 120:
+        findings.append("wide QRS complex")
+    if is_number(m.pr_interval_ms) and m.pr_interval_ms > 200:
+        findings.append("prolonged PR interval")
+    if is_number(m.qtc_bazett_ms) and m.qtc_bazett_ms >= 460:
+        findings.append("prolonged QTc")
+    if m.qrs_axis_category in ("left", "right", "extreme"):
+        findings.append(f"{m.qrs_axis_category} axis deviation")
+    if m.low_voltage:
+        findings.append("low QRS voltage")
+    return findings
+
+
+def _statements(ecg_id: int, scp_codes: str, descriptions: dict[str, str]) -> list[Statement]:
+    try:
+        codes = json.loads(scp_codes)
+    except (TypeError, json.JSONDecodeError) as err:
+        raise ValueError(f"record ecg_id={ecg_id}: scp_codes is not a JSON object ({err})") from None
+    if not isinstance(codes, dict):
+        raise ValueError(f"record ecg_id={ecg_id}: scp_codes is not a JSON object: {scp_codes!r}")
+    unknown = [c for c in codes if c not in descriptions]
+    if unknown:
+        raise ValueError(f"record ecg_id={ecg_id}: unknown SCP code(s) {unknown} (not in scp_statements.csv)")
+    return [Statement(code, descriptions[code], float(likelihood)) for code, likelihood in codes.items()]
+
+
+def _scp_descriptions(dataset_dir: Path, override: str | None) -> dict[str, str]:
+    from esi.data.ptbxl import load_statements
+
+    if override:
+        path = Path(override)
+        folder = path.parent if path.is_file() else path
+    elif (dataset_dir / "scp_statements.csv").is_file():
+        folder = dataset_dir
+    else:
+        folder = DEFAULT_SCP_STATEMENTS.parent
+    return {str(code): str(desc) for code, desc in load_statements(folder)["description"].items()}
+
+
+class Captioner:
+    """Turns rows of a prepared dataset (plus their measurements) into output rows."""
+
+    def __init__(self, dataset_dir: Path, options: GenerationOptions) -> None:
+        self.options = options
+        self.descriptions = _scp_descriptions(dataset_dir, options.scp_statements)
+        knowledge = load_knowledge_base()
+        self.retriever = HybridRetriever(knowledge, encoder_path=options.encoder_path)
+        self.checker = FaithfulnessChecker(DiagnosisLexicon.build(self.descriptions, knowledge))
+        self.writer = TemplateWriter(self.checker)
+        llm_options = {}
+        if options.backend != "template":
+            llm_options = {
+                "max_new_tokens": options.max_new_tokens,
+                "temperature": options.temperature,
+                "top_p": options.top_p,
+                "model_id": options.model_id,
+            }
+            if options.backend == "transformers":
+                llm_options["batch_size"] = options.batch_size
+            else:
+                llm_options |= {
+                    "tensor_parallel_size": options.tensor_parallel_size,
+                    "max_model_len": options.max_model_len,
+                    "python": options.vllm_python,
+                }
+        self.backend: CaptionBackend = make_backend(options.backend, self.writer, options.model, **llm_options)
+
+    def inputs(self, rows: dict, measurements: Sequence[EcgMeasurements]) -> list[CaptionInputs]:
+        statements = [
+            _statements(ecg_id, codes, self.descriptions)
+            for ecg_id, codes in zip(rows["ecg_id"], rows["scp_codes"], strict=True)
+        ]
+        queries = [
+            build_query([s.code for s in st], [s.description for s in st], abnormal_findings(m))
+            for st, m in zip(statements, measurements, strict=True)
+        ]
+        passages = self.retriever.retrieve_batch(
+            queries, k=self.options.retrieval_k, required_codes_list=[[s.code for s in st] for st in statements]
+        )
+        return [
+            CaptionInputs(
+                ecg_id=int(rows["ecg_id"][i]),
+                age=rows["age"][i],
+                sex=rows["sex"][i],
+                report=rows["report"][i] or "",
+                statements=statements[i],
+                measurements=reconcile_with_statements(measurements[i], [s.code for s in statements[i]]),
+                passages=passages[i],
+            )
+            for i in range(len(statements))
+        ]
+
+    def captions(self, requests: list[CaptionRequest]) -> list[tuple[str, str, list[str]]]:
+        """(caption, faithfulness outcome, issues) per request, with bounded regeneration."""
+        templates = [self.writer.write(r.inputs) for r in requests]
+        for request, text in zip(requests, templates, strict=True):
+            issues = self.checker.check(text, request.inputs)
+            if issues:  # the writer is faithful by construction; anything else is a bug to fix
+                raise RuntimeError(f"record ecg_id={request.inputs.ecg_id}: template caption failed {issues}")
+        if self.backend.name == "template":
+            return [(text, "pass", []) for text in templates]
+
+        texts = self.backend.generate(requests)
+        results: list[tuple[str, str, list[str]] | None] = [None] * len(requests)
+        rejected: dict[int, list[str]] = {}
+        for attempt in range(self.options.max_retries + 1):
+            if attempt > 0:
+                pending = sorted(rejected.keys() - {i for i, r in enumerate(results) if r is not None})
+                if not pending:
+                    break
+                retry = self.backend.generate([replace(requests[i], attempt=attempt) for i in pending])
+                candidates = dict(zip(pending, retry, strict=True))
+            else:
+                candidates = dict(enumerate(texts))
+            for i, text in candidates.items():
+                issues = self.checker.check(text, requests[i].inputs)
+                if not issues:
+                    results[i] = (text, "pass" if attempt == 0 else "pass_after_retry", rejected.get(i, []))
+                else:
+                    rejected.setdefault(i, []).extend(f"attempt {attempt + 1}: {issue}" for issue in issues)
+        return [
+            result if result is not None else (templates[i], "template_fallback", rejected[i])
+            for i, result in enumerate(results)
+        ]
+
+    def caption_record(
+        self,
+        signal: np.ndarray,
+        sampling_rate: float,
+        lead_names: Sequence[str],
+        scp_codes: Mapping[str, float],
+        age: float | None = None,
+        sex: str | None = None,
+        report: str = "",
+        record_id: str | int = "upload",
+    ) -> tuple[EcgMeasurements, CaptionResult]:
+        """Measure and caption one ECG. signal: (leads, samples) in mV; scp_codes: PTB-XL code -> likelihood.
+
+        `record_id` names the record in errors; an integer also seeds the template's phrasing.
+        """
+        measurements = measure_ecg(signal, sampling_rate, list(lead_names), ecg_id=record_id)
+        row = {
+            "ecg_id": [record_id if isinstance(record_id, int) else 0],
+            "scp_codes": [json.dumps(dict(scp_codes))],
+            "age": [age],
+            "sex": [sex],
+            "report": [report],
+        }
+        (inputs,) = self.inputs(row, [measurements])
+        request = build_request(inputs)
+        ((text, outcome, issues),) = self.captions([request])
+        return measurements, CaptionResult(text, outcome, issues, inputs, request.prompt_hash)
+
+    def rows(self, split: str, rows: dict, measurements: Sequence[EcgMeasurements]) -> list[dict]:
+        """Output rows (schema.output_features) for a block of prepared rows and their measurements."""
+        inputs = self.inputs(rows, measurements)
+        requests = [build_request(x) for x in inputs]
+        captions: list[tuple[str, str, list[str]]] = []
+        step = max(1, self.options.batch_size)
+        for start in range(0, len(requests), step):
+            captions += self.captions(requests[start : start + step])
+        return [
+            {
+                "ecg_id": x.ecg_id,
+                "split": split,
+                "caption": caption,
+                **x.measurements.to_columns(),
+                "statements": [s.code for s in x.statements],
+                "statement_descriptions": [s.description for s in x.statements],
+                "retrieved_passage_ids": [p.id for p in x.passages],
+                "backend": self.backend.name,
+                "model_id": self.backend.model_id,
+                "prompt_hash": request.prompt_hash,
+                "faithfulness": outcome,
+                "faithfulness_issues": issues,
+            }
+            for x, request, (caption, outcome, issues) in zip(inputs, requests, captions, strict=True)
+        ]
+
+    def close(self) -> None:
+        self.backend.close()

@@ -1,0 +1,269 @@
+"""A prepared ECG dataset -> a captioned dataset (Parquet shards + dataset card), resumable and shardable.
+
+See `esi.cqa.run_state` for how work is cut into units and committed. `generate_captions` runs (or resumes)
+this job's share of the units; `merge_outputs` gathers the shares of a scale-out run; `push_captions` uploads
+a finished folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import datasets
+from datasets import load_from_disk
+from tqdm.auto import tqdm
+
+from esi.cqa.captioner import DEFAULT_PTBXL_LICENSE, Captioner
+from esi.cqa.dataset_card import write_dataset_card
+from esi.cqa.measurements import EcgMeasurements, measure_ecg
+from esi.cqa.options import IDENTITY_KEYS, GenerationOptions
+from esi.cqa.run_state import (
+    RUN_CONFIG,
+    STATE_DIR,
+    RunStateError,
+    WorkUnit,
+    commit_file,
+    plan_units,
+    read_journal,
+    read_run_config,
+    remove_interrupted_writes,
+    run_lock,
+    shard_units,
+    stray_shards,
+    write_json_atomic,
+)
+from esi.cqa.schema import FAITHFULNESS_OUTCOMES, output_features
+from esi.hub import push_folder
+
+logger = logging.getLogger(__name__)
+
+
+class _Measurer:
+    """Measures a unit's signals in a process pool while the main process captions the previous one."""
+
+    def __init__(self, num_workers: int) -> None:
+        self.pool = None
+        if num_workers > 1:
+            # forkserver: safe with torch threads in this process; neurokit2 loads once per worker.
+            self.pool = ProcessPoolExecutor(max_workers=num_workers, mp_context=get_context("forkserver"))
+
+    def submit(self, rows: dict) -> Iterator[EcgMeasurements]:
+        n = len(rows["ecg_id"])
+        args = (list(rows["signal"]), rows["sampling_rate"], rows["lead_names"], rows["ecg_id"])
+        if self.pool is None:
+            return iter([measure_ecg(*a) for a in zip(*args, strict=True)])
+        return self.pool.map(measure_ecg, *args, chunksize=max(1, min(16, n // 8)))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def _check_resumable(output_dir: Path, config: dict, resume: bool) -> None:
+    if not (output_dir.exists() and any(output_dir.iterdir())):
+        return
+    if not resume:
+        raise FileExistsError(
+            f"output directory {output_dir} is not empty; pass --resume to continue the run there, "
+            "or choose an empty directory"
+        )
+    previous = read_run_config(output_dir)
+    changed = [k for k in IDENTITY_KEYS + ("shard_index",) if previous.get(k) != config.get(k)]
+    if changed:
+        details = ", ".join(f"{k}: {previous.get(k)!r} -> {config.get(k)!r}" for k in changed)
+        raise ValueError(f"cannot resume {output_dir} with different options ({details})")
+
+
+def _refuse_stray_shards(output_dir: Path, units: Sequence[str]) -> None:
+    stray = stray_shards(output_dir, units)
+    if stray:
+        raise RunStateError(
+            f"{output_dir} holds Parquet file(s) that are no unit of this run: {stray[:5]}; they would be loaded as "
+            "extra rows. Move them out of data/ and run again"
+        )
+
+
+def _dataset_identity(dataset_dict: datasets.DatasetDict, splits: Sequence[str]) -> dict:
+    return {s: {"fingerprint": dataset_dict[s]._fingerprint, "num_rows": dataset_dict[s].num_rows} for s in splits}
+
+
+def generate_captions(
+    dataset_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    options: GenerationOptions | None = None,
+    **overrides,
+) -> dict:
+    """Caption a prepared dataset into ``output_dir``; ``overrides`` replace fields of ``options``.
+
+    Returns a summary: rows written by this call, records/s, faithfulness counts, and whether the
+    output holds every unit (then it also has a dataset card and loads with ``load_dataset``).
+    """
+    opts = dataclasses.replace(options or GenerationOptions(), **overrides)
+    dataset_dir, output_dir = Path(dataset_dir), Path(output_dir)
+    dataset_dict = load_from_disk(str(dataset_dir))
+    if not isinstance(dataset_dict, datasets.DatasetDict):
+        raise ValueError(f"{dataset_dir} holds a single Dataset; expected a prepared DatasetDict with splits")
+    splits = opts.splits or list(dataset_dict.keys())
+    missing = [s for s in splits if s not in dataset_dict]
+    if missing:
+        raise ValueError(f"split(s) {missing} not in {dataset_dir} (has {list(dataset_dict.keys())})")
+    if opts.num_samples is not None and opts.num_samples < 1:
+        raise ValueError(f"num_samples must be positive, got {opts.num_samples}")
+    num_rows = {s: min(dataset_dict[s].num_rows, opts.num_samples or dataset_dict[s].num_rows) for s in splits}
+    all_units = plan_units(num_rows, opts.records_per_file)
+    my_units = shard_units(all_units, opts.num_shards, opts.shard_index)
+
+    config = {k: v for k, v in dataclasses.asdict(opts).items() if k not in ("resume", "num_workers", "vllm_python")}
+    config |= {"dataset": _dataset_identity(dataset_dict, splits), "splits": splits}
+    config["units"] = [u.filename for u in all_units]
+    config["dataset_dir"] = str(dataset_dir.resolve())
+    _check_resumable(output_dir, config, opts.resume)
+    (output_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    with run_lock(output_dir):
+        write_json_atomic(output_dir / STATE_DIR / RUN_CONFIG, config)
+        remove_interrupted_writes(output_dir)
+        _refuse_stray_shards(output_dir, config["units"])
+        done = read_journal(output_dir)
+        todo = [u for u in my_units if u.filename not in done]
+        written, counts, elapsed = _caption_units(dataset_dir, dataset_dict, splits, todo, my_units, output_dir, opts)
+        complete = finalize_output(output_dir)
+    return {
+        "output_dir": str(output_dir),
+        "rows_written": written,
+        "seconds": elapsed,
+        "records_per_second": written / elapsed if elapsed > 0 else 0.0,
+        "faithfulness": dict(counts),
+        "complete": complete,
+    }
+
+
+def _caption_units(
+    dataset_dir: Path,
+    dataset_dict: datasets.DatasetDict,
+    splits: Sequence[str],
+    todo: Sequence[WorkUnit],
+    my_units: Sequence[WorkUnit],
+    output_dir: Path,
+    opts: GenerationOptions,
+) -> tuple[int, Counter[str], float]:
+    """Caption and commit `todo`, measuring the next unit in the pool while the current one is captioned."""
+    counts: Counter[str] = Counter()
+    written = 0
+    started = time.perf_counter()
+    if not todo:
+        return written, counts, 0.0
+    total = sum(u.stop - u.start for u in my_units)
+    captioner, measurer = Captioner(dataset_dir, opts), _Measurer(opts.num_workers)
+    bar = tqdm(total=total, initial=total - sum(u.stop - u.start for u in todo), unit="rec", desc="captions")
+    try:
+        tables = {s: dataset_dict[s].with_format("numpy", columns=["signal"], output_all_columns=True) for s in splits}
+
+        def load(unit: WorkUnit) -> tuple[dict, Iterator[EcgMeasurements]]:
+            rows = tables[unit.split][unit.start : unit.stop]
+            return rows, measurer.submit(rows)
+
+        pending = load(todo[0])
+        for position, unit in enumerate(todo):
+            rows, measured = pending
+            if position + 1 < len(todo):
+                pending = load(todo[position + 1])
+            out_rows = captioner.rows(unit.split, rows, list(measured))
+            commit_file(
+                output_dir,
+                unit.filename,
+                lambda tmp, r=out_rows: datasets.Dataset.from_list(r, features=output_features()).to_parquet(str(tmp)),
+                {"split": unit.split, "index": unit.index, "rows": len(out_rows)},
+            )
+            counts.update(r["faithfulness"] for r in out_rows)
+            written += len(out_rows)
+            bar.update(len(out_rows))
+    finally:
+        bar.close()
+        measurer.close()
+        captioner.close()
+    return written, counts, time.perf_counter() - started
+
+
+def output_stats(output_dir: Path) -> dict:
+    """Rows per split and faithfulness outcomes, read back from the committed Parquet files."""
+    import pyarrow.parquet as pq
+
+    per_split: Counter[str] = Counter()
+    outcomes: Counter[str] = Counter()
+    for path in sorted((output_dir / "data").glob("*.parquet")):
+        table = pq.read_table(path, columns=["split", "faithfulness"])
+        per_split.update(table.column("split").to_pylist())
+        outcomes.update(table.column("faithfulness").to_pylist())
+    return {"rows_per_split": dict(per_split), "faithfulness": {k: outcomes.get(k, 0) for k in FAITHFULNESS_OUTCOMES}}
+
+
+def finalize_output(output_dir: str | os.PathLike) -> bool:
+    """Write the dataset card and licence once every unit is present and intact; returns whether it is complete."""
+    output_dir = Path(output_dir)
+    config = read_run_config(output_dir)
+    done = read_journal(output_dir)
+    if any(name not in done for name in config["units"]):
+        return False
+    _refuse_stray_shards(output_dir, config["units"])
+    license_src = Path(config.get("ptbxl_license") or DEFAULT_PTBXL_LICENSE)
+    dataset_license = Path(config["dataset_dir"]) / "LICENSE.txt"
+    if not config.get("ptbxl_license") and dataset_license.is_file():
+        license_src = dataset_license
+    shutil.copyfile(license_src, output_dir / "LICENSE.txt")
+    write_dataset_card(output_dir, config, output_stats(output_dir))
+    return True
+
+
+def merge_outputs(input_dirs: Sequence[str | os.PathLike], output_dir: str | os.PathLike) -> dict:
+    """Join the outputs of scale-out jobs (same options, different shard indices) into one dataset."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise FileExistsError(f"merge output directory {output_dir} is not empty")
+    configs = [read_run_config(Path(d)) for d in input_dirs]
+    first = configs[0]
+    for d, config in zip(input_dirs, configs, strict=True):
+        changed = [k for k in IDENTITY_KEYS + ("units",) if config.get(k) != first.get(k)]
+        if changed:
+            raise ValueError(f"{d} was made with different options ({', '.join(changed)}) than {input_dirs[0]}")
+    sources: dict[str, Path] = {}
+    for d in map(Path, input_dirs):
+        for name in read_journal(d):
+            if name in sources:
+                raise ValueError(f"{name} is in both {sources[name]} and {d}: overlapping shards")
+            sources[name] = d
+    missing = [name for name in first["units"] if name not in sources]
+    if missing:
+        raise ValueError(f"merge is incomplete: {len(missing)} unit(s) missing or damaged, e.g. {missing[:3]}")
+    (output_dir / "data").mkdir(parents=True, exist_ok=True)
+    (output_dir / STATE_DIR).mkdir(exist_ok=True)
+    merged = {**first, "num_shards": 1, "shard_index": 0, "merged_from": [str(Path(d).resolve()) for d in input_dirs]}
+    write_json_atomic(output_dir / STATE_DIR / RUN_CONFIG, merged)
+    for name in first["units"]:
+        commit_file(
+            output_dir,
+            name,
+            lambda tmp, n=name: shutil.copyfile(sources[n] / n, tmp),
+            {"merged_from": str(sources[name])},
+        )
+    finalize_output(output_dir)
+    return {"output_dir": str(output_dir), **output_stats(output_dir)}
+
+
+def push_captions(output_dir: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Upload a complete output folder as a Hub dataset repo (token from the env or `hf auth login`)."""
+    output_dir = Path(output_dir)
+    if not (output_dir / "README.md").is_file():
+        raise ValueError(f"{output_dir} is not a complete captioned dataset (no README.md); finish or merge it first")
+    # Run state and preview PNGs stay local.
+    return push_folder(
+        output_dir, repo_id, "dataset", private, token, ignore_patterns=[f"{STATE_DIR}/*", ".*", "plots/*"]
+    )

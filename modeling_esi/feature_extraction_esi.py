@@ -6,7 +6,6 @@ from fractions import Fraction
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers import BatchFeature, SequenceFeatureExtractor
 
 from .configuration_esi import PTBXL_LEAD_ORDER

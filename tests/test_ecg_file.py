@@ -77,9 +77,11 @@ def test_dicom_without_waveform_and_non_dicom(tmp_path):
 def test_wfdb_ptbxl_500hz_equals_rdsamp():
     ecg = read_ecg_file(PTBXL_500.with_suffix(".hea"))
     expected, fields = wfdb.rdsamp(str(PTBXL_500))
-    assert ecg.format == "WFDB" and ecg.sampling_rate == 500 and [n.casefold() for n in ecg.lead_names] == [
-        n.casefold() for n in fields["sig_name"]
-    ]
+    assert (
+        ecg.format == "WFDB"
+        and ecg.sampling_rate == 500
+        and [n.casefold() for n in ecg.lead_names] == [n.casefold() for n in fields["sig_name"]]
+    )
     np.testing.assert_allclose(ecg.signal, expected.T, rtol=1e-6)
     assert read_ecg_file(PTBXL_500.with_suffix(".dat")).signal.shape == (12, 5000)  # from its .dat too
 

@@ -186,13 +186,17 @@ def test_duplicated_lead_names_are_refused(tmp_path):
 
 
 def test_megavolt_amplitudes_are_refused(tmp_path):
-    files = edit_header(write_record(tmp_path), lambda lines: [line.replace(" 1000.0(0)/mV", " 0.001(0)/mV") for line in lines])
+    files = edit_header(
+        write_record(tmp_path), lambda lines: [line.replace(" 1000.0(0)/mV", " 0.001(0)/mV") for line in lines]
+    )
     with pytest.raises(RecordError, match=r"rec\.hea: leads .* reach .* mV; a surface ECG stays within ±100 mV"):
         read_upload(files)
 
 
 def test_negative_gain_is_refused(tmp_path):
-    files = edit_header(write_record(tmp_path), lambda lines: [line.replace(" 1000.0(0)/mV", " -1000.0(0)/mV") for line in lines])
+    files = edit_header(
+        write_record(tmp_path), lambda lines: [line.replace(" 1000.0(0)/mV", " -1000.0(0)/mV") for line in lines]
+    )
     with pytest.raises(RecordError, match=r"rec\.hea: leads I, .* have a negative gain"):
         read_upload(files)
 

@@ -72,9 +72,7 @@ def read_upload(paths: Sequence[str | os.PathLike]) -> EcgRecord:
     singles = [f for f in files if f.suffix.lower() in SINGLE_FILE_SUFFIXES]
     if singles:
         if len(files) != 1:
-            raise RecordError(
-                f"Upload one ECG at a time: {', '.join(f.name for f in files)} were uploaded together."
-            )
+            raise RecordError(f"Upload one ECG at a time: {', '.join(f.name for f in files)} were uploaded together.")
         return read_record(singles[0])
     headers = [f for f in files if f.suffix.lower() == ".hea"]
     if len(headers) != 1:

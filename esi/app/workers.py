@@ -99,7 +99,9 @@ class WorkerPool:
                 worker.ready = True
             worker.connection.send((method, args))
             if not worker.connection.poll(self.timeout_s):
-                logger.warning("%s%r ran past %.0f s; worker %d killed", method, args, self.timeout_s, worker.process.pid)
+                logger.warning(
+                    "%s%r ran past %.0f s; worker %d killed", method, args, self.timeout_s, worker.process.pid
+                )
                 raise AnalysisTimeout(f"the analysis took longer than {self.timeout_s:.0f} s and was stopped")
             status, value = worker.connection.recv()
         except (AnalysisTimeout, WorkerFailed, EOFError, OSError) as error:

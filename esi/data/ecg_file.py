@@ -140,9 +140,7 @@ def _check_shape(file_name: str, num_signals: int, num_samples: int, rate: int, 
     if num_signals < 1:
         raise EcgFileError(f"{file_name} lists no signals.")
     if num_signals > limits.max_signals:
-        raise EcgFileError(
-            f"{file_name} declares {num_signals} signals; at most {limits.max_signals} are accepted."
-        )
+        raise EcgFileError(f"{file_name} declares {num_signals} signals; at most {limits.max_signals} are accepted.")
     seconds = num_samples / rate
     if seconds < limits.min_seconds:
         raise EcgFileError(
@@ -355,7 +353,9 @@ def _read_philips_xml(path: Path, limits: ReadLimits) -> EcgFile:
     rate_hz = _check_rate(name, rate, limits)
     try:
         channels = int(found.get("numberchannelsvalid", "12"))
-        duration_ms = float(next(e for e in root.iter() if _local(e.tag) == "parsedwaveforms").get("durationperchannel"))
+        duration_ms = float(
+            next(e for e in root.iter() if _local(e.tag) == "parsedwaveforms").get("durationperchannel")
+        )
     except (StopIteration, TypeError, ValueError):
         raise EcgFileError(f"{name} holds no parsed waveforms with a duration per channel.") from None
     _check_shape(name, channels, round(duration_ms * rate_hz / 1000), rate_hz, limits)

@@ -2,7 +2,7 @@
 
     python -m esi.publish --model-dir outputs/demo/pretraining/model \\
         --captions-dir outputs/demo/captions --signals-dir outputs/demo/prepared \\
-        --downstream benchmarks/reports/downstream_summary.json --output-dir outputs/publish \\
+        --downstream outputs/esi_claim/model_summary.json --output-dir outputs/publish \\
         [--model-repo-id you/esi-atto --dataset-repo-id you/esi-ptbxl-captions --token hf_...]
 
 Without repo ids nothing leaves the machine: the folders under --output-dir are what would be
@@ -14,19 +14,53 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 from pathlib import Path
 
 import datasets
 
+from esi.checksum import sha256_file
 from esi.cqa.dataset_card import write_dataset_card
 from esi.cqa.run import output_stats
 from esi.cqa.run_state import read_run_config
 from esi.hub import push_folder
 from esi.train.model_card import write_model_card
 
+logger = logging.getLogger("esi.publish")
 # What a captions folder holds for users; its `.cqa/` journal is for resuming runs only.
 DATASET_FILES = ("README.md", "LICENSE.txt", "data")
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """sha256 of the folder's `model.safetensors`: the identity result files name their model by."""
+    path = model_dir / "model.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"{model_dir} has no model.safetensors to identify the model by")
+    return sha256_file(path)
+
+
+def results_for_model(downstream: dict | None, checksum: str) -> dict | None:
+    """Only the downstream results measured on this very model (`weights_sha256` equal to `checksum`).
+
+    A result without a checksum, or measured on other weights (another run, seed or checkpoint), is left
+    out and counted in a warning: a model card must not quote figures its model did not earn.
+    """
+    if not downstream:
+        return None
+    results = downstream.get("results", [])
+    kept = [r for r in results if r.get("weights_sha256") == checksum]
+    if len(kept) < len(results):
+        logger.warning(
+            "left %d of %d downstream results off the model card: their weights_sha256 is not %s",
+            len(results) - len(kept),
+            len(results),
+            checksum,
+        )
+    markdown = downstream.get("markdown") if downstream.get("weights_sha256") == checksum else None
+    if not kept and not markdown:
+        return None
+    return {"results": kept, "markdown": markdown or "", "weights_sha256": checksum}
 
 
 def assemble_model_folder(
@@ -36,9 +70,11 @@ def assemble_model_folder(
     downstream: dict | None = None,
     dataset_repo_id: str | None = None,
 ) -> Path:
-    """Copy an `esi-train` model folder and refill its card: repo id, caption dataset link, downstream results."""
+    """Copy an `esi-train` model folder and refill its card: repo id, caption dataset link, and the downstream
+    results measured on this model's weights (see `results_for_model`)."""
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json)")
+    downstream = results_for_model(downstream, weights_sha256(model_dir))
     if output_dir.exists():
         shutil.rmtree(output_dir)
     shutil.copytree(model_dir, output_dir)
@@ -84,7 +120,12 @@ def assemble_and_push(argv: list[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--model-dir", type=Path, help="a train.py output model folder")
     parser.add_argument("--captions-dir", type=Path, help="a cqa_generate.py output folder")
     parser.add_argument("--signals-dir", type=Path, help="the prepared dataset, published as the 'signals' config")
-    parser.add_argument("--downstream", type=Path, help="downstream_summary.json from benchmarks/bench_downstream.py")
+    parser.add_argument(
+        "--downstream",
+        type=Path,
+        help="downstream summary JSON (benchmarks.esi_claim.report --model-summary); only its results whose "
+        "weights_sha256 matches --model-dir's model.safetensors reach the card",
+    )
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/publish"))
     parser.add_argument("--model-repo-id", default=None)
     parser.add_argument("--dataset-repo-id", default=None)

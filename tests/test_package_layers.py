@@ -19,6 +19,7 @@ LAYERS = {
     "esi.constants": 1,
     "esi.text_encoder": 1,
     "esi.hub": 1,
+    "esi.checksum": 1,
     "esi.data": 2,
     "esi.knowledge": 2,
     "esi.plot": 3,

@@ -170,3 +170,81 @@ def test_missing_file_needs_skip_missing(ptbxl_sample_dir, tmp_path):
     assert sum(split.num_rows for split in prepared.values()) == NUM_ROWS - 1
     [entry] = [json.loads(line) for line in (tmp_path / "out" / "skipped.jsonl").read_text().splitlines()]
     assert entry["reason"] == "missing" and entry["ecg_id"] == int(rows[BAD_ROW]["ecg_id"])
+
+
+# --- Per-row validation (issue 14 items 5 and 9, Low items; issue 11 item 4) ---------------------------
+
+
+def _edit_row(sample: Path, folder: Path, **cells) -> tuple[list[dict], int]:
+    """A copy of the sample whose BAD_ROW has `cells` replaced; returns its rows and the bad row's CSV line."""
+    rows = _copy_sample(sample, folder)
+    rows[BAD_ROW].update(cells)
+    _write_database(folder, rows)
+    return rows, BAD_ROW + 2
+
+
+def _skipped(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("filename_lr", "../../x", r"column 'filename_lr': path '../../x' leaves the dataset folder"),
+        ("filename_lr", "/etc/passwd", r"column 'filename_lr': path '/etc/passwd' is absolute"),
+        ("age", "abc", r"line 3, column 'age' is not a number: 'abc'"),
+        ("age", "-4", r"column 'age' '-4' is not 0-300"),
+        ("sex", "7", r"column 'sex' '7' is not 0 \(male\) or 1 \(female\)"),
+        ("strat_fold", "ten", r"line 3, column 'strat_fold' is not an integer: 'ten'"),
+        ("patient_id", "x1", r"line 3, column 'patient_id' is not an integer: 'x1'"),
+        ("scp_codes", "{'NORM': 100.0, 'X': '" + "A" * 20_000_000 + "'}", r"'scp_codes' holds 20,000,024 characters"),
+    ],
+)
+def test_bad_cell_fails_only_its_record(ptbxl_sample_dir, tmp_path, column, value, message):
+    rows, line = _edit_row(ptbxl_sample_dir, tmp_path / "ptbxl", **{column: value})
+    ecg_id = int(rows[BAD_ROW]["ecg_id"])
+    with pytest.raises(PtbxlRecordError, match=message) as info:
+        prepare_ptbxl(tmp_path / "ptbxl", num_proc=1)
+    assert info.value.ecg_id == ecg_id and f"ecg_id {ecg_id}:" in str(info.value)
+    prepared = prepare_ptbxl(tmp_path / "ptbxl", tmp_path / "out", num_proc=1, skip_invalid=True)
+    kept = sorted(i for split in prepared.values() for i in split["ecg_id"])
+    assert kept == sorted(int(r["ecg_id"]) for r in rows if int(r["ecg_id"]) != ecg_id)
+    [entry] = _skipped(tmp_path / "out")
+    assert entry["ecg_id"] == ecg_id and entry["reason"] == "invalid" and re.search(message, entry["problem"])
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "2.5", ""])
+def test_bad_ecg_id_names_the_csv_line(ptbxl_sample_dir, tmp_path, value):
+    rows, line = _edit_row(ptbxl_sample_dir, tmp_path / "ptbxl", ecg_id=value)
+    with pytest.raises(PtbxlRecordError, match=rf"ptbxl_database.csv line {line}: .*column 'ecg_id'") as info:
+        prepare_ptbxl(tmp_path / "ptbxl", num_proc=1)
+    assert info.value.row == line and info.value.ecg_id is None
+    prepared = prepare_ptbxl(tmp_path / "ptbxl", tmp_path / "out", num_proc=1, skip_invalid=True)
+    assert sum(split.num_rows for split in prepared.values()) == NUM_ROWS - 1
+    [entry] = _skipped(tmp_path / "out")
+    assert entry["ecg_id"] is None and entry["record"] == f"line {line}"
+
+
+def test_missing_demographics_are_none(ptbxl_sample_dir, tmp_path):
+    rows, _ = _edit_row(ptbxl_sample_dir, tmp_path / "ptbxl", age="", sex="", report="", heart_axis="")
+    prepared = prepare_ptbxl(tmp_path / "ptbxl", num_proc=1)
+    by_id = {r["ecg_id"]: r for split in prepared.values() for r in split}
+    row = by_id[int(rows[BAD_ROW]["ecg_id"])]
+    assert row["age"] is None and row["sex"] is None and row["report"] == ""
+    other = by_id[int(rows[0]["ecg_id"])]
+    assert other["age"] == float(rows[0]["age"]) and other["sex"] in ("male", "female")
+
+
+def test_header_naming_missing_signal_file_is_a_record_error(ptbxl_sample_dir, tmp_path):
+    folder = tmp_path / "ptbxl"
+    rows = _copy_sample(ptbxl_sample_dir, folder)
+    hea = folder / (rows[BAD_ROW]["filename_lr"] + ".hea")
+    hea.write_text(hea.read_text().replace(Path(rows[BAD_ROW]["filename_lr"]).name + ".dat", "elsewhere.dat"))
+    ecg_id = int(rows[BAD_ROW]["ecg_id"])
+    with pytest.raises(
+        PtbxlRecordError, match=rf"ecg_id {ecg_id}: .*names signal file elsewhere.dat, which is missing"
+    ):
+        prepare_ptbxl(folder, num_proc=1)
+    prepared = prepare_ptbxl(folder, tmp_path / "out", num_proc=1, skip_invalid=True)
+    assert sum(split.num_rows for split in prepared.values()) == NUM_ROWS - 1
+    assert _skipped(tmp_path / "out")[0]["ecg_id"] == ecg_id

@@ -12,6 +12,7 @@ import textwrap
 import yaml
 
 from esi.publish import assemble_and_push as publish
+from esi.publish import weights_sha256
 
 USER_SCRIPT = textwrap.dedent(
     """
@@ -44,9 +45,14 @@ def test_published_folders_load_offline_in_a_clean_process(
     tiny_pretrained_model, sample_captions, prepared_sample, tmp_path
 ):
     downstream = tmp_path / "downstream_summary.json"
+    checksum = weights_sha256(tiny_pretrained_model)
     downstream.write_text(json.dumps({
-        "results": [{"name": "PTB-XL superdiagnostic, linear probe, 100% labels", "value": 0.8123}],
+        "results": [
+            {"name": "PTB-XL superdiagnostic, linear probe, 100% labels", "value": 0.8123, "weights_sha256": checksum},
+            {"name": "PTB-XL superdiagnostic, another model's weights", "value": 0.99, "weights_sha256": "0" * 64},
+        ],
         "markdown": "| method | macro AUROC |\n|---|---|\n| linear probe | 0.812 |",
+        "weights_sha256": checksum,
     }))  # fmt: skip
     folders = publish([
         "--model-dir", str(tiny_pretrained_model), "--captions-dir", str(sample_captions),
@@ -57,7 +63,7 @@ def test_published_folders_load_offline_in_a_clean_process(
     card = (folders["model"] / "README.md").read_text()
     meta = yaml.safe_load(card.split("---\n")[1])
     assert meta["library_name"] == "transformers"
-    assert meta["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.8123
+    assert [r["metrics"][0]["value"] for r in meta["model-index"][0]["results"]] == [0.8123]
     assert "not a medical device" in card and "| linear probe | 0.812 |" in card
     assert not (folders["dataset"] / ".cqa").exists()
     dataset_meta = yaml.safe_load((folders["dataset"] / "README.md").read_text().split("---\n")[1])
@@ -123,3 +129,22 @@ def test_uploaded_files_carry_no_local_paths_and_cards_link_model_and_dataset(
     bare = assemble_dataset_folder(sample_captions, tmp_path / "d2")
     bare_card = (bare / "README.md").read_text()
     assert "signals are not repeated here" in bare_card and "config_name: signals" not in bare_card
+
+
+def test_downstream_results_of_other_weights_stay_off_the_card(tiny_pretrained_model, tmp_path):
+    """`--downstream` attaches a result only when its weights_sha256 names the model being published."""
+    downstream = tmp_path / "other_model.json"
+    downstream.write_text(json.dumps({
+        "results": [{"name": "PTB-XL superdiagnostic", "value": 0.91, "weights_sha256": "f" * 64},
+                    {"name": "PTB-XL rhythm, no checksum", "value": 0.88}],
+        "markdown": "| other model | 0.910 |",
+        "weights_sha256": "f" * 64,
+    }))  # fmt: skip
+    folders = publish([
+        "--model-dir", str(tiny_pretrained_model), "--downstream", str(downstream),
+        "--output-dir", str(tmp_path / "publish"),
+    ])  # fmt: skip
+    card = (folders["model"] / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert "model-index" not in meta
+    assert "0.910" not in card and "0.88" not in card

@@ -17,7 +17,16 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ENTRY_POINTS = ("esi-prepare", "esi-cqa", "esi-train", "esi-finetune", "esi-publish", "esi-app", "esi-demo")
+ENTRY_POINTS = (
+    "esi-prepare",
+    "esi-prepare-source",
+    "esi-cqa",
+    "esi-train",
+    "esi-finetune",
+    "esi-publish",
+    "esi-app",
+    "esi-demo",
+)
 SAMPLE = REPO_ROOT / "data" / "ptbxl_sample"
 
 

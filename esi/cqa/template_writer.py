@@ -85,8 +85,8 @@ class TemplateWriter:
         age = format_age(inputs.age)
         sex = inputs.sex if inputs.sex in ("male", "female") else ""
         who = f"{sex} patient" if sex else "patient"
-        if age is None:
-            return f"This 12-lead ECG was recorded from a {who} whose age is not recorded."
+        if age is None:  # missing demographics are simply left out (PTB-XL pretraining pool: all missing)
+            return f"This 12-lead ECG was recorded from a {who}."
         if age == "over 89":
             return f"This 12-lead ECG was recorded from a {who} over 89 years of age."
         return rng.choice(

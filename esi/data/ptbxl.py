@@ -22,14 +22,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import wfdb
-from datasets import Array2D, ClassLabel, DatasetDict, Features, List, Value
+from datasets import DatasetDict, Features
 
-from esi.constants import STANDARD_LEADS, TASKS
+from esi.constants import PTBXL_AGE_OVER_89, TASKS
+from esi.data.prepare import RowTable
+from esi.data.schema import LEAD_NAMES, RecordError, bounded_cell, prepared_features
+from esi.data.wfdb_record import (
+    BYTES_PER_SAMPLE,
+    Header,
+    bad_checksums,
+    check_header,
+    inside,
+    read_digital,
+    read_header,
+    to_physical,
+)
 
-LEAD_NAMES = list(STANDARD_LEADS)
 DURATION_S = 10
 SAMPLING_RATES = (100, 500)
-SPLIT_FOLDS = {"train": tuple(range(1, 9)), "validation": (9,), "test": (10,)}
 SEX_NAMES = {0: "male", 1: "female"}
 DATABASE_COLUMNS = (
     "ecg_id",
@@ -43,28 +53,33 @@ DATABASE_COLUMNS = (
     "filename_lr",
     "filename_hr",
 )
-# Format 16 (16-bit two's complement) is the only WFDB format PTB-XL uses.
-BYTES_PER_SAMPLE = {"16": 2}
+# scp_codes lists a handful of codes; a longer cell is not PTB-XL's (and literal_eval of it is costly).
+MAX_SCP_CODES_CHARS = 10_000
+# Replicated rows (benchmarks only) get ids shifted by multiples of this.
+REPLICA_ID_OFFSET = 10_000_000
 
 
-class PtbxlRecordError(ValueError):
+class PtbxlRecordError(RecordError):
     """A PTB-XL record that cannot be turned into a clean example.
 
-    Carries the record's `ecg_id` and a human-readable `problem`; picklable so it can cross
-    process boundaries unchanged.
+    Carries the record's `ecg_id` (or, when the ecg_id itself is unusable, the CSV line `row`)
+    and a human-readable `problem`.
     """
 
-    def __init__(self, ecg_id: int, problem: str):
-        super().__init__(f"PTB-XL ecg_id {ecg_id}: {problem}")
+    def __init__(self, ecg_id: int | None, problem: str, row: int | None = None, missing: bool = False):
+        if isinstance(ecg_id, int):
+            super().__init__(ecg_id, problem, missing=missing, source="PTB-XL ecg_id")
+        else:
+            super().__init__(f"line {row}", problem, missing=missing, source="PTB-XL ptbxl_database.csv")
         self.ecg_id = ecg_id
-        self.problem = problem
-
-    def __reduce__(self):
-        return type(self), (self.ecg_id, self.problem)
+        self.row = row
 
 
 class MissingRecordFileError(PtbxlRecordError):
     """The record's WFDB files are absent (e.g. a 500 Hz file in a subset that ships only 100 Hz)."""
+
+    def __init__(self, ecg_id: int | None, problem: str, row: int | None = None, missing: bool = True):
+        super().__init__(ecg_id, problem, row=row, missing=True)
 
 
 def load_statements(ptbxl_dir: str | os.PathLike) -> pd.DataFrame:
@@ -79,12 +94,17 @@ def load_statements(ptbxl_dir: str | os.PathLike) -> pd.DataFrame:
     return statements
 
 
-def load_database(ptbxl_dir: str | os.PathLike, limit: int | None = None) -> pd.DataFrame:
-    """The first `limit` rows (all when None) of `ptbxl_database.csv`, in file order."""
+def load_database(ptbxl_dir: str | os.PathLike, limit: int | None = None, as_text: bool = False) -> pd.DataFrame:
+    """The first `limit` rows (all when None) of `ptbxl_database.csv`, in file order.
+
+    `as_text` reads every cell as text ("" when empty) for per-row parsing (`record_metadata`): one bad
+    cell must fail only its record, not turn a whole column into text and fail every record.
+    """
     path = Path(ptbxl_dir) / "ptbxl_database.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {ptbxl_dir} a PTB-XL folder?")
-    database = pd.read_csv(path, usecols=lambda column: column in DATABASE_COLUMNS, nrows=limit)
+    text = {"dtype": str, "keep_default_na": False} if as_text else {}
+    database = pd.read_csv(path, usecols=lambda column: column in DATABASE_COLUMNS, nrows=limit, **text)
     missing = set(DATABASE_COLUMNS) - set(database.columns)
     if missing:
         raise ValueError(f"{path} lacks columns {sorted(missing)}")
@@ -173,25 +193,60 @@ def parse_scp_codes(ecg_id: int, cell: object) -> dict[str, float]:
     return {code: float(likelihood) for code, likelihood in codes.items()}
 
 
-def record_metadata(row: Mapping[str, object], labeler: PtbxlLabeler) -> dict[str, object]:
-    """One database row -> the example's non-signal columns (see docs/CONTRACTS.md)."""
-    ecg_id = int(row["ecg_id"])
-    scp_codes = parse_scp_codes(ecg_id, row["scp_codes"])
-    patient_id, sex, fold, age = row["patient_id"], row["sex"], row["strat_fold"], row["age"]
-    if not isinstance(patient_id, (int, float)) or not math.isfinite(patient_id):
-        raise PtbxlRecordError(ecg_id, f"patient_id is missing or not a number: {patient_id!r}")
-    if sex not in SEX_NAMES:
-        raise PtbxlRecordError(ecg_id, f"sex {sex!r} is not 0 (male) or 1 (female)")
+def _number(ecg_id: int | None, line: int, column: str, cell: str, integer: bool, required: bool) -> float | None:
+    """A numeric cell: None when empty (and allowed); integers may be written as `15709.0` (PTB-XL does)."""
+    text = cell.strip()
+    if not text:
+        if required:
+            raise PtbxlRecordError(ecg_id, f"line {line}, column {column!r} is empty", row=line)
+        return None
+    try:
+        value = float(text) if len(text) < 40 else math.nan
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or (integer and value != int(value)):
+        kind = "an integer" if integer else "a number"
+        raise PtbxlRecordError(ecg_id, f"line {line}, column {column!r} is not {kind}: {text[:60]!r}", row=line)
+    return value
+
+
+def record_metadata(row: Mapping[str, object], labeler: PtbxlLabeler, line: int | None = None) -> dict[str, object]:
+    """One database row (cells as text) -> the example's non-signal columns (see docs/CONTRACTS.md).
+
+    `line` is the row's line in ptbxl_database.csv, used to name a row whose ecg_id is unusable.
+    """
+    line = line if line is not None else int(row.get("_line", 0))
+    cells = {
+        key: "" if row[key] is None or (isinstance(row[key], float) and math.isnan(row[key])) else str(row[key])
+        for key in DATABASE_COLUMNS
+    }
+    raw_id = _number(None, line, "ecg_id", cells["ecg_id"], integer=True, required=True)
+    if not 1 <= raw_id < 2**31:
+        raise PtbxlRecordError(None, f"line {line}, column 'ecg_id' is out of range: {cells['ecg_id']!r}", row=line)
+    ecg_id = int(raw_id)
+    patient_id = _number(ecg_id, line, "patient_id", cells["patient_id"], integer=True, required=True)
+    if not 0 <= patient_id < 2**31:
+        raise PtbxlRecordError(ecg_id, f"line {line}, column 'patient_id' is out of range: {cells['patient_id']!r}")
+    fold = _number(ecg_id, line, "strat_fold", cells["strat_fold"], integer=True, required=True)
     if fold not in range(1, 11):
-        raise PtbxlRecordError(ecg_id, f"strat_fold {fold!r} is not 1-10")
-    if not isinstance(age, (int, float)):
-        raise PtbxlRecordError(ecg_id, f"age is not a number: {age!r}")
-    text = {key: row[key] if isinstance(row[key], str) else "" for key in ("report", "heart_axis")}
+        raise PtbxlRecordError(ecg_id, f"line {line}, column 'strat_fold' {cells['strat_fold']!r} is not 1-10")
+    age = _number(ecg_id, line, "age", cells["age"], integer=False, required=False)
+    if age is not None and not 0 <= age <= PTBXL_AGE_OVER_89:
+        raise PtbxlRecordError(ecg_id, f"line {line}, column 'age' {cells['age']!r} is not 0-{PTBXL_AGE_OVER_89}")
+    sex = _number(ecg_id, line, "sex", cells["sex"], integer=True, required=False) if cells["sex"].strip() else None
+    if sex is not None and sex not in SEX_NAMES:
+        raise PtbxlRecordError(ecg_id, f"line {line}, column 'sex' {cells['sex']!r} is not 0 (male) or 1 (female)")
+    try:
+        scp_text = bounded_cell(ecg_id, "scp_codes", cells["scp_codes"], "PTB-XL ecg_id", MAX_SCP_CODES_CHARS)
+        text = {key: bounded_cell(ecg_id, key, cells[key], "PTB-XL ecg_id") for key in ("report", "heart_axis")}
+    except RecordError as err:
+        raise PtbxlRecordError(ecg_id, err.problem) from None
+    scp_codes = parse_scp_codes(ecg_id, scp_text or None)
     return {
         "ecg_id": ecg_id,
         "patient_id": int(patient_id),
-        "age": None if math.isnan(age) else float(age),
-        "sex": SEX_NAMES[int(sex)],
+        "age": age,
+        "sex": SEX_NAMES[int(sex)] if sex is not None else None,
         **text,
         "scp_codes": json.dumps(scp_codes),
         "strat_fold": int(fold),
@@ -199,15 +254,18 @@ def record_metadata(row: Mapping[str, object], labeler: PtbxlLabeler) -> dict[st
     }
 
 
-def split_of(strat_fold: int) -> str:
-    return next(split for split, folds in SPLIT_FOLDS.items() if strat_fold in folds)
-
-
-def record_path(row: Mapping[str, object], sampling_rate: int) -> str:
-    """Relative WFDB record name (no extension) for `sampling_rate`."""
+def record_path(row: Mapping[str, object], sampling_rate: int, ptbxl_dir: str | os.PathLike | None = None) -> str:
+    """Relative WFDB record name (no extension) for `sampling_rate`; refuses paths that leave `ptbxl_dir`."""
     if sampling_rate not in SAMPLING_RATES:
         raise ValueError(f"sampling_rate must be one of {SAMPLING_RATES}, got {sampling_rate}")
-    return str(row["filename_lr" if sampling_rate == 100 else "filename_hr"])
+    column = "filename_lr" if sampling_rate == 100 else "filename_hr"
+    name = str(row[column])
+    if ptbxl_dir is not None:
+        try:
+            inside(Path(ptbxl_dir), name, row["ecg_id"], "PTB-XL ecg_id")
+        except RecordError as err:
+            raise PtbxlRecordError(int(row["ecg_id"]), f"column {column!r}: {err.problem}") from None
+    return name
 
 
 def _check_header(ecg_id: int, header: wfdb.Record, base: Path, sampling_rate: int) -> dict[str, int]:
@@ -220,19 +278,14 @@ def _check_header(ecg_id: int, header: wfdb.Record, base: Path, sampling_rate: i
     if header.fs != sampling_rate or header.sig_len != expected_len:
         raise PtbxlRecordError(
             ecg_id,
-            f"header says {header.sig_len} samples at {header.fs} Hz; expected {expected_len} at {sampling_rate} Hz",
+            f"header says {header.sig_len} samples at {header.fs:g} Hz; expected {expected_len} at {sampling_rate} Hz",
         )
     if any(fmt not in BYTES_PER_SAMPLE for fmt in header.fmt) or len(set(header.file_name)) != 1:
         raise PtbxlRecordError(ecg_id, f"expected one format-16 .dat file, header lists {header.fmt}")
-    # wfdb silently reads whatever the header declares, so compare the file size ourselves.
-    dat_bytes = os.path.getsize(base.with_name(header.file_name[0]))
-    declared = header.sig_len * header.n_sig * BYTES_PER_SAMPLE[header.fmt[0]]
-    if dat_bytes != declared:
-        raise PtbxlRecordError(
-            ecg_id,
-            f"{header.file_name[0]} has {dat_bytes} bytes but its header declares {header.n_sig} signals x "
-            f"{header.sig_len} samples = {declared} bytes (truncated file or header mismatch)",
-        )
+    try:
+        check_header(header, base, ecg_id, "PTB-XL ecg_id")  # signal file present, inside, of the declared size
+    except RecordError as err:
+        raise PtbxlRecordError(ecg_id, err.problem) from None
     by_name = {name.upper(): i for i, name in enumerate(header.sig_name)}
     missing = [lead for lead in LEAD_NAMES if lead.upper() not in by_name]
     if missing or len(by_name) != len(LEAD_NAMES) or header.n_sig != len(LEAD_NAMES):
@@ -251,53 +304,99 @@ def read_signal(ptbxl_dir: str | os.PathLike, ecg_id: int, record_name: str, sam
     for suffix in (".hea", ".dat"):
         if not base.with_name(base.name + suffix).is_file():
             raise MissingRecordFileError(ecg_id, f"{sampling_rate} Hz file {record_name}{suffix} is missing")
-    # wfdb's header parsing dominates the cost of a read, so the header is parsed once (by
-    # rdrecord) and parsed again on its own only to explain a failed read.
     try:
-        record = wfdb.rdrecord(str(base), physical=False)
-    except Exception as read_error:  # wfdb raises assorted types on malformed files
-        try:
-            header = wfdb.rdheader(str(base))
-        except Exception as err:
-            raise PtbxlRecordError(ecg_id, f"unreadable header {record_name}.hea: {err}") from None
-        _check_header(ecg_id, header, base, sampling_rate)
-        raise PtbxlRecordError(ecg_id, f"wfdb cannot read {record_name}: {read_error}") from None
-    by_name = _check_header(ecg_id, record, base, sampling_rate)
-
-    bad_checksums = [
-        name
-        for name, got, want in zip(record.sig_name, record.calc_checksum(), record.checksum, strict=True)
-        if want is not None and got != want  # checksums are optional in WFDB headers
-    ]
-    record.dac(expanded=False, return_res=64, inplace=True)  # exactly what rdsamp does
-    signal = record.p_signal[:, [by_name[lead.upper()] for lead in LEAD_NAMES]].T
+        header = read_header(base)
+    except Exception as err:  # wfdb raises assorted types on malformed headers
+        raise PtbxlRecordError(ecg_id, f"unreadable header {record_name}.hea: {err}") from None
+    by_name = _check_header(ecg_id, header, base, sampling_rate)  # before reading: also checks the file size
+    try:
+        if isinstance(header, Header):
+            digital = read_digital(base, header, ecg_id, "PTB-XL ecg_id")
+        else:
+            header = wfdb.rdrecord(str(base), physical=False)
+            digital = header.d_signal
+    except RecordError as err:
+        raise PtbxlRecordError(ecg_id, err.problem) from None
+    except Exception as err:  # wfdb raises assorted types on malformed files
+        raise PtbxlRecordError(ecg_id, f"wfdb cannot read {record_name}: {err}") from None
+    corrupt = bad_checksums(digital, header)
+    # Equal to wfdb.rdsamp's samples (same float64 arithmetic), cast to float32.
+    signal = to_physical(digital, header)[:, [by_name[lead.upper()] for lead in LEAD_NAMES]].T
     nan_leads = [lead for lead, row in zip(LEAD_NAMES, signal, strict=True) if not np.isfinite(row).all()]
     if nan_leads:
         count = int((~np.isfinite(signal)).sum())
         raise PtbxlRecordError(ecg_id, f"{count} NaN (invalid) samples in leads {nan_leads}")
-    if bad_checksums:
-        raise PtbxlRecordError(ecg_id, f"checksum mismatch in leads {bad_checksums}: {record_name}.dat is corrupt")
+    if corrupt:
+        raise PtbxlRecordError(ecg_id, f"checksum mismatch in leads {corrupt}: {record_name}.dat is corrupt")
     return np.ascontiguousarray(signal, dtype=np.float32)
 
 
 def ptbxl_features(statements: pd.DataFrame, sampling_rate: int) -> Features:
     """The prepared dataset's schema (docs/CONTRACTS.md); label names are the full statement lists."""
-    return Features(
-        {
-            "ecg_id": Value("int32"),
-            "patient_id": Value("int32"),
-            "signal": Array2D((len(LEAD_NAMES), DURATION_S * sampling_rate), "float32"),
-            "sampling_rate": Value("int32"),
-            "lead_names": List(Value("string")),
-            "age": Value("float32"),
-            "sex": Value("string"),
-            "report": Value("string"),
-            "scp_codes": Value("string"),
-            "heart_axis": Value("string"),
-            "strat_fold": Value("int32"),
-            **{task: List(ClassLabel(names=_statement_class_names(statements, task))) for task in TASKS},
+    class_names = {task: _statement_class_names(statements, task) for task in TASKS}
+    return prepared_features(DURATION_S * sampling_rate, class_names)
+
+
+def statement_entries(scp_codes: Mapping[str, float], descriptions: Mapping[str, str]) -> list[dict[str, str]]:
+    """SCP codes as the prepared `statements` column: system, code and English description."""
+    return [{"system": "SCP-ECG", "code": code, "text": descriptions.get(code, code)} for code in scp_codes]
+
+
+class PtbxlSource:
+    """PTB-XL (PhysioNet layout) as a source for `esi.data.prepare.prepare_source`.
+
+    Args:
+        replicas: list every row this many times, copy k under ecg_id and patient_id + k * 10,000,000,
+            reading the same files (a benchmark of scale without copying files).
+    """
+
+    name = "ptbxl"
+
+    def __init__(
+        self, ptbxl_dir: str | os.PathLike, sampling_rate: int = 100, limit: int | None = None, replicas: int = 1
+    ):
+        if sampling_rate not in SAMPLING_RATES:
+            raise ValueError(f"sampling_rate must be one of {SAMPLING_RATES}, got {sampling_rate}")
+        self.ptbxl_dir = Path(ptbxl_dir)
+        self.sampling_rate = sampling_rate
+        self.limit = limit
+        self.replicas = replicas
+        self.statements = load_statements(self.ptbxl_dir)
+        self.labeler = PtbxlLabeler(self.statements)
+        self.descriptions = {str(c): str(d) for c, d in self.statements["description"].items()}
+
+    def identity(self) -> dict:
+        return {
+            "name": self.name,
+            "dir": str(self.ptbxl_dir.resolve()),
+            "sampling_rate": self.sampling_rate,
+            "limit": self.limit,
+            "replicas": self.replicas,
         }
-    )
+
+    def features(self) -> Features:
+        return ptbxl_features(self.statements, self.sampling_rate)
+
+    def rows(self) -> RowTable:
+        return RowTable(load_database(self.ptbxl_dir, self.limit, as_text=True), copies=self.replicas)
+
+    def example(self, row: dict) -> dict:
+        meta = record_metadata(row, self.labeler)
+        name = record_path(row, self.sampling_rate, self.ptbxl_dir)
+        signal = read_signal(self.ptbxl_dir, meta["ecg_id"], name, self.sampling_rate)
+        shift = row["_replica"] * REPLICA_ID_OFFSET
+        return {
+            **meta,
+            "ecg_id": meta["ecg_id"] + shift,
+            "patient_id": meta["patient_id"] + shift,
+            "signal": signal,
+            "sampling_rate": self.sampling_rate,
+            "lead_names": LEAD_NAMES,
+            "source": "ptb-xl",
+            "record_name": name,
+            "original_sampling_rate": float(self.sampling_rate),
+            "statements": statement_entries(json.loads(meta["scp_codes"]), self.descriptions),
+        }
 
 
 def multi_hot(indices: Sequence[int] | Sequence[Sequence[int]], num_classes: int) -> np.ndarray:

@@ -25,10 +25,8 @@ def gallery_and_probes(patient_ids: Sequence[int], ecg_ids: Sequence[int]) -> tu
     return gallery, probes
 
 
-def subject_identification(
-    embeddings: np.ndarray, patient_ids: Sequence[int], ecg_ids: Sequence[int], ks: Sequence[int] = (1, 5)
-) -> dict[str, float | int]:
-    """Top-k identification accuracy over all probes (see the module docstring)."""
+def probe_ranks(embeddings: np.ndarray, patient_ids: Sequence[int], ecg_ids: Sequence[int]) -> np.ndarray:
+    """For each probe (see `gallery_and_probes`), the rank of its own patient's gallery entry (0 = first)."""
     patient_ids = np.asarray(patient_ids)
     gallery, probes = gallery_and_probes(patient_ids, ecg_ids)
     if len(probes) == 0:
@@ -37,8 +35,16 @@ def subject_identification(
     similarity = unit[probes] @ unit[gallery].T  # (probes, gallery)
     own = patient_ids[probes][:, None] == patient_ids[gallery][None, :]
     correct = similarity[own]  # exactly one gallery entry per probe's patient
-    rank = (similarity >= correct[:, None]).sum(axis=1) - 1  # 0 = identified first
-    result: dict[str, float | int] = {"patients": int(len(gallery)), "probes": int(len(probes))}
+    return (similarity >= correct[:, None]).sum(axis=1) - 1
+
+
+def subject_identification(
+    embeddings: np.ndarray, patient_ids: Sequence[int], ecg_ids: Sequence[int], ks: Sequence[int] = (1, 5)
+) -> dict[str, float | int]:
+    """Top-k identification accuracy over all probes (see the module docstring)."""
+    rank = probe_ranks(embeddings, patient_ids, ecg_ids)
+    gallery, _ = gallery_and_probes(patient_ids, ecg_ids)
+    result: dict[str, float | int] = {"patients": int(len(gallery)), "probes": int(len(rank))}
     for k in ks:
         result[f"top{k}_accuracy"] = float((rank < k).mean())
     return result

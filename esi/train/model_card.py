@@ -43,7 +43,7 @@ def _evaluation_section(summary: dict, downstream: dict | None) -> str:
             "ECG-text retrieval on the validation fold at the end of pretraining:\n\n| metric | value |\n|---|---|\n"
             + rows
         )
-    if downstream:
+    if downstream and downstream.get("markdown"):
         parts.append(downstream["markdown"])
     return "\n\n".join(parts) or "Not evaluated yet."
 

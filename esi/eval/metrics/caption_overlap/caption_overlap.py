@@ -1,10 +1,9 @@
 """Word overlap between generated and reference captions: token F1 and ROUGE-L (F-measure)."""
 
-import re
-
 import datasets
 import evaluate
-import numpy as np
+
+from esi.eval.text_overlap import caption_overlap
 
 _DESCRIPTION = """
 Two simple, transparent overlap scores between a generated caption and its reference, averaged
@@ -25,30 +24,6 @@ Example:
     {'token_f1': 0.5714285714285715, 'rouge_l': 0.5714285714285715}
 """
 
-_TOKEN = re.compile(r"[a-z]+|\d+(?:\.\d+)?")
-
-
-def tokens(text: str) -> list[str]:
-    return _TOKEN.findall(text.lower())
-
-
-def f_measure(overlap: int, predicted: int, reference: int) -> float:
-    if overlap == 0:
-        return 0.0
-    precision, recall = overlap / predicted, overlap / reference
-    return 2 * precision * recall / (precision + recall)
-
-
-def lcs_length(a: list[str], b: list[str]) -> int:
-    previous = [0] * (len(b) + 1)
-    for token in a:
-        current = [0]
-        for j, other in enumerate(b):
-            current.append(previous[j] + 1 if token == other else max(previous[j + 1], current[j]))
-        previous = current
-    return previous[-1]
-
-
 class CaptionOverlap(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
@@ -61,10 +36,4 @@ class CaptionOverlap(evaluate.Metric):
         )
 
     def _compute(self, predictions, references):
-        token_f1, rouge_l = [], []
-        for prediction, reference in zip(predictions, references, strict=True):
-            pred, ref = tokens(prediction), tokens(reference)
-            common = sum(min(pred.count(t), ref.count(t)) for t in set(pred))
-            token_f1.append(f_measure(common, len(pred), len(ref)))
-            rouge_l.append(f_measure(lcs_length(pred, ref), len(pred), len(ref)))
-        return {"token_f1": float(np.mean(token_f1)), "rouge_l": float(np.mean(rouge_l))}
+        return caption_overlap(predictions, references)

@@ -3,7 +3,8 @@
 import datasets
 import evaluate
 import numpy as np
-from sklearn.metrics import roc_auc_score
+
+from esi.eval.stats import bootstrap_interval, macro_auroc, per_class_auroc
 
 _DESCRIPTION = """
 Area under the ROC curve of each class (one-vs-rest on multi-hot references) and their unweighted
@@ -27,19 +28,6 @@ Example:
     >>> auroc.compute(predictions=scores, references=[[1, 0], [0, 1], [0, 0], [1, 1]])
     {'macro_auroc': 0.875, 'per_class_auroc': [0.75, 1.0]}
 """
-
-
-def per_class_auroc(references: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    aurocs = np.full(references.shape[1], np.nan)
-    for k in range(references.shape[1]):
-        if 0 < references[:, k].sum() < len(references):
-            aurocs[k] = roc_auc_score(references[:, k], scores[:, k])
-    return aurocs
-
-
-def macro_auroc(references: np.ndarray, scores: np.ndarray) -> float:
-    aurocs = per_class_auroc(references, scores)
-    return float(np.nanmean(aurocs)) if np.isfinite(aurocs).any() else float("nan")
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -66,9 +54,7 @@ class MultilabelAuroc(evaluate.Metric):
             "per_class_auroc": [float(v) for v in per_class],
         }
         if bootstrap_samples:
-            rng = np.random.default_rng(seed)
-            rows = rng.integers(0, len(labels), (bootstrap_samples, len(labels)))
-            draws = [macro_auroc(labels[r], scores[r]) for r in rows]
-            alpha = (1 - confidence_level) / 2
-            result["macro_auroc_ci"] = [float(v) for v in np.nanquantile(draws, [alpha, 1 - alpha])]
+            result["macro_auroc_ci"] = bootstrap_interval(
+                macro_auroc, labels, scores, samples=bootstrap_samples, confidence_level=confidence_level, seed=seed
+            )
         return result

@@ -5,6 +5,8 @@ import evaluate
 import numpy as np
 from sklearn.metrics import f1_score
 
+from esi.eval.stats import bootstrap_interval
+
 _DESCRIPTION = """
 F1 of each class after thresholding its scores (score >= threshold is positive) and their
 unweighted mean (macro F1). Thresholds should be chosen on a validation split, never on the
@@ -51,9 +53,12 @@ class MultilabelF1(evaluate.Metric):
         per_class = f1_score(labels, decisions, average=None, zero_division=0)
         result = {"macro_f1": float(per_class.mean()), "per_class_f1": [float(v) for v in per_class]}
         if bootstrap_samples:
-            rng = np.random.default_rng(seed)
-            rows = rng.integers(0, len(labels), (bootstrap_samples, len(labels)))
-            draws = [f1_score(labels[r], decisions[r], average="macro", zero_division=0) for r in rows]
-            alpha = (1 - confidence_level) / 2
-            result["macro_f1_ci"] = [float(v) for v in np.quantile(draws, [alpha, 1 - alpha])]
+            result["macro_f1_ci"] = bootstrap_interval(
+                lambda y, d: f1_score(y, d, average="macro", zero_division=0),
+                labels,
+                decisions,
+                samples=bootstrap_samples,
+                confidence_level=confidence_level,
+                seed=seed,
+            )
         return result

@@ -3,6 +3,7 @@ the fix. Records are real PTB-XL signals written with wfdb, then edited the way 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -235,3 +236,23 @@ def test_markup_in_lead_names_is_not_rendered(tmp_path):
     page = markdown_it.MarkdownIt().render(refusal_status(str(refusal.value)))
     assert "<img" not in page and "<a " not in page and "missing" in page
     assert "<em>" not in markdown_it.MarkdownIt().render(escape_markdown("*Uploaded* _record_"))
+
+
+def test_sample_list_never_offers_a_record_whose_file_name_leaves_the_folder(tmp_path):
+    from esi.app.records import SampleCatalogue
+
+    folder = tmp_path / "samples"
+    shutil.copytree(SAMPLE, folder)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for suffix in (".hea", ".dat"):  # a real record placed outside the sample folder
+        shutil.copy(SAMPLE / f"records100/00000/00001_lr{suffix}", outside / f"00001_lr{suffix}")
+    database = folder / "ptbxl_database.csv"
+    text = database.read_text()
+    escaped = text.replace("records100/00000/00002_lr", "../outside/00001_lr", 1)
+    absolute = escaped.replace("records100/00000/00003_lr", str(outside / "00001_lr"), 1)
+    assert absolute != text and absolute.count("outside") == 2
+    database.write_text(absolute)
+    catalogue = SampleCatalogue(folder)
+    assert 2 not in catalogue.ecg_ids and 3 not in catalogue.ecg_ids
+    assert 1 in catalogue.ecg_ids and len(catalogue.ecg_ids) > 100

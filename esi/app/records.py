@@ -4,6 +4,7 @@ embedded PTB-XL sample, read by `esi.data.ecg_file` and held to what the app nee
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -16,7 +17,14 @@ import numpy as np
 
 from esi.constants import PTBXL_AGE_OVER_89, STANDARD_LEADS
 from esi.data.ecg_file import SUPPORTED_FORMATS, EcgFileError, ReadLimits, read_ecg_file
-from esi.data.ptbxl import SEX_NAMES, load_database, load_statements, parse_scp_codes
+from esi.data.ptbxl import (
+    SEX_NAMES,
+    PtbxlRecordError,
+    load_database,
+    load_statements,
+    parse_scp_codes,
+    record_path,
+)
 
 MAX_SECONDS = 10.0  # the model reads 10 s; longer records are cut
 MIN_SECONDS = 2.0
@@ -85,6 +93,9 @@ def read_upload(paths: Sequence[str | os.PathLike]) -> EcgRecord:
         return read_record(Path(staging) / headers[0].name)
 
 
+logger = logging.getLogger(__name__)
+
+
 class SampleCatalogue:
     """The embedded PTB-XL sample: metadata and statements per ecg_id, records read on demand."""
 
@@ -92,11 +103,18 @@ class SampleCatalogue:
         self.root = Path(ptbxl_dir)
         database = load_database(self.root)
         self.descriptions: dict[str, str] = load_statements(self.root)["description"].to_dict()
-        self.rows = {int(row["ecg_id"]): row for row in database.to_dict("records")}
-        self.rows = {i: row for i, row in self.rows.items() if self._header(row).is_file()}
+        self.rows = {}
+        for row in database.to_dict("records"):
+            try:  # a row whose file name leaves the folder is never offered (it could read any file on the server)
+                header = self._header(row)
+            except PtbxlRecordError as err:
+                logger.warning("sample list: %s; record left out", err)
+                continue
+            if header.is_file():
+                self.rows[int(row["ecg_id"])] = row
 
     def _header(self, row: dict) -> Path:
-        return self.root / f"{row['filename_lr']}.hea"
+        return self.root / f"{record_path(row, 100, self.root)}.hea"
 
     @property
     def ecg_ids(self) -> list[int]:

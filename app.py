@@ -3,9 +3,9 @@
     python app.py      # or `esi-app`; ESI_MODEL, ESI_SAMPLES and ESI_CACHE choose model, samples and cache
 """
 
-from esi.app.ui import CSS, THEME, build_app_from_env
+from esi.app.ui import build_app_from_env, launch
 
 demo = build_app_from_env()  # Spaces import this module and serve `demo`
 
 if __name__ == "__main__":
-    demo.launch(theme=THEME, css=CSS)
+    launch(demo)

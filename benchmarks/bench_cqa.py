@@ -169,6 +169,7 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--llm-samples", type=int, default=2, help="records per split for the tiny-LLM run")
     parser.add_argument("--report-dir", type=Path, default=REPO_ROOT / "benchmarks" / "reports")
+    parser.add_argument("--skip-llm", action="store_true", help="template backend only (no npm/tiny-LLM run)")
     args = parser.parse_args()
 
     from esi.cqa.run import generate_captions
@@ -190,16 +191,25 @@ def main() -> None:
     rejected, fallback = _first_attempt_rejection(summary["faithfulness"])
     print(f"template: first-attempt rejection rate {rejected:.1%}, template fallback {fallback:.1%}")
 
-    llm_out = args.cache_dir / "transformers-tiny"
-    shutil.rmtree(llm_out, ignore_errors=True)
-    model = build_tiny_chat_model(args.cache_dir / "tiny-llama", args.cache_dir)
-    llm = generate_captions(
-        prepared, llm_out, backend="transformers", model=str(model), num_samples=args.llm_samples,
-        max_new_tokens=32, num_workers=1,
-    )  # fmt: skip
-    rejected, fallback = _first_attempt_rejection(llm["faithfulness"])
-    print(f"transformers (tiny random Llama, {llm['rows_written']} records): first-attempt rejection rate "
-          f"{rejected:.1%}, template fallback {fallback:.1%}")  # fmt: skip
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    from esi.cqa.template_writer import _minilm_tokenizer
+
+    lengths = [len(_minilm_tokenizer()(r["caption"])["input_ids"]) for split in loaded.values() for r in split]
+    for limit in (64, 128, 256):
+        read = sum(min(n, limit) for n in lengths) / sum(lengths)
+        print(f"MiniLM tokens per caption: median {sorted(lengths)[len(lengths) // 2]}, max {max(lengths)}; "
+              f"a text tower reading {limit} tokens reads {read:.1%} of all caption tokens")  # fmt: skip
+    if not args.skip_llm:
+        llm_out = args.cache_dir / "transformers-tiny"
+        shutil.rmtree(llm_out, ignore_errors=True)
+        model = build_tiny_chat_model(args.cache_dir / "tiny-llama", args.cache_dir)
+        llm = generate_captions(
+            prepared, llm_out, backend="transformers", model=str(model), num_samples=args.llm_samples,
+            max_new_tokens=32, num_workers=1,
+        )  # fmt: skip
+        rejected, fallback = _first_attempt_rejection(llm["faithfulness"])
+        print(f"transformers (tiny random Llama, {llm['rows_written']} records): first-attempt rejection rate "
+              f"{rejected:.1%}, template fallback {fallback:.1%}")  # fmt: skip
 
     args.report_dir.mkdir(parents=True, exist_ok=True)
     write_samples(prepared, loaded, args.report_dir / "cqa_samples.md")

@@ -59,7 +59,7 @@ def test_refuses_nothing_and_non_wfdb_files(tmp_path):
         read_upload([])
     notes = tmp_path / "notes.txt"
     notes.write_text("not an ECG")
-    with pytest.raises(RecordError, match="notes.txt: not part of a WFDB record"):
+    with pytest.raises(RecordError, match="notes.txt: not an ECG file the app reads"):
         read_upload([notes])
 
 

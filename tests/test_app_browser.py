@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom.examples
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
@@ -35,6 +36,7 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 RECORD = REPO_ROOT / "data" / "ptbxl_sample" / "records100" / "00000" / "00547_lr"
+PHILIPS_XML = REPO_ROOT.parent / "shared" / "vendor-ecg" / "philips-xml" / "129DYPRG.XML"
 SCREENSHOT = Path(os.environ.get("ESI_SCREENSHOT", REPO_ROOT / "outputs" / "screenshots" / "app.png"))
 START_TIMEOUT_S = 240
 ANALYSIS_TIMEOUT_MS = 120_000
@@ -157,5 +159,39 @@ def test_text_file_shows_a_message(page, app_url, tmp_path):
     notes.write_text("Not an ECG.")
     upload_and_analyse(page, app_url, [notes])
     status = page.locator("#status")
-    expect(status).to_contain_text("notes.txt: not part of a WFDB record", timeout=ANALYSIS_TIMEOUT_MS)
+    expect(status).to_contain_text("notes.txt: not an ECG file the app reads", timeout=ANALYSIS_TIMEOUT_MS)
     assert "Traceback" not in page.content()
+
+
+def test_philips_xml_upload_is_analysed(page, app_url):
+    upload_and_analyse(page, app_url, [PHILIPS_XML])
+    status = page.locator("#status")
+    expect(status).to_contain_text("Showing: Uploaded record 129DYPRG", timeout=ANALYSIS_TIMEOUT_MS)
+    expect(status).to_contain_text("male, 50 y")  # demographics from the XML
+    expect(status).to_contain_text("500 Hz, 10.0 s")
+    expect(page.locator("#ecg-plot img")).to_be_visible()
+    expect(page.locator("#measurements")).to_contain_text("Heart rate")
+
+
+def test_dicom_upload_is_analysed(page, app_url, tmp_path):
+    dicom = tmp_path / "waveform_ecg.dcm"
+    dicom.write_bytes(Path(pydicom.examples.get_path("waveform")).read_bytes())
+    upload_and_analyse(page, app_url, [dicom])
+    status = page.locator("#status")
+    expect(status).to_contain_text("Showing: Uploaded record waveform_ecg", timeout=ANALYSIS_TIMEOUT_MS)
+    expect(status).to_contain_text("female, 42 y")
+    expect(status).to_contain_text("1000 Hz, 10.0 s")
+    expect(page.locator("#measurements")).to_contain_text("Heart rate")
+
+
+def test_markup_in_a_lead_name_is_shown_as_text(page, app_url, tmp_path):
+    header = tmp_path / "00547_lr.hea"
+    header.write_text(RECORD.with_suffix(".hea").read_text().replace(" V6\n", " ![x](http://127.0.0.1:9/x.png)\n"))
+    dat = tmp_path / "00547_lr.dat"
+    dat.write_bytes(RECORD.with_suffix(".dat").read_bytes())
+    upload_and_analyse(page, app_url, [header, dat])
+    status = page.locator("#status")
+    expect(status).to_contain_text("leads V6 are missing", timeout=ANALYSIS_TIMEOUT_MS)
+    expect(status).to_contain_text("![x](http://127.0.0.1:9/x.png)")  # the text itself, not an image
+    expect(status.locator("img")).to_have_count(0)
+    expect(status.locator("a")).to_have_count(0)

@@ -195,3 +195,58 @@ def test_prompt_contents_and_hash(descriptions):
     assert "[scp:IMI]" in user
     assert request.prompt_hash == build_request(inputs).prompt_hash and len(request.prompt_hash) == 64
     assert build_request(_inputs(descriptions, heart_rate_bpm=80.0)).prompt_hash != request.prompt_hash
+
+
+@pytest.mark.parametrize(
+    ("added", "expected"),
+    [
+        ("The patient is healthy.", "claims 'healthy'"),
+        ("Otherwise the tracing is unremarkable.", "claims 'unremarkable'"),
+        ("There are no abnormalities.", "claims 'no abnormalities'"),
+        ("Myocardial infarction is ruled out.", "denies 'myocardial infarction'"),
+        ("MI ruled out.", "denies 'mi'"),
+        ("There is no doubt that atrial fibrillation is present.", "asserts 'atrial fibrillation'"),
+        ("The patient should start anticoagulation.", "gives care advice"),
+        ("We recommend a follow-up visit with a cardiologist.", "gives care advice"),
+        ("Read more at https://example.org/ecg.", "contains a link"),
+        ("See www.ecg-help.com for details.", "contains a link"),
+        ("Details: [ECG basics](ecg.html).", "contains a link"),
+    ],
+)
+def test_injected_claims_are_rejected(checker, descriptions, added, expected):
+    # Issue 14 item 4: each of these, appended to a faithful caption of an abnormal record, used to pass.
+    inputs = _inputs(descriptions)  # SR, IMI
+    assert checker.check(FAITHFUL, inputs) == []
+    issues = checker.check(FAITHFUL + " " + added, inputs)
+    assert any(expected in issue for issue in issues), issues
+
+
+@pytest.mark.parametrize(
+    "added",
+    [
+        "The patient is not healthy.",
+        "There is no doubt that inferior myocardial infarction is present.",
+        "No signs of atrial fibrillation.",
+    ],
+)
+def test_negation_scope_keeps_true_negations_and_affirmations(checker, descriptions, added):
+    assert checker.check(FAITHFUL + " " + added, _inputs(descriptions)) == []
+
+
+def test_healthy_claim_on_a_normal_record_is_not_rejected_for_normality(checker, descriptions):
+    inputs = _inputs(descriptions, codes=("SR", "NORM"))
+    caption = FAITHFUL.replace("sinus rhythm and inferior myocardial infarction", "sinus rhythm and a normal ECG")
+    assert checker.check(caption + " The heart is otherwise unremarkable.", inputs) == []
+
+
+def test_low_confidence_values_are_never_stated(checker, descriptions):
+    inputs = _inputs(descriptions)
+    inputs.measurements.low_confidence = {"pr_interval_ms": "P onset agrees in only 2 lead(s)"}
+    issues = checker.check(FAITHFUL, inputs)
+    assert issues == ["states 164 ms for the PR interval, but the record has no such value"], issues
+    prompt = build_request(inputs).messages[1]["content"]  # the LLM is not even told the value
+    assert "- PR interval: could not be measured reliably (P onset agrees" in prompt and "164 ms" not in prompt
+    for variant in ("full", "no_knowledge", "measurements_only"):
+        text = TemplateWriter(checker, variant).write(inputs)
+        assert "164" not in text and "PR could not be measured reliably" in text, text
+        assert checker.check(text, inputs, require_complete=variant != "measurements_only") == [], text

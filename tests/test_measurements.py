@@ -11,12 +11,15 @@ import pytest
 import wfdb
 
 from esi.cqa.measurements import (
+    INTERVAL_NAMES,
     STANDARD_LEADS,
     EcgMeasurements,
     _clean,
     axis_category_ptbxl,
+    combine_leads,
     measure_batch,
     measure_ecg,
+    reliable_value,
 )
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "ptbxl_sample"
@@ -93,7 +96,7 @@ def test_flat_and_noise_signals_give_reasons_not_numbers() -> None:
     for name, signal in (("flat", np.zeros((12, 1000))), ("noise", rng.normal(0, 0.3, (12, 1000)))):
         m = measure_ecg(signal, 100, STANDARD_LEADS, ecg_id=name)
         assert m.heart_rate_bpm is None and m.qrs_duration_ms is None and m.st_deviation_mv is None, name
-        assert set(m.missing) == set(EcgMeasurements.__dataclass_fields__) - {"missing"}, name
+        assert set(m.missing) == set(EcgMeasurements.__dataclass_fields__) - {"missing", "low_confidence"}, name
         assert all(reason for reason in m.missing.values())
 
 
@@ -119,7 +122,7 @@ def test_columns_are_unit_named_and_identical_for_every_record(norm: EcgMeasurem
     assert [k for k in a if k.startswith("st_deviation_")] == [f"st_deviation_{lead}_mv" for lead in STANDARD_LEADS]
     assert json.loads(a["measurement_missing"]) == {}
     assert "heart_rate_bpm" in json.loads(b["measurement_missing"])
-    assert all(b[k] is None for k in b if k != "measurement_missing")
+    assert all(b[k] is None for k in b if k not in ("measurement_missing", "measurement_quality"))
     assert all(isinstance(a[k], float) for k in a if k.endswith(("_ms", "_mv", "_deg", "_bpm")))
 
 
@@ -127,12 +130,55 @@ def test_batch_matches_single_records_in_order() -> None:
     ids = [1, 2, 3, 4]
     records = [read(i) for i in ids]
     batch = measure_batch([s for s, _ in records], 100, records[0][1], ecg_ids=ids, num_workers=2)
-    assert [m.to_columns() for m in batch] == [measure_ecg(s, 100, lead, i).to_columns()
-                                              for (s, lead), i in zip(records, ids, strict=True)]
+    assert [m.to_columns() for m in batch] == [
+        measure_ecg(s, 100, lead, i).to_columns() for (s, lead), i in zip(records, ids, strict=True)
+    ]
     with pytest.raises(ValueError, match="record 2"):
         measure_batch([records[0][0], np.full((12, 1000), np.inf)], 100, records[0][1], ecg_ids=[1, 2])
 
 
 def test_axis_categories() -> None:
     assert [axis_category_ptbxl(a) for a in (-45, -5, 0, 60, 90, 120)] == [
-        "left", "left", "normal", "normal", "normal", "right"]
+        "left",
+        "left",
+        "normal",
+        "normal",
+        "normal",
+        "right",
+    ]
+
+
+@pytest.mark.parametrize("ecg_id", [26, 28, 257, 329])  # sinus rhythm at 88-92 bpm, no long-QT statement
+def test_qt_stops_before_the_next_p_wave(ecg_id: int) -> None:
+    # The T-end search used to run into the next beat's P wave (QT 610-632 ms, "P absent"). Now the
+    # QT is plausible, or (flat T waves of digitalis effect in record 28) not measured, with the reason.
+    signal, leads = read(ecg_id)
+    m = measure_ecg(signal, 100, leads, ecg_id)
+    assert 80 <= m.heart_rate_bpm <= 95
+    assert m.p_wave_absent is False
+    if m.qt_interval_ms is None:
+        assert "search bound" in m.missing["qt_interval_ms"]
+    else:
+        assert 280 <= m.qt_interval_ms <= 450 and m.qtc_bazett_ms < 520, m.qt_interval_ms
+
+
+def test_combine_leads_takes_earliest_or_latest_agreeing_lead_and_ignores_outliers() -> None:
+    ends = [400.0, 405.0, 412.0, 420.0, 520.0]  # 520: one lead nobody confirms
+    assert combine_leads(ends, tol=15, latest=True) == (420.0, 4)
+    assert combine_leads(ends, tol=15, latest=False) == (400.0, 4)
+    assert combine_leads([400.0, 480.0], tol=15, latest=True) == (None, 1)
+    assert combine_leads([], tol=15, latest=True) == (None, 0)
+
+
+def test_every_interval_carries_a_quality_flag(norm: EcgMeasurements) -> None:
+    quality = json.loads(norm.to_columns()["measurement_quality"])
+    assert set(quality) == set(INTERVAL_NAMES)
+    assert all(q == {"flag": "measured", "reason": ""} for q in quality.values())
+    doubtful = EcgMeasurements(
+        pr_interval_ms=450.0,
+        low_confidence={"pr_interval_ms": "above 400 ms"},
+        missing={"qt_interval_ms": "T-wave end not found"},
+    )
+    assert doubtful.quality("pr_interval_ms") == ("low_confidence", "above 400 ms")
+    assert doubtful.quality("qt_interval_ms") == ("not_measurable", "T-wave end not found")
+    assert reliable_value(doubtful, "pr_interval_ms") is None and reliable_value(norm, "pr_interval_ms") > 0

@@ -14,7 +14,7 @@ from esi.plot import plot_ecg
 
 from .cqa_view import CqaDescriber
 from .inference import EsiPredictor, Predictions
-from .records import EcgRecord, RecordError, SampleCatalogue
+from .records import EcgRecord, RecordError, SampleCatalogue, read_upload
 from .similar import Neighbour, SampleIndex
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,12 @@ class Analyser:
         self.describer = CqaDescriber(samples_dir)
         self.predictor = EsiPredictor(model_dir) if model_dir is not None else None
         self.index = SampleIndex(self.predictor, self.catalogue, cache_dir) if self.predictor else None
+
+    def analyse_upload(self, paths: list[str]) -> Analysis:
+        return self.analyse(read_upload(paths))
+
+    def analyse_sample(self, ecg_id: int) -> Analysis:
+        return self.analyse(self.catalogue.read(ecg_id))
 
     def analyse(self, record: EcgRecord) -> Analysis:
         heading = describe_record(record)

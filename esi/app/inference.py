@@ -115,6 +115,8 @@ class EsiPredictor:
     @torch.no_grad()
     def caption(self, record: EcgRecord, max_new_tokens: int = 96) -> str:
         inputs = self.inputs([record])
+        # The BOS token takes one of the decoder's positions; a small model cannot write 96 more.
+        max_new_tokens = min(max_new_tokens, self.model.config.decoder_config.max_position_embeddings - 1)
         ids = self.model.generate_caption(
             inputs["input_values"],
             max_new_tokens=max_new_tokens,

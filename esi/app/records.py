@@ -1,8 +1,10 @@
-"""Read 12-lead WFDB records (uploaded .hea + .dat, or the embedded PTB-XL sample) with checks whose
-failures read as plain sentences for the person using the app."""
+"""Records for the app: an uploaded ECG file (WFDB .hea + .dat/.mat, Philips XML, DICOM, CSV) or the
+embedded PTB-XL sample, read by `esi.data.ecg_file` and held to what the app needs (12 standard leads,
+>= 100 Hz, >= 2 s, the first 10 s). Failures read as plain sentences for the person using the app."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -12,20 +14,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import wfdb
 
 from esi.constants import PTBXL_AGE_OVER_89, STANDARD_LEADS
-from esi.data.ptbxl import SEX_NAMES, load_database, load_statements, parse_scp_codes
+from esi.data.ecg_file import SUPPORTED_FORMATS, EcgFileError, ReadLimits, read_ecg_file
+from esi.data.ptbxl import (
+    SEX_NAMES,
+    PtbxlRecordError,
+    load_database,
+    load_statements,
+    parse_scp_codes,
+    record_path,
+)
 
 MAX_SECONDS = 10.0  # the model reads 10 s; longer records are cut
 MIN_SECONDS = 2.0
 MIN_RATE_HZ = 100
-# Bytes per sample of the WFDB formats whose file size can be checked exactly.
-BYTES_PER_SAMPLE = {"8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2, "212": 1.5}
+# An upload may be at most this large in all (Gradio refuses larger files before they reach the app).
+MAX_UPLOAD_BYTES = 20 * 2**20
+APP_LIMITS = ReadLimits(max_file_bytes=MAX_UPLOAD_BYTES, min_rate_hz=MIN_RATE_HZ, min_seconds=MIN_SECONDS)
+WFDB_SUFFIXES = (".hea", ".dat", ".mat")
+SINGLE_FILE_SUFFIXES = (".xml", ".dcm", ".csv")
 
-
-class RecordError(ValueError):
-    """A record the app cannot read; the message is shown to the user as is."""
+# The reader's refusal is the app's: one sentence naming the file and the problem, shown as is.
+RecordError = EcgFileError
 
 
 @dataclass
@@ -44,79 +55,33 @@ class EcgRecord:
     lead_names: tuple[str, ...] = STANDARD_LEADS
 
 
-def _standard_lead_order(sig_names: Sequence[str], header_name: str) -> list[int]:
-    by_name = {str(name).strip().casefold(): i for i, name in enumerate(sig_names)}
-    missing = [lead for lead in STANDARD_LEADS if lead.casefold() not in by_name]
-    if missing:
-        raise RecordError(
-            f"{header_name} does not hold a standard 12-lead ECG: leads {', '.join(missing)} are missing "
-            f"(it lists {', '.join(map(str, sig_names))})."
-        )
-    return [by_name[lead.casefold()] for lead in STANDARD_LEADS]
-
-
-def _check_file_sizes(folder: Path, header: wfdb.Record, header_name: str) -> None:
-    """wfdb reads whatever a header declares; a truncated or mismatched .dat must be caught here."""
-    for file_name in dict.fromkeys(header.file_name):
-        columns = [i for i, name in enumerate(header.file_name) if name == file_name]
-        formats = {header.fmt[i] for i in columns}
-        offsets = {(header.byte_offset or [None] * header.n_sig)[i] or 0 for i in columns}
-        if len(formats) != 1 or formats - BYTES_PER_SAMPLE.keys() or offsets != {0}:
-            continue  # unusual layouts: left to wfdb
-        declared = math.ceil(header.sig_len * len(columns) * BYTES_PER_SAMPLE[formats.pop()])
-        actual = os.path.getsize(folder / file_name)
-        if actual != declared:
-            raise RecordError(
-                f"{file_name} does not match {header_name}: the header declares {len(columns)} signals x "
-                f"{header.sig_len} samples = {declared} bytes, but the file has {actual} bytes. "
-                "Upload the .dat that belongs to this header."
-            )
-
-
-def read_wfdb(header_path: Path, **metadata) -> EcgRecord:
-    """Read a 12-lead WFDB record from its header path; its signal files must sit beside it."""
-    header_name = header_path.name
-    base = str(header_path.with_suffix(""))
-    try:
-        header = wfdb.rdheader(base)
-    except Exception as error:  # wfdb raises many types on malformed headers
-        raise RecordError(f"{header_name} is not a readable WFDB header ({error}).") from None
-    if not header.file_name or not header.n_sig:
-        raise RecordError(f"{header_name} lists no signals.")
-    absent = [name for name in dict.fromkeys(header.file_name) if not (header_path.parent / name).is_file()]
-    if absent:
-        raise RecordError(
-            f"{header_name} refers to the signal file {', '.join(absent)}, which is missing. "
-            "Upload the .hea and its .dat together."
-        )
-    order = _standard_lead_order(header.sig_name, header_name)
-    rate = float(header.fs)
-    if rate < MIN_RATE_HZ or rate != int(rate):
-        raise RecordError(f"{header_name}: the sampling rate is {rate:g} Hz; the app needs a whole number >= 100 Hz.")
-    if header.sig_len < MIN_SECONDS * rate:
-        raise RecordError(f"{header_name}: the record lasts {header.sig_len / rate:.1f} s; at least 2 s are needed.")
-    _check_file_sizes(header_path.parent, header, header_name)
-    try:
-        record = wfdb.rdrecord(base, sampto=min(header.sig_len, int(MAX_SECONDS * rate)))
-    except Exception as error:
-        raise RecordError(f"the signal of {header_name} could not be read ({error}).") from None
-    signal = np.ascontiguousarray(record.p_signal[:, order].T, dtype=np.float32)
-    bad = [lead for lead, row in zip(STANDARD_LEADS, signal, strict=True) if not np.isfinite(row).all()]
-    if bad:
-        raise RecordError(f"{header_name}: leads {', '.join(bad)} contain invalid (NaN) samples.")
-    return EcgRecord(name=header.record_name, signal=signal, sampling_rate=int(rate), **metadata)
+def read_record(path: Path, **metadata) -> EcgRecord:
+    """A 12-lead record from one ECG file (a WFDB record from its .hea): the first 10 s, standard lead order."""
+    ecg = read_ecg_file(path, APP_LIMITS)
+    signal = ecg.standard_leads()[:, : int(MAX_SECONDS * ecg.sampling_rate)]
+    demographics = {"age": ecg.age, "sex": ecg.sex}
+    return EcgRecord(ecg.name, np.ascontiguousarray(signal), ecg.sampling_rate, **{**demographics, **metadata})
 
 
 def read_upload(paths: Sequence[str | os.PathLike]) -> EcgRecord:
-    """A record from uploaded files: exactly one .hea plus the .dat file(s) it names."""
+    """A record from uploaded files: one Philips XML, DICOM or CSV file, or one .hea plus the signal file(s)
+    it names."""
     files = [Path(p) for p in paths or []]
     if not files:
-        raise RecordError("No file uploaded. Upload a WFDB record: its .hea header together with its .dat file.")
-    others = [f.name for f in files if f.suffix.lower() not in (".hea", ".dat")]
-    if others:
+        raise RecordError(f"No file uploaded. Upload one ECG file: {SUPPORTED_FORMATS}.")
+    total = sum(f.stat().st_size for f in files if f.is_file())
+    if total > MAX_UPLOAD_BYTES:
         raise RecordError(
-            f"{', '.join(others)}: not part of a WFDB record. Upload the record's .hea header and .dat file."
+            f"The upload has {total / 2**20:.1f} MB; uploads are limited to {MAX_UPLOAD_BYTES // 2**20} MB."
         )
+    others = [f.name for f in files if f.suffix.lower() not in (*WFDB_SUFFIXES, *SINGLE_FILE_SUFFIXES)]
+    if others:
+        raise RecordError(f"{', '.join(others)}: not an ECG file the app reads. Upload {SUPPORTED_FORMATS}.")
+    singles = [f for f in files if f.suffix.lower() in SINGLE_FILE_SUFFIXES]
+    if singles:
+        if len(files) != 1:
+            raise RecordError(f"Upload one ECG at a time: {', '.join(f.name for f in files)} were uploaded together.")
+        return read_record(singles[0])
     headers = [f for f in files if f.suffix.lower() == ".hea"]
     if len(headers) != 1:
         found = ", ".join(f.name for f in headers) or "none"
@@ -125,7 +90,10 @@ def read_upload(paths: Sequence[str | os.PathLike]) -> EcgRecord:
     with tempfile.TemporaryDirectory(prefix="esi_upload_") as staging:
         for f in files:
             shutil.copyfile(f, Path(staging) / f.name)
-        return read_wfdb(Path(staging) / headers[0].name)
+        return read_record(Path(staging) / headers[0].name)
+
+
+logger = logging.getLogger(__name__)
 
 
 class SampleCatalogue:
@@ -135,11 +103,18 @@ class SampleCatalogue:
         self.root = Path(ptbxl_dir)
         database = load_database(self.root)
         self.descriptions: dict[str, str] = load_statements(self.root)["description"].to_dict()
-        self.rows = {int(row["ecg_id"]): row for row in database.to_dict("records")}
-        self.rows = {i: row for i, row in self.rows.items() if self._header(row).is_file()}
+        self.rows = {}
+        for row in database.to_dict("records"):
+            try:  # a row whose file name leaves the folder is never offered (it could read any file on the server)
+                header = self._header(row)
+            except PtbxlRecordError as err:
+                logger.warning("sample list: %s; record left out", err)
+                continue
+            if header.is_file():
+                self.rows[int(row["ecg_id"])] = row
 
     def _header(self, row: dict) -> Path:
-        return self.root / f"{row['filename_lr']}.hea"
+        return self.root / f"{record_path(row, 100, self.root)}.hea"
 
     @property
     def ecg_ids(self) -> list[int]:
@@ -166,7 +141,7 @@ class SampleCatalogue:
     def read(self, ecg_id: int) -> EcgRecord:
         row = self.rows[ecg_id]
         age = float(row["age"])
-        return read_wfdb(
+        return read_record(
             self._header(row),
             ecg_id=ecg_id,
             age=age if math.isfinite(age) else None,

@@ -1,27 +1,35 @@
-"""ESI demo: upload a 12-lead WFDB record (or pick an embedded PTB-XL sample) and see it on ECG paper with
-its measurements, the model's class probabilities, the CQA description, the model's own caption and the
-most similar sample ECGs. Research software, not a medical device.
+"""ESI demo: upload a 12-lead ECG file (WFDB, Philips XML, DICOM or CSV; or pick an embedded PTB-XL
+sample) and see it on ECG paper with its measurements, the model's class probabilities, the CQA
+description, the model's own caption and the most similar sample ECGs. Research software, not a medical device.
 
     esi-app                            # model from outputs/demo/pretraining/model (`make demo`)
     ESI_MODEL=path/to/model ESI_SAMPLES=data/ptbxl_sample esi-app
 
 Importing this module builds nothing; `build_app_from_env()` builds the page. The repository's `app.py`
 (a Hugging Face Space's entry file) calls it at import, as Spaces expect.
-GRADIO_SERVER_PORT / GRADIO_SERVER_NAME choose the address; ESI_CACHE where sample embeddings are cached.
+GRADIO_SERVER_PORT / GRADIO_SERVER_NAME choose the address; ESI_CACHE where sample embeddings are cached;
+ESI_APP_WORKERS how many analyses run at once (default 2), ESI_ANALYSIS_TIMEOUT_S how long one may take
+(default 60). Uploads are limited to 20 MB and deleted after their analysis and at shutdown.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import functools
+import html
 import logging
 import os
+import re
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
 from esi.app.analysis import Analyser, Analysis
-from esi.app.records import RecordError, read_upload
+from esi.app.records import MAX_UPLOAD_BYTES
+from esi.app.uploads import exit_cleanly_on_sigterm, private_upload_folder, uploads_in_use
+from esi.app.workers import AnalysisTimeout, WorkerFailed, WorkerPool
 from esi.hub import resolve_model_dir
 
 logger = logging.getLogger("esi.app")
@@ -51,6 +59,16 @@ footer { display: none !important; }
 """
 
 
+def escape_markdown(text: str) -> str:
+    """User-controlled text (file and lead names, a refusal quoting them) as literal text in a Markdown
+    component: HTML tags and Markdown syntax (links, images, emphasis) are shown, never rendered."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~>:])", r"\\\1", html.escape(str(text), quote=False))
+
+
+def refusal_status(message: str) -> str:
+    return f"**Could not analyse this record.** {escape_markdown(message)}"
+
+
 def no_model_message(model_dir: Path) -> str:
     return (
         f"No trained ESI model found at `{model_dir}`. Run `make demo` (trains a small model on the embedded "
@@ -67,8 +85,17 @@ def similar_table(analysis: Analysis) -> pd.DataFrame:
 def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACHE) -> gr.Blocks:
     """The demo UI; heavy objects (model, retriever, sample index) are loaded here, once."""
     has_model = (model_dir / "config.json").is_file()
+    private_upload_folder()
+    # Built here once for the sample list and to fill the embedding cache the workers then read.
     analyser = Analyser(samples_dir, model_dir if has_model else None, cache_dir)
     predictor = analyser.predictor
+    workers = int(os.environ.get("ESI_APP_WORKERS", "2"))
+    pool = WorkerPool(
+        functools.partial(Analyser, samples_dir, model_dir if has_model else None, cache_dir),
+        count=workers,
+        timeout_s=float(os.environ.get("ESI_ANALYSIS_TIMEOUT_S", "60")),
+    )
+    atexit.register(pool.close)
     empty = (
         None,
         pd.DataFrame(columns=MEASUREMENT_HEADERS),
@@ -96,29 +123,37 @@ def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACH
             similar_table(analysis),
         )
 
-    def run(load, *args) -> tuple:
+    def run(method: str, argument) -> tuple:
         try:
-            record = load(*args)
-            analysis = analyser.analyse(record)
-        except RecordError as error:
+            analysis = pool.call(method, argument)
+        except ValueError as error:  # a refusal: one sentence naming the file and the problem
+            gr.Warning(escape_markdown(str(error)))
+            return (refusal_status(str(error)), *empty)
+        except AnalysisTimeout as error:
             gr.Warning(str(error))
-            return (f"**Could not analyse this record.** {error}", *empty)
-        except Exception:  # the UI boundary: log the traceback, show a sentence
+            return (f"**Could not analyse this record:** {error}.", *empty)
+        except WorkerFailed:  # the UI boundary: the traceback is in the log, the user gets a sentence
             logger.exception("analysis failed")
             gr.Warning("The analysis failed unexpectedly; the details are in the server log.")
             return ("**The analysis failed unexpectedly.** The details are in the server log.", *empty)
-        return (f"**Showing:** {analysis.heading}", *show(analysis))
+        return (f"**Showing:** {escape_markdown(analysis.heading)}", *show(analysis))
 
     def analyse_upload(files: list[str] | None) -> tuple:
-        return run(read_upload, files)
+        with uploads_in_use(files):
+            gone = [Path(f).name for f in files or [] if not Path(f).is_file()]
+            if gone:  # Gradio keeps one copy per content: an identical upload was analysed and deleted
+                return (refusal_status(f"{', '.join(gone)} is no longer on the server (an identical upload was "
+                                       "analysed and deleted meanwhile); upload it again."), *empty)  # fmt: skip
+            return run("analyse_upload", files)
 
     def analyse_sample(ecg_id: int | None) -> tuple:
         if ecg_id is None:
             return ("Choose a sample ECG.", *empty)
-        return run(analyser.catalogue.read, int(ecg_id))
+        return run("analyse_sample", int(ecg_id))
 
     catalogue = analyser.catalogue
-    with gr.Blocks(title="ESI: ECG Semantic Integrator") as demo:
+    # Uploads Gradio still knows of are removed every 10 minutes once an hour old, and all at shutdown.
+    with gr.Blocks(title="ESI: ECG Semantic Integrator", delete_cache=(600, 3600)) as demo:
         gr.HTML(
             "<div class='esi-header'><h1>ESI: ECG Semantic Integrator</h1>"
             "<p>A 12-lead ECG foundation model pretrained against cardiology text. Paper: "
@@ -129,7 +164,7 @@ def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACH
             gr.Markdown(no_model_message(model_dir), elem_classes="esi-alert", elem_id="no-model")
         with gr.Row(equal_height=False):
             upload = gr.File(
-                label="Upload a WFDB record: its .hea header and .dat signal file",
+                label="Upload an ECG: WFDB .hea + .dat/.mat, Philips XML, DICOM (.dcm) or CSV (max 20 MB)",
                 file_count="multiple",
                 height=150,
                 scale=3,
@@ -200,9 +235,18 @@ def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACH
                 elem_id="model-info",
             )
         outputs = [status, plot, measurements, predictions, method, description, caption, similar]
-        upload_button.click(analyse_upload, inputs=upload, outputs=outputs)
-        sample.input(analyse_sample, inputs=sample, outputs=outputs)
+        # As many analyses at once as there are workers; the rest wait in Gradio's queue.
+        upload_button.click(analyse_upload, inputs=upload, outputs=outputs, concurrency_limit=workers)
+        sample.input(analyse_sample, inputs=sample, outputs=outputs, concurrency_limit=workers)
+    demo.queue(max_size=64)
+    demo.worker_pids = pool.pids  # for benchmarks and tests that measure the server's memory
     return demo
+
+
+def launch(demo: gr.Blocks) -> None:
+    """Serve the page with the upload size limit; uploads and workers go when the server stops."""
+    exit_cleanly_on_sigterm()
+    demo.launch(theme=THEME, css=CSS, max_file_size=MAX_UPLOAD_BYTES)
 
 
 def build_app_from_env(model: str | None = None, samples: str | None = None, cache: str | None = None) -> gr.Blocks:
@@ -224,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", help="PTB-XL-layout sample folder (default: $ESI_SAMPLES, else data/ptbxl_sample)")
     parser.add_argument("--cache", help="where sample embeddings are cached (default: $ESI_CACHE)")
     args = parser.parse_args(argv)
-    build_app_from_env(args.model, args.samples, args.cache).launch(theme=THEME, css=CSS)
+    launch(build_app_from_env(args.model, args.samples, args.cache))
 
 
 if __name__ == "__main__":

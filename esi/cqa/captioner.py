@@ -99,7 +99,9 @@ class Captioner:
         knowledge = load_knowledge_base()
         self.retriever = HybridRetriever(knowledge, encoder_path=options.encoder_path)
         self.checker = FaithfulnessChecker(DiagnosisLexicon.build(self.descriptions, knowledge))
-        self.writer = TemplateWriter(self.checker)
+        if options.text_variant != "full" and options.backend != "template":
+            raise ValueError(f"text_variant {options.text_variant!r} needs the template backend, not {options.backend}")
+        self.writer = TemplateWriter(self.checker, options.text_variant)
         llm_options = {}
         if options.backend != "template":
             llm_options = {
@@ -147,7 +149,7 @@ class Captioner:
         """(caption, faithfulness outcome, issues) per request, with bounded regeneration."""
         templates = [self.writer.write(r.inputs) for r in requests]
         for request, text in zip(requests, templates, strict=True):
-            issues = self.checker.check(text, request.inputs)
+            issues = self.checker.check(text, request.inputs, require_complete=self.writer.complete)
             if issues:  # the writer is faithful by construction; anything else is a bug to fix
                 raise RuntimeError(f"record ecg_id={request.inputs.ecg_id}: template caption failed {issues}")
         if self.backend.name == "template":

@@ -56,6 +56,9 @@ _MEASUREMENT_NOTES = {
     "cornell_mv": "Cornell voltage (R aVL + S V3)",
     "low_voltage": "low-QRS-voltage criterion met",
     "measurement_missing": "JSON object: measurement -> reason it could not be made",
+    "qt_search_limit_ms": "end of the T-end search window after QRS onset (diagnostic)",
+    "measurement_quality": "JSON object: interval -> {flag: measured/low_confidence/not_measurable, reason}; "
+    "captions state only measured values",
 }
 
 

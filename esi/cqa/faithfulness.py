@@ -8,6 +8,9 @@ Three checks, each reported as a human-readable issue string:
   scp_statements.csv descriptions, knowledge-base titles and common synonyms; negated
   mentions such as "no signs of infarction" do not count) must be one of the record's
   statements; a few descriptive findings are also accepted when the measurement shows them;
+- claims no record supports: "healthy"/"normal" claims on a record with abnormal statements,
+  denials of a listed statement ("MI ruled out" on an MI record), treatment or management
+  advice, and links (URLs); a number stated for a value flagged low confidence;
 - completeness (``require_complete``): every statement is mentioned, the heart rate is
   stated when it was measured, and the text is not empty.
 """
@@ -19,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from esi.constants import PTBXL_AGE_OVER_89
+from esi.cqa.measurements import reliable_value
 from esi.cqa.prompts import CaptionInputs, is_number
 
 # Allowed difference between a stated number and the record's value, per unit.
@@ -144,6 +148,25 @@ _NEGATION_BEFORE_RE = re.compile(
 )
 _NEGATION_AFTER_RE = re.compile(r"^\W*(?:\w+\W+){0,2}?(is|are|was|were)?\s*(absent|not|excluded|ruled out)\b")
 _NEGATION_WINDOW_WORDS = 8
+# Phrases that contain a negation word but affirm: "there is no doubt that atrial fibrillation is present".
+_PSEUDO_NEGATION_RE = re.compile(
+    r"\b(no doubt|without (a )?doubt|beyond (any )?doubt|no question|not only|no uncertainty|not unlikely)\b"
+)
+# Claims that the patient or the whole ECG is normal: wrong on a record with any abnormal statement.
+# ("normal ECG" itself is PTB-XL's NORM statement; the lexicon checks it is listed.)
+_NORMALITY_RE = re.compile(
+    r"\b(healthy|in good health|normal heart|no abnormalit\w*|unremarkable|nothing abnormal|"
+    r"no (signs? of )?(cardiac |heart )?(disease|pathology|problems?))\b",
+    re.IGNORECASE,
+)
+BENIGN_CODES = {"NORM", "SR"}  # statements a normality claim may stand beside
+# Care advice (treatment, drugs, tests, referral): captions describe an ECG, never advise.
+ADVICE_RE = re.compile(
+    r"\b(treat|therap|manag|should|recommend|advis|refer|anticoag|medication|prescri|evaluat|"
+    r"follow.up|advice|consult|deserve|urgent|emergenc|must (see|seek|take|start))",
+    re.IGNORECASE,
+)
+_URL_RE = re.compile(r"(https?://|\bwww\.|\b[\w-]+\.(com|org|net|io|gov|edu|de|info)\b|\]\(|<a\s)", re.IGNORECASE)
 _DOUBLE_NEGATION_RE = re.compile(r"\b(cannot|can ?not|can't|could not) (be )?(exclude|excluded|ruled out|rule out)\b")
 
 
@@ -197,7 +220,7 @@ class DiagnosisLexicon:
         found = []
         for match in self._pattern.finditer(norm):
             before = _CLAUSE_BREAK_RE.split(norm[: match.start()])[-1]
-            window = " ".join(before.split()[-_NEGATION_WINDOW_WORDS:])
+            window = _PSEUDO_NEGATION_RE.sub(" ", " ".join(before.split()[-_NEGATION_WINDOW_WORDS:]))
             after = _CLAUSE_BREAK_RE.split(norm[match.end() :])[0]
             negated = bool(_NEGATION_BEFORE_RE.search(window) or _NEGATION_AFTER_RE.search(after))
             if negated and _DOUBLE_NEGATION_RE.search(window + " " + after):
@@ -227,10 +250,10 @@ def _measurement_supported_codes(m) -> set[str]:
     codes = set()
     if getattr(m, "low_voltage", None):
         codes.add("LVOLT")
-    qtcs = [getattr(m, n, None) for n in ("qtc_bazett_ms", "qtc_fridericia_ms")]
+    qtcs = [reliable_value(m, n) for n in ("qtc_bazett_ms", "qtc_fridericia_ms")]
     if any(is_number(q) and q >= 460 for q in qtcs):
         codes.add("LNGQT")
-    pr = getattr(m, "pr_interval_ms", None)
+    pr = reliable_value(m, "pr_interval_ms")
     if is_number(pr) and pr > 200:
         codes.add("LPR")
     return codes
@@ -247,6 +270,7 @@ class FaithfulnessChecker:
         issues = self._number_issues(text, inputs)
         mentions = self.lexicon.mentions(text)
         issues += self._diagnosis_issues(mentions, inputs)
+        issues += self._claim_issues(text, inputs)
         if require_complete:
             issues += self._completeness_issues(text, mentions, inputs)
         return issues
@@ -266,8 +290,8 @@ class FaithfulnessChecker:
     def _candidates(self, text: str, pos: int, unit: str, inputs: CaptionInputs) -> tuple[list[float], str]:
         m = inputs.measurements
 
-        def values(names: Iterable[str]) -> list[float]:
-            return [float(v) for v in (getattr(m, n, None) for n in names) if is_number(v)]
+        def values(names: Iterable[str]) -> list[float]:  # low-confidence values may not be stated
+            return [float(v) for v in (reliable_value(m, n) for n in names) if is_number(v)]
 
         if unit == "bpm":
             return values(["heart_rate_bpm"]), "heart rate"
@@ -293,11 +317,32 @@ class FaithfulnessChecker:
         allowed = {s.code for s in inputs.statements} | _measurement_supported_codes(inputs.measurements)
         listed = ", ".join(s.code for s in inputs.statements) or "none"
         issues = []
+        listed_codes = {s.code for s in inputs.statements}
         for mention in mentions:
             if not mention.negated and not allowed.intersection(mention.codes):
                 issue = f"asserts '{mention.phrase}', not among the record's statements ({listed})"
-                if issue not in issues:
-                    issues.append(issue)
+            elif mention.negated and listed_codes.intersection(mention.codes):
+                denied = sorted(listed_codes.intersection(mention.codes))
+                issue = f"denies '{mention.phrase}', but the record's statements include {', '.join(denied)}"
+            else:
+                continue
+            if issue not in issues:
+                issues.append(issue)
+        return issues
+
+    def _claim_issues(self, text: str, inputs: CaptionInputs) -> list[str]:
+        issues = []
+        abnormal = sorted({s.code for s in inputs.statements} - BENIGN_CODES)
+        for match in _NORMALITY_RE.finditer(text):
+            before = _CLAUSE_BREAK_RE.split(normalize(text[: match.start()]))[-1]
+            window = _PSEUDO_NEGATION_RE.sub(" ", " ".join(before.split()[-_NEGATION_WINDOW_WORDS:]))
+            if abnormal and not _NEGATION_BEFORE_RE.search(window):
+                issues.append(f"claims '{match.group(0)}', but the record's statements include {', '.join(abnormal)}")
+                break
+        if ADVICE_RE.search(text):
+            issues.append(f"gives care advice ('{ADVICE_RE.search(text).group(0)}...'); captions only describe")
+        if _URL_RE.search(text):
+            issues.append("contains a link or web address")
         return issues
 
     def _completeness_issues(self, text: str, mentions: list[Mention], inputs: CaptionInputs) -> list[str]:
@@ -309,7 +354,7 @@ class FaithfulnessChecker:
             for s in inputs.statements
             if s.code not in covered
         ]
-        rate = getattr(inputs.measurements, "heart_rate_bpm", None)
+        rate = reliable_value(inputs.measurements, "heart_rate_bpm")
         if is_number(rate) and not any(unit == "bpm" for _, unit, _ in stated_numbers(text)):
             issues.append("does not state the measured heart rate")
         return issues

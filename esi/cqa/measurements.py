@@ -9,8 +9,16 @@ Method (as clinical ECG programs do it, not per-lead delineation):
    polyphase upsampling only refines the grid), aligned by cross-correlation, and the
    dominant beats are combined into one MEDIAN BEAT per lead.
 3. QRS onset/offset come from the summed absolute slope of all independent leads on the
-   median beat; T end from the tangent on the spatial magnitude; P from the spatial
-   magnitude before the QRS and its coherence across beats.
+   median beat. T end and P onset/offset are delineated per lead by the tangent method and
+   combined across leads as clinical programs do: the global onset is the earliest lead that
+   other leads agree with, the global offset the latest (a lead no other lead confirms is an
+   outlier and is ignored). The T-end search stops before the next beat's P wave and at a
+   physiological QT limit for the measured RR, so it cannot run into the next beat.
+4. Every interval carries a quality flag (``quality``: measured / low_confidence /
+   not_measurable) with its reason; physiologically implausible values (QTc > 600 ms in a
+   regular rhythm with P waves at normal rate, PR > 400 ms, QRS < 50 ms) are re-checked and
+   flagged low confidence unless the re-check confirms them. Writers state only ``measured``
+   values as fact (``reliable_value``).
 Each field is either measured or None with the reason in ``missing``; nothing is guessed.
 """
 
@@ -55,6 +63,27 @@ P_COHERENCE = 0.35  # P energy that survives averaging across beats, below: no c
 P_ONSET_FRACTION = 0.2  # P onset: magnitude back to this fraction above its pre-P floor
 T_MIN_MV = 0.05
 ST_OFFSET_S = 0.06
+P_LEAD_MIN_MV = 0.025  # a lead whose P wave is smaller takes no part in P delineation
+T_LEAD_MIN_MV = 0.06  # likewise for the T wave
+AGREE_P_S, AGREE_T_S = 0.02, 0.03  # per-lead boundaries within this of each other agree
+MIN_AGREEING = 3  # a global boundary needs this many agreeing leads (the lead itself included)
+P_SEARCH_S = 0.38  # P search starts at most this long before QRS onset (long PR in AV block)
+QT_LIMIT_S = 0.62  # physiological QT limit: QT_LIMIT_S * sqrt(RR) (Bazett QTc 620 ms) ...
+QT_LIMIT_WIDE_QRS = 1.0  # ... plus the QRS widening beyond 120 ms
+BOUND_MARGIN_S = 0.02  # a T end closer than this to its search bound was cut by the bound
+NEXT_P_MARGIN_S = 0.02
+WAVE_FLANK = 0.2
+RECHECK_AGREE_S = 0.04  # the area-method re-check must agree within this to confirm a value
+
+INTERVAL_NAMES = (
+    "heart_rate_bpm",
+    "pr_interval_ms",
+    "qrs_duration_ms",
+    "qt_interval_ms",
+    "qtc_bazett_ms",
+    "qtc_fridericia_ms",
+)
+MEASURED, LOW_CONFIDENCE, NOT_MEASURABLE = "measured", "low_confidence", "not_measurable"
 
 
 @dataclass
@@ -70,6 +99,7 @@ class EcgMeasurements:
     qt_interval_ms: float | None = None
     qtc_bazett_ms: float | None = None
     qtc_fridericia_ms: float | None = None
+    qt_search_limit_ms: float | None = None  # end of the T-end search window after QRS onset (diagnostic)
     qrs_axis_deg: float | None = None
     qrs_axis_category: str | None = None
     sokolow_lyon_mv: float | None = None
@@ -77,6 +107,16 @@ class EcgMeasurements:
     low_voltage: bool | None = None
     st_deviation_mv: dict[str, float] | None = None
     missing: dict[str, str] = field(default_factory=dict)
+    # Interval -> reason its (kept, raw) value is low confidence; writers must not state it as fact.
+    low_confidence: dict[str, str] = field(default_factory=dict)
+
+    def quality(self, name: str) -> tuple[str, str]:
+        """(measured | low_confidence | not_measurable, reason) of one field."""
+        if getattr(self, name) is None:
+            return NOT_MEASURABLE, self.missing.get(name, "not measured")
+        if name in self.low_confidence:
+            return LOW_CONFIDENCE, self.low_confidence[name]
+        return MEASURED, ""
 
     def to_columns(self) -> dict:
         """Flat row for a `datasets` table; the same keys and types for every record.
@@ -86,7 +126,7 @@ class EcgMeasurements:
         """
         row: dict = {}
         for f in fields(self):
-            if f.name in ("st_deviation_mv", "missing"):
+            if f.name in ("st_deviation_mv", "missing", "low_confidence"):
                 continue
             row[f.name] = getattr(self, f.name)
         st = self.st_deviation_mv or {}
@@ -94,6 +134,9 @@ class EcgMeasurements:
             value = st.get(lead)
             row[f"st_deviation_{lead}_mv"] = None if value is None else float(value)
         row["measurement_missing"] = json.dumps(self.missing, sort_keys=True)
+        row["measurement_quality"] = json.dumps(
+            {name: dict(zip(("flag", "reason"), self.quality(name), strict=True)) for name in INTERVAL_NAMES}
+        )
         return row
 
     def _mark_missing(self, names: Sequence[str], reason: str) -> None:
@@ -102,7 +145,13 @@ class EcgMeasurements:
                 self.missing[name] = reason
 
 
-_MEASURED_FIELDS = tuple(f.name for f in fields(EcgMeasurements) if f.name != "missing")
+def reliable_value(m, name: str):
+    """The value of ``name`` when it may be stated as fact: measured and not flagged low confidence."""
+    value = getattr(m, name, None)
+    return None if value is None or name in (getattr(m, "low_confidence", None) or {}) else value
+
+
+_MEASURED_FIELDS = tuple(f.name for f in fields(EcgMeasurements) if f.name not in ("missing", "low_confidence"))
 _MORPHOLOGY_FIELDS = tuple(n for n in _MEASURED_FIELDS if n not in ("heart_rate_bpm", "rr_std_ms", "rr_irregular"))
 
 
@@ -293,8 +342,89 @@ def _t_end(mag: np.ndarray, rate: float, start: int, stop: int) -> int | None:
     if slope >= 0:
         return None
     level = float(mag[peak:stop].min())
-    end = peak + k + (level - mag[peak + k]) / slope
-    return int(round(min(end, stop)))
+    return int(round(peak + k + (level - mag[peak + k]) / slope))
+
+
+def _t_end_area(mag: np.ndarray, rate: float, start: int, stop: int) -> int | None:
+    """T end by the area method (Zhang et al. 2006): the point after the T peak that maximises the area
+    between the curve and its own level over the preceding 80 ms. Independent of the tangent: a re-check."""
+    width = int(0.08 * rate)
+    if stop - start < 2 * width:
+        return None
+    peak = start + int(np.argmax(mag[start:stop]))
+    candidates = np.arange(max(peak + 1, start + width), stop)
+    if len(candidates) == 0:
+        return None
+    csum = np.concatenate([[0.0], np.cumsum(mag)])
+    area = csum[candidates + 1] - csum[candidates + 1 - width] - width * mag[candidates]
+    return int(candidates[np.argmax(area)])
+
+
+def _wave_bounds(x: np.ndarray, min_mv: float) -> tuple[float, float] | None:
+    """(onset, offset) of the largest deflection in one lead's window, by the tangent method.
+
+    The tangent at the steepest slope on each flank of the apex (the flank ends where the wave falls
+    to WAVE_FLANK of its apex) meets the baseline (0) at the boundary. None when the deflection is
+    too small, or a boundary falls outside the window (the wave is cut by it).
+    """
+    if len(x) < 5:
+        return None
+    apex = int(np.argmax(np.abs(x)))
+    if abs(x[apex]) < min_mv or apex < 2 or apex > len(x) - 3:
+        return None
+    y = x * np.sign(x[apex])  # positive deflection from here on
+    low = np.nonzero(y <= WAVE_FLANK * y[apex])[0]
+    left = int(low[low < apex].max()) if (low < apex).any() else 0
+    right = int(low[low > apex].min()) if (low > apex).any() else len(y) - 1
+    d = np.diff(y)
+    rise = left + int(np.argmax(d[left:apex]))
+    fall = apex + int(np.argmin(d[apex:right]))
+    if d[rise] <= 0 or d[fall] >= 0:
+        return None
+    onset, offset = rise - y[rise] / d[rise], fall - y[fall] / d[fall]
+    if onset < 0 or offset > len(y) - 1:
+        return None
+    return onset, offset
+
+
+def combine_leads(
+    bounds: Sequence[float], tol: float, latest: bool, min_agreeing: int = MIN_AGREEING
+) -> tuple[float | None, int]:
+    """Global boundary from per-lead ones, as clinical programs do.
+
+    A lead's boundary is confirmed when at least ``min_agreeing - 1`` other leads lie within ``tol``
+    of it; unconfirmed leads are outliers. Returns the earliest (onset) or latest (offset, ``latest``)
+    confirmed boundary and the size of the largest agreeing group; (None, size) when none is confirmed.
+    """
+    b = np.asarray(bounds, dtype=float)
+    if len(b) == 0:
+        return None, 0
+    support = (np.abs(b[:, None] - b[None, :]) <= tol).sum(axis=1)
+    confirmed = b[support >= min_agreeing]
+    if len(confirmed) == 0:
+        return None, int(support.max())
+    return float(confirmed.max() if latest else confirmed.min()), int(support.max())
+
+
+def _t_end_leads(
+    beat: np.ndarray, rate: float, start: int, stop: int, baseline: np.ndarray
+) -> tuple[float | None, int]:
+    """Global T end: latest confirmed per-lead tangent end of the independent leads.
+
+    ``baseline`` (per lead) is the TP-segment level the T wave returns to; with PR-segment or ST
+    depression it differs from the PR baseline and the tangent must meet the former.
+    """
+    ends: list[float] = []
+    if stop - start < int(0.1 * rate):
+        return None, 0
+    for lead in _INDEPENDENT:
+        found = _wave_bounds(beat[lead, start:stop] - baseline[lead], T_LEAD_MIN_MV)
+        if found is not None:
+            ends.append(start + found[1])
+    end, agreeing = combine_leads(ends, AGREE_T_S * rate, latest=True)
+    if end is None:  # a pair of agreeing leads is a weaker estimate; the caller re-checks it
+        end = combine_leads(ends, AGREE_T_S * rate, latest=True, min_agreeing=2)[0]
+    return end, agreeing
 
 
 def _chord_detrend(segment: np.ndarray, rate: float) -> np.ndarray:
@@ -309,28 +439,40 @@ def _chord_detrend(segment: np.ndarray, rate: float) -> np.ndarray:
     return segment - (first + (last - first) * np.linspace(0.0, 1.0, segment.shape[-1]))
 
 
-def _p_wave(beats: np.ndarray, beat: np.ndarray, rate: float, onset: int, start: int) -> tuple[bool, int | None]:
-    """(consistent P present, P onset sample) from the window [start, onset - 40 ms) of the median beat.
+@dataclass
+class _PWave:
+    present: bool
+    onset: float | None = None  # global P onset (sample), None when no lead pair agrees
+    agreeing: int = 0  # leads in the largest agreeing group of onsets
+
+
+def _p_wave(beats: np.ndarray, beat: np.ndarray, rate: float, onset: int, start: int) -> _PWave:
+    """Consistent P wave in [start, QRS onset - 20 ms) of the median beat, and its global onset.
 
     beats: (beats, leads, samples) aligned dominant beats; beat: (leads, samples) their median;
     both referenced to the PR-segment baseline.
     """
-    stop = onset - int(0.04 * rate)
-    if stop - start < int(0.06 * rate):
-        return False, None
+    stop = onset - int(0.02 * rate)
+    start = max(start, 0)
+    if stop - start < int(0.08 * rate):
+        return _PWave(False)
     segments = _chord_detrend(beats[:, _P_LEADS, start:stop], rate)
     # Share of per-beat P-window energy that survives averaging: ~1 for a P wave locked to the QRS,
     # ~1/beats for atrial fibrillation's unrelated f waves.
     coherence = float((segments.mean(axis=0) ** 2).sum() / max((segments**2).sum(axis=2).mean(axis=0).sum(), 1e-12))
-    detrended = np.sqrt((_chord_detrend(beat[_P_LEADS, start:stop], rate) ** 2).sum(axis=0))
-    if detrended.max() < P_MIN_MV or coherence < P_COHERENCE:
-        return False, None
-    # Onset on the PR-baseline-referenced magnitude: the chord would tilt with a preceding T/U tail.
-    mag = np.sqrt((beat[_P_LEADS, start:stop] ** 2).sum(axis=0))
-    peak = int(np.argmax(mag))
-    floor = float(mag[: peak + 1].min())
-    before = np.nonzero(mag[: peak + 1] <= floor + P_ONSET_FRACTION * (mag[peak] - floor))[0]
-    return True, start + int(before[-1])
+    detrended = _chord_detrend(beat[_P_LEADS, start:stop], rate)
+    if np.sqrt((detrended**2).sum(axis=0)).max() < P_MIN_MV or coherence < P_COHERENCE:
+        return _PWave(False)
+    onsets = [found[0] for found in (_wave_bounds(x, P_LEAD_MIN_MV) for x in detrended) if found is not None]
+    first, agreeing = combine_leads(onsets, AGREE_P_S * rate, latest=False)
+    if first is None:  # two agreeing leads: a weaker estimate, flagged by the caller
+        first = combine_leads(onsets, AGREE_P_S * rate, latest=False, min_agreeing=2)[0]
+    return _PWave(True, None if first is None else start + first, agreeing)
+
+
+def _qt_limit(mean_rr: float, qrs_s: float) -> float:
+    """Longest physiological QT (s) for this RR: Bazett QTc QT_LIMIT_S, plus QRS widening past 120 ms."""
+    return QT_LIMIT_S * math.sqrt(mean_rr) + QT_LIMIT_WIDE_QRS * max(0.0, qrs_s - 0.12)
 
 
 def _morphology(beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float, out: EcgMeasurements) -> None:
@@ -342,6 +484,8 @@ def _morphology(beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float
         return
     on, off = bounds
     out.qrs_duration_ms = (off - on) / rate * 1000.0
+    if out.qrs_duration_ms < 50:
+        out.low_confidence["qrs_duration_ms"] = "a QRS shorter than 50 ms is implausible"
     # PR-segment baseline: the isoelectric reference for every amplitude below.
     iso = beat[:, on - int(0.025 * rate) : on - int(0.005 * rate)].mean(axis=1, keepdims=True)
     beats = beats - beats[:, :, on - int(0.025 * rate) : on - int(0.005 * rate)].mean(axis=2, keepdims=True)
@@ -365,26 +509,62 @@ def _morphology(beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float
     st = off + int(ST_OFFSET_S * rate)
     out.st_deviation_mv = {lead: float(beat[i, st]) for i, lead in enumerate(STANDARD_LEADS)}
 
+    rr = int(mean_rr * rate)
+    # The T-end search stops at the physiological QT limit for this RR and before the next beat's
+    # P wave (this beat's P onset one RR later), so it cannot take the next P for the T wave.
+    first_p = _p_wave(beats, beat, rate, on, on - int(min(0.3, 0.45 * mean_rr) * rate))
+    t_stop = min(beat.shape[1] - 1, on + int(_qt_limit(mean_rr, (off - on) / rate) * rate))
+    if first_p.onset is not None:
+        t_stop = min(t_stop, int(first_p.onset) + rr - int(NEXT_P_MARGIN_S * rate))
+    out.qt_search_limit_ms = (t_stop - on) / rate * 1000.0
+    t_start = off + int(0.06 * rate)
+    tp = np.zeros(beat.shape[0])
+    if first_p.onset is not None and first_p.onset >= 0.03 * rate:  # TP level: just before this beat's P
+        tp = beat[:, int(first_p.onset - 0.03 * rate) : int(first_p.onset - 0.01 * rate)].mean(axis=1)
+    t_end, agreeing = _t_end_leads(beat, rate, t_start, t_stop, tp)
     mag = np.sqrt((beat[_INDEPENDENT] ** 2).sum(axis=0))
-    t_stop = min(beat.shape[1] - 1, on + int(min(0.65, 0.95 * mean_rr) * rate))
-    t_end = _t_end(mag, rate, off + int(0.06 * rate), t_stop)
-    if t_end is not None and 0.2 * rate <= t_end - on <= 0.7 * rate:
+    qt_names = ["qt_interval_ms", "qtc_bazett_ms", "qtc_fridericia_ms"]
+    qt_doubt = ""
+    if t_end is None:
+        t_end = _t_end(mag, rate, t_start, t_stop)
+    if t_end is not None and t_end >= t_stop - BOUND_MARGIN_S * rate:
+        out._mark_missing(qt_names, "T end not found before the search bound (next P wave or QT limit)")
+        t_end = None
+    elif t_end is not None and 0.2 * rate <= t_end - on:
         qt = (t_end - on) / rate
         out.qt_interval_ms = qt * 1000.0
         out.qtc_bazett_ms = qt / math.sqrt(mean_rr) * 1000.0
         out.qtc_fridericia_ms = qt / mean_rr ** (1 / 3) * 1000.0
+        sinus_normal_rate = first_p.present and out.rr_irregular is False and 50 <= out.heart_rate_bpm <= 100
+        implausible = out.qtc_bazett_ms > 600 and sinus_normal_rate
+        if agreeing < MIN_AGREEING or implausible:  # weak or implausible: re-check with the area method
+            area_end = _t_end_area(mag, rate, t_start, t_stop)
+            if area_end is None or abs(area_end - t_end) > RECHECK_AGREE_S * rate:
+                qt_doubt = (
+                    "QTc above 600 ms in a regular rhythm with P waves at normal rate"
+                    if implausible
+                    else f"T end agrees in only {agreeing} lead(s)"
+                ) + ", not confirmed by the area method"
+        if qt_doubt:
+            out.low_confidence.update(dict.fromkeys(qt_names, qt_doubt))
     else:
-        out._mark_missing(["qt_interval_ms", "qtc_bazett_ms", "qtc_fridericia_ms"], "T-wave end not found")
+        out._mark_missing(qt_names, "T-wave end not found")
+        t_end = None
 
-    # P window: from after the previous beat's T wave (or 320 ms before the QRS) to the QRS.
-    prev_t_end = on - int(mean_rr * rate) + (t_end - on if t_end is not None else int(0.3 * rate))
-    p_start = max(on - int(0.32 * rate), prev_t_end, 0)
-    present, p_on = _p_wave(beats, beat, rate, on, p_start)
-    out.p_wave_absent = not present
-    if present:
-        out.pr_interval_ms = (on - p_on) / rate * 1000.0
-    else:
+    # P window: from after the previous beat's T wave (or P_SEARCH_S before the QRS) to the QRS.
+    prev_t_end = (t_end if t_end is not None else on + int(0.3 * rate)) - rr + int(0.02 * rate)
+    p = _p_wave(beats, beat, rate, on, max(on - int(P_SEARCH_S * rate), int(prev_t_end)))
+    out.p_wave_absent = not p.present
+    if not p.present:
         out._mark_missing(["pr_interval_ms"], "no consistent P wave")
+    elif p.onset is None:
+        out._mark_missing(["pr_interval_ms"], f"P onset agrees in only {p.agreeing} lead(s)")
+    else:
+        out.pr_interval_ms = (on - p.onset) / rate * 1000.0
+        if out.pr_interval_ms > 400:
+            out.low_confidence["pr_interval_ms"] = "a PR interval above 400 ms is implausible"
+        elif p.agreeing < MIN_AGREEING:
+            out.low_confidence["pr_interval_ms"] = f"P onset agrees in only {p.agreeing} lead(s)"
 
 
 def measure_ecg(

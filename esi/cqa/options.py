@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from esi.cqa.backends import BACKENDS, VLLM_PYTHON_ENV
+from esi.cqa.template_writer import TEXT_VARIANTS
 
 # Options that change what a unit contains: a resumed run or a merge must agree on all of them.
 IDENTITY_KEYS = (
@@ -21,6 +22,7 @@ IDENTITY_KEYS = (
     "max_retries",
     "retrieval_k",
     "encoder_path",
+    "text_variant",
     "num_shards",
 )
 
@@ -53,6 +55,13 @@ class GenerationOptions:
     )
     max_retries: int = field(default=2, metadata={"help": "regenerations per unfaithful caption"})
     retrieval_k: int = field(default=4, metadata={"help": "knowledge passages per record"})
+    text_variant: str = field(
+        default="full",
+        metadata={
+            "help": "template captions for ablations: full, no_knowledge, statements_only, measurements_only",
+            "choices": list(TEXT_VARIANTS),
+        },
+    )
     encoder_path: str | None = field(
         default="default", metadata={"help": "dense retrieval encoder folder; 'default' (offline MiniLM) or 'none'"}
     )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from esi.constants import PTBXL_AGE_OVER_89
+from esi.cqa.measurements import reliable_value
 
 REPORT_BEGIN = "<<<BEGIN UNTRUSTED REPORT>>>"
 REPORT_END = "<<<END UNTRUSTED REPORT>>>"
@@ -132,12 +133,15 @@ def measurement_lines(m: Any) -> list[str]:
     """The measurements as ``- label: value`` lines; missing ones name their reason."""
 
     def line(label: str, name: str, text: str | None) -> str:
+        doubt = (getattr(m, "low_confidence", None) or {}).get(name)
+        if doubt and getattr(m, name, None) is not None:  # the value is withheld: nobody may state it
+            return f"- {label}: could not be measured reliably ({doubt})"
         if text is None:
             return f"- {label}: not measurable ({missing_reason(m, name)})"
         return f"- {label}: {text}"
 
     def num(name: str, unit: str, decimals: int = 0, signed: bool = False) -> str | None:
-        value = getattr(m, name, None)
+        value = reliable_value(m, name)
         return format_value(value, unit, decimals, signed) if is_number(value) else None
 
     def flag(name: str, yes: str, no: str) -> str | None:

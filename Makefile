@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 SAMPLE ?= data/ptbxl_sample
 OUT ?= outputs/demo
 
-.PHONY: demo test install install-dev vllm-venv browser app lint bench-data bench-measurements bench-cqa bench-model bench-train bench-downstream bench-probe clean
+.PHONY: demo test install install-dev vllm-venv browser app lint bench-data bench-measurements bench-cqa bench-model bench-train bench-claim clean
 
 $(VENV)/.installed-base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,11 +63,13 @@ bench-model: $(VENV)/.installed-base
 	$(PY) -m benchmarks.bench_model
 bench-train: $(VENV)/.installed-base
 	$(PY) -m benchmarks.bench_train --ptbxl-dir $(PTBXL)
-bench-downstream: $(VENV)/.installed-base
-	$(PY) -m benchmarks.bench_downstream --ptbxl-dir $(PTBXL)
-# Linear probe of a bench-train model vs a random encoder: make bench-probe MODEL=outputs/.../model
-bench-probe: $(VENV)/.installed-base
-	$(PY) -m benchmarks.bench_probe --model $(MODEL)
+
+# The evidence benchmark (issue 15): pack, grid (resumable, background-friendly), report. PROFILE=tiny|cpu|gpu
+PROFILE ?= cpu
+bench-claim: $(VENV)/.installed-base
+	$(PY) -m benchmarks.esi_claim.pack --profile $(PROFILE)
+	$(PY) -m benchmarks.esi_claim.run --profile $(PROFILE)
+	$(PY) -m benchmarks.esi_claim.report
 
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check .

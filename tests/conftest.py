@@ -101,11 +101,24 @@ def tiny_train_args(signals: Path, captions: Path, text_model: Path, output_dir:
 
 
 @pytest.fixture(scope="session")
-def tiny_pretrained_model(prepared_sample: Path, sample_captions: Path, tiny_text_model: Path,
-                          tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_pretrained_model(
+    prepared_sample: Path, sample_captions: Path, tiny_text_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """A Hub-ready ESI folder from a 4-step pretraining run with tiny towers."""
-    from esi.train import pretrain as train
-
     output_dir = tmp_path_factory.mktemp("tiny_run")
     args = tiny_train_args(prepared_sample, sample_captions, tiny_text_model, output_dir, "--max-steps", "4")
-    return train.main(args)
+    return pretrain_in_process(args)
+
+
+def pretrain_in_process(argv: list[str]) -> Path:
+    """`train.py ARGV` in this process; returns the saved model folder."""
+    from esi.train import pretrain
+
+    return pretrain.pretrain(*pretrain.parse_args(argv))
+
+
+def finetune_in_process(argv: list[str]) -> dict:
+    """`finetune.py ARGV` in this process; returns its results."""
+    from esi.eval import finetune
+
+    return finetune.run(finetune.parse_args(argv))

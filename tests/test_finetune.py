@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from esi.eval import finetune
 from esi.eval.classification import METHODS, choose_thresholds, load_task, lora_target_modules
 from esi.eval.subject_id import gallery_and_probes, subject_identification
 from esi.eval.zero_shot import class_prompts
 from modeling_esi import EsiFeatureExtractor, EsiForEcgClassification
+from tests.conftest import finetune_in_process
 
 FAST = ["--bootstrap-samples", "20", "--eval-batch-size", "100"]
 EPOCHS = {"linear_probe": "30", "lora": "1", "full": "1", "supervised_scratch": "1"}
@@ -21,7 +21,7 @@ EPOCHS = {"linear_probe": "30", "lora": "1", "full": "1", "supervised_scratch": 
 
 def run(tiny_esi, prepared_sample, out, *extra) -> dict:
     argv = ["--model", str(tiny_esi), "--dataset", str(prepared_sample), "--output-dir", str(out), *FAST, *extra]
-    result = finetune.main(argv)
+    result = finetune_in_process(argv)
     assert json.loads((out / "results.json").read_text())["method"] == result["method"]
     assert "not a diagnostic device" in (out / "results.md").read_text()
     return result

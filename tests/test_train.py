@@ -22,7 +22,7 @@ from esi.data.torch_dataset import join_captions
 from esi.train import pretrain as train
 from esi.train.checkpoints import CheckpointLoadError
 from esi.train.retrieval_eval import retrieval_recall
-from tests.conftest import REPO_ROOT, tiny_train_args
+from tests.conftest import REPO_ROOT, finetune_in_process, pretrain_in_process, tiny_train_args
 
 
 def run_train(args: list[str], launcher: list[str] | None = None, **popen) -> subprocess.Popen:
@@ -138,7 +138,9 @@ def test_captions_without_a_caption_column_stop_train_py(prepared_sample, tiny_t
     bad = tmp_path / "captions"
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"ecg_id": [1], "text": ["x"]})}).save_to_disk(str(bad))
     with pytest.raises(ValueError, match="caption"):
-        train.main(tiny_train_args(prepared_sample, bad, tiny_text_model, tmp_path / "run", "--max-steps", "1"))
+        pretrain_in_process(
+            tiny_train_args(prepared_sample, bad, tiny_text_model, tmp_path / "run", "--max-steps", "1")
+        )
 
 
 def test_diverging_loss_stops_with_step_and_batch_ids(prepared_sample, sample_captions, tiny_text_model, tmp_path):
@@ -157,7 +159,7 @@ def test_diverging_loss_stops_with_step_and_batch_ids(prepared_sample, sample_ca
         "0",
     )
     with pytest.raises(train.NonFiniteLossError, match=r"at step \d+ .*batch ecg_ids \[\d+"):
-        train.main(args)
+        pretrain_in_process(args)
     assert not (tmp_path / "model").exists()
 
 
@@ -238,7 +240,7 @@ def test_resume_from_an_older_step_and_from_a_damaged_latest(
     # Asking for a damaged checkpoint by name: a clear error with the way out.
     aside = next(p for p in checkpoints.glob("abandoned-*/step_6") if (p / "model.safetensors").stat().st_size == 1000)
     with pytest.raises(CheckpointLoadError, match=r"step_6.*--resume-from-checkpoint latest"):
-        train.main(longer + ["--resume-from-checkpoint", str(aside)])
+        pretrain_in_process(longer + ["--resume-from-checkpoint", str(aside)])
 
 
 def test_pretraining_on_evaluation_records_is_reported_loudly(
@@ -249,7 +251,7 @@ def test_pretraining_on_evaluation_records_is_reported_loudly(
         "--evaluation-records", str(prepared_sample), "--freeze-text-tower", "--cache-text-embeddings",
     )  # fmt: skip
     with caplog.at_level(logging.INFO, logger="esi.train"):
-        model_dir = train.main(args)
+        model_dir = pretrain_in_process(args)
     messages = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert "PRETRAINING ON EVALUATION DATA: 240 record(s)" in messages
     assert "cuts off" in messages  # --max-text-length 64 cuts most caption tokens
@@ -268,7 +270,6 @@ def test_same_named_caption_folders_do_not_break_train_and_finetune(
     from esi.cqa.run import generate_captions
     from esi.data.prepare_ptbxl import prepare_ptbxl
     from esi.data.torch_dataset import load_dataset_folder
-    from esi.eval import finetune
     from tests.conftest import PTBXL_SAMPLE
 
     shutil.copytree(sample_captions, tmp_path / "A" / "cap")
@@ -279,9 +280,9 @@ def test_same_named_caption_folders_do_not_break_train_and_finetune(
     args = tiny_train_args(
         tmp_path / "B" / "prepared", tmp_path / "B" / "cap", tiny_text_model, tmp_path / "run", "--max-steps", "1"
     )
-    summary = json.loads((train.main(args) / "training_summary.json").read_text())
+    summary = json.loads((pretrain_in_process(args) / "training_summary.json").read_text())
     assert summary["train_ecgs"] == len(small["train"]) < 240
-    result = finetune.main([
+    result = finetune_in_process([
         "--model", str(tiny_esi), "--dataset", str(tmp_path / "B" / "prepared"), "--output-dir", str(tmp_path / "ft"),
         "--method", "captioning", "--captions", str(tmp_path / "B" / "cap"), "--max-records", "2",
         "--max-new-tokens", "4",

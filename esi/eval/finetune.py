@@ -256,8 +256,9 @@ def run(args: FinetuneArguments) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
-    return run(parse_args(argv))
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (`esi-finetune`, `finetune.py`); programmatic callers use `run(parse_args(argv))`."""
+    run(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -344,8 +344,12 @@ def save_model_folder(model: EsiModel, feature_extractor, tokenizer, folder: Pat
     logger.info("saved model to %s", folder)
 
 
-def main(argv: list[str] | None = None) -> Path:
-    return pretrain(*parse_args(argv, description=__doc__))
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (`esi-train`, `train.py`); its return value would become the exit status.
+
+    Programmatic callers use `pretrain(*parse_args(argv))`, which returns the saved model folder.
+    """
+    pretrain(*parse_args(argv, description=__doc__))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from esi.eval.classification import METHODS, choose_thresholds, load_task, lora_target_modules
 from esi.eval.subject_id import gallery_and_probes, subject_identification
@@ -46,6 +47,10 @@ def test_every_method_on_superdiagnostic(tiny_esi, prepared_sample, tmp_path, me
         check_adapter_reload(tiny_esi, prepared_sample, tmp_path, result)
     else:
         assert (tmp_path / "model" / "config.json").is_file()
+    card = (tmp_path / ("adapter" if method == "lora" else "model") / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["base_model"] == Path(tiny_esi).resolve().name and str(tmp_path) not in card
+    assert meta["library_name"] == ("peft" if method == "lora" else "transformers")
 
 
 def check_adapter_reload(tiny_esi, prepared_sample, out: Path, result: dict) -> None:

@@ -121,6 +121,34 @@ def train_config(args: FinetuneArguments) -> TrainConfig:
     return TrainConfig(weight_decay=args.weight_decay, seed=args.seed, **values)
 
 
+def base_model_id(model: str) -> str:
+    """The pretrained model as the Hub knows it: a repo id as given, a local folder by its name only."""
+    return model if not Path(model).exists() else Path(model).resolve().name
+
+
+def write_finetuned_card(folder: Path, args: FinetuneArguments, result: dict) -> Path:
+    """A model card for a fine-tuned head or adapter: `base_model` names the pretrained ESI it started from."""
+    adapter = args.method == "lora"
+    front = {
+        "base_model": base_model_id(args.model),
+        "library_name": "peft" if adapter else "transformers",
+        "tags": ["ecg", "electrocardiogram", "esi", f"ptb-xl-{args.task}", args.method, "research-only"],
+    }
+    if not adapter:
+        front["base_model_relation"] = "finetune"
+    lines = [f"{key}: {json.dumps(value)}" for key, value in front.items()]
+    body = (
+        f"# ESI {args.task} classifier ({args.method})\n\n"
+        f"Fine-tuned from `{front['base_model']}` on PTB-XL `{args.task}` labels ({args.label_fraction:.0%} of the "
+        f"training patients, seed {args.seed}) with `esi-finetune --method {args.method}`. Test macro AUROC "
+        f"(fold 10): {result['macro_auroc']:.4f}.\n\n"
+        "> **Research software, not a medical device.** Do not use it to diagnose, triage or treat anyone.\n"
+    )
+    path = folder / "README.md"
+    path.write_text("---\n" + "\n".join(lines) + "\n---\n\n" + body)
+    return path
+
+
 def run_classification_cli(args: FinetuneArguments, out: Path) -> dict:
     data = load_task(args.dataset, args.task)
     run = run_classification(
@@ -133,7 +161,9 @@ def run_classification_cli(args: FinetuneArguments, out: Path) -> dict:
         eval_batch_size=args.eval_batch_size,
         bootstrap_samples=args.bootstrap_samples,
     )
-    run.model.save_pretrained(out / ("adapter" if args.method == "lora" else "model"))
+    saved = out / ("adapter" if args.method == "lora" else "model")
+    run.model.save_pretrained(saved)
+    write_finetuned_card(saved, args, run.result)
     np.savez_compressed(out / "test_scores.npz", scores=run.scores["test"], labels=data.labels["test"])
     plot_roc(out / "roc.png", {args.method: (data.labels["test"], run.scores["test"])}, data.class_names, args.task)
     (out / "results.md").write_text(classification_markdown(run.result) + "\n")

@@ -46,7 +46,7 @@ demo: $(VENV)/.installed-base
 	$(PY) -m esi.demo --ptbxl-dir $(SAMPLE) --output-dir $(OUT)
 
 test: $(VENV)/.installed-dev vllm-venv browser
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=30
 
 app: $(VENV)/.installed-base
 	$(PY) -m esi.app.ui

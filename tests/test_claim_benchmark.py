@@ -10,12 +10,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from benchmarks.esi_claim.codec import decode, encode, limb_leads
-from benchmarks.esi_claim.pack import pool_source
 from benchmarks.esi_claim.profiles import PROFILES
 from benchmarks.esi_claim.texts import compose
 from esi.checksum import sha256_file
@@ -105,22 +103,6 @@ def test_text_variants_order_content_and_leave_out_demographics():
         assert "male" not in text and "year" not in text
     with pytest.raises(ValueError, match="passage 'kb:none'"):
         compose({**row, "retrieved_passage_ids": ["kb:none"]}, "full", knowledge)
-
-
-def test_pool_without_demographics_is_prepared_from_a_patched_copy(tmp_path):
-    pool = tmp_path / "pool"
-    (pool / "records100").mkdir(parents=True)
-    (pool / "scp_statements.csv").write_text("x\n")
-    (pool / "LICENSE.txt").write_text("CC BY 4.0\n")
-    pd.DataFrame({"ecg_id": [1, 2], "sex": [None, None], "age": [None, None]}).to_csv(
-        pool / "ptbxl_database.csv", index=False
-    )
-    source, note = pool_source(pool, tmp_path / "work")
-    assert source != pool and "2 empty pool sex values" in note
-    assert pd.read_csv(source / "ptbxl_database.csv")["sex"].tolist() == [0, 0]
-    assert (source / "records100").resolve() == (pool / "records100").resolve()
-    pd.DataFrame({"ecg_id": [1], "sex": [1], "age": [50]}).to_csv(pool / "ptbxl_database.csv", index=False)
-    assert pool_source(pool, tmp_path / "work2") == (pool, None)
 
 
 @pytest.fixture(scope="module")

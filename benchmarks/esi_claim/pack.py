@@ -29,7 +29,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from benchmarks.esi_claim.codec import encode
 from benchmarks.esi_claim.profiles import PROFILES, Profile
@@ -38,31 +37,6 @@ from esi.checksum import sha256_file
 
 logger = logging.getLogger("esi_claim.pack")
 CARRY_BUDGET = 52 * 2**20  # 64 MiB carry limit minus the repository's ~10 MiB and a margin
-
-
-def pool_source(pool_dir: Path, work_dir: Path) -> tuple[Path, str | None]:
-    """The pool folder to prepare, and the workaround applied (None when the pool is used as is).
-
-    The pool's `sex` and `age` are empty (its README). Today's `prepare_ptbxl` rejects an empty sex
-    ("sex nan is not 0 (male) or 1 (female)"); until its fix lands (issue 11, item 4), this runner
-    prepares a copy whose database has sex 0 where it is empty. No text variant uses demographics
-    (see texts.py), so the placeholder reaches no caption.
-    """
-    database = pd.read_csv(pool_dir / "ptbxl_database.csv")
-    if database["sex"].notna().all():
-        return pool_dir, None
-    patched = work_dir / "pool_source"
-    patched.mkdir(parents=True, exist_ok=True)
-    for name in ("records100", "scp_statements.csv", "LICENSE.txt"):
-        link = patched / name
-        if not link.exists():
-            link.symlink_to((pool_dir / name).resolve())
-    database["sex"] = database["sex"].fillna(0)
-    database.to_csv(patched / "ptbxl_database.csv", index=False)
-    return patched, (
-        f"{int((database['sex'] == 0).sum())} empty pool sex values set to 0 so that today's prepare_ptbxl "
-        "accepts them; no text variant mentions demographics"
-    )
 
 
 def prepared(ptbxl_dir: Path, output_dir: Path, limit: int | None, num_proc: int) -> Path:
@@ -160,8 +134,7 @@ def pack(profile: Profile, work_dir: Path, pool_dir: Path, eval_dir: Path, num_p
         logger.info("pack %s exists: reusing it", out)
         return out
     out.mkdir(parents=True, exist_ok=True)
-    source, workaround = pool_source(pool_dir, work_dir)
-    pool_prepared = prepared(source, work_dir / "pool_prepared", profile.pool_records, num_proc)
+    pool_prepared = prepared(pool_dir, work_dir / "pool_prepared", profile.pool_records, num_proc)
     eval_prepared = prepared(eval_dir, work_dir / "eval_prepared", profile.eval_records, num_proc)
     pool_captions = caption_rows(captions(pool_prepared, work_dir / "pool_captions", None, None))
     eval_captions = caption_rows(
@@ -245,7 +218,6 @@ def pack(profile: Profile, work_dir: Path, pool_dir: Path, eval_dir: Path, num_p
         "eval_dir": str(eval_dir),
         "pool_records": len(pool_rows),
         "eval_records": len(eval_rows),
-        "pool_workaround": workaround,
         "clipped_samples": {"pool": pool_clipped, "eval": eval_clipped},
         "sampling_rate": int(pool[next(iter(pool))][0]["sampling_rate"]),
         "lead_names": list(pool[next(iter(pool))][0]["lead_names"]),

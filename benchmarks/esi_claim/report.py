@@ -162,8 +162,6 @@ def render_section(section: Section, plot_path: Path, plot_link: str) -> str:
         f"esi_full, statements_only and supervised_pool (the first seed for the other arms); "
         f"{section.samples} bootstrap resamples. Notes: {' '.join(config['notes'])}"
     )
-    if pack.get("pool_workaround"):
-        out.append(f"Pool workaround: {pack['pool_workaround']}.")
     out.append(f"{len(section.runs)} result files, git commit(s) {', '.join(c[:12] for c in commits)}.")
 
     pre = sorted(section.by_kind["pretrain"], key=lambda r: (ORDER.index(r["arm"]), r["seed"]))

@@ -479,7 +479,7 @@ class Grid:
             "config": asdict(self.profile),
             "pack": {
                 k: self.pack.meta[k]
-                for k in ("pool_records", "eval_records", "pool_workaround", "signal_quantum_uv", "text_embedding_dims")
+                for k in ("pool_records", "eval_records", "signal_quantum_uv", "text_embedding_dims")
             },
             "seed": seed,
             "weights_sha256": weights_sha256,

@@ -109,8 +109,10 @@ class Pack:
         return out
 
 
-def featurize(extractor: EsiFeatureExtractor, signals: np.ndarray, rate: int) -> torch.Tensor:
-    return extractor(list(signals), sampling_rate=rate, lead_names=LEADS, return_tensors="pt")["input_values"]
+def featurize(extractor: EsiFeatureExtractor, signals, rate: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_values, ecg_attention_mask): augmented crops are shorter, and their padding must stay masked."""
+    features = extractor(list(signals), sampling_rate=rate, lead_names=LEADS, return_tensors="pt")
+    return features["input_values"], features["ecg_attention_mask"]
 
 
 # ---------------------------------------------------------------- models
@@ -141,12 +143,14 @@ def build_model(profile: Profile, pack: Pack) -> EsiModel:
     return EsiModel(config)
 
 
-def augmented_batch(signals: np.ndarray, rows: np.ndarray, rate: int, seed: int, step: int, view: int) -> np.ndarray:
-    """Augmented copies, seeded by (seed, step, view, row): every arm sees the same augmentations."""
+def augmented_batch(
+    signals: np.ndarray, rows: np.ndarray, rate: int, seed: int, step: int, view: int
+) -> list[np.ndarray]:
+    """Augmented copies (a crop may be shorter), seeded by (seed, step, view, row): every arm sees the same ones."""
     config = EcgAugmentConfig()
-    return np.stack(
-        [augment_ecg(signals[r], rate, config, np.random.default_rng([seed, step, view, int(r)])) for r in rows]
-    )
+    return [
+        augment_ecg(signals[r], rate, LEADS, config, np.random.default_rng([seed, step, view, int(r)])) for r in rows
+    ]
 
 
 def pretrain(arm: Arm, profile: Profile, pack: Pack, seed: int, device: torch.device) -> tuple[EsiModel, dict]:
@@ -184,11 +188,14 @@ def pretrain(arm: Arm, profile: Profile, pack: Pack, seed: int, device: torch.de
         cursor += profile.batch_size
         views = 2 if arm.kind == "ssl" else 1
         inputs = [
-            featurize(extractor, augmented_batch(pack.pool_signals, rows, rate, seed, step, v), rate).to(device)
+            [
+                t.to(device)
+                for t in featurize(extractor, augmented_batch(pack.pool_signals, rows, rate, seed, step, v), rate)
+            ]
             for v in range(views)
         ]
         with autocast:
-            ecg = model.ecg_model(inputs[0])
+            ecg = model.ecg_model(*inputs[0])
             if arm.kind == "esi":
                 loss = torch.zeros((), device=device)
                 if arm.contrastive_weight:
@@ -200,14 +207,14 @@ def pretrain(arm: Arm, profile: Profile, pack: Pack, seed: int, device: torch.de
                 if arm.caption_weight:
                     ids = torch.from_numpy(text_ids[rows]).to(device)
                     mask = (ids != pad).long()
-                    logits = model.text_decoder(ids[:, :-1], ecg.last_hidden_state, mask[:, :-1], ecg.token_mask)
+                    logits = model.text_decoder(ids[:, :-1], ecg.last_hidden_state, mask[:, :-1], ecg.token_mask).logits
                     labels = caption_targets(ids, mask)
                     loss = loss + arm.caption_weight * F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
             elif arm.kind == "supervised_pool":
                 target = torch.from_numpy(targets[rows]).to(device)
                 loss = F.binary_cross_entropy_with_logits(head(ecg.pooler_output).float(), target)
             else:  # ssl: two augmented views of each record are each other's positive
-                other = model.ecg_model(inputs[1])
+                other = model.ecg_model(*inputs[1])
                 a = F.normalize(model.ecg_projection(ecg.pooler_output), dim=-1)
                 b = F.normalize(model.ecg_projection(other.pooler_output), dim=-1)
                 loss, _, _ = contrastive_loss(a, b, model.clamped_logit_scale())
@@ -317,7 +324,8 @@ def scratch(pack: Pack, task: str, fraction: float, seed: int, profile: Profile,
     scheduler = get_cosine_schedule_with_warmup(optimizer, steps_per_epoch, steps_per_epoch * profile.scratch_epochs)
     rate = pack.meta["sampling_rate"]
     extractor = EsiFeatureExtractor(sampling_rate=model.config.ecg_config.sampling_rate)
-    evaluation = {s: featurize(extractor, pack.eval_signals[rows[s]], rate) for s in ("validation", "test")}
+    # Unaugmented evaluation records are whole 10 s signals: their mask is all ones.
+    evaluation = {s: featurize(extractor, pack.eval_signals[rows[s]], rate)[0] for s in ("validation", "test")}
     rng = np.random.default_rng(seed)
     best, best_state, best_epoch, epochs = -np.inf, None, -1, 0
 
@@ -334,11 +342,11 @@ def scratch(pack: Pack, task: str, fraction: float, seed: int, profile: Profile,
         shuffled = rng.permutation(chosen)  # each labelled record once per epoch
         for step in range(steps_per_epoch):
             picked = shuffled[step * batch : (step + 1) * batch]
-            x = featurize(
+            x, x_mask = featurize(
                 extractor, augmented_batch(pack.eval_signals, picked, rate, seed, epoch * 10_000 + step, 0), rate
             )
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=profile.bf16):
-                logits = head(model.ecg_model(x.to(device)).pooler_output).float()
+                logits = head(model.ecg_model(x.to(device), x_mask.to(device)).pooler_output).float()
             loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(labels[picked]).float().to(device))
             optimizer.zero_grad()
             loss.backward()
@@ -590,7 +598,7 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         p.error(f"unknown arm(s) {unknown}; arms: {[a.name for a in ARMS]}")
     extractor = EsiFeatureExtractor(sampling_rate=100)
-    inputs = featurize(extractor, pack.eval_signals, pack.meta["sampling_rate"])
+    inputs, _ = featurize(extractor, pack.eval_signals, pack.meta["sampling_rate"])  # whole records: no padding
     started = time.perf_counter()
     for name in names:
         arm = ARMS_BY_NAME[name]

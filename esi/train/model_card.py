@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from string import Template
 
-from modeling_esi.modeling_esi import LORA_TARGET_MODULES
+from modeling_esi.configuration_esi import EsiEcgConfig
+from modeling_esi.modeling_esi import lora_target_modules
 
 TEMPLATE = Path(__file__).with_name("model_card.md")
 
@@ -109,7 +110,7 @@ def render_model_card(
         projection_dim=config.get("projection_dim"),
         sampling_rate=ecg.get("sampling_rate"),
         duration_s=ecg.get("duration_s"),
-        lora_targets=f'r"{LORA_TARGET_MODULES}"',
+        lora_targets=f'r"{lora_target_modules(EsiEcgConfig(**ecg))}"',
         training=_training_section(summary),
         evaluation=_evaluation_section(summary, downstream),
     )

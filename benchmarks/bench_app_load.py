@@ -204,6 +204,7 @@ def main() -> None:
     summary = {
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.bench_app_load", *sys.argv[1:]]),
         "git_commit": commit,
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seed": None,  # no randomness: fixed real files
         "model_checksum": None if args.model is None else "see the app log (sha256 shown on the page)",
         **asdict(result),

@@ -484,6 +484,7 @@ class Grid:
             "profile": self.profile.name,
             "command": self.command,
             "git_commit": self.commit,
+            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "config": asdict(self.profile),
             "pack": {
                 k: self.pack.meta[k]

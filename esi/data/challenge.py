@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import importlib.resources
 import os
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 
 from datasets import Features
@@ -28,6 +28,8 @@ from esi.data.schema import RecordError, hash_fold, prepared_features
 from esi.data.wfdb_record import inside, read_wfdb
 
 SOURCE = "Challenge record"
+SNOMED_SYSTEM = "SNOMED-CT"
+ABBREVIATION_SYSTEM = "CinC 2020 abbreviation"
 MAPPING_TABLES = ("dx_mapping_scored.csv", "dx_mapping_unscored.csv")
 DEFAULT_MAPPING_DIR = Path(str(importlib.resources.files("esi.data") / "resources" / "cinc2021"))
 # 2020-release spellings that differ from the 2021 tables' abbreviations.
@@ -98,6 +100,25 @@ def load_dx_mapping(folder: str | os.PathLike = DEFAULT_MAPPING_DIR) -> tuple[di
     return names, codes
 
 
+@cache
+def _default_abbreviations() -> dict[str, str]:
+    return load_dx_mapping(DEFAULT_MAPPING_DIR)[1]
+
+
+def scp_equivalent(system: str, code: str, abbreviations: dict[str, str] | None = None) -> str | None:
+    """The SCP-ECG statement of the same meaning as a Challenge statement (SNOMED-CT code or CinC 2020
+    abbreviation), None when there is none or the system is not the Challenge's.
+
+    `abbreviations` (abbreviation -> SNOMED-CT code) defaults to the shipped mapping tables'.
+    """
+    if system == SNOMED_SYSTEM:
+        return SNOMED_TO_SCP.get(code)
+    if system == ABBREVIATION_SYSTEM:
+        table = _default_abbreviations() if abbreviations is None else abbreviations
+        return EXTRA_TO_SCP.get(code) or SNOMED_TO_SCP.get(table.get(ABBREVIATION_ALIASES.get(code, code), ""))
+    return None
+
+
 def header_fields(comments: list[str]) -> dict[str, str]:
     """`# Key: value` comment lines -> {key: value} (first occurrence wins)."""
     fields: dict[str, str] = {}
@@ -156,13 +177,13 @@ class ChallengeSource:
             if not code:
                 continue
             if code.isdigit():
-                entries.append({"system": "SNOMED-CT", "code": code, "text": self.snomed_names.get(code, code)})
+                entries.append({"system": SNOMED_SYSTEM, "code": code, "text": self.snomed_names.get(code, code)})
             elif code in EXTRA_ABBREVIATIONS:
-                entries.append({"system": "CinC 2020 abbreviation", "code": code, "text": EXTRA_ABBREVIATIONS[code]})
+                entries.append({"system": ABBREVIATION_SYSTEM, "code": code, "text": EXTRA_ABBREVIATIONS[code]})
             else:
                 snomed = self.abbreviations.get(ABBREVIATION_ALIASES.get(code, code))
                 text = self.snomed_names.get(snomed, code) if snomed else code
-                entries.append({"system": "CinC 2020 abbreviation", "code": code, "text": text})
+                entries.append({"system": ABBREVIATION_SYSTEM, "code": code, "text": text})
             if len(entries) > 64:
                 raise RecordError(record, f"Dx lists more than 64 codes: {dx[:80]!r}", source=SOURCE)
         return entries
@@ -171,12 +192,7 @@ class ChallengeSource:
         """The SCP-ECG statements the record's codes correspond to (likelihood 100: the Challenge gives none)."""
         codes = {}
         for entry in statements:
-            code = entry["code"]
-            if entry["system"] == "SNOMED-CT":
-                scp = SNOMED_TO_SCP.get(code)
-            else:
-                snomed = self.abbreviations.get(ABBREVIATION_ALIASES.get(code, code), "")
-                scp = EXTRA_TO_SCP.get(code) or SNOMED_TO_SCP.get(snomed)
+            scp = scp_equivalent(entry["system"], entry["code"], self.abbreviations)
             if scp:
                 codes[scp] = 100.0
         return codes

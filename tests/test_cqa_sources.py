@@ -3,6 +3,7 @@ report lines), read from the prepared `statements` column, and its checks keep w
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -100,19 +101,25 @@ def test_prompt_lists_statements_under_their_coding_system(challenge_dir):
     from esi.cqa.options import GenerationOptions
 
     prepared = datasets.load_from_disk(str(challenge_dir))
-    rows = next(
-        split.with_format("numpy", columns=["signal"], output_all_columns=True)[i : i + 1]
-        for split in prepared.values()
-        for i, name in enumerate(split["record_name"])
-        if name == "X07501"
-    )
+
+    def rows(record: str) -> dict:
+        return next(
+            split.with_format("numpy", columns=["signal"], output_all_columns=True)[i : i + 1]
+            for split in prepared.values()
+            for i, name in enumerate(split["record_name"])
+            if name == record
+        )
+
     captioner = Captioner(challenge_dir, GenerationOptions(backend="template", encoder_path=None))
-    (inputs,) = captioner.inputs(rows, [EcgMeasurements(heart_rate_bpm=110.0)])
+    (inputs,) = captioner.inputs(rows("X07501"), [EcgMeasurements(heart_rate_bpm=110.0)])
     message = render_user_message(inputs)
+    assert "ECG record" in message and "(12 leads, 10 seconds)" in message
     assert "Statements of the record (SNOMED-CT diagnoses):" in message
     assert f"- {UNKNOWN_CODE}: no name known; call it SNOMED-CT code {UNKNOWN_CODE}" in message
     assert "- 253352002: left atrial abnormality" in message and "- 427084000: sinus tachycardia" in message
     assert "(SCP-ECG)" not in message
+    (cpsc,) = captioner.inputs(rows("A0065"), [EcgMeasurements(heart_rate_bpm=139.0)])
+    assert "(12 leads, 11 seconds)" in render_user_message(cpsc)  # CPSC 2018 records are 6-60 s long
 
 
 def test_mimic_machine_report_lines_reach_the_caption(tmp_path):
@@ -178,12 +185,18 @@ def test_reconciliation_uses_the_mapped_statements():
 
 def test_scp_codes_no_entry_stands_for_are_kept():
     statements = record_statements(
-        3, '{"SR": 0.0, "NORM": 100.0}', [{"system": "labels CSV", "code": "", "text": "looks fine"},
-                                          {"system": "SCP-ECG", "code": "NORM", "text": "normal ECG"}],
+        3,
+        '{"SR": 0.0, "NORM": 100.0}',
+        [
+            {"system": "labels CSV", "code": "", "text": "looks fine"},
+            {"system": "SCP-ECG", "code": "NORM", "text": "normal ECG"},
+        ],
         scp_reference()[2],
     )
     assert [(s.system, s.code or s.description) for s in statements] == [
-        ("labels CSV", "looks fine"), ("SCP-ECG", "NORM"), ("SCP-ECG", "SR")
+        ("labels CSV", "looks fine"),
+        ("SCP-ECG", "NORM"),
+        ("SCP-ECG", "SR"),
     ]
     assert statements[1].likelihood == 100.0
 
@@ -203,10 +216,74 @@ def test_empty_split_gives_an_empty_output_split(tmp_path, caplog):
     assert {s: d.num_rows for s, d in prepared.items()} == {"train": 2, "validation": 0, "test": 0}
     out = tmp_path / "out"
     with caplog.at_level("INFO", logger="esi.cqa.run"):
-        main(["--dataset", str(tmp_path / "prepared"), "--output_dir", str(out), "--encoder_path", "none",
-              "--num_workers", "1"])
+        main(
+            [
+                "--dataset",
+                str(tmp_path / "prepared"),
+                "--output_dir",
+                str(out),
+                "--encoder_path",
+                "none",
+                "--num_workers",
+                "1",
+            ]
+        )
     assert "split 'validation' of" in caplog.text and "has no records" in caplog.text
     for split in ("validation", "test"):
         assert pq.read_table(out / "data" / f"{split}-00000-of-00001.parquet").num_rows == 0
     loaded = datasets.load_dataset(str(out))
     assert list(loaded) == ["train"] and loaded["train"].num_rows == 2
+
+
+PHILIPS = SHARED / "vendor-ecg" / "philips-xml"
+
+
+def _cqa_file(capsys, *argv: str) -> dict:
+    from esi.cqa.cli import main
+
+    main(["--ecg_file", *argv, "--encoder_path", "none"])
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.skipif(not PHILIPS.is_dir(), reason="needs ../shared vendor files")
+def test_cqa_generate_captions_one_philips_xml(capsys):
+    result = _cqa_file(capsys, str(PHILIPS / "129DYPRG.XML"))
+    assert (result["format"], result["sampling_rate"], result["age"], result["sex"]) == (
+        "Philips XML",
+        500,
+        50.0,
+        "male",
+    )
+    assert result["statements"] == [] and result["faithfulness"] == "pass"
+    assert result["caption"].startswith("No statements accompany this record.")
+    assert "50-year-old male patient" in result["caption"] or "male patient is 50 years old" in result["caption"]
+    rate = round(result["measurements"]["heart_rate_bpm"])
+    assert f"{rate} bpm" in result["caption"]
+    again = _cqa_file(capsys, str(PHILIPS / "129DYPRG.XML"), "--age", "61", "--sex", "F")
+    assert (again["age"], again["sex"]) == (61.0, "female") and "61" in again["caption"]
+
+
+def test_cqa_generate_captions_one_wfdb_record_with_its_dx(capsys, tmp_path):
+    result = _cqa_file(capsys, str(CPSC / "A0065.hea"), "--output_dir", str(tmp_path))
+    assert (result["format"], result["seconds"]) == ("WFDB", 11.0)
+    assert result["statements"] == [{"system": "CinC 2020 abbreviation", "code": "AF", "text": "atrial fibrillation"}]
+    assert "CinC 2020 diagnosis labels list atrial fibrillation" in result["caption"] or (
+        "CinC 2020 diagnosis labels, the record shows atrial fibrillation" in result["caption"]
+    )
+    assert json.loads((tmp_path / "A0065.json").read_text()) == result
+
+
+@pytest.mark.skipif(not PHILIPS.is_dir(), reason="needs ../shared vendor files")
+def test_cqa_generate_refuses_a_bad_file_naming_it(capsys):
+    from esi.cqa.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--ecg_file", str(PHILIPS / "invalid-doc-type.xml")])
+    assert exc.value.code == (
+        "error: invalid-doc-type.xml could not be read as a Philips PageWriter/TraceMaster ECG "
+        "(Files of type MortaraECG 1.03 are unsupported)."
+    )
+    with pytest.raises(SystemExit) as exc:
+        main(["--ecg_file", str(CPSC / "A0065.hea"), "--sex", "unknown-value"])
+    assert "A0065.hea" in str(exc.value.code) and "sex 'unknown-value'" in str(exc.value.code)
+    assert capsys.readouterr().out == ""

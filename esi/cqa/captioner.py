@@ -173,6 +173,7 @@ class Captioner:
                 statements=statements[i],
                 measurements=reconcile_with_statements(measurements[i], [s.scp for s in statements[i] if s.scp]),
                 passages=passages[i],
+                seconds=len(rows["signal"][i][0]) / float(rows["sampling_rate"][i]) if "signal" in rows else 10.0,
             )
             for i in range(len(statements))
         ]
@@ -230,6 +231,8 @@ class Captioner:
         measurements = measure_ecg(signal, sampling_rate, list(lead_names), ecg_id=record_id)
         row = {
             "ecg_id": [record_id if isinstance(record_id, int) else 0],
+            "signal": [signal],
+            "sampling_rate": [sampling_rate],
             "scp_codes": [json.dumps(dict(scp_codes))],
             "age": [age],
             "sex": [sex],

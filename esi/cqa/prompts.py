@@ -107,6 +107,7 @@ class CaptionInputs:
     statements: list[Statement]
     measurements: Any  # esi.cqa.measurements.EcgMeasurements
     passages: list[Any]  # esi.cqa.retrieval.RetrievedPassage (id, title, text, score)
+    seconds: float = 10.0  # the record's length (CPSC 2018: 6-60 s)
 
 
 @dataclass
@@ -256,7 +257,7 @@ def render_user_message(inputs: CaptionInputs) -> str:
     statements = _statement_block(inputs.statements)
     passages = "\n".join(f"[{p.id}] {p.title}: {p.text}" for p in inputs.passages) or "(none)"
     return (
-        f"ECG record {inputs.ecg_id} (12 leads, 10 seconds).\n\n"
+        f"ECG record {inputs.ecg_id} (12 leads, {round(inputs.seconds, 1):g} seconds).\n\n"
         f"Demographics:\n{demographics}\n\n"
         f"Measurements computed from the signal:\n" + "\n".join(measurement_lines(inputs.measurements)) + "\n\n"
         f"{statements}\n\n"

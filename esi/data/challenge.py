@@ -129,6 +129,38 @@ def header_fields(comments: list[str]) -> dict[str, str]:
     return fields
 
 
+def dx_statements(
+    record: object, dx: str, snomed_names: dict[str, str], abbreviations: dict[str, str]
+) -> list[dict[str, str]]:
+    """A `Dx` header field -> statements (system, code, text); SNOMED codes are named by the mapping tables
+    (`load_dx_mapping`), a code they do not name is kept as its code."""
+    entries = []
+    for code in (c.strip() for c in dx.split(",")):
+        if not code:
+            continue
+        if code.isdigit():
+            entries.append({"system": SNOMED_SYSTEM, "code": code, "text": snomed_names.get(code, code)})
+        elif code in EXTRA_ABBREVIATIONS:
+            entries.append({"system": ABBREVIATION_SYSTEM, "code": code, "text": EXTRA_ABBREVIATIONS[code]})
+        else:
+            snomed = abbreviations.get(ABBREVIATION_ALIASES.get(code, code))
+            text = snomed_names.get(snomed, code) if snomed else code
+            entries.append({"system": ABBREVIATION_SYSTEM, "code": code, "text": text})
+        if len(entries) > 64:
+            raise RecordError(record, f"Dx lists more than 64 codes: {dx[:80]!r}", source=SOURCE)
+    return entries
+
+
+def statement_scp_codes(statements: list[dict[str, str]], abbreviations: dict[str, str]) -> dict[str, float]:
+    """The SCP-ECG statements the record's codes correspond to (likelihood 100: the Challenge gives none)."""
+    codes = {}
+    for entry in statements:
+        scp = scp_equivalent(entry["system"], entry["code"], abbreviations)
+        if scp:
+            codes[scp] = 100.0
+    return codes
+
+
 class ChallengeSource:
     """Every record below `folder`, as a source for `esi.data.prepare.prepare_source`.
 
@@ -170,40 +202,13 @@ class ChallengeSource:
     def rows(self) -> list[dict]:
         return [{"ecg_id": i + 1, "record_name": name} for i, name in enumerate(self.record_names)]
 
-    def statements(self, record: str, dx: str) -> list[dict[str, str]]:
-        """`Dx` codes -> statements; SNOMED codes named by the tables, unknown codes kept as their code."""
-        entries = []
-        for code in (c.strip() for c in dx.split(",")):
-            if not code:
-                continue
-            if code.isdigit():
-                entries.append({"system": SNOMED_SYSTEM, "code": code, "text": self.snomed_names.get(code, code)})
-            elif code in EXTRA_ABBREVIATIONS:
-                entries.append({"system": ABBREVIATION_SYSTEM, "code": code, "text": EXTRA_ABBREVIATIONS[code]})
-            else:
-                snomed = self.abbreviations.get(ABBREVIATION_ALIASES.get(code, code))
-                text = self.snomed_names.get(snomed, code) if snomed else code
-                entries.append({"system": ABBREVIATION_SYSTEM, "code": code, "text": text})
-            if len(entries) > 64:
-                raise RecordError(record, f"Dx lists more than 64 codes: {dx[:80]!r}", source=SOURCE)
-        return entries
-
-    def scp_codes(self, statements: list[dict[str, str]]) -> dict[str, float]:
-        """The SCP-ECG statements the record's codes correspond to (likelihood 100: the Challenge gives none)."""
-        codes = {}
-        for entry in statements:
-            scp = scp_equivalent(entry["system"], entry["code"], self.abbreviations)
-            if scp:
-                codes[scp] = 100.0
-        return codes
-
     def example(self, row: dict) -> dict:
         name, ecg_id = row["record_name"], row["ecg_id"]
         base = inside(self.folder, name, name, SOURCE)
         read = read_wfdb(base, name, SOURCE, self.sampling_rate)
         fields = header_fields(read.comments)
-        statements = self.statements(name, fields.get("dx", ""))
-        scp_codes = self.scp_codes(statements)
+        statements = dx_statements(name, fields.get("dx", ""), self.snomed_names, self.abbreviations)
+        scp_codes = statement_scp_codes(statements, self.abbreviations)
         return wfdb_example(
             read,
             ecg_id=ecg_id,

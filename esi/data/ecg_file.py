@@ -68,6 +68,7 @@ class EcgFile:
     units: str = "mV"
     age: float | None = None
     sex: str = ""  # "male", "female" or "" (unknown)
+    comments: tuple[str, ...] = ()  # a WFDB header's comment lines (PhysioNet/CinC Challenge: Age, Sex, Dx)
 
     @property
     def name(self) -> str:
@@ -289,7 +290,7 @@ def _read_wfdb(header_path: Path, limits: ReadLimits) -> EcgFile:
     record.dac(expanded=False, return_res=64, inplace=True)
     signal = np.asarray(record.p_signal.T * scale[:, None], dtype=np.float32)
     demographics = _challenge_comments(header.comments)
-    return EcgFile(header_path, "WFDB", signal, leads, rate_hz, **demographics)
+    return EcgFile(header_path, "WFDB", signal, leads, rate_hz, **demographics, comments=tuple(header.comments))
 
 
 def _challenge_comments(comments: list[str]) -> dict:

@@ -45,7 +45,7 @@ class CqaArguments:
 
     output_dir: str | None = field(
         default=None,
-        metadata={"help": "output folder; must be empty unless --resume (with --ecg_file: NAME.json is also written there)"},
+        metadata={"help": "output folder; must be empty unless --resume (--ecg_file: also NAME.json there)"},
     )
     dataset: str | None = field(default=None, metadata={"help": "prepared dataset folder (esi-prepare output)"})
     ecg_file: str | None = field(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs every command of docs/readme_parts/sources.md from the repository root (each must succeed) and writes the
-# two captions the page shows to docs/readme_parts/captions/. Needs ../shared (CinC 2021, CPSC 2018, PTB-XL,
-# Philips XML samples). Usage: bash docs/readme_parts/sources_commands.sh   (about 3 minutes on 2 cores)
+# Runs every command of the README section "Supported sources and formats" from the repository root (each must succeed) and writes the
+# two captions the page shows to docs/sources/captions/. Needs ../shared (CinC 2021, CPSC 2018, PTB-XL,
+# Philips XML samples). Usage: bash docs/sources/commands.sh   (about 3 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python}
@@ -14,7 +14,7 @@ $PY dataset_scripts/prepare.py --source challenge --input ../shared/cinc2021-sam
 $PY dataset_scripts/prepare.py --source challenge --input ../shared/cpsc2018-sample --output-dir outputs/cpsc2018
 $PY dataset_scripts/prepare.py --source mimic --input tests/fixtures/mimic_iv_ecg_layout --output-dir outputs/mimic-layout
 $PY dataset_scripts/prepare.py --source wfdb-folder --input ../shared/cpsc2018-sample \
-  --labels docs/readme_parts/cpsc2018_labels_example.csv --output-dir outputs/wfdb-folder
+  --labels docs/sources/cpsc2018_labels_example.csv --output-dir outputs/wfdb-folder
 $PY cqa_generate.py --dataset outputs/cinc2021 --output_dir outputs/cinc2021-captions --backend template
 
 # Single clinical files
@@ -31,8 +31,8 @@ $PY cqa_generate.py --ecg_file outputs/00001_hr.csv --age 52 --sex female --back
 
 # The captions shown on the page (WFDB records of the Challenge, read with their Dx codes)
 $PY cqa_generate.py --ecg_file ../shared/cinc2021-sample/E07507.hea --backend template \
-  --output_dir docs/readme_parts/captions
+  --output_dir docs/sources/captions
 $PY cqa_generate.py --ecg_file ../shared/cpsc2018-sample/A0065.hea --backend template \
-  --output_dir docs/readme_parts/captions
-git rev-parse HEAD > docs/readme_parts/captions/COMMIT
-echo "all commands of sources.md ran"
+  --output_dir docs/sources/captions
+git rev-parse HEAD > docs/sources/captions/COMMIT
+echo "every command of the README section Supported sources and formats ran"

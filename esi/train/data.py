@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from esi.data.augment import EcgAugmentConfig
-from esi.data.torch_dataset import EcgCollator, EcgDataset, join_captions, load_dataset_folder
+from esi.data.torch_dataset import EcgCollator, EcgDataset, EcgWindows, join_captions, load_dataset_folder
+from esi.data.windows import parse_window_count
 from esi.train.arguments import TRUNCATION_WARNING_SHARE, DataArguments, OptimizationArguments
 
 logger = logging.getLogger("esi.train")
@@ -87,7 +88,9 @@ def evaluation_overlap(train: datasets.Dataset, evaluation_dir: str | None) -> d
 def build_data(
     data_args: DataArguments, optim_args: OptimizationArguments, feature_extractor, tokenizer
 ) -> PretrainingData:
-    signals = load_dataset_folder(data_args.signals)
+    # Memory-mapped unless --keep-in-memory: EcgDataset reads one row per item, and under `accelerate launch`
+    # each process's sampler shard (BatchSamplerShard) decides which rows that process reads.
+    signals = load_dataset_folder(data_args.signals, keep_in_memory=data_args.keep_in_memory)
     captions = load_dataset_folder(data_args.captions)
     for split in (data_args.train_split, data_args.eval_split):
         if split != "none" and split not in signals:
@@ -102,6 +105,8 @@ def build_data(
         train_captions,
         augment=EcgAugmentConfig() if data_args.augment else None,
         seed=optim_args.seed,
+        window_s=feature_extractor.duration_s,
+        window=data_args.train_window,
     )
     collator = EcgCollator(
         feature_extractor, train_set.sampling_rate, train_set.lead_names, tokenizer, data_args.max_text_length
@@ -125,6 +130,13 @@ def build_data(
     eval_loader = None
     if data_args.eval_split != "none":
         eval_signals = signals[data_args.eval_split]
-        eval_set = EcgDataset(eval_signals, join_captions(eval_signals, captions, data_args.eval_split))
+        eval_set = EcgWindows(
+            EcgDataset(
+                eval_signals,
+                join_captions(eval_signals, captions, data_args.eval_split),
+                window_s=feature_extractor.duration_s,
+            ),
+            parse_window_count(data_args.eval_windows),
+        )
         eval_loader = torch.utils.data.DataLoader(eval_set, batch_size=optim_args.eval_batch_size, collate_fn=collator)
     return PretrainingData(train_set, train_loader, eval_loader, truncation, overlap)

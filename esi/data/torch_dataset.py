@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from datasets.data_files import DataFilesDict, EmptyDatasetError, get_data_patterns
+from datasets.table import ConcatenationTable, MemoryMappedTable
 
 from .augment import EcgAugmentConfig, augment_ecg
 from .windows import WINDOW_MODES, random_start, signal_lengths, window_starts
@@ -49,6 +50,13 @@ def load_dataset_folder(path: str | Path, keep_in_memory: bool = False) -> datas
         table = pa.concat_tables([pq.read_table(f) for f in sorted(parquet)])
         splits[split] = datasets.Dataset(table)
     return datasets.DatasetDict(splits)
+
+
+def is_memory_mapped(dataset: datasets.Dataset) -> bool:
+    """Whether every Arrow block behind `dataset` is memory-mapped from disk (none copied into RAM)."""
+    table = dataset.data
+    blocks = [block for row in table.blocks for block in row] if isinstance(table, ConcatenationTable) else [table]
+    return all(isinstance(block, MemoryMappedTable) for block in blocks)
 
 
 def join_captions(

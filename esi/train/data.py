@@ -11,7 +11,14 @@ import numpy as np
 import torch
 
 from esi.data.augment import EcgAugmentConfig
-from esi.data.torch_dataset import EcgCollator, EcgDataset, EcgWindows, join_captions, load_dataset_folder
+from esi.data.torch_dataset import (
+    EcgCollator,
+    EcgDataset,
+    EcgWindows,
+    is_memory_mapped,
+    join_captions,
+    load_dataset_folder,
+)
 from esi.data.windows import parse_window_count
 from esi.train.arguments import TRUNCATION_WARNING_SHARE, DataArguments, OptimizationArguments
 
@@ -96,6 +103,8 @@ def build_data(
         if split != "none" and split not in signals:
             raise ValueError(f"signals dataset {data_args.signals} has no split '{split}' (has {list(signals)})")
     train_signals = signals[data_args.train_split]
+    where = "memory-mapped from disk" if is_memory_mapped(train_signals) else "in memory (--keep-in-memory or Parquet)"
+    logger.info("training signals: %s", where)
     train_captions = join_captions(train_signals, captions, data_args.train_split)
     truncation = caption_truncation(tokenizer, train_captions, data_args.max_text_length)
     report_truncation(truncation)

@@ -36,7 +36,13 @@ class PretrainingData:
 
 def caption_truncation(tokenizer, captions: list[str], max_length: int) -> dict[str, float]:
     """How much of the captions `max_length` tokens cut off (counting [CLS] and [SEP], as the collator does)."""
-    lengths = np.array([len(ids) for ids in tokenizer(captions, truncation=False)["input_ids"]])
+    # In chunks, keeping only the lengths: token ids of a whole corpus's captions would not fit in memory.
+    lengths = np.concatenate(
+        [
+            [len(ids) for ids in tokenizer(list(captions[start : start + 4096]), truncation=False)["input_ids"]]
+            for start in range(0, len(captions), 4096)
+        ]
+    )
     cut = np.maximum(lengths - max_length, 0)
     return {
         "max_text_length": max_length,

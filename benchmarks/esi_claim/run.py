@@ -601,12 +601,13 @@ def main(argv: list[str] | None = None) -> dict:
     extractor = EsiFeatureExtractor(sampling_rate=100)
     inputs, _ = featurize(extractor, pack.eval_signals, pack.meta["sampling_rate"])  # whole records: no padding
     started = time.perf_counter()
-    for name in names:
-        arm = ARMS_BY_NAME[name]
-        seeds = profile.pretrain_seeds if name in MULTI_SEED_ARMS else profile.pretrain_seeds[:1]
-        for seed in seeds:
-            logger.info("arm %s seed %d", name, seed)
-            grid.run_arm(arm, seed, inputs)
+    # Breadth first: every arm's first seed before any arm's second, so a grid cut short still holds
+    # one complete comparison of all arms (and a rerun picks up where it stopped).
+    for seed in profile.pretrain_seeds:
+        for name in names:
+            if name in MULTI_SEED_ARMS or seed == profile.pretrain_seeds[0]:
+                logger.info("arm %s seed %d", name, seed)
+                grid.run_arm(ARMS_BY_NAME[name], seed, inputs)
     summary = {"written": grid.done, "skipped": grid.skipped, "seconds": round(time.perf_counter() - started, 1)}
     logger.info("grid: %s", summary)
     return summary

@@ -20,7 +20,7 @@ from esi.data.windows import mean_by_record, parse_window_count, random_start, s
 from esi.eval.classification import load_classifier, make_window_loader, predict
 from esi.train.retrieval_eval import embed_ecg_text
 from modeling_esi import EsiFeatureExtractor
-from tests.conftest import REPO_ROOT, finetune_in_process
+from tests.conftest import REPO_ROOT, finetune_in_process, pretrain_in_process, tiny_train_args
 
 CPSC = REPO_ROOT.parent / "shared" / "cpsc2018-sample"
 RATE = 100  # prepared rate; the model reads 10 s = 1000 samples
@@ -204,3 +204,26 @@ def test_bad_eval_windows_option_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         finetune_in_process(["--model", "m", "--dataset", "d", "--output-dir", str(tmp_path), "--eval-windows", "0"])
     assert "--eval-windows must be 'all' or a positive integer" in capsys.readouterr().err
+
+
+def test_pretraining_on_variable_length_records_evaluates_each_record_once(cpsc, tiny_text_model, tmp_path):
+    prepared = load_dataset_folder(cpsc)
+    captions = tmp_path / "captions" / "data"
+    captions.mkdir(parents=True)
+    rows = [(i, "; ".join(s["text"] for s in st)) for split in prepared.values() for i, st in
+            zip(split["ecg_id"], split["statements"], strict=True)]  # fmt: skip
+    datasets.Dataset.from_dict({"ecg_id": [i for i, _ in rows], "caption": [c for _, c in rows]}).to_parquet(
+        str(captions / "train-00000-of-00001.parquet")
+    )
+    out = tmp_path / "run"
+    args = tiny_train_args(cpsc, captions.parent, tiny_text_model, out, "--max-steps", "2", "--eval-windows", "all")
+    pretrain_in_process(args)
+    summary = json.loads((out / "model" / "training_summary.json").read_text())
+    assert summary["args"]["train_window"] == "random" and summary["steps"] == 2
+    validation = prepared["validation"]
+    windows = sum(len(window_starts(int(n), 10 * RATE)) for n in signal_lengths(validation))
+    assert windows > len(validation)
+    # Recall is over records, not windows: each value is a multiple of 1 / records.
+    assert any(0 < value < 1 for value in summary["validation"].values())
+    for value in summary["validation"].values():
+        assert value * len(validation) == pytest.approx(round(value * len(validation)), abs=1e-6)

@@ -201,9 +201,14 @@ def test_finetune_scores_each_variable_length_record_once(cpsc, tiny_esi, tmp_pa
 
 
 def test_bad_eval_windows_option_is_refused(tmp_path, capsys):
+    from esi.train.arguments import parse_args
+
     with pytest.raises(SystemExit):
         finetune_in_process(["--model", "m", "--dataset", "d", "--output-dir", str(tmp_path), "--eval-windows", "0"])
     assert "--eval-windows must be 'all' or a positive integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--signals", "s", "--captions", "c", "--output-dir", str(tmp_path), "--eval-windows", "some"])
+    assert "--eval-windows must be 'all' or a positive integer, got 'some'" in capsys.readouterr().err
 
 
 def test_pretraining_on_variable_length_records_evaluates_each_record_once(cpsc, tiny_text_model, tmp_path):

@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
+from functools import lru_cache
 from multiprocessing import get_context
 
 import neurokit2 as nk
@@ -67,6 +68,7 @@ T_MIN_MV = 0.05
 ST_OFFSET_S = 0.06
 P_LEAD_MIN_MV = 0.025  # a lead whose P wave is smaller takes no part in P delineation
 T_LEAD_MIN_MV = 0.06  # likewise for the T wave
+P_MAX_S = 0.18  # longest P wave (onset to offset) taken for atrial depolarisation
 P_EDGE_S = 0.01  # margin around the delineated P wave when judging its beat-to-beat consistency
 AGREE_P_S, AGREE_T_S = 0.02, 0.03  # per-lead boundaries within this of each other agree
 MIN_AGREEING = 3  # a global boundary needs this many agreeing leads (the lead itself included)
@@ -210,6 +212,12 @@ def _standard_order(signal: np.ndarray, sampling_rate: float, lead_names: Sequen
     return x[sources]
 
 
+@lru_cache(maxsize=8)
+def _highpass(rate: float) -> np.ndarray:
+    """0.5 Hz order-5 Butterworth high-pass (second-order sections), designed once per sampling rate."""
+    return butter(5, 0.5, btype="highpass", output="sos", fs=rate)
+
+
 def _clean(x: np.ndarray, rate: float) -> np.ndarray:
     """neurokit2's ``ecg_clean(method="neurokit")`` for all leads (leads, T) in one call.
 
@@ -217,7 +225,7 @@ def _clean(x: np.ndarray, rate: float) -> np.ndarray:
     average, zero phase); designing them once per record instead of once per lead is most of the
     speed-up. tests/test_measurements.py checks the output equals neurokit2's lead by lead.
     """
-    sos = butter(5, 0.5, btype="highpass", output="sos", fs=rate)
+    sos = _highpass(float(rate))
     smooth = np.ones(int(rate / 50))
     return filtfilt(smooth, [len(smooth)], sosfiltfilt(sos, x, axis=1), axis=1, method="pad")
 
@@ -227,8 +235,9 @@ def _peak_agreement(a: np.ndarray, b: np.ndarray, tol: int) -> float:
     if len(a) == 0 or len(b) == 0:
         return 0.0
     pos = np.searchsorted(b, a)
-    left = np.abs(a - b[np.clip(pos - 1, 0, len(b) - 1)])
-    right = np.abs(a - b[np.clip(pos, 0, len(b) - 1)])
+    last = len(b) - 1  # np.minimum/np.maximum: np.clip's overhead dominated on these short arrays
+    left = np.abs(a - b[np.minimum(np.maximum(pos - 1, 0), last)])
+    right = np.abs(a - b[np.minimum(pos, last)])
     matched = int(np.sum(np.minimum(left, right) <= tol))
     return matched / max(len(a), len(b))
 
@@ -488,7 +497,9 @@ def _coherence(segments: np.ndarray) -> float:
     return float((segments.mean(axis=0) ** 2).sum() / max((segments**2).sum(axis=2).mean(axis=0).sum(), 1e-12))
 
 
-def _p_wave(beats: np.ndarray, beat: np.ndarray, rate: float, onset: int, start: int) -> _PWave:
+def _p_wave(
+    beats: np.ndarray, beat: np.ndarray, rate: float, onset: int, start: int, irregular: bool = False
+) -> _PWave:
     """Consistent P wave in [start, QRS onset - 20 ms) of the median beat, and its global onset/offset.
 
     beats: (beats, leads, samples) aligned dominant beats; beat: (leads, samples) their median;
@@ -507,9 +518,16 @@ def _p_wave(beats: np.ndarray, beat: np.ndarray, rate: float, onset: int, start:
     tol = AGREE_P_S * rate
     first, agreeing = _combined([b[0] for b in found], tol, latest=False)
     last, offset_agreeing = _combined([b[1] for b in found], tol, latest=True)
-    if first is not None and last is not None and last > first:
+    too_long = first is not None and last is not None and last - first > P_MAX_S * rate
+    if too_long and irregular:
+        # In an irregular rhythm a "P wave" longer than atrial depolarisation lasts (even with
+        # interatrial block) is the average of T-wave tails after unequal cycles, not a P wave.
+        return _PWave(False)
+    if first is not None and last is not None and 0 < last - first <= P_MAX_S * rate:
         # Is the delineated wave itself locked to the QRS? Judged on the wave alone, so unrelated
         # activity elsewhere in the window (the previous T wave after a short RR) does not hide it.
+        # A longer "wave" in a regular rhythm is a P fused with the T wave (long PR): then the whole
+        # window is judged.
         wave = slice(max(0, int(first - edge)), int(last + edge) + 1)
         segments = segments[:, :, wave]
     if _coherence(segments) < P_COHERENCE:
@@ -608,7 +626,7 @@ def _morphology(beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float
 
     # P window: from after the previous beat's T wave (or P_SEARCH_S before the QRS) to the QRS.
     prev_t_end = (t_end if t_end is not None else on + int(0.3 * rate)) - rr + int(0.02 * rate)
-    p = _p_wave(beats, beat, rate, on, max(on - int(P_SEARCH_S * rate), int(prev_t_end)))
+    p = _p_wave(beats, beat, rate, on, max(on - int(P_SEARCH_S * rate), int(prev_t_end)), bool(out.rr_irregular))
     out.p_wave_absent = not p.present
     if not p.present:
         out._mark_missing(["pr_interval_ms"], "no consistent P wave")

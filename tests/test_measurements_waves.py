@@ -74,3 +74,12 @@ def test_one_pool_serves_several_batches_in_order() -> None:
     assert [m.to_columns() for m in second] == single[::-1]
     with pytest.raises(ValueError, match="record 2"):
         measure_batch([signals[0], np.full((12, 1000), np.inf)], 100, leads, ecg_ids=[1, 2], num_workers=1)
+
+
+@pytest.mark.parametrize("ecg_id", [1111, 9592])  # AFIB
+def test_long_p_like_deflection_in_an_irregular_rhythm_is_no_p_wave(ecg_id: int) -> None:
+    # The median beat of these AF records shows a 200-250 ms "P wave" (averaged T-wave tails after
+    # unequal cycles); it used to be taken for a P wave, so the AF went unflagged.
+    signal, leads = read(ecg_id)
+    m = measure_ecg(signal, 100, leads, ecg_id)
+    assert m.rr_irregular is True and m.p_wave_absent is True

@@ -9,11 +9,13 @@ Method (as clinical ECG programs do it, not per-lead delineation):
    polyphase upsampling only refines the grid), aligned by cross-correlation, and the
    dominant beats are combined into one MEDIAN BEAT per lead.
 3. QRS onset/offset come from the summed absolute slope of all independent leads on the
-   median beat. T end and P onset/offset are delineated per lead by the tangent method and
-   combined across leads as clinical programs do: the global onset is the earliest lead that
-   other leads agree with, the global offset the latest (a lead no other lead confirms is an
-   outlier and is ignored). The T-end search stops before the next beat's P wave and at a
-   physiological QT limit for the measured RR, so it cannot run into the next beat.
+   median beat; per-lead QRS bounds, combined across leads, check them (too few agreeing
+   leads: low confidence). T end and P onset/offset are delineated per lead by the tangent
+   method and combined across leads as clinical programs do: the global onset is the earliest
+   lead that other leads agree with, the global offset the latest (a lead no other lead
+   confirms is an outlier and is ignored). The T-end search stops before the next beat's P
+   wave and at a physiological QT limit for the measured RR, so it cannot run into the next
+   beat. A P wave is present when the delineated wave is locked to the QRS beat after beat.
 4. Every interval carries a quality flag (``quality``: measured / low_confidence /
    not_measurable) with its reason; physiologically implausible values (QTc > 600 ms in a
    regular rhythm with P waves at normal rate, PR > 400 ms, QRS < 50 ms) are re-checked and
@@ -346,8 +348,8 @@ def _qrs_bounds(beat: np.ndarray, rate: float, r0: int) -> tuple[int, int, int] 
     is also delineated on its own slope and the per-lead bounds combined as clinical programs do
     (``combine_leads``: earliest confirmed onset, latest confirmed offset, unconfirmed leads are
     outliers); the size of the smaller agreeing group says how far the leads support the bounds.
-    The summed-slope bounds are kept as the value: the earliest/latest lead runs 10 ms longer
-    on PTB-XL, while the reference the values are checked against is the median lead.
+    The summed-slope bounds are kept as the value: the earliest/latest lead runs longer, while
+    the reference the values are checked against is the median lead.
     """
     width = max(1, int(0.008 * rate))
     kernel = np.ones(width) / width

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,12 @@ def tiny_text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     AutoTokenizer.from_pretrained(default_text_model_path()).save_pretrained(folder)
     return folder
 
+
+# `accelerate launch` of two processes; on a machine without CUDA, train.py turns them into gloo CPU processes.
+TWO_PROCESS_LAUNCHER = [
+    sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+]  # fmt: skip
 
 TINY_TOWER = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
 

@@ -174,3 +174,22 @@ def test_unsupported_and_missing_files(tmp_path):
         read_ecg_file(tmp_path / "scan.pdf")
     with pytest.raises(EcgFileError, match=r"gone\.xml: the file is missing"):
         read_ecg_file(tmp_path / "gone.xml")
+
+
+def test_one_wfdb_reader_for_single_files_and_sources(tmp_path):
+    """A damaged sample in a Challenge .mat: the single-file reader and the batch reader (one code path)
+    refuse it with the same sentence; the file reader once skipped checksums of files with a preamble."""
+    from esi.data.schema import RecordError
+    from esi.data.wfdb_record import read_wfdb
+
+    header = copy_record(CINC, tmp_path)
+    mat = header.with_suffix(".mat")
+    data = bytearray(mat.read_bytes())
+    data[24 + 2 * 12 * 100 : 24 + 2 * 12 * 100 + 2] = (1234).to_bytes(2, "little", signed=True)  # lead I, sample 100
+    mat.write_bytes(bytes(data))
+    with pytest.raises(RecordError) as batch:
+        read_wfdb(header.with_suffix(""), "HR06009", "Challenge record")
+    assert batch.value.problem.startswith("checksum mismatch in leads ['I']: the samples do not match the header's")
+    with pytest.raises(EcgFileError) as single:
+        read_ecg_file(header)
+    assert str(single.value) == f"HR06009.hea: {batch.value.problem}."

@@ -22,7 +22,7 @@ from esi.data.torch_dataset import join_captions
 from esi.train import pretrain as train
 from esi.train.checkpoints import CheckpointLoadError
 from esi.train.retrieval_eval import retrieval_recall
-from tests.conftest import REPO_ROOT, finetune_in_process, pretrain_in_process, tiny_train_args
+from tests.conftest import REPO_ROOT, TWO_PROCESS_LAUNCHER, finetune_in_process, pretrain_in_process, tiny_train_args
 
 
 def run_train(args: list[str], launcher: list[str] | None = None, **popen) -> subprocess.Popen:
@@ -45,24 +45,9 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_two_cpu_processes_train_and_save_a_loadable_model(prepared_sample, sample_captions, tiny_text_model, tmp_path):
-    # On a machine without CUDA, train.py turns `--multi_gpu` processes into gloo CPU processes.
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
     common = ("--max-steps", "4", "--logging-steps", "1", "--warmup-steps", "2")
     args = tiny_train_args(prepared_sample, sample_captions, tiny_text_model, tmp_path, *common)
-    finish(run_train(args, launcher))
+    finish(run_train(args, TWO_PROCESS_LAUNCHER))
     single = tmp_path / "single"
     finish(run_train(tiny_train_args(prepared_sample, sample_captions, tiny_text_model, single, *common)))
 

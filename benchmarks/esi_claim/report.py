@@ -19,7 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from esi.eval.stats import bootstrap_interval, macro_auroc, mean_over_runs, paired_bootstrap
+from esi.eval.stats import (
+    bootstrap_interval,
+    difference_summary,
+    macro_auroc,
+    mean_over_runs,
+    metric_draws,
+    paired_bootstrap,
+    percentile_interval,
+    resample_rows,
+)
 
 DISCLAIMER = "Research software, not a diagnostic device."
 ORDER = (
@@ -82,6 +91,7 @@ class Section:
             self.by_kind[run["kind"]].append(run)
         self.config = runs[0]["config"]
         self.smoke = any(run.get("smoke") for run in runs)
+        self._draws: dict[str, np.ndarray] = {}
 
     def classification(self) -> dict[tuple[str, str, float], list[dict]]:
         groups: dict[tuple[str, str, float], list[dict]] = defaultdict(list)
@@ -97,23 +107,30 @@ class Section:
                 raise ValueError(f"{run['run_id']} was tested on other records than {runs[0]['run_id']}")
         return first["labels"], [r["_scores"]["scores"].astype(np.float64) for r in runs]
 
+    def draws(self, run: dict) -> np.ndarray:
+        """The run's test macro AUROC on each resample of its test records, computed once and reused by every
+        cell and comparison (all runs on the same records share the resamples, so differences are paired)."""
+        if run["run_id"] not in self._draws:
+            labels, scores = run["_scores"]["labels"], run["_scores"]["scores"].astype(np.float64)
+            rows = resample_rows(len(labels), self.samples, seed=0)
+            self._draws[run["run_id"]] = metric_draws(macro_auroc, labels, scores, rows)
+        return self._draws[run["run_id"]]
+
     def pooled(self, runs: list[dict]) -> tuple[float, list[float]]:
         labels, scores = self.same_records(runs)
         value = mean_over_runs(macro_auroc, labels, scores)
-        interval = bootstrap_interval(
-            lambda *arrays: mean_over_runs(macro_auroc, arrays[0], list(arrays[1:])),
-            labels,
-            *scores,
-            samples=self.samples,
-        )
-        return value, interval
+        return value, percentile_interval(np.mean([self.draws(r) for r in runs], 0))
 
     def compare(self, runs_a: list[dict], runs_b: list[dict]) -> dict:
         labels, a = self.same_records(runs_a)
-        labels_b, b = self.same_records(runs_b)
+        _, b = self.same_records(runs_b)
         if not np.array_equal(runs_a[0]["_scores"]["test_ecg_ids"], runs_b[0]["_scores"]["test_ecg_ids"]):
             raise ValueError(f"{runs_a[0]['run_id']} and {runs_b[0]['run_id']} were tested on other records")
-        return paired_bootstrap(macro_auroc, labels, a, b, samples=self.samples)
+        return difference_summary(
+            mean_over_runs(macro_auroc, labels, a) - mean_over_runs(macro_auroc, labels, b),
+            np.mean([self.draws(r) for r in runs_a], 0) - np.mean([self.draws(r) for r in runs_b], 0),
+            runs=[len(runs_a), len(runs_b)],
+        )
 
 
 def label_efficiency_plot(section: Section, cells: dict, path: Path) -> None:

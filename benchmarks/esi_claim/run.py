@@ -55,17 +55,19 @@ class Arm:
     caption_weight: float = 0.0
 
 
+# In the order the grid runs them: the method and the comparisons the targets name first, so a
+# grid cut short (the runs are resumable) has answered the most important questions.
 ARMS = (
     Arm("esi_full", "esi", "the method", "full", 1.0, 2.0),
-    Arm("esi_no_knowledge", "esi", "does the knowledge base add anything?", "no_knowledge", 1.0, 2.0),
     Arm("statements_only", "esi", "does CQA's enrichment beat plain statements?", "statements", 1.0, 2.0),
+    Arm("random_init", "random", "the floor"),
+    Arm("supervised_scratch", "scratch", "is pretraining worth it at all?"),
+    Arm("supervised_pool", "supervised_pool", "does text add anything beyond the labels it carries?"),
+    Arm("ssl_two_views", "ssl", "does text beat no text? (contrastive on two augmented views)"),
+    Arm("esi_no_knowledge", "esi", "does the knowledge base add anything?", "no_knowledge", 1.0, 2.0),
     Arm("measurements_only", "esi", "how much comes from the signal measurements alone?", "measurements", 1.0, 2.0),
     Arm("contrastive_only", "esi", "which loss does the work? (contrastive)", "full", 1.0, 0.0),
     Arm("caption_only", "esi", "which loss does the work? (caption)", "full", 0.0, 2.0),
-    Arm("supervised_pool", "supervised_pool", "does text add anything beyond the labels it carries?"),
-    Arm("ssl_two_views", "ssl", "does text beat no text? (contrastive on two augmented views)"),
-    Arm("random_init", "random", "the floor"),
-    Arm("supervised_scratch", "scratch", "is pretraining worth it at all?"),
 )
 ARMS_BY_NAME = {arm.name: arm for arm in ARMS}
 
@@ -527,27 +529,27 @@ class Grid:
             runs.append((f"captioning-{arm.name}-s{seed}", {}))
         return runs
 
-    def run_arm(self, arm: Arm, seed: int, inputs: torch.Tensor) -> None:
-        if arm.kind == "scratch":
+    def run_scratch(self, arm: Arm, probe_seeds: tuple[int, ...]) -> None:
+        for probe_seed in probe_seeds:
             for task in self.profile.tasks:
                 for fraction in self.profile.scratch_fractions:
-                    for probe_seed in self.profile.probe_seeds:
-                        run_id = f"scratch-{arm.name}-{task}-f{fraction:g}-p{probe_seed}"
-                        if self.path(run_id).exists():
-                            self.skipped += 1
-                            continue
-                        result = scratch(self.pack, task, fraction, probe_seed, self.profile, self.device)
-                        sha = result.pop("weights_sha256")
-                        self.write(
-                            run_id,
-                            "scratch",
-                            arm.name,
-                            probe_seed,
-                            sha,
-                            result,
-                            dict(task=task, label_fraction=fraction, probe_seed=probe_seed, pretrain_seed=None),
-                        )
-            return
+                    run_id = f"scratch-{arm.name}-{task}-f{fraction:g}-p{probe_seed}"
+                    if self.path(run_id).exists():
+                        self.skipped += 1
+                        continue
+                    result = scratch(self.pack, task, fraction, probe_seed, self.profile, self.device)
+                    sha = result.pop("weights_sha256")
+                    self.write(
+                        run_id,
+                        "scratch",
+                        arm.name,
+                        probe_seed,
+                        sha,
+                        result,
+                        dict(task=task, label_fraction=fraction, probe_seed=probe_seed, pretrain_seed=None),
+                    )
+
+    def run_arm(self, arm: Arm, seed: int, inputs: torch.Tensor) -> None:
         pending = [(r, e) for r, e in self.encoder_runs(arm, seed) if not self.path(r).exists()]
         self.skipped += len(self.encoder_runs(arm, seed)) - len(pending)
         if not pending:
@@ -601,12 +603,19 @@ def main(argv: list[str] | None = None) -> dict:
     extractor = EsiFeatureExtractor(sampling_rate=100)
     inputs, _ = featurize(extractor, pack.eval_signals, pack.meta["sampling_rate"])  # whole records: no padding
     started = time.perf_counter()
-    for name in names:
-        arm = ARMS_BY_NAME[name]
-        seeds = profile.pretrain_seeds if name in MULTI_SEED_ARMS else profile.pretrain_seeds[:1]
-        for seed in seeds:
-            logger.info("arm %s seed %d", name, seed)
-            grid.run_arm(arm, seed, inputs)
+    # Breadth first: every arm's first seed before any arm's second, so a grid cut short still holds
+    # one complete comparison of all arms (and a rerun picks up where it stopped). Supervised-from-scratch
+    # has no pretraining seed: its training seeds are spread over the passes in the same way.
+    passes = profile.pretrain_seeds
+    for index, seed in enumerate(passes):
+        for name in names:
+            arm = ARMS_BY_NAME[name]
+            if arm.kind == "scratch":
+                logger.info("arm %s training seeds %s", name, profile.probe_seeds[index :: len(passes)])
+                grid.run_scratch(arm, profile.probe_seeds[index :: len(passes)])
+            elif name in MULTI_SEED_ARMS or index == 0:
+                logger.info("arm %s seed %d", name, seed)
+                grid.run_arm(arm, seed, inputs)
     summary = {"written": grid.done, "skipped": grid.skipped, "seconds": round(time.perf_counter() - started, 1)}
     logger.info("grid: %s", summary)
     return summary

@@ -19,9 +19,10 @@ from esi.cqa.consistency import reconcile_with_statements
 from esi.cqa.faithfulness import DiagnosisLexicon, FaithfulnessChecker
 from esi.cqa.measurements import EcgMeasurements, measure_ecg
 from esi.cqa.options import GenerationOptions
-from esi.cqa.prompts import CaptionInputs, CaptionRequest, Statement, build_request, is_number
+from esi.cqa.prompts import SCP_ECG, CaptionInputs, CaptionRequest, Statement, build_request, is_number
 from esi.cqa.retrieval import HybridRetriever, build_query
 from esi.cqa.template_writer import TemplateWriter
+from esi.data.challenge import scp_equivalent
 from esi.knowledge import load_knowledge_base
 
 # PTB-XL's statement table and licence ship as package data (CC BY 4.0, see the folder's README).
@@ -64,7 +65,7 @@ def abnormal_findings(m: EcgMeasurements) -> list[str]:
     return findings
 
 
-def _statements(ecg_id: int, scp_codes: str, descriptions: dict[str, str]) -> list[Statement]:
+def _scp_statements(ecg_id: int, scp_codes: str, descriptions: dict[str, str]) -> dict[str, Statement]:
     try:
         codes = json.loads(scp_codes)
     except (TypeError, json.JSONDecodeError) as err:
@@ -74,7 +75,35 @@ def _statements(ecg_id: int, scp_codes: str, descriptions: dict[str, str]) -> li
     unknown = [c for c in codes if c not in descriptions]
     if unknown:
         raise ValueError(f"record ecg_id={ecg_id}: unknown SCP code(s) {unknown} (not in scp_statements.csv)")
-    return [Statement(code, descriptions[code], float(likelihood)) for code, likelihood in codes.items()]
+    return {code: Statement(code, descriptions[code], float(likelihood)) for code, likelihood in codes.items()}
+
+
+def record_statements(
+    ecg_id: int, scp_codes: str, entries: Sequence[Mapping] | None, descriptions: dict[str, str]
+) -> list[Statement]:
+    """The record's statements, each in its own coding system, in the prepared `statements` column's order.
+
+    SCP-ECG entries take their likelihood from `scp_codes`; other entries (Challenge SNOMED-CT codes and
+    abbreviations, MIMIC-IV-ECG machine report lines, labels CSV text) keep their code and text and carry
+    the SCP-ECG statement of the same meaning where one is known. An SCP code of `scp_codes` that no entry
+    stands for is added, so nothing the labels use is lost; without the column (datasets prepared before
+    it existed) the statements are `scp_codes`.
+    """
+    scp = _scp_statements(ecg_id, scp_codes, descriptions)
+    if entries is None:
+        return list(scp.values())
+    statements = []
+    for entry in entries:
+        system, code, text = entry["system"], entry["code"] or "", (entry["text"] or "").strip()
+        if system == SCP_ECG:
+            if code in scp:
+                statements.append(scp[code])
+            continue
+        if not text:
+            raise ValueError(f"record ecg_id={ecg_id}: a {system} statement {code!r} has no text")
+        statements.append(Statement(code, text, 0.0, system, scp_equivalent(system, code)))
+    stated = {s.scp for s in statements}
+    return statements + [s for code, s in scp.items() if code not in stated]
 
 
 def _scp_descriptions(dataset_dir: Path, override: str | None) -> dict[str, str]:
@@ -121,16 +150,19 @@ class Captioner:
         self.backend: CaptionBackend = make_backend(options.backend, self.writer, options.model, **llm_options)
 
     def inputs(self, rows: dict, measurements: Sequence[EcgMeasurements]) -> list[CaptionInputs]:
+        entries = rows.get("statements") or [None] * len(rows["ecg_id"])
         statements = [
-            _statements(ecg_id, codes, self.descriptions)
-            for ecg_id, codes in zip(rows["ecg_id"], rows["scp_codes"], strict=True)
+            record_statements(ecg_id, codes, listed, self.descriptions)
+            for ecg_id, codes, listed in zip(rows["ecg_id"], rows["scp_codes"], entries, strict=True)
         ]
         queries = [
-            build_query([s.code for s in st], [s.description for s in st], abnormal_findings(m))
+            build_query([s.scp or "" for s in st], [s.description for s in st], abnormal_findings(m))
             for st, m in zip(statements, measurements, strict=True)
         ]
         passages = self.retriever.retrieve_batch(
-            queries, k=self.options.retrieval_k, required_codes_list=[[s.code for s in st] for st in statements]
+            queries,
+            k=self.options.retrieval_k,
+            required_codes_list=[[s.scp for s in st if s.scp] for st in statements],
         )
         return [
             CaptionInputs(
@@ -139,8 +171,9 @@ class Captioner:
                 sex=rows["sex"][i],
                 report=rows["report"][i] or "",
                 statements=statements[i],
-                measurements=reconcile_with_statements(measurements[i], [s.code for s in statements[i]]),
+                measurements=reconcile_with_statements(measurements[i], [s.scp for s in statements[i] if s.scp]),
                 passages=passages[i],
+                seconds=len(rows["signal"][i][0]) / float(rows["sampling_rate"][i]) if "signal" in rows else 10.0,
             )
             for i in range(len(statements))
         ]
@@ -188,18 +221,23 @@ class Captioner:
         sex: str | None = None,
         report: str = "",
         record_id: str | int = "upload",
+        statements: Sequence[Mapping[str, str]] | None = None,
     ) -> tuple[EcgMeasurements, CaptionResult]:
-        """Measure and caption one ECG. signal: (leads, samples) in mV; scp_codes: PTB-XL code -> likelihood.
+        """Measure and caption one ECG. signal: (leads, samples) in mV; scp_codes: PTB-XL code -> likelihood;
+        statements: entries of the prepared `statements` column (system, code, text), if the record has them.
 
         `record_id` names the record in errors; an integer also seeds the template's phrasing.
         """
         measurements = measure_ecg(signal, sampling_rate, list(lead_names), ecg_id=record_id)
         row = {
             "ecg_id": [record_id if isinstance(record_id, int) else 0],
+            "signal": [signal],
+            "sampling_rate": [sampling_rate],
             "scp_codes": [json.dumps(dict(scp_codes))],
             "age": [age],
             "sex": [sex],
             "report": [report],
+            "statements": [None if statements is None else list(statements)],
         }
         (inputs,) = self.inputs(row, [measurements])
         request = build_request(inputs)

@@ -14,6 +14,9 @@ Examples:
     # continue an interrupted run (same options plus --resume)
     esi-cqa --dataset D --output_dir outputs/captions --backend template --resume
 
+    # one clinical file (WFDB .hea, Philips XML, DICOM, CSV): the caption as JSON on stdout
+    esi-cqa --ecg_file ../shared/vendor-ecg/philips-xml/129DYPRG.XML --age 61 --sex female
+
 Options accept dashes or underscores (`--output-dir` = `--output_dir`). The output folder holds Parquet
 shards (`data/{split}-NNNNN-of-NNNNN.parquet`), a dataset card (README.md) and the source's licence, and
 loads with `datasets.load_dataset(OUTPUT_DIR)`. Research software: the captions are machine-generated and
@@ -31,14 +34,26 @@ from transformers import HfArgumentParser
 
 from esi.cqa.options import GenerationOptions
 from esi.cqa.run import generate_captions, merge_outputs, push_captions
+from esi.cqa.single_file import caption_ecg_file
+from esi.data.ecg_file import EcgFileError
+from esi.data.schema import RecordError
 
 
 @dataclass
 class CqaArguments:
     """Where the run reads and writes, and what happens to a finished output."""
 
-    output_dir: str = field(metadata={"help": "output folder; must be empty unless --resume"})
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "output folder; must be empty unless --resume (--ecg_file: also NAME.json there)"},
+    )
     dataset: str | None = field(default=None, metadata={"help": "prepared dataset folder (esi-prepare output)"})
+    ecg_file: str | None = field(
+        default=None,
+        metadata={"help": "caption one ECG file instead (WFDB .hea, Philips .xml, DICOM .dcm, .csv); JSON to stdout"},
+    )
+    age: float | None = field(default=None, metadata={"help": "--ecg_file: age in years (replaces the file's)"})
+    sex: str | None = field(default=None, metadata={"help": "--ecg_file: male or female (replaces the file's)"})
     merge: list[str] | None = field(
         default=None,
         metadata={
@@ -56,8 +71,16 @@ class CqaArguments:
     )
 
     def __post_init__(self) -> None:
+        if self.ecg_file:
+            if self.dataset or self.merge:
+                raise ValueError("--ecg_file captions one file: leave out --dataset and --merge")
+            return
+        if (self.age, self.sex) != (None, None):
+            raise ValueError("--age and --sex go with --ecg_file (a prepared dataset carries its own)")
         if not self.merge and not self.dataset:
-            raise ValueError("--dataset is required unless --merge is given")
+            raise ValueError("--dataset is required unless --merge or --ecg_file is given")
+        if not self.output_dir:
+            raise ValueError("--output_dir is required with --dataset or --merge")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[CqaArguments, GenerationOptions]:
@@ -66,7 +89,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[CqaArguments, GenerationO
 
 
 def run(args: CqaArguments, options: GenerationOptions) -> dict:
-    """Generate (or merge), then optionally plot and push; returns the run summary."""
+    """Generate (or merge), then optionally plot and push; returns the run summary. With --ecg_file: the caption."""
+    if args.ecg_file:
+        return _caption_file(args, options)
     if args.merge:
         summary = merge_outputs(args.merge, args.output_dir)
         complete = True
@@ -86,6 +111,20 @@ def run(args: CqaArguments, options: GenerationOptions) -> dict:
             raise SystemExit("not pushing: this output is one shard of a sharded run; merge the shards first")
         print(f"pushed to {args.push_to_hub}: {push_captions(args.output_dir, args.push_to_hub, args.private)}")
     return summary
+
+
+def _caption_file(args: CqaArguments, options: GenerationOptions) -> dict:
+    try:
+        result = caption_ecg_file(args.ecg_file, options, args.age, args.sex)
+    except (EcgFileError, RecordError) as err:
+        raise SystemExit(f"error: {err}") from None
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.output_dir:
+        path = Path(args.output_dir) / f"{Path(args.ecg_file).stem}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,8 +31,15 @@ _FIXED_COLUMNS = {
     "ecg_id": ("int32", "PTB-XL `ecg_id`; join key to the signals"),
     "split": ("string", "train (strat_fold 1-8), validation (9) or test (10), as recommended by PTB-XL"),
     "caption": ("string", "machine-generated English description (see above)"),
-    "statements": ("list of string", "the record's SCP-ECG statement codes, from PTB-XL `scp_codes`"),
-    "statement_descriptions": ("list of string", "their English descriptions, from PTB-XL `scp_statements.csv`"),
+    "statements": (
+        "list of string",
+        "the record's statement codes in their own coding system (PTB-XL: SCP-ECG; Challenge: SNOMED-CT or CinC "
+        "2020 labels); empty for free text such as MIMIC-IV-ECG machine report lines",
+    ),
+    "statement_descriptions": (
+        "list of string",
+        "their readable text as the source gives it (PTB-XL: `scp_statements.csv` descriptions)",
+    ),
     "retrieved_passage_ids": ("list of string", "ids of the knowledge-base passages in the prompt"),
     "backend": ("string", "caption backend of the run (template, transformers or vllm)"),
     "model_id": ("string", "model that wrote the text (the template writer's id for the template backend)"),

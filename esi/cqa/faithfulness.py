@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from esi.constants import PTBXL_AGE_OVER_89
 from esi.cqa.measurements import reliable_value
-from esi.cqa.prompts import CaptionInputs, is_number
+from esi.cqa.prompts import SCP_ECG, CaptionInputs, Statement, is_number
 
 # Allowed difference between a stated number and the record's value, per unit.
 TOLERANCES = {"bpm": 2.0, "ms": 10.0, "mV": 0.1, "degrees": 10.0, "years": 1.0}
@@ -230,6 +230,28 @@ class DiagnosisLexicon:
         return found
 
 
+def _label(s: Statement) -> str:
+    return s.code or s.description
+
+
+def _quoted(description: str) -> re.Pattern | None:
+    """A statement's own words as a whole phrase, in any case and with any punctuation between them."""
+    words = re.findall(r"\w+", description)
+    if not words:
+        return None
+    return re.compile(r"(?<!\w)" + r"\W+".join(map(re.escape, words)) + r"(?!\w)", re.IGNORECASE)
+
+
+def without_quoted_statements(text: str, statements: Sequence[Statement]) -> str:
+    """`text` with every copy of a non-SCP statement's own words replaced by a neutral word (longest first,
+    so a statement inside another goes with it)."""
+    for description in sorted({s.description for s in statements if s.system != SCP_ECG}, key=len, reverse=True):
+        pattern = _quoted(description)
+        if pattern is not None:
+            text = pattern.sub("statement", text)
+    return text
+
+
 def stated_numbers(text: str) -> list[tuple[float, str, int]]:
     """(value, canonical unit, position) of every number written with a unit."""
     out = []
@@ -267,10 +289,14 @@ class FaithfulnessChecker:
         self.tolerances = {**TOLERANCES, **(tolerances or {})}
 
     def check(self, text: str, inputs: CaptionInputs, require_complete: bool = True) -> list[str]:
-        issues = self._number_issues(text, inputs)
+        # The record's own non-SCP statements (Challenge names, machine report lines) may be quoted as they
+        # stand: their words are the record's, so the claim checks read the text without them.
+        # (A denial is looked for in the whole text: "no atrial fibrillation" denies a quoted statement too.)
+        own = without_quoted_statements(text, inputs.statements)
         mentions = self.lexicon.mentions(text)
-        issues += self._diagnosis_issues(mentions, inputs)
-        issues += self._claim_issues(text, inputs)
+        issues = self._number_issues(own, inputs)
+        issues += self._diagnosis_issues(self.lexicon.mentions(own) if own != text else mentions, mentions, inputs)
+        issues += self._claim_issues(own, inputs)
         if require_complete:
             issues += self._completeness_issues(text, mentions, inputs)
         return issues
@@ -313,26 +339,25 @@ class FaithfulnessChecker:
             return values(_INTERVAL_FIELDS[key]), f"the {key.upper().replace('QTC', 'QTc')} interval"
         return values(_ALL_MS_FIELDS), "an interval"
 
-    def _diagnosis_issues(self, mentions: list[Mention], inputs: CaptionInputs) -> list[str]:
-        allowed = {s.code for s in inputs.statements} | _measurement_supported_codes(inputs.measurements)
-        listed = ", ".join(s.code for s in inputs.statements) or "none"
+    def _diagnosis_issues(self, own: list[Mention], mentions: list[Mention], inputs: CaptionInputs) -> list[str]:
+        """Assertions in the writer's own words (`own`) must be listed; no mention (`mentions`) may deny one."""
+        listed_codes = {s.scp for s in inputs.statements if s.scp}
+        allowed = listed_codes | _measurement_supported_codes(inputs.measurements)
+        listed = ", ".join(_label(s) for s in inputs.statements) or "none"
         issues = []
-        listed_codes = {s.code for s in inputs.statements}
-        for mention in mentions:
+        for mention in own:
             if not mention.negated and not allowed.intersection(mention.codes):
-                issue = f"asserts '{mention.phrase}', not among the record's statements ({listed})"
-            elif mention.negated and listed_codes.intersection(mention.codes):
+                issues.append(f"asserts '{mention.phrase}', not among the record's statements ({listed})")
+        for mention in mentions:
+            if mention.negated and listed_codes.intersection(mention.codes):
                 denied = sorted(listed_codes.intersection(mention.codes))
-                issue = f"denies '{mention.phrase}', but the record's statements include {', '.join(denied)}"
-            else:
-                continue
-            if issue not in issues:
-                issues.append(issue)
-        return issues
+                issues.append(f"denies '{mention.phrase}', but the record's statements include {', '.join(denied)}")
+        return list(dict.fromkeys(issues))
 
     def _claim_issues(self, text: str, inputs: CaptionInputs) -> list[str]:
         issues = []
-        abnormal = sorted({s.code for s in inputs.statements} - BENIGN_CODES)
+        # A statement without a benign SCP-ECG meaning counts as abnormal: unsure means no normality claim.
+        abnormal = sorted({_label(s) for s in inputs.statements if s.scp not in BENIGN_CODES})
         for match in _NORMALITY_RE.finditer(text):
             before = _CLAUSE_BREAK_RE.split(normalize(text[: match.start()]))[-1]
             window = _PSEUDO_NEGATION_RE.sub(" ", " ".join(before.split()[-_NEGATION_WINDOW_WORDS:]))
@@ -349,11 +374,13 @@ class FaithfulnessChecker:
         if not text.strip():
             return ["caption is empty"]
         covered = {code for mention in mentions if not mention.negated for code in mention.codes}
-        issues = [
-            f"does not mention the statement {s.code} ({s.description})"
-            for s in inputs.statements
-            if s.code not in covered
-        ]
+        issues = []
+        for s in inputs.statements:
+            if s.scp in covered:
+                continue
+            quoted = None if s.system == SCP_ECG else _quoted(s.description)
+            if quoted is None or not quoted.search(text):
+                issues.append(f"does not mention the statement {_label(s)} ({s.description})")
         rate = reliable_value(inputs.measurements, "heart_rate_bpm")
         if is_number(rate) and not any(unit == "bpm" for _, unit, _ in stated_numbers(text)):
             issues.append("does not state the measured heart rate")

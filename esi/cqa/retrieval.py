@@ -231,6 +231,6 @@ def build_query(
     if len(statement_codes) != len(statement_descriptions):
         raise ValueError(f"{len(statement_codes)} statement codes but {len(statement_descriptions)} descriptions")
     pairs = zip(statement_codes, statement_descriptions, strict=True)
-    parts = [f"{desc.strip()} ({code.strip()})" for code, desc in pairs]
+    parts = [f"{desc.strip()} ({code.strip()})" if code.strip() else desc.strip() for code, desc in pairs]
     parts += [" ".join(_MEASURED_VALUE.sub(" ", finding).split()) for finding in abnormal_findings]
     return ". ".join(dict.fromkeys(part for part in parts if part))

@@ -21,6 +21,7 @@ from functools import lru_cache
 from esi.cqa.faithfulness import ADVICE_RE, STATEMENT_NAMES, FaithfulnessChecker, stated_numbers
 from esi.cqa.measurements import reliable_value
 from esi.cqa.prompts import (
+    SCP_ECG,
     VOLTAGE_FIELDS,
     CaptionInputs,
     Statement,
@@ -28,6 +29,9 @@ from esi.cqa.prompts import (
     format_value,
     is_number,
     significant_st_deviation,
+    statement_groups,
+    system_noun,
+    unnamed_phrase,
 )
 from esi.text_encoder import default_text_model_path
 
@@ -147,7 +151,7 @@ class TemplateWriter:
                 required=1,
             )
         if variant == "full":
-            add([self._knowledge(s, inputs) for s in self._ordered(inputs)], self.budget.knowledge)
+            add(list(dict.fromkeys(self._knowledge(s, inputs) for s in self._ordered(inputs))), self.budget.knowledge)
         return " ".join([*sections, DISCLAIMER])
 
     def _safe(self, fragment: str, inputs: CaptionInputs) -> bool:
@@ -230,25 +234,38 @@ class TemplateWriter:
         return _cap(_join(parts)) + "."
 
     def _statements(self, inputs: CaptionInputs, rng: random.Random) -> str:
-        if not inputs.statements:
-            return "No SCP-ECG statements accompany this record."
-        listed = _join([self._name(s) for s in self._ordered(inputs)])
-        lead = rng.choice(
-            [
-                "The cardiologists' statements list {}.",
-                "According to the SCP-ECG statements, the record shows {}.",
-                "The statements for this record are {}.",
-            ]
-        )
-        return lead.format(listed)
+        """One sentence per coding system, naming it; free-text statements (machine report lines) are quoted."""
+        groups = statement_groups(self._ordered(inputs))
+        if not groups:
+            return "No statements accompany this record."
+        sentences = []
+        for system, members in groups.items():
+            if system == SCP_ECG:
+                templates = [
+                    "The cardiologists' statements list {}.",
+                    "According to the SCP-ECG statements, the record shows {}.",
+                    "The statements for this record are {}.",
+                ]
+            else:
+                noun = system_noun(system)
+                templates = [f"The {noun} list {{}}.", f"According to the {noun}, the record shows {{}}."]
+            if all(s.free_text for s in members):
+                verb = "reads" if system_noun(system).endswith("report") else "read"
+                sentences.append(f'The {system_noun(system)} {verb}: "{"; ".join(s.description for s in members)}".')
+            else:
+                sentences.append(rng.choice(templates).format(_join([self._name(s) for s in members])))
+        return " ".join(sentences)
 
     @staticmethod
     def _ordered(inputs: CaptionInputs) -> list[Statement]:
         """Statements with the rhythm first, as a cardiologist reads them."""
-        return sorted(inputs.statements, key=lambda s: s.code not in RHYTHM_CODES)
+        return sorted(inputs.statements, key=lambda s: s.scp not in RHYTHM_CODES)
 
     @staticmethod
     def _name(statement: Statement) -> str:
+        """SCP-ECG statements by their lexicon name; others by the source's own text (an unnamed code as its code)."""
+        if statement.system != SCP_ECG:
+            return unnamed_phrase(statement) if statement.unnamed else statement.description
         name = STATEMENT_NAMES.get(statement.code, statement.description)
         if 0 < statement.likelihood < 100:
             name += f" (likelihood {statement.likelihood:.0f}%)"
@@ -257,7 +274,7 @@ class TemplateWriter:
     def _knowledge(self, statement: Statement, inputs: CaptionInputs) -> str:
         """First sentence of the statement's own knowledge entry that makes no extra claim."""
         for passage in inputs.passages:
-            if passage.id != f"scp:{statement.code}":
+            if statement.scp is None or passage.id != f"scp:{statement.scp}":
                 continue
             for sentence in _SENTENCE_SPLIT_RE.split(passage.text.strip()):
                 sentence = _LABEL_RE.sub("", sentence).rstrip(" .") + "."  # "Significance: ..." -> "..."
@@ -273,9 +290,11 @@ class TemplateWriter:
 
     def _frame(self, sentence: str, statement: Statement) -> str:
         """Name the statement when the sentence does not, so the background reads as being about it."""
-        name = re.sub(r"^(a|an) ", "", STATEMENT_NAMES.get(statement.code, statement.description))
+        name = statement.description
+        if statement.system == SCP_ECG:
+            name = re.sub(r"^(a|an) ", "", STATEMENT_NAMES.get(statement.code, statement.description))
         codes = {code for m in self.checker.lexicon.mentions(sentence) for code in m.codes}
-        if statement.code in codes:
+        if statement.scp in codes:
             return _cap(sentence)
         first = sentence[0].lower() if sentence[1:2].islower() else sentence[0]  # keep "ECG", "QRS"
         return f"Background on {name}: {first}{sentence[1:]}"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import importlib.resources
 import os
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 
 from datasets import Features
@@ -28,6 +28,8 @@ from esi.data.schema import RecordError, hash_fold, prepared_features
 from esi.data.wfdb_record import inside, read_wfdb
 
 SOURCE = "Challenge record"
+SNOMED_SYSTEM = "SNOMED-CT"
+ABBREVIATION_SYSTEM = "CinC 2020 abbreviation"
 MAPPING_TABLES = ("dx_mapping_scored.csv", "dx_mapping_unscored.csv")
 DEFAULT_MAPPING_DIR = Path(str(importlib.resources.files("esi.data") / "resources" / "cinc2021"))
 # 2020-release spellings that differ from the 2021 tables' abbreviations.
@@ -98,6 +100,25 @@ def load_dx_mapping(folder: str | os.PathLike = DEFAULT_MAPPING_DIR) -> tuple[di
     return names, codes
 
 
+@cache
+def _default_abbreviations() -> dict[str, str]:
+    return load_dx_mapping(DEFAULT_MAPPING_DIR)[1]
+
+
+def scp_equivalent(system: str, code: str, abbreviations: dict[str, str] | None = None) -> str | None:
+    """The SCP-ECG statement of the same meaning as a Challenge statement (SNOMED-CT code or CinC 2020
+    abbreviation), None when there is none or the system is not the Challenge's.
+
+    `abbreviations` (abbreviation -> SNOMED-CT code) defaults to the shipped mapping tables'.
+    """
+    if system == SNOMED_SYSTEM:
+        return SNOMED_TO_SCP.get(code)
+    if system == ABBREVIATION_SYSTEM:
+        table = _default_abbreviations() if abbreviations is None else abbreviations
+        return EXTRA_TO_SCP.get(code) or SNOMED_TO_SCP.get(table.get(ABBREVIATION_ALIASES.get(code, code), ""))
+    return None
+
+
 def header_fields(comments: list[str]) -> dict[str, str]:
     """`# Key: value` comment lines -> {key: value} (first occurrence wins)."""
     fields: dict[str, str] = {}
@@ -106,6 +127,38 @@ def header_fields(comments: list[str]) -> dict[str, str]:
         if sep:
             fields.setdefault(key.strip().lower(), value.strip())
     return fields
+
+
+def dx_statements(
+    record: object, dx: str, snomed_names: dict[str, str], abbreviations: dict[str, str]
+) -> list[dict[str, str]]:
+    """A `Dx` header field -> statements (system, code, text); SNOMED codes are named by the mapping tables
+    (`load_dx_mapping`), a code they do not name is kept as its code."""
+    entries = []
+    for code in (c.strip() for c in dx.split(",")):
+        if not code:
+            continue
+        if code.isdigit():
+            entries.append({"system": SNOMED_SYSTEM, "code": code, "text": snomed_names.get(code, code)})
+        elif code in EXTRA_ABBREVIATIONS:
+            entries.append({"system": ABBREVIATION_SYSTEM, "code": code, "text": EXTRA_ABBREVIATIONS[code]})
+        else:
+            snomed = abbreviations.get(ABBREVIATION_ALIASES.get(code, code))
+            text = snomed_names.get(snomed, code) if snomed else code
+            entries.append({"system": ABBREVIATION_SYSTEM, "code": code, "text": text})
+        if len(entries) > 64:
+            raise RecordError(record, f"Dx lists more than 64 codes: {dx[:80]!r}", source=SOURCE)
+    return entries
+
+
+def statement_scp_codes(statements: list[dict[str, str]], abbreviations: dict[str, str]) -> dict[str, float]:
+    """The SCP-ECG statements the record's codes correspond to (likelihood 100: the Challenge gives none)."""
+    codes = {}
+    for entry in statements:
+        scp = scp_equivalent(entry["system"], entry["code"], abbreviations)
+        if scp:
+            codes[scp] = 100.0
+    return codes
 
 
 class ChallengeSource:
@@ -149,45 +202,13 @@ class ChallengeSource:
     def rows(self) -> list[dict]:
         return [{"ecg_id": i + 1, "record_name": name} for i, name in enumerate(self.record_names)]
 
-    def statements(self, record: str, dx: str) -> list[dict[str, str]]:
-        """`Dx` codes -> statements; SNOMED codes named by the tables, unknown codes kept as their code."""
-        entries = []
-        for code in (c.strip() for c in dx.split(",")):
-            if not code:
-                continue
-            if code.isdigit():
-                entries.append({"system": "SNOMED-CT", "code": code, "text": self.snomed_names.get(code, code)})
-            elif code in EXTRA_ABBREVIATIONS:
-                entries.append({"system": "CinC 2020 abbreviation", "code": code, "text": EXTRA_ABBREVIATIONS[code]})
-            else:
-                snomed = self.abbreviations.get(ABBREVIATION_ALIASES.get(code, code))
-                text = self.snomed_names.get(snomed, code) if snomed else code
-                entries.append({"system": "CinC 2020 abbreviation", "code": code, "text": text})
-            if len(entries) > 64:
-                raise RecordError(record, f"Dx lists more than 64 codes: {dx[:80]!r}", source=SOURCE)
-        return entries
-
-    def scp_codes(self, statements: list[dict[str, str]]) -> dict[str, float]:
-        """The SCP-ECG statements the record's codes correspond to (likelihood 100: the Challenge gives none)."""
-        codes = {}
-        for entry in statements:
-            code = entry["code"]
-            if entry["system"] == "SNOMED-CT":
-                scp = SNOMED_TO_SCP.get(code)
-            else:
-                snomed = self.abbreviations.get(ABBREVIATION_ALIASES.get(code, code), "")
-                scp = EXTRA_TO_SCP.get(code) or SNOMED_TO_SCP.get(snomed)
-            if scp:
-                codes[scp] = 100.0
-        return codes
-
     def example(self, row: dict) -> dict:
         name, ecg_id = row["record_name"], row["ecg_id"]
         base = inside(self.folder, name, name, SOURCE)
         read = read_wfdb(base, name, SOURCE, self.sampling_rate)
         fields = header_fields(read.comments)
-        statements = self.statements(name, fields.get("dx", ""))
-        scp_codes = self.scp_codes(statements)
+        statements = dx_statements(name, fields.get("dx", ""), self.snomed_names, self.abbreviations)
+        scp_codes = statement_scp_codes(statements, self.abbreviations)
         return wfdb_example(
             read,
             ecg_id=ecg_id,

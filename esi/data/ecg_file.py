@@ -23,11 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from esi.constants import STANDARD_LEADS
+from esi.data.schema import RecordError
+from esi.data.wfdb_record import MV_PER_UNIT, MissingSignalFileError, header_size_problem, read_samples, to_physical
 
-# Millivolts per unit for the amplitude units the readers meet (WFDB headers, DICOM code values, CSV headers).
-MV_PER_UNIT = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}
-# Bytes per sample of the WFDB formats whose file size can be checked exactly.
-BYTES_PER_SAMPLE = {"8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2, "212": 1.5}
 SUPPORTED_FORMATS = "WFDB (.hea with its .dat or .mat), Philips XML (.xml), DICOM waveform (.dcm) or CSV (.csv)"
 
 
@@ -68,6 +66,7 @@ class EcgFile:
     units: str = "mV"
     age: float | None = None
     sex: str = ""  # "male", "female" or "" (unknown)
+    comments: tuple[str, ...] = ()  # a WFDB header's comment lines (PhysioNet/CinC Challenge: Age, Sex, Dx)
 
     @property
     def name(self) -> str:
@@ -219,14 +218,12 @@ def _wfdb_record_line(header_path: Path) -> list[str]:
 
 
 def _read_wfdb(header_path: Path, limits: ReadLimits) -> EcgFile:
-    import wfdb
-
+    """The record line is checked against `limits` first (cheap, and wfdb would assume 250 Hz without a rate);
+    then `esi.data.wfdb_record.read_samples`, the one WFDB reader, checks the header against its signal files."""
     name = header_path.name
-    size = header_path.stat().st_size
-    if size > limits.max_header_bytes:
-        raise EcgFileError(
-            f"{name} has {size / 1024:.0f} KB; a WFDB header is limited to {limits.max_header_bytes // 1024} KB."
-        )
+    problem = header_size_problem(header_path, limits.max_header_bytes)
+    if problem:
+        raise EcgFileError(f"{problem}.")
     fields = _wfdb_record_line(header_path)
     if "/" in fields[0]:
         raise EcgFileError(
@@ -248,48 +245,23 @@ def _read_wfdb(header_path: Path, limits: ReadLimits) -> EcgFile:
     rate_hz = _check_rate(name, rate, limits)
     _check_shape(name, num_signals, num_samples, rate_hz, limits)
     try:
-        header = wfdb.rdheader(str(header_path.with_suffix("")))
-    except Exception as error:  # wfdb raises many types on malformed headers
-        raise EcgFileError(f"{name} is not a readable WFDB header ({error}).") from None
-    if not header.file_name or not header.n_sig:
-        raise EcgFileError(f"{name} lists no signals.")
+        header, digital = read_samples(
+            header_path.with_suffix(""), name, "WFDB record", limits.max_signals, limits.max_seconds
+        )
+    except MissingSignalFileError as error:
+        raise EcgFileError(
+            f"{name} refers to the signal file {error.file_name}, which is missing. "
+            "Keep (or upload) the .hea and its signal file together."
+        ) from None
+    except RecordError as error:
+        raise EcgFileError(f"{name}: {error.problem}.") from None
     if header.n_sig != num_signals:
         raise EcgFileError(f"{name} declares {num_signals} signals but describes {header.n_sig}.")
-    absent = [f for f in dict.fromkeys(header.file_name) if not (header_path.parent / f).is_file()]
-    if absent:
-        raise EcgFileError(
-            f"{name} refers to the signal file {', '.join(absent)}, which is missing. "
-            "Keep (or upload) the .hea and its signal file together."
-        )
     leads = _check_lead_names(name, header.sig_name)
-    negative = [lead for lead, gain in zip(leads, header.adc_gain, strict=True) if gain < 0]
-    if negative:
-        raise EcgFileError(f"{name}: leads {', '.join(negative)} have a negative gain; a gain must be positive.")
     scale = np.array([_mv_per_unit(name, unit or "mV", lead) for lead, unit in zip(leads, header.units, strict=True)])
-    _check_wfdb_file_sizes(header_path.parent, header, name)
-    try:
-        record = wfdb.rdrecord(str(header_path.with_suffix("")), physical=False)
-    except Exception as error:
-        raise EcgFileError(f"the signal of {name} could not be read ({error}).") from None
-    # Checksums are optional in WFDB: compare only those the header states, and not for the Challenge's .mat
-    # files (a byte offset): their headers' checksums match none of the 200 CinC/CPSC records in ../shared.
-    offsets = record.byte_offset or [None] * len(leads)
-    wrong = [
-        lead
-        for lead, got, want, offset in zip(
-            leads, record.calc_checksum(), record.checksum or [None] * len(leads), offsets, strict=True
-        )
-        if want is not None and not offset and got != want
-    ]
-    if wrong:
-        raise EcgFileError(
-            f"{name}: the samples of leads {', '.join(wrong)} do not match the header's checksums; "
-            f"the signal file {record.file_name[0]} is damaged or belongs to another record."
-        )
-    record.dac(expanded=False, return_res=64, inplace=True)
-    signal = np.asarray(record.p_signal.T * scale[:, None], dtype=np.float32)
+    signal = np.asarray(to_physical(digital, header).T * scale[:, None], dtype=np.float32)
     demographics = _challenge_comments(header.comments)
-    return EcgFile(header_path, "WFDB", signal, leads, rate_hz, **demographics)
+    return EcgFile(header_path, "WFDB", signal, leads, rate_hz, **demographics, comments=tuple(header.comments))
 
 
 def _challenge_comments(comments: list[str]) -> dict:
@@ -299,27 +271,6 @@ def _challenge_comments(comments: list[str]) -> dict:
         key, _, value = comment.partition(":")
         values[key.strip().casefold()] = value.strip()
     return {"age": _age(values.get("age")), "sex": _sex(values.get("sex"))}
-
-
-def _check_wfdb_file_sizes(folder: Path, header, header_name: str) -> None:
-    """wfdb reads whatever a header declares; a truncated or mismatched signal file must be caught here."""
-    offsets_all = header.byte_offset or [None] * header.n_sig
-    for file_name in dict.fromkeys(header.file_name):
-        columns = [i for i, name in enumerate(header.file_name) if name == file_name]
-        formats = {header.fmt[i] for i in columns}
-        offsets = {offsets_all[i] or 0 for i in columns}
-        if len(formats) != 1 or formats - BYTES_PER_SAMPLE.keys() or len(offsets) != 1:
-            continue  # unusual layouts: left to wfdb
-        offset = offsets.pop()
-        declared = math.ceil(header.sig_len * len(columns) * BYTES_PER_SAMPLE[formats.pop()])
-        actual = os.path.getsize(folder / file_name) - offset
-        if actual != declared:
-            raise EcgFileError(
-                f"{file_name} does not match {header_name}: the header declares {len(columns)} signals x "
-                f"{header.sig_len} samples = {declared} bytes, but the file has {actual} bytes"
-                f"{f' after its {offset}-byte preamble' if offset else ''}. Use the signal file that belongs "
-                "to this header."
-            )
 
 
 # ---- Philips PageWriter / TraceMaster XML ----------------------------------------------------------------

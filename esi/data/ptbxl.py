@@ -28,7 +28,6 @@ from esi.constants import PTBXL_AGE_OVER_89, TASKS
 from esi.data.prepare import RowTable
 from esi.data.schema import LEAD_NAMES, RecordError, bounded_cell, prepared_features
 from esi.data.wfdb_record import (
-    BYTES_PER_SAMPLE,
     Header,
     bad_checksums,
     check_header,
@@ -280,7 +279,7 @@ def _check_header(ecg_id: int, header: wfdb.Record, base: Path, sampling_rate: i
             ecg_id,
             f"header says {header.sig_len} samples at {header.fs:g} Hz; expected {expected_len} at {sampling_rate} Hz",
         )
-    if any(fmt not in BYTES_PER_SAMPLE for fmt in header.fmt) or len(set(header.file_name)) != 1:
+    if set(header.fmt) != {"16"} or len(set(header.file_name)) != 1:
         raise PtbxlRecordError(ecg_id, f"expected one format-16 .dat file, header lists {header.fmt}")
     try:
         check_header(header, base, ecg_id, "PTB-XL ecg_id")  # signal file present, inside, of the declared size
@@ -311,12 +310,10 @@ def read_signal(ptbxl_dir: str | os.PathLike, ecg_id: int, record_name: str, sam
     by_name = _check_header(ecg_id, header, base, sampling_rate)  # before reading: also checks the file size
     try:
         if isinstance(header, Header):
-            digital = read_digital(base, header, ecg_id, "PTB-XL ecg_id")
+            digital = read_digital(base, header)
         else:
             header = wfdb.rdrecord(str(base), physical=False)
             digital = header.d_signal
-    except RecordError as err:
-        raise PtbxlRecordError(ecg_id, err.problem) from None
     except Exception as err:  # wfdb raises assorted types on malformed files
         raise PtbxlRecordError(ecg_id, f"wfdb cannot read {record_name}: {err}") from None
     corrupt = bad_checksums(digital, header)

@@ -13,11 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from datasets.data_files import DataFilesDict, EmptyDatasetError, get_data_patterns
+from datasets.table import ConcatenationTable, MemoryMappedTable
 
 from .augment import EcgAugmentConfig, augment_ecg
+from .windows import WINDOW_MODES, random_start, signal_lengths, window_starts
 
 
-def load_dataset_folder(path: str | Path) -> datasets.DatasetDict:
+def load_dataset_folder(path: str | Path, keep_in_memory: bool = False) -> datasets.DatasetDict:
     """Load either a `save_to_disk` folder or a Parquet/Hub-style folder as a DatasetDict.
 
     A Parquet folder is read directly (splits found by the file patterns `datasets.load_dataset`
@@ -25,12 +27,15 @@ def load_dataset_folder(path: str | Path) -> datasets.DatasetDict:
     folder by its name, so a folder regenerated under a familiar name (`A/cap`, then `B/cap`) was
     served stale or failed with `NonMatchingSplitsSizesError`. What is loaded depends only on the
     files' content.
+
+    A `save_to_disk` folder is memory-mapped (rows are read from disk as they are indexed, so a corpus larger
+    than RAM trains in bounded memory) unless `keep_in_memory`, which copies it into RAM.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset folder {path} does not exist")
     if (path / "dataset_dict.json").exists():
-        return datasets.load_from_disk(str(path))
+        return datasets.load_from_disk(str(path), keep_in_memory=keep_in_memory)
     try:
         patterns = get_data_patterns(str(path))
     except EmptyDatasetError as error:
@@ -45,6 +50,13 @@ def load_dataset_folder(path: str | Path) -> datasets.DatasetDict:
         table = pa.concat_tables([pq.read_table(f) for f in sorted(parquet)])
         splits[split] = datasets.Dataset(table)
     return datasets.DatasetDict(splits)
+
+
+def is_memory_mapped(dataset: datasets.Dataset) -> bool:
+    """Whether every Arrow block behind `dataset` is memory-mapped from disk (none copied into RAM)."""
+    table = dataset.data
+    blocks = [block for row in table.blocks for block in row] if isinstance(table, ConcatenationTable) else [table]
+    return all(isinstance(block, MemoryMappedTable) for block in blocks)
 
 
 def join_captions(
@@ -80,10 +92,14 @@ def join_captions(
 
 
 class EcgDataset(torch.utils.data.Dataset):
-    """Rows of a prepared ECG split, optionally paired with captions and augmented.
+    """Rows of a prepared ECG split, optionally paired with captions, cut to a window and augmented.
 
-    Augmentation randomness is seeded by (seed, epoch, index), so it does not depend on the
-    order in which rows are drawn or on whether the run was resumed.
+    Rows are read one at a time from the (memory-mapped) Arrow table: nothing loads the signal column.
+    With `window_s` (the model's input duration, its feature extractor's `duration_s`), each item is one
+    window of that many seconds: `window="random"` at a random start, `"first"` the record's start; a
+    shorter record stays whole and the collator's feature extractor pads and masks it. Window and
+    augmentation randomness are seeded by (seed, epoch, index), so they do not depend on the order in
+    which rows are drawn or on whether the run was resumed.
     """
 
     def __init__(
@@ -93,15 +109,23 @@ class EcgDataset(torch.utils.data.Dataset):
         label_column: str | None = None,
         augment: EcgAugmentConfig | None = None,
         seed: int = 0,
+        window_s: float | None = None,
+        window: str = "random",
     ):
+        if window not in WINDOW_MODES:
+            raise ValueError(f"window must be one of {WINDOW_MODES}, got {window!r}")
         columns = ["signal", "ecg_id"] + ([label_column] if label_column else [])
         self.signals = signals.select_columns(columns).with_format("numpy")
-        self.sampling_rate = int(signals[0]["sampling_rate"])
-        self.lead_names = list(signals[0]["lead_names"])
+        first = signals.select_columns(["sampling_rate", "lead_names"])[0]
+        self.sampling_rate = int(first["sampling_rate"])
+        self.lead_names = list(first["lead_names"])
         self.captions = captions
         self.label_column = label_column
         self.augment = augment
         self.seed = seed
+        # Windows are cut at the stored rate; the feature extractor resamples them to the model's.
+        self.window_samples = None if window_s is None else round(window_s * self.sampling_rate)
+        self.window = window
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -110,17 +134,61 @@ class EcgDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.signals)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def record(self, index: int) -> dict[str, Any]:
+        """Row `index` as it is stored: the whole signal (leads, samples), ecg_id, caption and labels if any."""
         row = self.signals[int(index)]
-        signal = row["signal"]
-        if self.augment is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-            signal = augment_ecg(signal, self.sampling_rate, self.lead_names, self.augment, rng)
-        item = {"signal": signal, "ecg_id": int(row["ecg_id"])}
+        item = {"signal": row["signal"], "ecg_id": int(row["ecg_id"])}
         if self.captions is not None:
             item["caption"] = self.captions[int(index)]
         if self.label_column is not None:
             item["labels"] = row[self.label_column]
+        return item
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.record(index)
+        # One generator for the window and then the augmentations: a record that fits in the window draws
+        # nothing for it, so its augmentations are those of a run without windows.
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        signal = item["signal"]
+        if self.window_samples is not None:
+            start = random_start(signal.shape[-1], self.window_samples, rng) if self.window == "random" else 0
+            signal = signal[:, start : start + self.window_samples]
+        if self.augment is not None:
+            signal = augment_ecg(signal, self.sampling_rate, self.lead_names, self.augment, rng)
+        item["signal"] = signal
+        return item
+
+
+class EcgWindows(torch.utils.data.Dataset):
+    """Evaluation windows of an `EcgDataset`: each record cut into the windows `window_starts` gives.
+
+    `ecgs` must have a window length (`window_s`). Item k is one window, with `record` = its row in `ecgs`;
+    average the model's outputs over a record's windows with `esi.data.windows.mean_by_record`. Record
+    lengths come from the Arrow offsets, so building the index reads no signal.
+    """
+
+    def __init__(self, ecgs: EcgDataset, count: int | None = None):
+        if ecgs.window_samples is None:
+            raise ValueError("EcgWindows needs an EcgDataset built with window_s (the model's input duration)")
+        self.ecgs = ecgs
+        self.window_samples = ecgs.window_samples
+        lengths = signal_lengths(ecgs.signals)
+        self.windows = [
+            (row, start)
+            for row, samples in enumerate(lengths)
+            for start in window_starts(int(samples), self.window_samples, count)
+        ]
+        self.num_records = len(lengths)
+        self.records = np.array([row for row, _ in self.windows], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row, start = self.windows[index]
+        item = self.ecgs.record(row)
+        item["signal"] = item["signal"][:, start : start + self.window_samples]
+        item["record"] = row
         return item
 
 
@@ -153,6 +221,8 @@ class EcgCollator:
             "ecg_attention_mask": features["ecg_attention_mask"],
             "ecg_ids": torch.tensor([i["ecg_id"] for i in items]),
         }
+        if "record" in items[0]:  # evaluation windows: which record each window belongs to
+            batch["records"] = torch.tensor([i["record"] for i in items])
         if self.tokenizer is not None and "caption" in items[0]:
             text = self.tokenizer(
                 [item["caption"] for item in items],

@@ -1,14 +1,17 @@
-"""Read one multi-source WFDB record (.hea + .dat/.mat) as a checked 12-lead signal in mV.
+"""Read WFDB records (.hea + .dat/.mat): the one place a header is parsed and checked against its signal files.
 
-Used by the Challenge, MIMIC-IV-ECG and WFDB-folder readers. Leads are matched by name (MIMIC
-stores aVF before aVL), samples are checked for length, NaN and file size, and the signal is
-resampled with a polyphase filter (bounded memory) when the prepared rate differs.
+`read_samples` parses a header and checks it (rate, length, limits, signal files present, inside the folder and
+of the declared size, positive gains, checksums) before returning the digital samples; every WFDB reader uses it:
+`read_wfdb` (the Challenge, MIMIC-IV-ECG and WFDB-folder sources: leads matched by name, as MIMIC stores aVF
+before aVL, NaN refused, polyphase resampling with bounded memory) and `esi.data.ecg_file` (one clinical file,
+any leads). PTB-XL's reader uses its pieces.
 
 Research software, not a diagnostic device.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -22,13 +25,16 @@ from scipy.signal import resample_poly
 from esi.constants import map_leads_by_name
 from esi.data.schema import LEAD_NAMES, RecordError
 
-# Bytes per sample of the WFDB formats the supported sources use (PTB-XL, MIMIC: 16; Challenge .mat: 16 too).
-BYTES_PER_SAMPLE = {"16": 2}
-UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "v": 1e3}
+# Bytes per sample of the WFDB formats whose signal file size can be checked exactly (format 16: PTB-XL,
+# MIMIC-IV-ECG and the Challenge's .mat files; the others occur in older PhysioNet databases).
+BYTES_PER_SAMPLE = {"8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2, "212": 1.5}
+# Millivolts per unit for the amplitude units WFDB headers (and DICOM, CSV files) use.
+MV_PER_UNIT = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}
 # Longest record accepted (a 24-hour Holter at 1 kHz is not a 12-lead resting ECG).
 MAX_SECONDS = 600
 MAX_SIGNALS = 64
 MAX_HEADER_BYTES = 64 * 1024
+INVALID_SAMPLE = -32768  # WFDB's marker for a missing sample (format 16)
 
 
 @dataclass
@@ -101,35 +107,42 @@ def _parse_simple_header(text: str) -> Header | None:
     )
 
 
-def read_header(base: Path) -> Header | wfdb.Record:
+class MissingSignalFileError(RecordError):
+    """A header names a signal file that is not beside it (`file_name`): an upload of the .hea alone."""
+
+    def __init__(self, record: object, problem: str, file_name: str, source: str = "record"):
+        super().__init__(record, problem, source=source)
+        self.file_name = file_name
+
+
+def header_size_problem(path: Path, max_bytes: int = MAX_HEADER_BYTES) -> str | None:
+    """Why the header at `path` is too large to read, or None."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        return f"{path.name} has {size / 1024:.0f} KB; a WFDB header is limited to {max_bytes // 1024} KB"
+    return None
+
+
+def read_header(base: Path, max_bytes: int = MAX_HEADER_BYTES) -> Header | wfdb.Record:
     """The header of record `base` (no extension): parsed directly when simple, else by wfdb."""
     path = base.with_name(base.name + ".hea")
-    if path.stat().st_size > MAX_HEADER_BYTES:
-        raise ValueError(f"{path.name} is {path.stat().st_size:,} bytes (limit {MAX_HEADER_BYTES:,})")
+    problem = header_size_problem(path, max_bytes)
+    if problem:
+        raise ValueError(problem)
     header = _parse_simple_header(path.read_text(errors="replace"))
     return header if header is not None else wfdb.rdheader(str(base))
 
 
-def read_digital(base: Path, header: Header, record: object, source: str) -> np.ndarray:
-    """(sig_len, n_sig) int16 samples of a simple header's single format-16 file."""
-    path = base.parent / header.file_name[0]
-    declared = header.byte_offset + 2 * header.sig_len * header.n_sig
-    size = path.stat().st_size
-    if size != declared:
-        raise RecordError(
-            record,
-            f"{path.name} has {size} bytes but its header declares {header.n_sig} signals x "
-            f"{header.sig_len} samples = {declared} bytes (truncated file or header mismatch)",
-            source=source,
-        )
-    samples = np.fromfile(path, dtype="<i2", offset=header.byte_offset)
+def read_digital(base: Path, header: Header) -> np.ndarray:
+    """(sig_len, n_sig) int16 samples of a simple header's single format-16 file (size checked by `check_header`)."""
+    samples = np.fromfile(base.parent / header.file_name[0], dtype="<i2", offset=header.byte_offset)
     return samples.reshape(header.sig_len, header.n_sig)
 
 
 def to_physical(digital: np.ndarray, header: Header | wfdb.Record) -> np.ndarray:
     """Digital -> physical units exactly as wfdb's `dac` (float64); WFDB's invalid marker becomes NaN."""
     physical = (digital.astype(np.float64) - np.asarray(header.baseline)) / np.asarray(header.adc_gain)
-    physical[digital == -32768] = np.nan
+    physical[digital == INVALID_SAMPLE] = np.nan
     return physical
 
 
@@ -163,79 +176,84 @@ def inside(folder: Path, relative: str, record: object, source: str) -> Path:
     return folder / relative
 
 
-def check_header(header: wfdb.Record, base: Path, record: object, source: str) -> None:
-    """Refuse a header the reader cannot trust: bad rate/length, too many signals, signal files missing or outside."""
-    name = base.name
+def _byte_offsets(header: Header | wfdb.Record) -> list[int]:
+    offsets = header.byte_offset
+    if not isinstance(offsets, list):
+        offsets = [offsets] * header.n_sig
+    return [offset or 0 for offset in offsets]
+
+
+def check_header(
+    header: Header | wfdb.Record,
+    base: Path,
+    record: object,
+    source: str,
+    max_signals: int = MAX_SIGNALS,
+    max_seconds: float = MAX_SECONDS,
+) -> None:
+    """Refuse a header the reader cannot trust: bad rate/length, too many signals or seconds, signal files
+    missing or outside the folder, or of another size than the header declares."""
+    name = f"{base.name}.hea"
     if not header.fs or header.fs <= 0 or not header.sig_len or header.sig_len <= 0:
-        raise RecordError(record, f"{name}.hea gives no positive sampling rate and length", source=source)
-    if header.n_sig > MAX_SIGNALS or header.sig_len / header.fs > MAX_SECONDS:
+        raise RecordError(record, f"{name} gives no positive sampling rate and length", source=source)
+    if header.n_sig > max_signals or header.sig_len / header.fs > max_seconds:
         raise RecordError(
             record,
-            f"{name}.hea declares {header.n_sig} signals x {header.sig_len / header.fs:.0f} s "
-            f"(limits: {MAX_SIGNALS} signals, {MAX_SECONDS} s)",
+            f"{name} declares {header.n_sig} signals x {header.sig_len / header.fs:.0f} s "
+            f"(limits: {max_signals} signals, {max_seconds:g} s)",
             source=source,
         )
     for file_name in sorted(set(header.file_name)):
         if os.path.basename(file_name) != file_name:
-            raise RecordError(record, f"{name}.hea names signal file {file_name!r} outside its folder", source=source)
+            raise RecordError(record, f"{name} names signal file {file_name!r} outside its folder", source=source)
         if not (base.parent / file_name).is_file():
-            raise RecordError(record, f"{name}.hea names signal file {file_name}, which is missing", source=source)
-    by_file = {}
-    for file_name, fmt in zip(header.file_name, header.fmt, strict=True):
-        by_file.setdefault(file_name, []).append(fmt)
-    for file_name, formats in by_file.items():
-        if file_name.endswith(".mat") or any(fmt not in BYTES_PER_SAMPLE for fmt in formats):
-            continue  # wfdb checks .mat (MATLAB v4 header) and the packed formats itself
-        size = os.path.getsize(base.parent / file_name)
-        declared = header.sig_len * len(formats) * BYTES_PER_SAMPLE[formats[0]]
-        if size != declared:
+            raise MissingSignalFileError(
+                record, f"{name} names signal file {file_name}, which is missing", file_name, source=source
+            )
+    offsets = _byte_offsets(header)
+    for file_name in dict.fromkeys(header.file_name):
+        columns = [i for i, f in enumerate(header.file_name) if f == file_name]
+        formats = {str(header.fmt[i]) for i in columns}
+        starts = {offsets[i] for i in columns}
+        if len(formats) != 1 or formats - BYTES_PER_SAMPLE.keys() or len(starts) != 1:
+            continue  # mixed layouts in one file: left to wfdb
+        offset, width = starts.pop(), BYTES_PER_SAMPLE[formats.pop()]
+        expected = math.ceil(header.sig_len * len(columns) * width)
+        actual = os.path.getsize(base.parent / file_name) - offset
+        if actual != expected:
+            preamble = f" after its {offset}-byte preamble" if offset else ""
             raise RecordError(
                 record,
-                f"{file_name} has {size} bytes but its header declares {len(formats)} signals x "
-                f"{header.sig_len} samples = {declared} bytes (truncated file or header mismatch)",
+                f"{file_name} does not match {name} (expected {expected} bytes): it has {actual} bytes{preamble} "
+                f"but its header declares {len(columns)} signals x {header.sig_len} samples of {width:g} bytes "
+                "(truncated file or header mismatch)",
                 source=source,
             )
 
 
-def read_wfdb(
-    base: Path, record: object, source: str, sampling_rate: int | None = None, expected_seconds: float | None = None
-) -> WfdbSignal:
-    """Read and check the WFDB record `base` (path without extension).
+def read_samples(
+    base: Path,
+    record: object,
+    source: str,
+    max_signals: int = MAX_SIGNALS,
+    max_seconds: float = MAX_SECONDS,
+    max_header_bytes: int = MAX_HEADER_BYTES,
+) -> tuple[Header | wfdb.Record, np.ndarray]:
+    """The checked header and (sig_len, n_sig) digital samples of the WFDB record `base` (path without extension).
 
-    Args:
-        record: how errors name the record (ecg_id or record name).
-        sampling_rate: resample to this rate (Hz); None keeps the file's rate (must be an integer).
-        expected_seconds: refuse records of another duration (MIMIC: 10 s).
+    Every check that needs the header and the signal files is here: `check_header`, positive gains, and the
+    checksums the header states. `record` and `source` name the record in errors (`RecordError`).
     """
     hea = base.with_name(base.name + ".hea")
     if not hea.is_file():
         raise RecordError(record, f"header {hea} is missing", missing=True, source=source)
     try:
-        header = read_header(base)
+        header = read_header(base, max_header_bytes)
     except Exception as err:  # wfdb raises assorted types on malformed headers
         raise RecordError(record, f"unreadable header {hea.name}: {err}", source=source) from None
-    check_header(header, base, record, source)
-    if expected_seconds is not None and abs(header.sig_len / header.fs - expected_seconds) > 1e-6:
-        raise RecordError(
-            record,
-            f"{hea.name} says {header.sig_len} samples at {header.fs:g} Hz; expected {expected_seconds} s",
-            source=source,
-        )
-    try:
-        rows = map_leads_by_name(header.sig_name, LEAD_NAMES)
-    except ValueError as err:
-        raise RecordError(record, f"{hea.name}: {err}", source=source) from None
-    missing = [lead for lead, row in zip(LEAD_NAMES, rows, strict=True) if row is None]
-    if missing or header.n_sig != len(LEAD_NAMES):
-        raise RecordError(
-            record, f"leads {header.sig_name} do not match {LEAD_NAMES} (missing: {missing})", source=source
-        )
-    units = [str(u).strip().lower() for u in header.units]
-    unknown_units = sorted({u for u in units if u not in UNIT_TO_MV})
-    if unknown_units:
-        raise RecordError(record, f"{hea.name} gives units {unknown_units}; expected mV, uV or V", source=source)
+    check_header(header, base, record, source, max_signals, max_seconds)
     if isinstance(header, Header):
-        digital = read_digital(base, header, record, source)
+        digital = read_digital(base, header)
     else:
         try:
             header = wfdb.rdrecord(str(base), physical=False)
@@ -250,17 +268,59 @@ def read_wfdb(
                 f"{header.n_sig}) (truncated file or header mismatch)",
                 source=source,
             )
-    if np.any(np.asarray(header.adc_gain) <= 0):
-        raise RecordError(record, f"{hea.name} gives a gain <= 0 {header.adc_gain}", source=source)
-    scale = np.array([UNIT_TO_MV[units[row]] for row in rows])[:, None]
-    signal = to_physical(digital, header)[:, rows].T * scale
-    nan_leads = [lead for lead, values in zip(LEAD_NAMES, signal, strict=True) if not np.isfinite(values).all()]
-    if nan_leads:
-        count = int((~np.isfinite(signal)).sum())
-        raise RecordError(record, f"{count} NaN (invalid) samples in leads {nan_leads}", source=source)
+    gains = np.asarray(header.adc_gain, dtype=float)
+    if np.any(gains <= 0):
+        leads = ", ".join(str(n) for n, g in zip(header.sig_name, gains, strict=True) if g <= 0)
+        kind = "negative" if gains.min() < 0 else "zero"
+        raise RecordError(record, f"leads {leads} have a {kind} gain; a gain must be positive", source=source)
+    invalid = digital == INVALID_SAMPLE
+    if invalid.any():  # said before the checksum: it would fail too, less clearly
+        leads = [str(n) for n, bad in zip(header.sig_name, invalid.any(axis=0), strict=True) if bad]
+        raise RecordError(record, f"{int(invalid.sum())} NaN (invalid) samples in leads {leads}", source=source)
     corrupt = bad_checksums(digital, header)
     if corrupt:
-        raise RecordError(record, f"checksum mismatch in leads {corrupt}: the signal file is corrupt", source=source)
+        raise RecordError(
+            record,
+            f"checksum mismatch in leads {corrupt}: the samples do not match the header's checksums, so "
+            f"{header.file_name[0]} is damaged or belongs to another record",
+            source=source,
+        )
+    return header, digital
+
+
+def read_wfdb(
+    base: Path, record: object, source: str, sampling_rate: int | None = None, expected_seconds: float | None = None
+) -> WfdbSignal:
+    """Read and check the WFDB record `base` (path without extension) as a 12-lead signal in mV.
+
+    Args:
+        record: how errors name the record (ecg_id or record name).
+        sampling_rate: resample to this rate (Hz); None keeps the file's rate (must be an integer).
+        expected_seconds: refuse records of another duration (MIMIC: 10 s).
+    """
+    header, digital = read_samples(base, record, source)
+    hea = f"{base.name}.hea"
+    if expected_seconds is not None and abs(header.sig_len / header.fs - expected_seconds) > 1e-6:
+        raise RecordError(
+            record,
+            f"{hea} says {header.sig_len} samples at {header.fs:g} Hz; expected {expected_seconds} s",
+            source=source,
+        )
+    try:
+        rows = map_leads_by_name(header.sig_name, LEAD_NAMES)
+    except ValueError as err:
+        raise RecordError(record, f"{hea}: {err}", source=source) from None
+    missing = [lead for lead, row in zip(LEAD_NAMES, rows, strict=True) if row is None]
+    if missing or header.n_sig != len(LEAD_NAMES):
+        raise RecordError(
+            record, f"leads {header.sig_name} do not match {LEAD_NAMES} (missing: {missing})", source=source
+        )
+    units = [str(u).strip().lower() for u in header.units]
+    unknown_units = sorted({u for u in units if u not in MV_PER_UNIT})
+    if unknown_units:
+        raise RecordError(record, f"{hea} gives units {unknown_units}; expected mV, uV or V", source=source)
+    scale = np.array([MV_PER_UNIT[units[row]] for row in rows])[:, None]
+    signal = to_physical(digital, header)[:, rows].T * scale
     rate = float(header.fs)
     if sampling_rate is None:
         if rate != int(rate):

@@ -1,5 +1,10 @@
 """Multi-label ECG classification on top of an ESI encoder: task data, training loops and scoring.
 
+Windows: a training record gives one window of the model's input length per epoch (`train_window`:
+"random" start, seeded by (seed, epoch, record), or "first"); an evaluation record gives the windows
+covering it (`eval_windows`: None = all, k = at most k) and its prediction is the mean of their
+probabilities. Records shorter than the window are padded and masked (`ecg_attention_mask`).
+
 Methods: `linear_probe` (frozen encoder; its pooled embeddings are computed once and only the linear
 head is trained), `lora` (PEFT LoRA adapters on the encoder, head trained in full), `full` (every
 weight trained) and `supervised_scratch` (`full` from a randomly initialised encoder). Early stopping
@@ -22,7 +27,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from esi.data.ptbxl import multi_hot
-from esi.data.torch_dataset import EcgCollator, EcgDataset, load_dataset_folder
+from esi.data.torch_dataset import EcgCollator, EcgDataset, EcgWindows, load_dataset_folder
+from esi.data.windows import mean_by_record
 from esi.eval.probe import EarlyStopping, TrainConfig, choose_thresholds, fit_linear_probe
 from esi.eval.stats import macro_auroc
 from modeling_esi import EsiConfig, EsiFeatureExtractor, EsiForEcgClassification, lora_target_modules
@@ -88,6 +94,9 @@ class LabelledEcgs(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.ecgs.set_epoch(epoch)
+
     def __getitem__(self, index: int) -> dict:
         row = int(self.rows[index])
         item = self.ecgs[row]
@@ -104,21 +113,40 @@ def make_loader(
     rows: np.ndarray | None = None,
     shuffle: bool = False,
     seed: int = 0,
+    window: str = "random",
 ) -> torch.utils.data.DataLoader:
-    ecgs = EcgDataset(split)
-    collator = EcgCollator(
-        feature_extractor,
-        ecgs.sampling_rate,
-        ecgs.lead_names,
-        num_labels=None if labels is None else labels.shape[1],
-    )
+    """Training loader: one window (`window`: "random" or "first") of the model's input length per record."""
+    ecgs = EcgDataset(split, seed=seed, window_s=feature_extractor.duration_s, window=window)
     return torch.utils.data.DataLoader(
         LabelledEcgs(ecgs, labels, rows),
         batch_size=batch_size,
         shuffle=shuffle,
-        collate_fn=collator,
+        collate_fn=_collator(ecgs, feature_extractor, None if labels is None else labels.shape[1]),
         generator=torch.Generator().manual_seed(seed) if shuffle else None,
     )
+
+
+def make_window_loader(
+    split: datasets.Dataset, feature_extractor: EsiFeatureExtractor, batch_size: int, count: int | None = None
+) -> torch.utils.data.DataLoader:
+    """Evaluation loader: the windows covering each record (`count` None = all, k = at most k), in order;
+    batches carry `records`, and `per_record` averages outputs over each record's windows."""
+    ecgs = EcgDataset(split, window_s=feature_extractor.duration_s)
+    return torch.utils.data.DataLoader(
+        EcgWindows(ecgs, count), batch_size=batch_size, collate_fn=_collator(ecgs, feature_extractor)
+    )
+
+
+def _collator(ecgs: EcgDataset, feature_extractor: EsiFeatureExtractor, num_labels: int | None = None) -> EcgCollator:
+    return EcgCollator(feature_extractor, ecgs.sampling_rate, ecgs.lead_names, num_labels=num_labels)
+
+
+def per_record(values: np.ndarray, loader: torch.utils.data.DataLoader) -> np.ndarray:
+    """Outputs of a `make_window_loader` loader averaged over each record's windows (others unchanged)."""
+    windows = loader.dataset
+    if not isinstance(windows, EcgWindows):
+        return values
+    return mean_by_record(values, windows.records, windows.num_records)
 
 
 def load_classifier(
@@ -135,16 +163,30 @@ def load_classifier(
 
 @torch.no_grad()
 def encoder_features(model: EsiForEcgClassification, loader: torch.utils.data.DataLoader) -> np.ndarray:
-    """Pooled ECG encoder embeddings (N, hidden) of a loader, in its order."""
+    """Pooled ECG encoder embeddings (N, hidden) of a loader's items (records or windows), in its order."""
     model.eval()
-    return np.concatenate([model.ecg_model(batch["input_values"]).pooler_output.float().numpy() for batch in loader])
+    return np.concatenate(
+        [
+            model.ecg_model(batch["input_values"], batch["ecg_attention_mask"]).pooler_output.float().numpy()
+            for batch in loader
+        ]
+    )
 
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: torch.utils.data.DataLoader) -> np.ndarray:
-    """Sigmoid probabilities (N, K) of a classification model over a loader, in its order."""
+    """Sigmoid probabilities (N, K) of a classification model per record of a loader (the mean over a
+    record's windows for a `make_window_loader` loader), in its order."""
     model.eval()
-    return np.concatenate([torch.sigmoid(model(input_values=b["input_values"]).logits).float().numpy() for b in loader])
+    probabilities = np.concatenate(
+        [
+            torch.sigmoid(model(input_values=b["input_values"], ecg_attention_mask=b["ecg_attention_mask"]).logits)
+            .float()
+            .numpy()
+            for b in loader
+        ]
+    )
+    return per_record(probabilities, loader)
 
 
 def fit_network(
@@ -162,9 +204,14 @@ def fit_network(
     stopper, history = EarlyStopping(accelerator.unwrap_model(model), config.patience), []
     for epoch in range(config.epochs):
         model.train()
+        train_loader.dataset.set_epoch(epoch)  # a new random window of each record every epoch
         losses = []
         for batch in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not accelerator.is_main_process):
-            loss = model(input_values=batch["input_values"], labels=batch["labels"]).loss
+            loss = model(
+                input_values=batch["input_values"],
+                ecg_attention_mask=batch["ecg_attention_mask"],
+                labels=batch["labels"],
+            ).loss
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad()
@@ -237,12 +284,14 @@ def run_classification(
     random_init: bool = False,
     eval_batch_size: int = 64,
     bootstrap_samples: int = 200,
-    features: dict[str, np.ndarray] | None = None,
+    train_window: str = "random",
+    eval_windows: int | None = None,
 ) -> ClassificationRun:
     """Sample the label fraction (by patient), train with `method`, and score on the test split.
 
-    `features` (linear probe only): precomputed `encoder_features` per split for this encoder, so
-    several probes (fractions, seeds) share one pass of the encoder.
+    `train_window` ("random" or "first") picks each training record's window; validation and test records
+    are scored on `eval_windows` windows (None = all covering the record), probabilities averaged.
+    The linear probe embeds one window per training record once (the epoch-0 draw of `train_window`).
     """
     from esi.eval.sampling import sample_label_fraction
 
@@ -253,29 +302,45 @@ def run_classification(
     rows = sample_label_fraction(data.patient_ids("train"), train_y, label_fraction, config.seed)
     model = load_classifier(model_path, len(data.class_names), random_init, config.seed)
     feature_extractor = EsiFeatureExtractor.from_pretrained(model_path)
-    loaders = {s: make_loader(data.splits[s], feature_extractor, eval_batch_size) for s in ("validation", "test")}
+    loaders = {
+        s: make_window_loader(data.splits[s], feature_extractor, eval_batch_size, eval_windows)
+        for s in ("validation", "test")
+    }
     if method == "linear_probe":
         model.freeze_encoder()
-        if features is None:
-            loaders["train"] = make_loader(data.splits["train"], feature_extractor, eval_batch_size)
-            features = {s: encoder_features(model, loaders[s]) for s in SPLITS}
+        train_loader = make_loader(
+            data.splits["train"], feature_extractor, eval_batch_size, rows=rows, seed=config.seed, window=train_window
+        )
+        features = {"train": encoder_features(model, train_loader)}
+        features |= {s: encoder_features(model, loaders[s]) for s in loaders}
         history = fit_linear_probe(
             model.classifier,
-            features["train"][rows],
+            features["train"],
             train_y[rows],
             features["validation"],
             data.labels["validation"],
             config,
+            val_records=loaders["validation"].dataset.records,
         )
         with torch.no_grad():
             scores = {
-                s: torch.sigmoid(model.classifier(torch.from_numpy(features[s]).float())).numpy() for s in loaders
+                s: per_record(
+                    torch.sigmoid(model.classifier(torch.from_numpy(features[s]).float())).numpy(), loaders[s]
+                )
+                for s in loaders
             }
     else:
         if method == "lora":
             model = add_lora(model)
         train_loader = make_loader(
-            data.splits["train"], feature_extractor, config.batch_size, train_y, rows, shuffle=True, seed=config.seed
+            data.splits["train"],
+            feature_extractor,
+            config.batch_size,
+            train_y,
+            rows,
+            shuffle=True,
+            seed=config.seed,
+            window=train_window,
         )
         history = fit_network(model, train_loader, loaders["validation"], data.labels["validation"], config)
         scores = {s: predict(model, loaders[s]) for s in loaders}

@@ -45,6 +45,7 @@ from transformers import HfArgumentParser
 
 from esi.constants import TASKS
 from esi.data.torch_dataset import join_captions, load_dataset_folder
+from esi.data.windows import parse_window_count
 from esi.eval.classification import (
     METHODS,
     METRICS_DIR,
@@ -52,7 +53,8 @@ from esi.eval.classification import (
     encoder_features,
     load_classifier,
     load_task,
-    make_loader,
+    make_window_loader,
+    per_record,
     run_classification,
     score_predictions,
 )
@@ -84,6 +86,21 @@ class FinetuneArguments:
     method: Literal[METHODS + OTHER_METHODS] = "linear_probe"
     label_fraction: float = field(default=1.0, metadata={"help": "share of training patients: 0.01, 0.1, 1.0"})
     random_init: bool = field(default=False, metadata={"help": "randomly initialised encoder (baseline)"})
+    train_window: Literal["random", "first"] = field(
+        default="random",
+        metadata={
+            "help": "the window of the model's input length a training record gives: 'random' (a new seeded start "
+            "each epoch; the linear probe draws once) or 'first'. Shorter records are padded and masked"
+        },
+    )
+    eval_windows: str = field(
+        default="all",
+        metadata={
+            "help": "windows per validation/test record: 'all' (covering the record) or N (at most N, evenly "
+            "spaced; 1 = the first only); the record's prediction is the mean of the windows' probabilities "
+            "(embeddings for subject_id, similarities for zero_shot; captioning reads the first window)"
+        },
+    )
     seed: int = 0
     epochs: int | None = field(default=None, metadata={"help": "maximum epochs (default depends on --method)"})
     batch_size: int | None = None
@@ -102,6 +119,7 @@ class FinetuneArguments:
     def __post_init__(self) -> None:
         if not 0 < self.label_fraction <= 1:
             raise ValueError(f"--label-fraction must be in (0, 1], got {self.label_fraction}")
+        parse_window_count(self.eval_windows)
         if self.method == "captioning" and not self.captions:
             raise ValueError("--method captioning needs --captions")
 
@@ -160,6 +178,8 @@ def run_classification_cli(args: FinetuneArguments, out: Path) -> dict:
         random_init=args.random_init,
         eval_batch_size=args.eval_batch_size,
         bootstrap_samples=args.bootstrap_samples,
+        train_window=args.train_window,
+        eval_windows=parse_window_count(args.eval_windows),
     )
     saved = out / ("adapter" if args.method == "lora" else "model")
     run.model.save_pretrained(saved)
@@ -176,7 +196,10 @@ def run_subject_id(args: FinetuneArguments, out: Path) -> dict:
     feature_extractor = EsiFeatureExtractor.from_pretrained(args.model)
     embeddings, patients, ecg_ids = [], [], []
     for split in data.values():
-        embeddings.append(encoder_features(model, make_loader(split, feature_extractor, args.eval_batch_size)))
+        loader = make_window_loader(
+            split, feature_extractor, args.eval_batch_size, parse_window_count(args.eval_windows)
+        )
+        embeddings.append(per_record(encoder_features(model, loader), loader))
         patients.extend(split["patient_id"])
         ecg_ids.extend(split["ecg_id"])
     result = {
@@ -213,14 +236,14 @@ def run_zero_shot(args: FinetuneArguments, out: Path) -> dict:
     names = [data.class_names[k] for k in keep]
     model, tokenizer = load_pretrained(args.model)
     feature_extractor = EsiFeatureExtractor.from_pretrained(args.model)
-    scores = {
-        split: zero_shot_scores(
-            model,
-            tokenizer,
-            [prompts[n] for n in names],
-            make_loader(data.splits[split], feature_extractor, args.eval_batch_size),
-        )
+    count = parse_window_count(args.eval_windows)
+    loaders = {
+        split: make_window_loader(data.splits[split], feature_extractor, args.eval_batch_size, count)
         for split in ("validation", "test")
+    }
+    scores = {
+        split: per_record(zero_shot_scores(model, tokenizer, [prompts[n] for n in names], loader), loader)
+        for split, loader in loaders.items()
     }
     labels = {split: data.labels[split][:, keep] for split in scores}
     metrics = score_predictions(
@@ -258,7 +281,8 @@ def run_captioning(args: FinetuneArguments, out: Path) -> dict:
         test = test.select(range(min(args.max_records, len(test))))
     references = join_captions(test, load_dataset_folder(args.captions), "test")
     model, tokenizer = load_pretrained(args.model)
-    loader = make_loader(test, EsiFeatureExtractor.from_pretrained(args.model), args.eval_batch_size)
+    # One caption per record: generated from its first window.
+    loader = make_window_loader(test, EsiFeatureExtractor.from_pretrained(args.model), args.eval_batch_size, 1)
     generated = generate_captions(model, tokenizer, loader, args.max_new_tokens, args.num_beams)
     overlap = evaluate.load(str(METRICS_DIR / "caption_overlap"))
     metrics = overlap.compute(predictions=generated, references=references)

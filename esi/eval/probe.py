@@ -13,6 +13,7 @@ import torch
 from sklearn.metrics import precision_recall_curve
 from torch import nn
 
+from esi.data.windows import mean_by_record
 from esi.eval.stats import macro_auroc
 
 
@@ -52,8 +53,13 @@ def fit_linear_probe(
     val_x: np.ndarray,
     val_y: np.ndarray,
     config: TrainConfig,
+    val_records: np.ndarray | None = None,
 ) -> list[dict]:
-    """Train the linear head on precomputed embeddings (BCE, AdamW, minibatches); best epoch kept."""
+    """Train the linear head on precomputed embeddings (BCE, AdamW, minibatches); best epoch kept.
+
+    `val_records`: when `val_x` holds evaluation windows, the record (row of `val_y`) of each; validation
+    scores are then the mean of the windows' probabilities per record.
+    """
     generator = torch.Generator().manual_seed(config.seed)
     x, y = torch.from_numpy(train_x).float(), torch.from_numpy(train_y).float()
     vx = torch.from_numpy(val_x).float()
@@ -67,7 +73,12 @@ def fit_linear_probe(
             loss.backward()
             optimizer.step()
         with torch.no_grad():
-            score = macro_auroc(val_y, head(vx).numpy())
+            logits = head(vx)
+            if val_records is None:
+                scores = logits.numpy()
+            else:
+                scores = mean_by_record(torch.sigmoid(logits).numpy(), val_records, len(val_y))
+            score = macro_auroc(val_y, scores)
         history.append({"epoch": epoch, "train_loss": loss.item(), "val_macro_auroc": score})
         if stopper.step(epoch, score):
             break

@@ -45,7 +45,11 @@ def zero_shot_scores(model, tokenizer, prompts: Sequence[str], loader, max_lengt
     model.eval()
     text = tokenizer(list(prompts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     parts = [
-        model.zero_shot_logits(batch["input_values"], text["input_ids"], text["attention_mask"]).float().numpy()
+        model.zero_shot_logits(
+            batch["input_values"], text["input_ids"], text["attention_mask"], batch["ecg_attention_mask"]
+        )
+        .float()
+        .numpy()
         for batch in loader
     ]
     return np.concatenate(parts)
@@ -57,6 +61,11 @@ def generate_captions(model, tokenizer, loader, max_new_tokens: int = 64, num_be
     model.eval()
     captions = []
     for batch in loader:
-        ids = model.generate_caption(batch["input_values"], max_new_tokens=max_new_tokens, num_beams=num_beams)
+        ids = model.generate_caption(
+            batch["input_values"],
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            ecg_attention_mask=batch["ecg_attention_mask"],
+        )
         captions.extend(tokenizer.batch_decode(ids, skip_special_tokens=True))
     return captions

@@ -12,6 +12,8 @@ from typing import Literal
 
 from transformers import HfArgumentParser
 
+from esi.data.windows import parse_window_count
+
 # Chosen by measurement (benchmarks/bench_train.py --pool, `caption_tokens_cut_by_max_text_length` in its
 # result file): the shortest measured length that reads >= 95% of the pool's template caption tokens
 # (256 cut 5.8%, 320 cuts 1.0%). Remeasure when the caption template changes.
@@ -33,6 +35,28 @@ class DataArguments:
     )
     augment: bool = field(default=True, metadata={"help": "ECG augmentations (--no-augment turns them off)"})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+    train_window: Literal["random", "first"] = field(
+        default="random",
+        metadata={
+            "help": "which window of the model's input length (its feature extractor's duration_s) a training "
+            "record gives: 'random' (a new seeded start each epoch) or 'first' (always its start). Shorter "
+            "records are padded and masked"
+        },
+    )
+    eval_windows: str = field(
+        default="all",
+        metadata={
+            "help": "evaluation windows per record: 'all' (windows covering the whole record) or N (at most N, "
+            "evenly spaced; 1 = the first window only). Embeddings are averaged per record"
+        },
+    )
+    keep_in_memory: bool = field(
+        default=False,
+        metadata={
+            "help": "copy the prepared signals into RAM; by default they are memory-mapped from disk, read row "
+            "by row, so memory does not grow with the corpus"
+        },
+    )
     evaluation_records: str | None = field(
         default=None,
         metadata={
@@ -115,6 +139,10 @@ def parse_args(
 ) -> tuple[DataArguments, ModelArguments, OptimizationArguments, RunArguments]:
     parser = HfArgumentParser(ARGUMENT_CLASSES, description=description or __doc__)
     data, model, optim, run = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        parse_window_count(data.eval_windows)
+    except ValueError as error:
+        parser.error(str(error))
     if model.cache_text_embeddings and not model.freeze_text_tower:
         parser.error("--cache-text-embeddings needs --freeze-text-tower (a trained tower changes its embeddings)")
     return data, model, optim, run

@@ -11,7 +11,15 @@ import numpy as np
 import torch
 
 from esi.data.augment import EcgAugmentConfig
-from esi.data.torch_dataset import EcgCollator, EcgDataset, join_captions, load_dataset_folder
+from esi.data.torch_dataset import (
+    EcgCollator,
+    EcgDataset,
+    EcgWindows,
+    is_memory_mapped,
+    join_captions,
+    load_dataset_folder,
+)
+from esi.data.windows import parse_window_count
 from esi.train.arguments import TRUNCATION_WARNING_SHARE, DataArguments, OptimizationArguments
 
 logger = logging.getLogger("esi.train")
@@ -28,7 +36,13 @@ class PretrainingData:
 
 def caption_truncation(tokenizer, captions: list[str], max_length: int) -> dict[str, float]:
     """How much of the captions `max_length` tokens cut off (counting [CLS] and [SEP], as the collator does)."""
-    lengths = np.array([len(ids) for ids in tokenizer(captions, truncation=False)["input_ids"]])
+    # In chunks, keeping only the lengths: token ids of a whole corpus's captions would not fit in memory.
+    lengths = np.concatenate(
+        [
+            [len(ids) for ids in tokenizer(list(captions[start : start + 4096]), truncation=False)["input_ids"]]
+            for start in range(0, len(captions), 4096)
+        ]
+    )
     cut = np.maximum(lengths - max_length, 0)
     return {
         "max_text_length": max_length,
@@ -87,12 +101,16 @@ def evaluation_overlap(train: datasets.Dataset, evaluation_dir: str | None) -> d
 def build_data(
     data_args: DataArguments, optim_args: OptimizationArguments, feature_extractor, tokenizer
 ) -> PretrainingData:
-    signals = load_dataset_folder(data_args.signals)
+    # Memory-mapped unless --keep-in-memory: EcgDataset reads one row per item, and under `accelerate launch`
+    # each process's sampler shard (BatchSamplerShard) decides which rows that process reads.
+    signals = load_dataset_folder(data_args.signals, keep_in_memory=data_args.keep_in_memory)
     captions = load_dataset_folder(data_args.captions)
     for split in (data_args.train_split, data_args.eval_split):
         if split != "none" and split not in signals:
             raise ValueError(f"signals dataset {data_args.signals} has no split '{split}' (has {list(signals)})")
     train_signals = signals[data_args.train_split]
+    where = "memory-mapped from disk" if is_memory_mapped(train_signals) else "in memory (--keep-in-memory or Parquet)"
+    logger.info("training signals: %s", where)
     train_captions = join_captions(train_signals, captions, data_args.train_split)
     truncation = caption_truncation(tokenizer, train_captions, data_args.max_text_length)
     report_truncation(truncation)
@@ -102,6 +120,8 @@ def build_data(
         train_captions,
         augment=EcgAugmentConfig() if data_args.augment else None,
         seed=optim_args.seed,
+        window_s=feature_extractor.duration_s,
+        window=data_args.train_window,
     )
     collator = EcgCollator(
         feature_extractor, train_set.sampling_rate, train_set.lead_names, tokenizer, data_args.max_text_length
@@ -125,6 +145,13 @@ def build_data(
     eval_loader = None
     if data_args.eval_split != "none":
         eval_signals = signals[data_args.eval_split]
-        eval_set = EcgDataset(eval_signals, join_captions(eval_signals, captions, data_args.eval_split))
+        eval_set = EcgWindows(
+            EcgDataset(
+                eval_signals,
+                join_captions(eval_signals, captions, data_args.eval_split),
+                window_s=feature_extractor.duration_s,
+            ),
+            parse_window_count(data_args.eval_windows),
+        )
         eval_loader = torch.utils.data.DataLoader(eval_set, batch_size=optim_args.eval_batch_size, collate_fn=collator)
     return PretrainingData(train_set, train_loader, eval_loader, truncation, overlap)

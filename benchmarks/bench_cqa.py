@@ -1,6 +1,9 @@
 """Benchmark of caption generation (CQA): speed of the template backend and faithfulness per backend.
 
-    python benchmarks/bench_cqa.py [--ptbxl-dir ../shared/ptb-xl] [--cache-dir outputs/bench_cqa]
+    python -m benchmarks.bench_cqa [--ptbxl-dir ../shared/ptb-xl] [--cache-dir outputs/bench_cqa] [--skip-llm]
+
+Writes benchmarks/results/cqa-<UTC stamp>.json (command, git commit, date, load average, records/s, and
+the ratio to measuring the same signals alone in the same run).
 
 Also home of ``build_tiny_chat_model``, the tiny randomly initialised Llama with a real GPT-2
 tokenizer that the tests and this benchmark run the LLM backends with (no trained small LM is
@@ -10,12 +13,15 @@ available offline; its text is gibberish, which the faithfulness check must reje
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -162,6 +168,21 @@ def write_samples(prepared: Path, loaded, path: Path, per_class: int = 2) -> Non
     path.write_text("\n".join(lines))
 
 
+def _measure_only_seconds(prepared: Path, num_workers: int) -> float:
+    """Seconds to measure every signal of the prepared dataset with ``measure_batch`` (pool start included)."""
+    from datasets import load_from_disk
+
+    from esi.cqa.measurements import MeasurePool, measure_batch
+
+    splits = load_from_disk(str(prepared))
+    rows = [split.with_format("numpy", columns=["signal"], output_all_columns=True)[:] for split in splits.values()]
+    started = time.perf_counter()
+    with MeasurePool(num_workers) as pool:
+        for r in rows:
+            measure_batch(list(r["signal"]), r["sampling_rate"], r["lead_names"], r["ecg_id"], pool=pool)
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ptbxl-dir", type=Path, default=REPO_ROOT.parent / "shared" / "ptb-xl")
@@ -170,6 +191,7 @@ def main() -> None:
     parser.add_argument("--llm-samples", type=int, default=2, help="records per split for the tiny-LLM run")
     parser.add_argument("--report-dir", type=Path, default=REPO_ROOT / "benchmarks" / "reports")
     parser.add_argument("--skip-llm", action="store_true", help="template backend only (no npm/tiny-LLM run)")
+    parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
     from esi.cqa.run import generate_captions
@@ -180,10 +202,14 @@ def main() -> None:
 
     template_out = args.cache_dir / "template"
     shutil.rmtree(template_out, ignore_errors=True)
+    load_start = os.getloadavg()[0]
     started = time.perf_counter()
     summary = generate_captions(prepared, template_out, backend="template", num_workers=args.num_workers)
     wall = time.perf_counter() - started
     n = summary["rows_written"]
+    # Baseline in the same run, under the same load: measuring the same signals alone (same pool size).
+    # The ratio says what captioning adds to measuring, whatever the load on the shared machine.
+    measure_only = _measure_only_seconds(prepared, args.num_workers)
     print(f"template: {n} records, {n / wall:.1f} records/s end to end incl. start-up ({wall:.1f} s), "
           f"{summary['records_per_second']:.1f} records/s after start-up ({summary['seconds']:.1f} s)")  # fmt: skip
     loaded = _load(template_out)
@@ -192,6 +218,29 @@ def main() -> None:
     print(f"template: first-attempt rejection rate {rejected:.1%}, template fallback {fallback:.1%}")
 
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    print(f"baseline: measuring alone {n / measure_only:.1f} records/s; end to end / measuring alone: "
+          f"{wall / measure_only:.2f} x the time")  # fmt: skip
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    result = {
+        "command": "python -m benchmarks.bench_cqa " + " ".join(sys.argv[1:]),
+        "git_commit": commit,
+        "date": stamp,
+        "cpus": len(os.sched_getaffinity(0)),
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg()[0],
+        "records": n,
+        "num_workers": args.num_workers,
+        "template_end_to_end_s": wall,
+        "template_end_to_end_records_per_s": n / wall,
+        "template_after_startup_records_per_s": summary["records_per_second"],
+        "baseline_measure_only_s": measure_only,
+        "baseline_measure_only_records_per_s": n / measure_only,
+        "end_to_end_over_measure_only": wall / measure_only,
+        "faithfulness": summary["faithfulness"],
+    }
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / f"cqa-{stamp}.json").write_text(json.dumps(result, indent=1))
     from esi.cqa.template_writer import _minilm_tokenizer
 
     lengths = [len(_minilm_tokenizer()(r["caption"])["input_ids"]) for split in loaded.values() for r in split]

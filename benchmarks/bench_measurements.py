@@ -29,7 +29,7 @@ import pandas as pd
 import wfdb
 
 from esi.cqa.consistency import reconcile_with_statements
-from esi.cqa.measurements import INTERVAL_NAMES, EcgMeasurements, axis_category_ptbxl, measure_batch
+from esi.cqa.measurements import INTERVAL_NAMES, EcgMeasurements, MeasurePool, axis_category_ptbxl, measure_batch
 
 REPO = Path(__file__).resolve().parents[1]
 # PTB-XL heart_axis codes in its German convention, grouped three ways.
@@ -85,13 +85,18 @@ def agreement(db: pd.DataFrame, ms: list[EcgMeasurements]) -> list[dict]:
     rows = []
 
     def row(name, predicted, positive, reference, ref_name, target):
+        # A reference record that carries the statement itself is no false positive (PTB-XL gives some
+        # records both NORM and 1AVB); the share over all reference records is kept for comparison.
+        clean_reference = reference & ~positive
         rows.append(
             {
                 "check": name,
                 "agreement": _share(predicted[positive]),
                 "n": int(positive.sum()),
-                "flagged_reference": _share(predicted[reference]),
-                "n_reference": int(reference.sum()),
+                "flagged_reference": _share(predicted[clean_reference]),
+                "n_reference": int(clean_reference.sum()),
+                "flagged_reference_incl_positive": _share(predicted[reference]),
+                "n_reference_incl_positive": int(reference.sum()),
                 "reference": ref_name,
                 "target": target,
             }
@@ -194,12 +199,13 @@ def evaluate(db: pd.DataFrame, ms: list[EcgMeasurements]) -> dict:
     return out
 
 
-def run(args: argparse.Namespace, rate: int, limit: int | None) -> dict:
+def run(args: argparse.Namespace, rate: int, limit: int | None, pool: MeasurePool) -> dict:
+    load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     db, signals, leads = load(args.ptbxl_dir.resolve(), args.folds, limit, rate)
     t_load = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ms = measure_batch(signals, rate, leads, ecg_ids=db.ecg_id.tolist(), num_workers=args.workers)
+    ms = measure_batch(signals, rate, leads, ecg_ids=db.ecg_id.tolist(), pool=pool)
     t_measure = time.perf_counter() - t0
     return {
         "rate_hz": rate,
@@ -212,6 +218,7 @@ def run(args: argparse.Namespace, rate: int, limit: int | None) -> dict:
             "records_per_s": len(db) / t_measure,
             "read_s": t_load,
             "workers": args.workers,
+            "load_average_before": load_before,
             "load_average_after": os.getloadavg()[0],
         },
     }
@@ -231,7 +238,9 @@ def render(result: dict) -> str:
         "",
         "Raw: the detector's output before reconciliation with the statements (reported apart). Agreement: "
         "share of records carrying the statement that the measurement confirms (a missing value counts as "
-        "disagreement); flagged reference: share of SR or NORM records the same rule flags (false positives). "
+        "disagreement); flagged reference: share of SR or NORM records without the statement that the same rule "
+        "flags (false positives); flagged incl. labelled: the same share over all SR or NORM records, "
+        "including those that also carry the statement. "
         "Thresholds were tuned on folds 1-9; fold 10 is held out. Research software, not a diagnostic device.",
         "",
     ]
@@ -241,14 +250,15 @@ def render(result: dict) -> str:
             out += [
                 f"### {split}: {r['n']} records",
                 "",
-                "| check | agreement | n | flagged reference | n reference | target |",
-                "| --- | --- | --- | --- | --- | --- |",
+                "| check | agreement | n | flagged reference | n reference | flagged incl. labelled | target |",
+                "| --- | --- | --- | --- | --- | --- | --- |",
             ]
             for row in r["raw_agreement"]:
                 out.append(
                     f"| {row['check']} | {_pct(row['agreement'])} | {row['n']} | "
                     f"{_pct(row['flagged_reference']) if row['reference'] else ''} | "
                     f"{str(row['n_reference']) + ' ' + row['reference'] if row['reference'] else ''} | "
+                    f"{_pct(row.get('flagged_reference_incl_positive')) if row['reference'] else ''} | "
                     f"{row['target']} |"
                 )
             w, p = r["qt_window"], r["plausibility"]
@@ -286,7 +296,8 @@ def render(result: dict) -> str:
         out += [
             f"Speed: measure_batch with {s['workers']} worker processes, {ds['records']} records in "
             f"{s['measure_s']:.1f} s = **{s['records_per_s']:.1f} records/s** (reading WFDB not included: "
-            f"{s['read_s']:.1f} s); load average after: {s['load_average_after']:.1f} (shared machine).",
+            f"{s['read_s']:.1f} s); load average before/after: {s.get('load_average_before', float('nan')):.1f}/"
+            f"{s['load_average_after']:.1f} (shared machine).",
             "",
         ]
     return "\n".join(out)
@@ -315,8 +326,11 @@ def main() -> None:
             "date": stamp,
             "cpus": os.cpu_count(),
             "json": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path),
-            "datasets": [run(args, 100, args.limit)] + ([run(args, 500, args.hr_limit)] if args.hr_limit else []),
         }
+        with MeasurePool(args.workers) as pool:  # one pool for both sampling rates
+            result["datasets"] = [run(args, 100, args.limit, pool)]
+            if args.hr_limit:
+                result["datasets"].append(run(args, 500, args.hr_limit, pool))
         args.results_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1))
     text = render(result)

@@ -17,7 +17,6 @@ from esi.cqa.measurements import (
     _clean,
     axis_category_ptbxl,
     combine_leads,
-    measure_batch,
     measure_ecg,
     reliable_value,
 )
@@ -124,17 +123,6 @@ def test_columns_are_unit_named_and_identical_for_every_record(norm: EcgMeasurem
     assert "heart_rate_bpm" in json.loads(b["measurement_missing"])
     assert all(b[k] is None for k in b if k not in ("measurement_missing", "measurement_quality"))
     assert all(isinstance(a[k], float) for k in a if k.endswith(("_ms", "_mv", "_deg", "_bpm")))
-
-
-def test_batch_matches_single_records_in_order() -> None:
-    ids = [1, 2, 3, 4]
-    records = [read(i) for i in ids]
-    batch = measure_batch([s for s, _ in records], 100, records[0][1], ecg_ids=ids, num_workers=2)
-    assert [m.to_columns() for m in batch] == [
-        measure_ecg(s, 100, lead, i).to_columns() for (s, lead), i in zip(records, ids, strict=True)
-    ]
-    with pytest.raises(ValueError, match="record 2"):
-        measure_batch([records[0][0], np.full((12, 1000), np.inf)], 100, records[0][1], ecg_ids=[1, 2])
 
 
 def test_axis_categories() -> None:

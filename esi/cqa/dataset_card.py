@@ -53,6 +53,7 @@ _MEASUREMENT_NOTES = {
     "rr_irregular": "R-R rhythm judged irregular",
     "p_wave_absent": "no consistent P wave found",
     "pr_interval_ms": "PR interval on the median beat",
+    "p_duration_ms": "P-wave duration on the median beat (earliest to latest agreeing lead)",
     "qrs_duration_ms": "QRS duration on the median beat",
     "qt_interval_ms": "QT interval on the median beat",
     "qtc_bazett_ms": "QT corrected with Bazett's formula",

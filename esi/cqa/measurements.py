@@ -9,11 +9,13 @@ Method (as clinical ECG programs do it, not per-lead delineation):
    polyphase upsampling only refines the grid), aligned by cross-correlation, and the
    dominant beats are combined into one MEDIAN BEAT per lead.
 3. QRS onset/offset come from the summed absolute slope of all independent leads on the
-   median beat. T end and P onset/offset are delineated per lead by the tangent method and
-   combined across leads as clinical programs do: the global onset is the earliest lead that
-   other leads agree with, the global offset the latest (a lead no other lead confirms is an
-   outlier and is ignored). The T-end search stops before the next beat's P wave and at a
-   physiological QT limit for the measured RR, so it cannot run into the next beat.
+   median beat; per-lead QRS bounds, combined across leads, check them (too few agreeing
+   leads: low confidence). T end and P onset/offset are delineated per lead by the tangent
+   method and combined across leads as clinical programs do: the global onset is the earliest
+   lead that other leads agree with, the global offset the latest (a lead no other lead
+   confirms is an outlier and is ignored). The T-end search stops before the next beat's P
+   wave and at a physiological QT limit for the measured RR, so it cannot run into the next
+   beat. A P wave is present when the delineated wave is locked to the QRS beat after beat.
 4. Every interval carries a quality flag (``quality``: measured / low_confidence /
    not_measurable) with its reason; physiologically implausible values (QTc > 600 ms in a
    regular rhythm with P waves at normal rate, PR > 400 ms, QRS < 50 ms) are re-checked and
@@ -27,10 +29,11 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
+from functools import lru_cache
 from multiprocessing import get_context
 
 import neurokit2 as nk
@@ -58,6 +61,8 @@ MIN_BEATS = 3
 IRREGULAR_RATIO = 0.05  # median |successive RR difference| / mean RR above this: irregular
 QRS_SLOPE_FRACTION = 0.08  # QRS boundary: summed slope falls to this fraction above its floor
 QRS_GAP_S = 0.016  # a slope dip shorter than this (a notch) does not end the QRS
+QRS_LEAD_MIN_SLOPE = 0.1  # a lead with a QRS slope below this share of the strongest lead's is left out
+AGREE_QRS_S = 0.01  # per-lead QRS boundaries within this of each other agree
 P_MIN_MV = 0.03  # smaller median-beat P waves are not called present
 P_COHERENCE = 0.35  # P energy that survives averaging across beats, below: no consistent P
 P_ONSET_FRACTION = 0.2  # P onset: magnitude back to this fraction above its pre-P floor
@@ -65,6 +70,8 @@ T_MIN_MV = 0.05
 ST_OFFSET_S = 0.06
 P_LEAD_MIN_MV = 0.025  # a lead whose P wave is smaller takes no part in P delineation
 T_LEAD_MIN_MV = 0.06  # likewise for the T wave
+P_MAX_S = 0.18  # longest P wave (onset to offset) taken for atrial depolarisation
+P_EDGE_S = 0.01  # margin around the delineated P wave when judging its beat-to-beat consistency
 AGREE_P_S, AGREE_T_S = 0.02, 0.03  # per-lead boundaries within this of each other agree
 MIN_AGREEING = 3  # a global boundary needs this many agreeing leads (the lead itself included)
 P_SEARCH_S = 0.38  # P search starts at most this long before QRS onset (long PR in AV block)
@@ -78,6 +85,7 @@ RECHECK_AGREE_S = 0.04  # the area-method re-check must agree within this to con
 INTERVAL_NAMES = (
     "heart_rate_bpm",
     "pr_interval_ms",
+    "p_duration_ms",
     "qrs_duration_ms",
     "qt_interval_ms",
     "qtc_bazett_ms",
@@ -95,6 +103,7 @@ class EcgMeasurements:
     rr_irregular: bool | None = None
     p_wave_absent: bool | None = None
     pr_interval_ms: float | None = None
+    p_duration_ms: float | None = None  # P onset to P offset (earliest to latest agreeing lead)
     qrs_duration_ms: float | None = None
     qt_interval_ms: float | None = None
     qtc_bazett_ms: float | None = None
@@ -205,6 +214,12 @@ def _standard_order(signal: np.ndarray, sampling_rate: float, lead_names: Sequen
     return x[sources]
 
 
+@lru_cache(maxsize=8)
+def _highpass(rate: float) -> np.ndarray:
+    """0.5 Hz order-5 Butterworth high-pass (second-order sections), designed once per sampling rate."""
+    return butter(5, 0.5, btype="highpass", output="sos", fs=rate)
+
+
 def _clean(x: np.ndarray, rate: float) -> np.ndarray:
     """neurokit2's ``ecg_clean(method="neurokit")`` for all leads (leads, T) in one call.
 
@@ -212,7 +227,7 @@ def _clean(x: np.ndarray, rate: float) -> np.ndarray:
     average, zero phase); designing them once per record instead of once per lead is most of the
     speed-up. tests/test_measurements.py checks the output equals neurokit2's lead by lead.
     """
-    sos = butter(5, 0.5, btype="highpass", output="sos", fs=rate)
+    sos = _highpass(float(rate))
     smooth = np.ones(int(rate / 50))
     return filtfilt(smooth, [len(smooth)], sosfiltfilt(sos, x, axis=1), axis=1, method="pad")
 
@@ -222,8 +237,9 @@ def _peak_agreement(a: np.ndarray, b: np.ndarray, tol: int) -> float:
     if len(a) == 0 or len(b) == 0:
         return 0.0
     pos = np.searchsorted(b, a)
-    left = np.abs(a - b[np.clip(pos - 1, 0, len(b) - 1)])
-    right = np.abs(a - b[np.clip(pos, 0, len(b) - 1)])
+    last = len(b) - 1  # np.minimum/np.maximum: np.clip's overhead dominated on these short arrays
+    left = np.abs(a - b[np.minimum(np.maximum(pos - 1, 0), last)])
+    right = np.abs(a - b[np.minimum(pos, last)])
     matched = int(np.sum(np.minimum(left, right) <= tol))
     return matched / max(len(a), len(b))
 
@@ -300,16 +316,15 @@ def _median_beat(sig: np.ndarray, peaks: np.ndarray, rate: float) -> tuple[np.nd
     return np.median(dominant, axis=0), dominant, ""
 
 
-def _qrs_bounds(beat: np.ndarray, rate: float, r0: int) -> tuple[int, int] | None:
-    """QRS onset/offset (samples) from the summed absolute slope of the independent leads."""
-    slope = np.abs(np.diff(beat[_INDEPENDENT], axis=1)).sum(axis=0)
-    width = max(1, int(0.008 * rate))
-    slope = np.convolve(slope, np.ones(width) / width, mode="same")
+def _slope_extent(slope: np.ndarray, lo: int, hi: int, gap: int) -> tuple[int, int, float]:
+    """(first, last + 1, peak height above floor) of the run of ``slope`` around its peak in [lo, hi).
+
+    The run ends where the slope stays below QRS_SLOPE_FRACTION of its height above the floor
+    for more than ``gap`` samples (a shorter dip is a notch inside the QRS).
+    """
     floor = float(np.percentile(slope, 10))
-    lo, hi = r0 - int(0.15 * rate), r0 + int(0.2 * rate)
     peak = lo + int(np.argmax(slope[lo:hi]))
     thr = floor + QRS_SLOPE_FRACTION * (slope[peak] - floor)
-    gap = int(QRS_GAP_S * rate)
 
     def walk(step: int, stop: int) -> int:
         last, below, i = peak, 0, peak
@@ -323,10 +338,35 @@ def _qrs_bounds(beat: np.ndarray, rate: float, r0: int) -> tuple[int, int] | Non
                     break
         return last
 
-    onset, offset = walk(-1, lo), walk(1, hi) + 1  # slope[i] is between samples i and i+1
+    return walk(-1, lo), walk(1, hi) + 1, float(slope[peak] - floor)  # slope[i] lies between samples i and i+1
+
+
+def _qrs_bounds(beat: np.ndarray, rate: float, r0: int) -> tuple[int, int, int] | None:
+    """QRS onset/offset (samples) and how many leads agree with each other on them.
+
+    The bounds come from the summed absolute slope of the independent leads. Each independent lead
+    is also delineated on its own slope and the per-lead bounds combined as clinical programs do
+    (``combine_leads``: earliest confirmed onset, latest confirmed offset, unconfirmed leads are
+    outliers); the size of the smaller agreeing group says how far the leads support the bounds.
+    The summed-slope bounds are kept as the value: the earliest/latest lead runs longer, while
+    the reference the values are checked against is the median lead.
+    """
+    width = max(1, int(0.008 * rate))
+    kernel = np.ones(width) / width
+    slopes = np.stack([np.convolve(s, kernel, mode="same") for s in np.abs(np.diff(beat[_INDEPENDENT], axis=1))])
+    lo, hi = r0 - int(0.15 * rate), r0 + int(0.2 * rate)
+    gap = int(QRS_GAP_S * rate)
+    onset, offset, _ = _slope_extent(slopes.sum(axis=0), lo, hi, gap)
     if not 0.04 * rate <= offset - onset <= 0.25 * rate:
         return None
-    return onset, offset
+    per_lead = [_slope_extent(s, lo, hi, gap) for s in slopes]
+    # A lead whose QRS slope is small against the others' is mostly noise: it takes no part.
+    strongest = max(h for _, _, h in per_lead)
+    leads = [(a, b) for a, b, h in per_lead if h >= QRS_LEAD_MIN_SLOPE * strongest]
+    tol = AGREE_QRS_S * rate
+    on_agree = combine_leads([a for a, _ in leads], tol, latest=False)[1]
+    off_agree = combine_leads([b for _, b in leads], tol, latest=True)[1]
+    return onset, offset, min(on_agree, off_agree)
 
 
 def _t_end(mag: np.ndarray, rate: float, start: int, stop: int) -> int | None:
@@ -406,6 +446,14 @@ def combine_leads(
     return float(confirmed.max() if latest else confirmed.min()), int(support.max())
 
 
+def _combined(bounds: Sequence[float], tol: float, latest: bool) -> tuple[float | None, int]:
+    """combine_leads, falling back to a pair of agreeing leads (a weaker estimate the caller flags)."""
+    value, agreeing = combine_leads(bounds, tol, latest=latest)
+    if value is None:
+        value = combine_leads(bounds, tol, latest=latest, min_agreeing=2)[0]
+    return value, agreeing
+
+
 def _t_end_leads(
     beat: np.ndarray, rate: float, start: int, stop: int, baseline: np.ndarray
 ) -> tuple[float | None, int]:
@@ -421,10 +469,7 @@ def _t_end_leads(
         found = _wave_bounds(beat[lead, start:stop] - baseline[lead], T_LEAD_MIN_MV)
         if found is not None:
             ends.append(start + found[1])
-    end, agreeing = combine_leads(ends, AGREE_T_S * rate, latest=True)
-    if end is None:  # a pair of agreeing leads is a weaker estimate; the caller re-checks it
-        end = combine_leads(ends, AGREE_T_S * rate, latest=True, min_agreeing=2)[0]
-    return end, agreeing
+    return _combined(ends, AGREE_T_S * rate, latest=True)  # a pair of agreeing leads: the caller re-checks it
 
 
 def _chord_detrend(segment: np.ndarray, rate: float) -> np.ndarray:
@@ -443,11 +488,21 @@ def _chord_detrend(segment: np.ndarray, rate: float) -> np.ndarray:
 class _PWave:
     present: bool
     onset: float | None = None  # global P onset (sample), None when no lead pair agrees
+    offset: float | None = None  # global P offset (sample), likewise
     agreeing: int = 0  # leads in the largest agreeing group of onsets
+    offset_agreeing: int = 0  # likewise for the offsets
 
 
-def _p_wave(beats: np.ndarray, beat: np.ndarray, rate: float, onset: int, start: int) -> _PWave:
-    """Consistent P wave in [start, QRS onset - 20 ms) of the median beat, and its global onset.
+def _coherence(segments: np.ndarray) -> float:
+    """Share of per-beat energy that survives averaging (beats, leads, samples): ~1 for a wave locked
+    to the QRS, ~1/beats for activity unrelated to it (atrial fibrillation's f waves)."""
+    return float((segments.mean(axis=0) ** 2).sum() / max((segments**2).sum(axis=2).mean(axis=0).sum(), 1e-12))
+
+
+def _p_wave(
+    beats: np.ndarray, beat: np.ndarray, rate: float, onset: int, start: int, irregular: bool = False
+) -> _PWave:
+    """Consistent P wave in [start, QRS onset - 20 ms) of the median beat, and its global onset/offset.
 
     beats: (beats, leads, samples) aligned dominant beats; beat: (leads, samples) their median;
     both referenced to the PR-segment baseline.
@@ -457,17 +512,35 @@ def _p_wave(beats: np.ndarray, beat: np.ndarray, rate: float, onset: int, start:
     if stop - start < int(0.08 * rate):
         return _PWave(False)
     segments = _chord_detrend(beats[:, _P_LEADS, start:stop], rate)
-    # Share of per-beat P-window energy that survives averaging: ~1 for a P wave locked to the QRS,
-    # ~1/beats for atrial fibrillation's unrelated f waves.
-    coherence = float((segments.mean(axis=0) ** 2).sum() / max((segments**2).sum(axis=2).mean(axis=0).sum(), 1e-12))
     detrended = _chord_detrend(beat[_P_LEADS, start:stop], rate)
-    if np.sqrt((detrended**2).sum(axis=0)).max() < P_MIN_MV or coherence < P_COHERENCE:
+    if np.sqrt((detrended**2).sum(axis=0)).max() < P_MIN_MV:
         return _PWave(False)
-    onsets = [found[0] for found in (_wave_bounds(x, P_LEAD_MIN_MV) for x in detrended) if found is not None]
-    first, agreeing = combine_leads(onsets, AGREE_P_S * rate, latest=False)
-    if first is None:  # two agreeing leads: a weaker estimate, flagged by the caller
-        first = combine_leads(onsets, AGREE_P_S * rate, latest=False, min_agreeing=2)[0]
-    return _PWave(True, None if first is None else start + first, agreeing)
+    edge = P_EDGE_S * rate
+    found = [b for b in (_wave_bounds(x, P_LEAD_MIN_MV) for x in detrended) if b is not None]
+    tol = AGREE_P_S * rate
+    first, agreeing = _combined([b[0] for b in found], tol, latest=False)
+    last, offset_agreeing = _combined([b[1] for b in found], tol, latest=True)
+    too_long = first is not None and last is not None and last - first > P_MAX_S * rate
+    if too_long and irregular:
+        # In an irregular rhythm a "P wave" longer than atrial depolarisation lasts (even with
+        # interatrial block) is the average of T-wave tails after unequal cycles, not a P wave.
+        return _PWave(False)
+    if first is not None and last is not None and 0 < last - first <= P_MAX_S * rate:
+        # Is the delineated wave itself locked to the QRS? Judged on the wave alone, so unrelated
+        # activity elsewhere in the window (the previous T wave after a short RR) does not hide it.
+        # A longer "wave" in a regular rhythm is a P fused with the T wave (long PR): then the whole
+        # window is judged.
+        wave = slice(max(0, int(first - edge)), int(last + edge) + 1)
+        segments = segments[:, :, wave]
+    if _coherence(segments) < P_COHERENCE:
+        return _PWave(False)
+    return _PWave(
+        True,
+        None if first is None else start + first,
+        None if last is None else start + last,
+        agreeing,
+        offset_agreeing,
+    )
 
 
 def _qt_limit(mean_rr: float, qrs_s: float) -> float:
@@ -482,10 +555,12 @@ def _morphology(beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float
     if bounds is None:
         out._mark_missing(_MORPHOLOGY_FIELDS, "QRS boundaries not found on the median beat")
         return
-    on, off = bounds
+    on, off, qrs_agreeing = bounds
     out.qrs_duration_ms = (off - on) / rate * 1000.0
     if out.qrs_duration_ms < 50:
         out.low_confidence["qrs_duration_ms"] = "a QRS shorter than 50 ms is implausible"
+    elif qrs_agreeing < MIN_AGREEING:
+        out.low_confidence["qrs_duration_ms"] = f"QRS onset/offset agree in only {qrs_agreeing} lead(s)"
     # PR-segment baseline: the isoelectric reference for every amplitude below.
     iso = beat[:, on - int(0.025 * rate) : on - int(0.005 * rate)].mean(axis=1, keepdims=True)
     beats = beats - beats[:, :, on - int(0.025 * rate) : on - int(0.005 * rate)].mean(axis=2, keepdims=True)
@@ -553,7 +628,7 @@ def _morphology(beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float
 
     # P window: from after the previous beat's T wave (or P_SEARCH_S before the QRS) to the QRS.
     prev_t_end = (t_end if t_end is not None else on + int(0.3 * rate)) - rr + int(0.02 * rate)
-    p = _p_wave(beats, beat, rate, on, max(on - int(P_SEARCH_S * rate), int(prev_t_end)))
+    p = _p_wave(beats, beat, rate, on, max(on - int(P_SEARCH_S * rate), int(prev_t_end)), bool(out.rr_irregular))
     out.p_wave_absent = not p.present
     if not p.present:
         out._mark_missing(["pr_interval_ms"], "no consistent P wave")
@@ -565,6 +640,16 @@ def _morphology(beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float
             out.low_confidence["pr_interval_ms"] = "a PR interval above 400 ms is implausible"
         elif p.agreeing < MIN_AGREEING:
             out.low_confidence["pr_interval_ms"] = f"P onset agrees in only {p.agreeing} lead(s)"
+    if p.present and p.onset is not None and p.offset is not None and p.offset > p.onset:
+        out.p_duration_ms = (p.offset - p.onset) / rate * 1000.0
+        if min(p.agreeing, p.offset_agreeing) < MIN_AGREEING:
+            out.low_confidence["p_duration_ms"] = (
+                f"P onset/offset agree in only {min(p.agreeing, p.offset_agreeing)} lead(s)"
+            )
+    elif p.present:
+        out._mark_missing(["p_duration_ms"], "P onset or offset not found in enough leads")
+    else:
+        out._mark_missing(["p_duration_ms"], "no consistent P wave")
 
 
 def measure_ecg(
@@ -604,16 +689,58 @@ def _measure_one(args: tuple) -> EcgMeasurements:
     return measure_ecg(*args)
 
 
+class MeasurePool:
+    """The package's one pool of measuring processes (``measure_batch`` and the caption run use it).
+
+    ``map`` returns results in input order; with ``num_workers <= 1`` it measures in this process.
+    Use as a context manager or call ``close``.
+    """
+
+    def __init__(self, num_workers: int = 2) -> None:
+        self.num_workers = max(1, int(num_workers))
+        self._pool = None
+        if self.num_workers > 1:
+            # forkserver: safe when the caller has threads running (torch, datasets); neurokit2 loads once per worker.
+            self._pool = ProcessPoolExecutor(max_workers=self.num_workers, mp_context=get_context("forkserver"))
+
+    def map(
+        self,
+        signals: Sequence[np.ndarray],
+        rates: Sequence[float],
+        lead_names: Sequence[Sequence[str]],
+        ecg_ids: Sequence[int | str | None],
+    ) -> Iterator[EcgMeasurements]:
+        """Measurements of the records, in order; in a pool they are computed while the caller iterates."""
+        jobs = list(zip(signals, rates, lead_names, ecg_ids, strict=True))
+        if self._pool is None or len(jobs) < 2:
+            return iter([_measure_one(job) for job in jobs])
+        chunksize = max(1, min(32, len(jobs) // (4 * self.num_workers)))
+        return self._pool.map(_measure_one, jobs, chunksize=chunksize)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> MeasurePool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def measure_batch(
     signals: Sequence[np.ndarray] | np.ndarray,
     sampling_rate: float | Sequence[float],
     lead_names: Sequence[str] | Sequence[Sequence[str]],
     ecg_ids: Sequence[int | str] | None = None,
     num_workers: int = 2,
+    pool: MeasurePool | None = None,
 ) -> list[EcgMeasurements]:
     """Measure many ECGs (each (12, T) mV) in a process pool; results keep the input order.
 
-    ``sampling_rate`` and ``lead_names`` are shared by all records or given per record.
+    ``sampling_rate`` and ``lead_names`` are shared by all records or given per record. ``pool``: an
+    open MeasurePool to reuse (then ``num_workers`` is ignored); otherwise one is started and closed.
     """
     n = len(signals)
     rates = [sampling_rate] * n if np.isscalar(sampling_rate) else list(sampling_rate)
@@ -621,9 +748,7 @@ def measure_batch(
     ids = list(ecg_ids) if ecg_ids is not None else [None] * n
     if not len(rates) == len(names) == len(ids) == n:
         raise ValueError(f"measure_batch: {n} signals but {len(rates)} rates, {len(names)} lead lists, {len(ids)} ids")
-    jobs = list(zip(signals, rates, names, ids, strict=True))
-    if num_workers <= 1 or n < 2:
-        return [_measure_one(job) for job in jobs]
-    # forkserver: safe when the caller has threads running (torch, datasets); neurokit2 loads once per worker.
-    with ProcessPoolExecutor(max_workers=num_workers, mp_context=get_context("forkserver")) as pool:
-        return list(pool.map(_measure_one, jobs, chunksize=max(1, min(32, n // (4 * num_workers)))))
+    if pool is not None:
+        return list(pool.map(signals, rates, names, ids))
+    with MeasurePool(num_workers if n >= 2 else 1) as own:
+        return list(own.map(signals, rates, names, ids))

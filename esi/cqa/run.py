@@ -14,8 +14,6 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import datasets
@@ -24,7 +22,7 @@ from tqdm.auto import tqdm
 
 from esi.cqa.captioner import DEFAULT_PTBXL_LICENSE, Captioner
 from esi.cqa.dataset_card import write_dataset_card
-from esi.cqa.measurements import EcgMeasurements, measure_ecg
+from esi.cqa.measurements import EcgMeasurements, MeasurePool
 from esi.cqa.options import IDENTITY_KEYS, GenerationOptions
 from esi.cqa.run_state import (
     RUN_CONFIG,
@@ -45,27 +43,6 @@ from esi.cqa.schema import FAITHFULNESS_OUTCOMES, output_features
 from esi.hub import push_folder
 
 logger = logging.getLogger(__name__)
-
-
-class _Measurer:
-    """Measures a unit's signals in a process pool while the main process captions the previous one."""
-
-    def __init__(self, num_workers: int) -> None:
-        self.pool = None
-        if num_workers > 1:
-            # forkserver: safe with torch threads in this process; neurokit2 loads once per worker.
-            self.pool = ProcessPoolExecutor(max_workers=num_workers, mp_context=get_context("forkserver"))
-
-    def submit(self, rows: dict) -> Iterator[EcgMeasurements]:
-        n = len(rows["ecg_id"])
-        args = (list(rows["signal"]), rows["sampling_rate"], rows["lead_names"], rows["ecg_id"])
-        if self.pool is None:
-            return iter([measure_ecg(*a) for a in zip(*args, strict=True)])
-        return self.pool.map(measure_ecg, *args, chunksize=max(1, min(16, n // 8)))
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
 
 
 def _check_resumable(output_dir: Path, config: dict, resume: bool) -> None:
@@ -162,14 +139,14 @@ def _caption_units(
     if not todo:
         return written, counts, 0.0
     total = sum(u.stop - u.start for u in my_units)
-    captioner, measurer = Captioner(dataset_dir, opts), _Measurer(opts.num_workers)
+    captioner, measurer = Captioner(dataset_dir, opts), MeasurePool(opts.num_workers)
     bar = tqdm(total=total, initial=total - sum(u.stop - u.start for u in todo), unit="rec", desc="captions")
     try:
         tables = {s: dataset_dict[s].with_format("numpy", columns=["signal"], output_all_columns=True) for s in splits}
 
         def load(unit: WorkUnit) -> tuple[dict, Iterator[EcgMeasurements]]:
             rows = tables[unit.split][unit.start : unit.stop]
-            return rows, measurer.submit(rows)
+            return rows, measurer.map(list(rows["signal"]), rows["sampling_rate"], rows["lead_names"], rows["ecg_id"])
 
         pending = load(todo[0])
         for position, unit in enumerate(todo):

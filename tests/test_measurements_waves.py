@@ -83,3 +83,16 @@ def test_long_p_like_deflection_in_an_irregular_rhythm_is_no_p_wave(ecg_id: int)
     signal, leads = read(ecg_id)
     m = measure_ecg(signal, 100, leads, ecg_id)
     assert m.rr_irregular is True and m.p_wave_absent is True
+
+
+def test_an_implausibly_long_p_wave_makes_pr_low_confidence() -> None:
+    # CinC 2021 Georgia E07507 read at its 500 Hz: the P onset lands in the previous T wave (P "duration"
+    # near 300 ms, PR near 340 ms, where the same record at 100 Hz measures PR ~110 ms). Neither may be
+    # stated as fact.
+    from esi.data.ecg_file import read_ecg_file
+
+    ecg = read_ecg_file(PTBXL.parent / "cinc2021-sample" / "E07507.hea")
+    m = measure_ecg(ecg.signal, ecg.sampling_rate, ecg.lead_names, "E07507")
+    assert m.p_duration_ms > 180
+    assert "longer than 180 ms" in m.low_confidence["p_duration_ms"]
+    assert "longer than 180 ms" in m.low_confidence["pr_interval_ms"]

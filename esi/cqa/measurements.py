@@ -53,7 +53,6 @@ MIN_RATE = 100.0
 MIN_SECONDS = 2.0
 FLAT_MV = 0.02  # peak-to-peak below this: no signal in the lead
 PEAK_MATCH_S = 0.08  # R peaks of two leads closer than this are the same beat
-MIN_AGREEING_LEADS = 3
 BEAT_PRE_S, BEAT_POST_S = 0.5, 0.7  # median-beat window around the R fiducial
 ALIGN_S = 0.04  # max cross-correlation shift when aligning beats
 DOMINANT_CORR = 0.8  # beats correlating less with the template (ectopics, artefacts) are left out
@@ -73,7 +72,7 @@ T_LEAD_MIN_MV = 0.06  # likewise for the T wave
 P_MAX_S = 0.18  # longest P wave (onset to offset) taken for atrial depolarisation
 P_EDGE_S = 0.01  # margin around the delineated P wave when judging its beat-to-beat consistency
 AGREE_P_S, AGREE_T_S = 0.02, 0.03  # per-lead boundaries within this of each other agree
-MIN_AGREEING = 3  # a global boundary needs this many agreeing leads (the lead itself included)
+MIN_AGREEING = 3  # R peaks, and each global wave boundary, need this many agreeing leads (the lead itself included)
 P_SEARCH_S = 0.38  # P search starts at most this long before QRS onset (long PR in AV block)
 QT_LIMIT_S = 0.62  # physiological QT limit: QT_LIMIT_S * sqrt(RR) (Bazett QTc 620 ms) ...
 QT_LIMIT_WIDE_QRS = 1.0  # ... plus the QRS widening beyond 120 ms
@@ -259,7 +258,7 @@ def _consensus_r_peaks(clean: np.ndarray, rate: float) -> tuple[np.ndarray | Non
     scores = {i: [_peak_agreement(peaks[i], peaks[j], tol) for j in live if j != i] for i in live}
     best = max(live, key=lambda i: sum(scores[i]))
     agreeing = 1 + sum(s >= 0.8 for s in scores[best])
-    if agreeing < MIN_AGREEING_LEADS:
+    if agreeing < MIN_AGREEING:
         return None, f"R peaks agree in only {agreeing} lead(s); no consistent heartbeat (noise?)"
     if len(peaks[best]) < MIN_BEATS:
         return None, f"only {len(peaks[best])} beats detected"
@@ -642,7 +641,13 @@ def _morphology(beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float
             out.low_confidence["pr_interval_ms"] = f"P onset agrees in only {p.agreeing} lead(s)"
     if p.present and p.onset is not None and p.offset is not None and p.offset > p.onset:
         out.p_duration_ms = (p.offset - p.onset) / rate * 1000.0
-        if min(p.agreeing, p.offset_agreeing) < MIN_AGREEING:
+        if out.p_duration_ms > P_MAX_S * 1000.0:
+            # No atrial depolarisation lasts this long: the onset sits in the previous T wave or in noise,
+            # so the PR measured from it is as doubtful as the P wave itself.
+            doubt = f"a P wave longer than {P_MAX_S * 1000:.0f} ms is implausible"
+            out.low_confidence["p_duration_ms"] = doubt
+            out.low_confidence.setdefault("pr_interval_ms", doubt)
+        elif min(p.agreeing, p.offset_agreeing) < MIN_AGREEING:
             out.low_confidence["p_duration_ms"] = (
                 f"P onset/offset agree in only {min(p.agreeing, p.offset_agreeing)} lead(s)"
             )

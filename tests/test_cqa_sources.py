@@ -287,3 +287,25 @@ def test_cqa_generate_refuses_a_bad_file_naming_it(capsys):
         main(["--ecg_file", str(CPSC / "A0065.hea"), "--sex", "unknown-value"])
     assert "A0065.hea" in str(exc.value.code) and "sex 'unknown-value'" in str(exc.value.code)
     assert capsys.readouterr().out == ""
+
+
+def test_single_file_prompt_names_the_file_not_record_0(capsys):
+    from esi.constants import STANDARD_LEADS
+    from esi.cqa.captioner import DEFAULT_SCP_STATEMENTS, Captioner
+    from esi.cqa.options import GenerationOptions
+    from esi.data.ecg_file import read_ecg_file
+
+    result = _cqa_file(capsys, str(CPSC / "A0065.hea"))
+    ecg = read_ecg_file(CPSC / "A0065.hea")
+    captioner = Captioner(DEFAULT_SCP_STATEMENTS.parent, GenerationOptions(backend="template", encoder_path=None))
+    named, unnamed = (
+        captioner.caption_record(
+            ecg.standard_leads(), ecg.sampling_rate, STANDARD_LEADS, {"AFIB": 100.0}, ecg.age, ecg.sex,
+            record_id=ecg.name, statements=result["statements"], file_name=file_name,
+        )[1]
+        for file_name in ("A0065.hea", None)
+    )
+    assert render_user_message(named.inputs).startswith('ECG file "A0065.hea" (12 leads, 11 seconds).')
+    assert render_user_message(unnamed.inputs).startswith("ECG record 0 (12 leads")  # the old prompt
+    assert result["prompt_hash"] == named.prompt_hash != unnamed.prompt_hash  # --ecg_file's prompt names the file
+    assert named.inputs.ecg_id == 0 and isinstance(named.inputs.ecg_id, int)

@@ -222,11 +222,13 @@ class Captioner:
         report: str = "",
         record_id: str | int = "upload",
         statements: Sequence[Mapping[str, str]] | None = None,
+        file_name: str | None = None,
     ) -> tuple[EcgMeasurements, CaptionResult]:
         """Measure and caption one ECG. signal: (leads, samples) in mV; scp_codes: PTB-XL code -> likelihood;
         statements: entries of the prepared `statements` column (system, code, text), if the record has them.
 
         `record_id` names the record in errors; an integer also seeds the template's phrasing.
+        `file_name`: the ECG file's base name, which the prompt then names the record by (its `ecg_id` is 0).
         """
         measurements = measure_ecg(signal, sampling_rate, list(lead_names), ecg_id=record_id)
         row = {
@@ -240,6 +242,7 @@ class Captioner:
             "statements": [None if statements is None else list(statements)],
         }
         (inputs,) = self.inputs(row, [measurements])
+        inputs = replace(inputs, file_name=file_name)
         request = build_request(inputs)
         ((text, outcome, issues),) = self.captions([request])
         return measurements, CaptionResult(text, outcome, issues, inputs, request.prompt_hash)

@@ -22,7 +22,7 @@ from esi.cqa.options import GenerationOptions
 from esi.cqa.prompts import SCP_ECG, CaptionInputs, CaptionRequest, Statement, build_request, is_number
 from esi.cqa.retrieval import HybridRetriever, build_query
 from esi.cqa.template_writer import TemplateWriter
-from esi.data.challenge import scp_equivalent
+from esi.data.challenge import scp_equivalent, scp_label
 from esi.knowledge import load_knowledge_base
 
 # PTB-XL's statement table and licence ship as package data (CC BY 4.0, see the folder's README).
@@ -93,6 +93,7 @@ def record_statements(
     if entries is None:
         return list(scp.values())
     statements = []
+    labelled = set()  # SCP codes the entries stand for as labels, though not always in meaning (RBBB -> CRBBB)
     for entry in entries:
         system, code, text = entry["system"], entry["code"] or "", (entry["text"] or "").strip()
         if system == SCP_ECG:
@@ -102,8 +103,17 @@ def record_statements(
         if not text:
             raise ValueError(f"record ecg_id={ecg_id}: a {system} statement {code!r} has no text")
         statements.append(Statement(code, text, 0.0, system, scp_equivalent(system, code)))
-    stated = {s.scp for s in statements}
+        labelled.add(scp_label(system, code))
+    stated = {s.scp for s in statements} | labelled
     return statements + [s for code, s in scp.items() if code not in stated]
+
+
+def claimed_beyond_statements(statements: Sequence[Statement]) -> list[str]:
+    """SCP codes a record carries as labels but not in meaning (an unspecified RBBB labelled CRBBB): background
+    about them would claim more than the record states."""
+    meant = {s.scp for s in statements}
+    labels = {scp_label(s.system, s.code) for s in statements if s.scp is None}
+    return sorted(code for code in labels - meant if code)
 
 
 def _scp_descriptions(dataset_dir: Path, override: str | None) -> dict[str, str]:
@@ -163,6 +173,7 @@ class Captioner:
             queries,
             k=self.options.retrieval_k,
             required_codes_list=[[s.scp for s in st if s.scp] for st in statements],
+            excluded_codes_list=[claimed_beyond_statements(st) for st in statements],
         )
         return [
             CaptionInputs(

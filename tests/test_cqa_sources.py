@@ -300,8 +300,15 @@ def test_single_file_prompt_names_the_file_not_record_0(capsys):
     captioner = Captioner(DEFAULT_SCP_STATEMENTS.parent, GenerationOptions(backend="template", encoder_path=None))
     named, unnamed = (
         captioner.caption_record(
-            ecg.standard_leads(), ecg.sampling_rate, STANDARD_LEADS, {"AFIB": 100.0}, ecg.age, ecg.sex,
-            record_id=ecg.name, statements=result["statements"], file_name=file_name,
+            ecg.standard_leads(),
+            ecg.sampling_rate,
+            STANDARD_LEADS,
+            {"AFIB": 100.0},
+            ecg.age,
+            ecg.sex,
+            record_id=ecg.name,
+            statements=result["statements"],
+            file_name=file_name,
         )[1]
         for file_name in ("A0065.hea", None)
     )

@@ -29,8 +29,11 @@ SIGNALS_NOTE = (
 )
 
 _FIXED_COLUMNS = {
-    "ecg_id": ("int32", "the prepared dataset's `ecg_id` (PTB-XL's own for PTB-XL); join key to the signals"),
-    "split": ("string", "train (strat_fold 1-8), validation (9) or test (10), as recommended by PTB-XL (other sources: hashed folds)"),
+    "ecg_id": ("int32", "the prepared dataset's `ecg_id` (PTB-XL: its own); join key to the signals"),
+    "split": (
+        "string",
+        "train (strat_fold 1-8), validation (9) or test (10), as recommended by PTB-XL (other sources: hashed folds)",
+    ),
     "caption": ("string", "machine-generated English description (see above)"),
     "statements": (
         "list of string",

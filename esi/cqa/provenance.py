@@ -27,7 +27,9 @@ class Licence:
     link: str
 
 
-CC_BY_4 = Licence("cc-by-4.0", "Creative Commons Attribution 4.0 International", "https://creativecommons.org/licenses/by/4.0/")
+CC_BY_4 = Licence(
+    "cc-by-4.0", "Creative Commons Attribution 4.0 International", "https://creativecommons.org/licenses/by/4.0/"
+)
 ODBL = Licence("odbl", "Open Data Commons Open Database License v1.0", "https://opendatacommons.org/licenses/odbl/1-0/")
 OWNER = Licence("other", UNKNOWN_LICENSE, "")
 
@@ -37,8 +39,8 @@ PHYSIONET = "Goldberger A, et al. PhysioBank, PhysioToolkit, and PhysioNet. *Cir
 PTBXL_CITATIONS = (
     "Wagner P, Strodthoff N, Bousseljot R-D, Kreiseler D, Lunze FI, Samek W, Schaeffter T. PTB-XL, a large publicly "
     "available electrocardiography dataset. *Scientific Data* 7, 154 (2020). doi:10.1038/s41597-020-0495-6",
-    "Wagner P, et al. PTB-XL, a large publicly available electrocardiography dataset (version 1.0.3). PhysioNet (2022). "
-    "doi:10.13026/x4td-x982",
+    "Wagner P, et al. PTB-XL, a large publicly available electrocardiography dataset (version 1.0.3). "
+    "PhysioNet (2022). doi:10.13026/x4td-x982",
 )
 CHALLENGE_CITATIONS = (
     "Reyna MA, et al. Will Two Do? Varying Dimensions in Electrocardiography: The PhysioNet/Computing in Cardiology "
@@ -59,10 +61,14 @@ CHALLENGE_DATABASES = (
         "Chapman-Shaoxing/Ningbo (Ningbo First Hospital)",
         "Zheng J, et al. (Chapman-Shaoxing and Ningbo 12-lead ECG databases). *Scientific Data* (2020).",
     ),
-    ("A", "CPSC 2018 (China Physiological Signal Challenge 2018)", (
-        "Liu F, et al. An Open Access Database for Evaluating the Algorithms of Electrocardiogram Rhythm and "
-        "Morphology Abnormality Detection. *J Med Imaging Health Inform* 8(7):1368-1373 (2018)."
-    )),
+    (
+        "A",
+        "CPSC 2018 (China Physiological Signal Challenge 2018)",
+        (
+            "Liu F, et al. An Open Access Database for Evaluating the Algorithms of Electrocardiogram Rhythm and "
+            "Morphology Abnormality Detection. *J Med Imaging Health Inform* 8(7):1368-1373 (2018)."
+        ),
+    ),
     ("E", "Georgia 12-lead ECG Challenge database", ""),
 )
 MIMIC_CITATION = (
@@ -154,7 +160,7 @@ def licence_section(sources: Mapping[str, Mapping[str, int]]) -> str:
                 "records are derived from them and released under CC BY 4.0."
             )
             citations += [*CHALLENGE_CITATIONS, PHYSIONET]
-            for prefix, name, cite in CHALLENGE_DATABASES:
+            for _, name, cite in CHALLENGE_DATABASES:
                 if name in databases and cite:
                     citations.append(cite)
         elif source == "mimic-iv-ecg":
@@ -186,5 +192,6 @@ def licence_section(sources: Mapping[str, Mapping[str, int]]) -> str:
 
 
 def sources_title(sources: Mapping[str, Mapping[str, int]]) -> str:
-    names = [SOURCE_NAMES.get(s, s) if s != "wfdb-folder" else "WFDB records" for s in sources]
-    return " + ".join(n if s != "challenge" else "PhysioNet/CinC Challenge" for s, n in zip(sources, names))
+    """The sources as the card's title names them, e.g. "PhysioNet/CinC Challenge + MIMIC-IV-ECG"."""
+    short = {"challenge": "PhysioNet/CinC Challenge", "wfdb-folder": "WFDB records"}
+    return " + ".join(short.get(s, SOURCE_NAMES.get(s, s)) for s in sources)

@@ -207,9 +207,7 @@ class HybridRetriever:
                 self._fused_cache.popitem(last=False)
         return result
 
-    def _select(
-        self, fused: np.ndarray, k: int, required: set[str], excluded: set[str]
-    ) -> list[RetrievedPassage]:
+    def _select(self, fused: np.ndarray, k: int, required: set[str], excluded: set[str]) -> list[RetrievedPassage]:
         order = [i for i in np.argsort(-fused, kind="stable") if not excluded.intersection(self.entries[i].scp_codes)]
         first = [i for i in order if required.intersection(self.entries[i].scp_codes)]
         rest = [i for i in order if not required.intersection(self.entries[i].scp_codes)]

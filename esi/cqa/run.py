@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 
 from esi.cqa.captioner import DEFAULT_PTBXL_LICENSE, Captioner
 from esi.cqa.dataset_card import write_dataset_card
-from esi.cqa.provenance import dataset_sources, licence_file_text
 from esi.cqa.measurements import EcgMeasurements, measure_ecg
 from esi.cqa.options import IDENTITY_KEYS, GenerationOptions
+from esi.cqa.provenance import dataset_sources, licence_file_text
 from esi.cqa.run_state import (
     RUN_CONFIG,
     STATE_DIR,

@@ -167,6 +167,13 @@ class EsiConfig(PreTrainedConfig):
         if self.decoder_config.max_position_embeddings < 2:
             raise ValueError("decoder max_position_embeddings must be at least 2 (BOS plus one token)")
 
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> PreTrainedConfig:
+        """The text side `generate` asks about: with `decoder=True` the caption decoder, whose layers the
+        generation cache must match (the text encoder may have fewer); otherwise the text encoder's config."""
+        if decoder and not encoder:
+            return self.decoder_config
+        return self.text_config
+
 
 EsiConfig.register_for_auto_class()
 

@@ -296,3 +296,16 @@ def test_from_text_pretrained_loads_minilm(ecg: torch.Tensor):
     )
     out = model(ecg[:2], text["input_ids"], text["attention_mask"])
     assert torch.isfinite(out.loss)
+
+
+def test_generate_with_a_deeper_decoder_than_text_encoder(ecg: torch.Tensor):
+    # generate sizes its KV cache from `config.get_text_config(decoder=True)`: that must be the caption
+    # decoder (3 layers here), not the 1-layer text encoder, or the third layer finds no cache slot.
+    config = tiny_config(
+        text_config=dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128),
+        decoder_config=dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128),
+    )
+    assert config.get_text_config(decoder=True) is config.decoder_config
+    assert config.get_text_config() is config.text_config
+    captions = EsiModel(config).eval().generate_caption(ecg[:2], max_new_tokens=4, num_beams=2)
+    assert captions.shape == (2, 5) and (captions[:, 0] == 101).all()

@@ -90,11 +90,21 @@ class Pack:
         self.ecg_ids = np.array([r["ecg_id"] for r in self.eval])
         self.references = {r["ecg_id"]: r["texts"] for r in map(json.loads, open(folder / "references.jsonl"))}
         self.zero_shot = json.loads((folder / "zero_shot.json").read_text())
+        # The caption decoder predicts over the tokenizer ids that occur in the pool's texts (about 900 of
+        # MiniLM's 30,522 for template captions), in every variant so that all arms share one vocabulary:
+        # a full-vocabulary output layer would be most of a CPU step and can only learn to avoid the rest.
+        special = self.meta["special_tokens"]
+        used = [np.load(folder / f"text_ids_{v}.npy").ravel() for v in self.meta["text_variants"]]
+        self.vocabulary = np.unique(np.concatenate([*used, [special["pad"], special["bos"], special["eos"]]]))
+        self.pad, self.bos, self.eos = (
+            int(np.searchsorted(self.vocabulary, special[k])) for k in ("pad", "bos", "eos")
+        )
 
     def text(self, variant: str) -> tuple[np.ndarray, np.ndarray]:
-        """(cached text embeddings, decoder token ids) of the pool for one variant."""
+        """(cached text embeddings, decoder token ids in the pack's vocabulary) of the pool for one variant."""
         emb = np.load(self.folder / f"text_emb_{variant}.npy").astype(np.float32)
-        return emb, np.load(self.folder / f"text_ids_{variant}.npy").astype(np.int64)
+        ids = np.load(self.folder / f"text_ids_{variant}.npy").astype(np.int64)
+        return emb, np.searchsorted(self.vocabulary, ids)
 
     def labels(self, task: str) -> np.ndarray:
         names = self.meta["class_names"][task]
@@ -135,8 +145,9 @@ def build_model(profile: Profile, pack: Pack) -> EsiModel:
         },
         projection_dim=128,
     )
+    config.pad_token_id, config.bos_token_id, config.eos_token_id = pack.pad, pack.bos, pack.eos
     config.text_config = BertConfig(
-        vocab_size=pack.meta["special_tokens"]["vocab_size"],
+        vocab_size=len(pack.vocabulary),
         hidden_size=dims,
         num_hidden_layers=1,
         num_attention_heads=1,
@@ -165,7 +176,7 @@ def pretrain(arm: Arm, profile: Profile, pack: Pack, seed: int, device: torch.de
     head = None
     if arm.kind == "esi":
         text_emb, text_ids = pack.text(arm.variant)
-        pad = pack.meta["special_tokens"]["pad"]
+        pad = pack.pad
     elif arm.kind == "supervised_pool":
         targets = pack.pool_statements()
         head = nn.Linear(model.config.ecg_config.hidden_sizes[-1], targets.shape[1]).to(device)
@@ -420,7 +431,7 @@ def caption_quality(
     ]
     model.eval()
     ids = model.generate_caption(inputs[rows].to(device), max_new_tokens=profile.max_text_length - 1)
-    generated = tokenizer.batch_decode(ids.cpu(), skip_special_tokens=True)
+    generated = tokenizer.batch_decode(pack.vocabulary[ids.cpu().numpy()], skip_special_tokens=True)
     references = [pack.references[int(pack.ecg_ids[i])] for i in rows]
     own = np.array([pair_scores(g, r[variant]) for g, r in zip(generated, references, strict=True)])
     full = np.array([pair_scores(g, r["full"]) for g, r in zip(generated, references, strict=True)])

@@ -108,9 +108,9 @@ def assemble_dataset_folder(
         for split, part in signals.items():
             part.to_parquet(str(output_dir / "signals" / f"{split}-00000-of-00001.parquet"))
         signal_splits = list(signals)
-    write_dataset_card(
-        output_dir, read_run_config(captions_dir), output_stats(output_dir), signal_splits, model_repo_id
-    )
+    config = read_run_config(captions_dir)
+    stats = output_stats(output_dir, config["dataset_dir"])
+    write_dataset_card(output_dir, config, stats, signal_splits, model_repo_id)
     return output_dir
 
 

@@ -287,3 +287,71 @@ def test_cqa_generate_refuses_a_bad_file_naming_it(capsys):
         main(["--ecg_file", str(CPSC / "A0065.hea"), "--sex", "unknown-value"])
     assert "A0065.hea" in str(exc.value.code) and "sex 'unknown-value'" in str(exc.value.code)
     assert capsys.readouterr().out == ""
+
+
+def test_single_file_prompt_names_the_file_not_record_0(capsys):
+    from esi.constants import STANDARD_LEADS
+    from esi.cqa.captioner import DEFAULT_SCP_STATEMENTS, Captioner
+    from esi.cqa.options import GenerationOptions
+    from esi.data.ecg_file import read_ecg_file
+
+    result = _cqa_file(capsys, str(CPSC / "A0065.hea"))
+    ecg = read_ecg_file(CPSC / "A0065.hea")
+    captioner = Captioner(DEFAULT_SCP_STATEMENTS.parent, GenerationOptions(backend="template", encoder_path=None))
+    named, unnamed = (
+        captioner.caption_record(
+            ecg.standard_leads(),
+            ecg.sampling_rate,
+            STANDARD_LEADS,
+            {"AFIB": 100.0},
+            ecg.age,
+            ecg.sex,
+            record_id=ecg.name,
+            statements=result["statements"],
+            file_name=file_name,
+        )[1]
+        for file_name in ("A0065.hea", None)
+    )
+    assert render_user_message(named.inputs).startswith('ECG file "A0065.hea" (12 leads, 11 seconds).')
+    assert render_user_message(unnamed.inputs).startswith("ECG record 0 (12 leads")  # the old prompt
+    assert result["prompt_hash"] == named.prompt_hash != unnamed.prompt_hash  # --ecg_file's prompt names the file
+    assert named.inputs.ecg_id == 0 and isinstance(named.inputs.ecg_id, int)
+
+
+def test_unspecified_bundle_branch_block_is_never_called_complete(tmp_path, checker):
+    """E07509 (real, Georgia) carries SNOMED 59118001 "right bundle branch block" and A0001 (real, CPSC 2018) the 2020
+    label "RBBB": both keep CRBBB as their task label, but neither caption nor background may say "complete"."""
+    from esi.cqa.retrieval import HybridRetriever
+
+    for source, name in ((CINC, "E07509"), (CPSC, "A0001")):
+        for suffix in (".hea", ".mat"):
+            shutil.copyfile(source / f"{name}{suffix}", tmp_path / f"{name}{suffix}")
+    assert "# Dx: 59118001," in (tmp_path / "E07509.hea").read_text()
+    prepare_source(ChallengeSource(tmp_path, sampling_rate=100), tmp_path / "prepared", PrepareOptions(num_proc=1))
+    prepared = datasets.load_from_disk(str(tmp_path / "prepared"))
+    rows = {row["record_name"]: row for split in prepared.values() for row in split}
+    assert json.loads(rows["E07509"]["scp_codes"]) == {"CRBBB": 100.0, "SBRAD": 100.0}  # the Challenge's scoring
+    assert json.loads(rows["A0001"]["scp_codes"]) == {"CRBBB": 100.0}
+    summary = generate_captions(tmp_path / "prepared", tmp_path / "out", **FAST)
+    assert summary["faithfulness"] == {"pass": 2}
+    names = {r["ecg_id"]: n for n, r in rows.items()}
+    written = datasets.Dataset.from_parquet([str(p) for p in sorted((tmp_path / "out" / "data").glob("*.parquet"))])
+    assert sorted(written["ecg_id"]) == sorted(names)
+    for row in written:
+        name = names[row["ecg_id"]]
+        assert "right bundle branch block" in row["caption"] and "complete" not in row["caption"].lower(), name
+        assert "scp:CRBBB" not in row["retrieved_passage_ids"], name
+
+    statements = record_statements(1, rows["E07509"]["scp_codes"], rows["E07509"]["statements"], scp_reference()[2])
+    assert [(s.code, s.scp) for s in statements] == [("59118001", None), ("426177001", "SBRAD")]
+    claim = _challenge_inputs(
+        [("SNOMED-CT", "59118001", "right bundle branch block"), ("SNOMED-CT", "426177001", "sinus bradycardia")],
+        rows["E07509"]["scp_codes"],
+    )
+    assert checker.check("Sinus bradycardia and right bundle branch block; heart rate 104 bpm.", claim) == []
+    assert checker.check("Sinus bradycardia and complete right bundle branch block; heart rate 104 bpm.", claim)
+
+    bm25 = HybridRetriever(load_knowledge_base(), encoder_path=None)
+    query = ["complete right bundle branch block"]
+    assert "scp:CRBBB" in [p.id for p in bm25.retrieve_batch(query, k=3)[0]]
+    assert "scp:CRBBB" not in [p.id for p in bm25.retrieve_batch(query, k=3, excluded_codes_list=[["CRBBB"]])[0]]

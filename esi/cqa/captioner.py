@@ -22,7 +22,7 @@ from esi.cqa.options import GenerationOptions
 from esi.cqa.prompts import SCP_ECG, CaptionInputs, CaptionRequest, Statement, build_request, is_number
 from esi.cqa.retrieval import HybridRetriever, build_query
 from esi.cqa.template_writer import TemplateWriter
-from esi.data.challenge import scp_equivalent
+from esi.data.challenge import scp_equivalent, scp_label
 from esi.knowledge import load_knowledge_base
 
 # PTB-XL's statement table and licence ship as package data (CC BY 4.0, see the folder's README).
@@ -93,6 +93,7 @@ def record_statements(
     if entries is None:
         return list(scp.values())
     statements = []
+    labelled = set()  # SCP codes the entries stand for as labels, though not always in meaning (RBBB -> CRBBB)
     for entry in entries:
         system, code, text = entry["system"], entry["code"] or "", (entry["text"] or "").strip()
         if system == SCP_ECG:
@@ -102,8 +103,17 @@ def record_statements(
         if not text:
             raise ValueError(f"record ecg_id={ecg_id}: a {system} statement {code!r} has no text")
         statements.append(Statement(code, text, 0.0, system, scp_equivalent(system, code)))
-    stated = {s.scp for s in statements}
+        labelled.add(scp_label(system, code))
+    stated = {s.scp for s in statements} | labelled
     return statements + [s for code, s in scp.items() if code not in stated]
+
+
+def claimed_beyond_statements(statements: Sequence[Statement]) -> list[str]:
+    """SCP codes a record carries as labels but not in meaning (an unspecified RBBB labelled CRBBB): background
+    about them would claim more than the record states."""
+    meant = {s.scp for s in statements}
+    labels = {scp_label(s.system, s.code) for s in statements if s.scp is None}
+    return sorted(code for code in labels - meant if code)
 
 
 def _scp_descriptions(dataset_dir: Path, override: str | None) -> dict[str, str]:
@@ -163,6 +173,7 @@ class Captioner:
             queries,
             k=self.options.retrieval_k,
             required_codes_list=[[s.scp for s in st if s.scp] for st in statements],
+            excluded_codes_list=[claimed_beyond_statements(st) for st in statements],
         )
         return [
             CaptionInputs(
@@ -222,11 +233,13 @@ class Captioner:
         report: str = "",
         record_id: str | int = "upload",
         statements: Sequence[Mapping[str, str]] | None = None,
+        file_name: str | None = None,
     ) -> tuple[EcgMeasurements, CaptionResult]:
         """Measure and caption one ECG. signal: (leads, samples) in mV; scp_codes: PTB-XL code -> likelihood;
         statements: entries of the prepared `statements` column (system, code, text), if the record has them.
 
         `record_id` names the record in errors; an integer also seeds the template's phrasing.
+        `file_name`: the ECG file's base name, which the prompt then names the record by (its `ecg_id` is 0).
         """
         measurements = measure_ecg(signal, sampling_rate, list(lead_names), ecg_id=record_id)
         row = {
@@ -240,6 +253,7 @@ class Captioner:
             "statements": [None if statements is None else list(statements)],
         }
         (inputs,) = self.inputs(row, [measurements])
+        inputs = replace(inputs, file_name=file_name)
         request = build_request(inputs)
         ((text, outcome, issues),) = self.captions([request])
         return measurements, CaptionResult(text, outcome, issues, inputs, request.prompt_hash)

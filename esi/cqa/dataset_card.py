@@ -16,6 +16,7 @@ from datasets import Value
 
 from esi.cqa.backends import TEMPLATE_MODEL_ID
 from esi.cqa.faithfulness import TOLERANCES
+from esi.cqa.provenance import LEGACY_SOURCE, SOURCE_NAMES, licence_front_matter, licence_section, sources_title
 from esi.cqa.schema import output_features
 from esi.knowledge import load_knowledge_base
 
@@ -28,8 +29,11 @@ SIGNALS_NOTE = (
 )
 
 _FIXED_COLUMNS = {
-    "ecg_id": ("int32", "PTB-XL `ecg_id`; join key to the signals"),
-    "split": ("string", "train (strat_fold 1-8), validation (9) or test (10), as recommended by PTB-XL"),
+    "ecg_id": ("int32", "the prepared dataset's `ecg_id` (PTB-XL: its own); join key to the signals"),
+    "split": (
+        "string",
+        "train (strat_fold 1-8), validation (9) or test (10), as recommended by PTB-XL (other sources: hashed folds)",
+    ),
     "caption": ("string", "machine-generated English description (see above)"),
     "statements": (
         "list of string",
@@ -126,7 +130,15 @@ def render_dataset_card(
             f"Language-model text sampled at temperature {config['temperature']} (top-p {config['top_p']}), "
             f"at most {config['max_new_tokens']} new tokens, from the model's chat template."
         )
+    # Runs finished before sources were recorded captioned PTB-XL, the only source then.
+    sources = stats.get("sources") or {LEGACY_SOURCE: {SOURCE_NAMES[LEGACY_SOURCE]: total}}
     values = {
+        "license_front_matter": licence_front_matter(sources),
+        "title": sources_title(sources),
+        "sources_text": _sources_text(sources),
+        "source_tags": "".join(f"- {s}\n" for s in sources if s in ("ptb-xl", "mimic-iv-ecg")),
+        "source_datasets": "source_datasets:\n- extended|ptb-xl\n" if "ptb-xl" in sources else "",
+        "licence_section": licence_section(sources),
         "size_category": _size_category(total),
         "data_files": "\n".join(f"  - split: {s}\n    path: data/{s}-*.parquet" for s in splits),
         "split_table": "\n".join(f"| {s} | {per_split[s]:,} |" for s in splits),
@@ -153,6 +165,16 @@ def render_dataset_card(
         "model_note": _model_note(model_repo_id),
     }
     return Template(TEMPLATE.read_text()).substitute(values)
+
+
+def _sources_text(sources: dict[str, dict[str, int]]) -> str:
+    links = {
+        "ptb-xl": "[PTB-XL](https://physionet.org/content/ptb-xl/)",
+        "challenge": "the [PhysioNet/CinC Challenge](https://physionet.org/content/challenge-2021/) data",
+        "mimic-iv-ecg": "[MIMIC-IV-ECG](https://physionet.org/content/mimic-iv-ecg/)",
+        "wfdb-folder": "a user's own WFDB records",
+    }
+    return " and ".join(links.get(s, s) for s in sources)
 
 
 def _model_id(config: dict) -> str:

@@ -239,7 +239,11 @@ def _quoted(description: str) -> re.Pattern | None:
     words = re.findall(r"\w+", description)
     if not words:
         return None
-    return re.compile(r"(?<!\w)" + r"\W+".join(map(re.escape, words)) + r"(?!\w)", re.IGNORECASE)
+    # Not after "complete"/"incomplete": that qualifier is the writer's claim, not the statement's words
+    # ("right bundle branch block" quoted as "complete right bundle branch block" asserts more than the record).
+    return re.compile(
+        r"(?<!\w)(?<!complete\s)(?<!complete-)" + r"\W+".join(map(re.escape, words)) + r"(?!\w)", re.IGNORECASE
+    )
 
 
 def without_quoted_statements(text: str, statements: Sequence[Statement]) -> str:

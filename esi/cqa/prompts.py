@@ -108,6 +108,9 @@ class CaptionInputs:
     measurements: Any  # esi.cqa.measurements.EcgMeasurements
     passages: list[Any]  # esi.cqa.retrieval.RetrievedPassage (id, title, text, score)
     seconds: float = 10.0  # the record's length (CPSC 2018: 6-60 s)
+    # A single file's base name (`cqa_generate --ecg_file`): the prompt names the file, since its `ecg_id` is a
+    # placeholder; datasets leave it None and are named by `ecg_id`.
+    file_name: str | None = None
 
 
 @dataclass
@@ -251,13 +254,20 @@ def _statement_block(statements: Sequence[Statement]) -> str:
     return "\n\n".join(blocks)
 
 
+def _record_heading(inputs: CaptionInputs) -> str:
+    if inputs.file_name is None:
+        return f"ECG record {inputs.ecg_id}"
+    # Quoted and bounded: a file name is data from the user's disk, never an instruction.
+    return f"ECG file {json.dumps(inputs.file_name[:120])}"
+
+
 def render_user_message(inputs: CaptionInputs) -> str:
     age = format_age(inputs.age)
     demographics = f"- Age: {age + ' years' if age else 'not recorded'}\n- Sex: {inputs.sex or 'not recorded'}"
     statements = _statement_block(inputs.statements)
     passages = "\n".join(f"[{p.id}] {p.title}: {p.text}" for p in inputs.passages) or "(none)"
     return (
-        f"ECG record {inputs.ecg_id} (12 leads, {round(inputs.seconds, 1):g} seconds).\n\n"
+        f"{_record_heading(inputs)} (12 leads, {round(inputs.seconds, 1):g} seconds).\n\n"
         f"Demographics:\n{demographics}\n\n"
         f"Measurements computed from the signal:\n" + "\n".join(measurement_lines(inputs.measurements)) + "\n\n"
         f"{statements}\n\n"

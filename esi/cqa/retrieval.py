@@ -168,6 +168,7 @@ class HybridRetriever:
         queries: Sequence[str],
         k: int = 4,
         required_codes_list: Sequence[Sequence[str]] | None = None,
+        excluded_codes_list: Sequence[Sequence[str]] | None = None,
     ) -> list[list[RetrievedPassage]]:
         """Top ``k`` passages for each query.
 
@@ -176,6 +177,8 @@ class HybridRetriever:
         of them, only the best ``k`` are kept. Remaining slots are filled from the
         fused ranking without duplicates. Repeated query texts are scored once, and
         dense queries are encoded in batches; see ``cache_size`` for reuse across calls.
+        Passages about a query's excluded codes are never returned (a record stating "right bundle branch
+        block" must not be explained by the passage on the *complete* block).
         """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -183,8 +186,12 @@ class HybridRetriever:
             required_codes_list = [()] * len(queries)
         if len(required_codes_list) != len(queries):
             raise ValueError(f"{len(queries)} queries but {len(required_codes_list)} required-code lists")
+        excluded_codes_list = excluded_codes_list or [()] * len(queries)
         fused = self._fused_for(queries)
-        return [self._select(fused[q], k, set(codes)) for q, codes in zip(queries, required_codes_list, strict=True)]
+        return [
+            self._select(fused[q], k, set(codes), set(excluded))
+            for q, codes, excluded in zip(queries, required_codes_list, excluded_codes_list, strict=True)
+        ]
 
     def _fused_for(self, queries: Sequence[str]) -> dict[str, np.ndarray]:
         """Fused scores per distinct query text, from the LRU cache where possible."""
@@ -200,8 +207,8 @@ class HybridRetriever:
                 self._fused_cache.popitem(last=False)
         return result
 
-    def _select(self, fused: np.ndarray, k: int, required: set[str]) -> list[RetrievedPassage]:
-        order = np.argsort(-fused, kind="stable")
+    def _select(self, fused: np.ndarray, k: int, required: set[str], excluded: set[str]) -> list[RetrievedPassage]:
+        order = [i for i in np.argsort(-fused, kind="stable") if not excluded.intersection(self.entries[i].scp_codes)]
         first = [i for i in order if required.intersection(self.entries[i].scp_codes)]
         rest = [i for i in order if not required.intersection(self.entries[i].scp_codes)]
         chosen = (first + rest)[:k]

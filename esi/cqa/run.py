@@ -24,6 +24,7 @@ from esi.cqa.captioner import DEFAULT_PTBXL_LICENSE, Captioner
 from esi.cqa.dataset_card import write_dataset_card
 from esi.cqa.measurements import EcgMeasurements, MeasurePool
 from esi.cqa.options import IDENTITY_KEYS, GenerationOptions
+from esi.cqa.provenance import dataset_sources, licence_file_text
 from esi.cqa.run_state import (
     RUN_CONFIG,
     STATE_DIR,
@@ -185,17 +186,23 @@ def _output_table(rows: list[dict]) -> datasets.Dataset:
     return datasets.Dataset.from_dict({name: [r[name] for r in rows] for name in features}, features=features)
 
 
-def output_stats(output_dir: Path) -> dict:
-    """Rows per split and faithfulness outcomes, read back from the committed Parquet files."""
+def output_stats(output_dir: Path, dataset_dir: str | os.PathLike | None = None) -> dict:
+    """Rows per split and faithfulness outcomes, read back from the committed Parquet files; with `dataset_dir`
+    (the prepared dataset captioned), also the sources of the captioned records (for the card's licence)."""
     import pyarrow.parquet as pq
 
     per_split: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
+    ecg_ids: list[int] = []
     for path in sorted((output_dir / "data").glob("*.parquet")):
-        table = pq.read_table(path, columns=["split", "faithfulness"])
+        table = pq.read_table(path, columns=["ecg_id", "split", "faithfulness"])
         per_split.update(table.column("split").to_pylist())
         outcomes.update(table.column("faithfulness").to_pylist())
-    return {"rows_per_split": dict(per_split), "faithfulness": {k: outcomes.get(k, 0) for k in FAITHFULNESS_OUTCOMES}}
+        ecg_ids += table.column("ecg_id").to_pylist()
+    stats = {"rows_per_split": dict(per_split), "faithfulness": {k: outcomes.get(k, 0) for k in FAITHFULNESS_OUTCOMES}}
+    if dataset_dir is not None:
+        stats["sources"] = dataset_sources(dataset_dir, ecg_ids)
+    return stats
 
 
 def finalize_output(output_dir: str | os.PathLike) -> bool:
@@ -206,12 +213,16 @@ def finalize_output(output_dir: str | os.PathLike) -> bool:
     if any(name not in done for name in config["units"]):
         return False
     _refuse_stray_shards(output_dir, config["units"])
-    license_src = Path(config.get("ptbxl_license") or DEFAULT_PTBXL_LICENSE)
-    dataset_license = Path(config["dataset_dir"]) / "LICENSE.txt"
-    if not config.get("ptbxl_license") and dataset_license.is_file():
-        license_src = dataset_license
-    shutil.copyfile(license_src, output_dir / "LICENSE.txt")
-    write_dataset_card(output_dir, config, output_stats(output_dir))
+    stats = output_stats(output_dir, config["dataset_dir"])
+    if set(stats["sources"]) == {"ptb-xl"}:
+        license_src = Path(config.get("ptbxl_license") or DEFAULT_PTBXL_LICENSE)
+        dataset_license = Path(config["dataset_dir"]) / "LICENSE.txt"
+        if not config.get("ptbxl_license") and dataset_license.is_file():
+            license_src = dataset_license
+        shutil.copyfile(license_src, output_dir / "LICENSE.txt")
+    else:  # PTB-XL's licence text would misstate other sources' terms
+        (output_dir / "LICENSE.txt").write_text(licence_file_text(stats["sources"]))
+    write_dataset_card(output_dir, config, stats)
     return True
 
 

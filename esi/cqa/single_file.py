@@ -47,7 +47,15 @@ def caption_ecg_file(
     captioner = Captioner(DEFAULT_SCP_STATEMENTS.parent, options)
     try:
         measurements, result = captioner.caption_record(
-            signal, ecg.sampling_rate, STANDARD_LEADS, scp_codes, age, sex, record_id=ecg.name, statements=statements
+            signal,
+            ecg.sampling_rate,
+            STANDARD_LEADS,
+            scp_codes,
+            age,
+            sex,
+            record_id=ecg.name,
+            statements=statements,
+            file_name=name,
         )
     finally:
         captioner.close()

@@ -81,6 +81,10 @@ SNOMED_TO_SCP = {
     "251266004": "PACE",
 }
 EXTRA_TO_SCP = {"Normal": "NORM"}
+# "right/left bundle branch block" without "complete" or "incomplete": the Challenge scores them as the complete
+# block, so they keep that SCP statement as a task label, but SCP-ECG has no statement of their meaning, so the CQA
+# gives them none (the record states a bundle branch block, not that it is complete).
+UNSPECIFIED_COMPLETENESS = frozenset({"59118001", "164909002"})
 
 
 def load_dx_mapping(folder: str | os.PathLike = DEFAULT_MAPPING_DIR) -> tuple[dict[str, str], dict[str, str]]:
@@ -105,18 +109,33 @@ def _default_abbreviations() -> dict[str, str]:
     return load_dx_mapping(DEFAULT_MAPPING_DIR)[1]
 
 
-def scp_equivalent(system: str, code: str, abbreviations: dict[str, str] | None = None) -> str | None:
-    """The SCP-ECG statement of the same meaning as a Challenge statement (SNOMED-CT code or CinC 2020
-    abbreviation), None when there is none or the system is not the Challenge's.
+def _snomed_code(system: str, code: str, abbreviations: dict[str, str] | None) -> str | None:
+    """The SNOMED-CT code of a Challenge statement (a CinC 2020 abbreviation through the mapping tables)."""
+    if system == SNOMED_SYSTEM:
+        return code
+    if system == ABBREVIATION_SYSTEM:
+        table = _default_abbreviations() if abbreviations is None else abbreviations
+        return table.get(ABBREVIATION_ALIASES.get(code, code))
+    return None
+
+
+def scp_label(system: str, code: str, abbreviations: dict[str, str] | None = None) -> str | None:
+    """The SCP-ECG statement a Challenge statement counts as for the PTB-XL task labels (the Challenge's scoring
+    equivalences: RBBB as CRBBB, PAC/SVPB, PVC/VPB), None when there is none or the system is not the Challenge's.
 
     `abbreviations` (abbreviation -> SNOMED-CT code) defaults to the shipped mapping tables'.
     """
-    if system == SNOMED_SYSTEM:
-        return SNOMED_TO_SCP.get(code)
-    if system == ABBREVIATION_SYSTEM:
-        table = _default_abbreviations() if abbreviations is None else abbreviations
-        return EXTRA_TO_SCP.get(code) or SNOMED_TO_SCP.get(table.get(ABBREVIATION_ALIASES.get(code, code), ""))
-    return None
+    if system == ABBREVIATION_SYSTEM and code in EXTRA_TO_SCP:
+        return EXTRA_TO_SCP[code]
+    return SNOMED_TO_SCP.get(_snomed_code(system, code, abbreviations) or "")
+
+
+def scp_equivalent(system: str, code: str, abbreviations: dict[str, str] | None = None) -> str | None:
+    """The SCP-ECG statement of the same meaning as a Challenge statement, for the CQA's text and retrieval: the
+    label (`scp_label`) except for a bundle branch block of unstated completeness, which has none."""
+    if _snomed_code(system, code, abbreviations) in UNSPECIFIED_COMPLETENESS:
+        return None
+    return scp_label(system, code, abbreviations)
 
 
 def header_fields(comments: list[str]) -> dict[str, str]:
@@ -155,7 +174,7 @@ def statement_scp_codes(statements: list[dict[str, str]], abbreviations: dict[st
     """The SCP-ECG statements the record's codes correspond to (likelihood 100: the Challenge gives none)."""
     codes = {}
     for entry in statements:
-        scp = scp_equivalent(entry["system"], entry["code"], abbreviations)
+        scp = scp_label(entry["system"], entry["code"], abbreviations)
         if scp:
             codes[scp] = 100.0
     return codes

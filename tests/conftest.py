@@ -129,3 +129,14 @@ def finetune_in_process(argv: list[str]) -> dict:
     from esi.eval import finetune
 
     return finetune.run(finetune.parse_args(argv))
+
+
+def copy_challenge_records(records: dict[Path, list[str]], folder: Path) -> Path:
+    """Copy real Challenge records (`.hea` + `.mat`) from each source folder into `folder`."""
+    import shutil
+
+    for source, names in records.items():
+        for name in names:
+            for suffix in (".hea", ".mat"):
+                shutil.copyfile(source / f"{name}{suffix}", folder / f"{name}{suffix}")
+    return folder

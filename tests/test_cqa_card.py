@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from esi.cqa.run_state import read_run_config
 from esi.data.challenge import ChallengeSource
 from esi.data.mimic import MimicEcgSource
 from esi.data.prepare import PrepareOptions, prepare_source
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, copy_challenge_records
 
 SHARED = REPO_ROOT.parent / "shared"
 CINC = SHARED / "cinc2021-sample"
@@ -35,10 +34,7 @@ def _front_matter(card: str) -> dict:
 @pytest.fixture(scope="module")
 def challenge_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("challenge")
-    for source, names in CHALLENGE_RECORDS.items():
-        for name in names:
-            for suffix in (".hea", ".mat"):
-                shutil.copyfile(source / f"{name}{suffix}", folder / f"{name}{suffix}")
+    copy_challenge_records(CHALLENGE_RECORDS, folder)
     prepare_source(ChallengeSource(folder, sampling_rate=100), folder / "prepared", PrepareOptions(num_proc=1))
     assert generate_captions(folder / "prepared", folder / "out", **FAST)["complete"]
     return folder / "out"

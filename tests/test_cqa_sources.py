@@ -21,7 +21,7 @@ from esi.data.labels import scp_reference
 from esi.data.mimic import MimicEcgSource
 from esi.data.prepare import PrepareOptions, prepare_source
 from esi.knowledge import load_knowledge_base
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, copy_challenge_records
 
 SHARED = REPO_ROOT.parent / "shared"
 CINC = SHARED / "cinc2021-sample"
@@ -44,10 +44,7 @@ def _captions(output_dir: Path) -> dict[int, dict]:
 def challenge_dir(tmp_path_factory) -> Path:
     """Real CinC 2021 and CPSC 2018 records, plus a copy of E07501 whose header also lists an unknown code."""
     folder = tmp_path_factory.mktemp("challenge")
-    for source, names in RECORDS.items():
-        for name in names:
-            for suffix in (".hea", ".mat"):
-                shutil.copyfile(source / f"{name}{suffix}", folder / f"{name}{suffix}")
+    copy_challenge_records(RECORDS, folder)
     header = (CINC / "E07501.hea").read_text()
     assert "# Dx: 253352002,427084000" in header
     (folder / "X07501.hea").write_text(

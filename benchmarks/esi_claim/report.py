@@ -182,10 +182,24 @@ def render_section(section: Section, plot_path: Path, plot_link: str) -> str:
     out.append(f"{len(section.runs)} result files, git commit(s) {', '.join(c[:12] for c in commits)}.")
 
     pre = sorted(section.by_kind["pretrain"], key=lambda r: (ORDER.index(r["arm"]), r["seed"]))
-    out.append("### Pretraining runs\n")
+    out.append(
+        "### Pretraining runs\n\nEmbedding spread: mean per-dimension standard deviation and effective rank of the "
+        "evaluation records' pooled embeddings (a collapsed encoder shows values near 0 and 1; recorded by runs "
+        "of the current runner only, n/a before).\n"
+    )
     out.append(
         table(
-            ["arm", "seed", "steps", "seconds", "first loss", "final loss", "weights sha256"],
+            [
+                "arm",
+                "seed",
+                "steps",
+                "seconds",
+                "first loss",
+                "final loss",
+                "embedding spread / eff. rank",
+                "git commit",
+                "weights sha256",
+            ],
             [
                 [
                     r["arm"],
@@ -194,6 +208,12 @@ def render_section(section: Section, plot_path: Path, plot_link: str) -> str:
                     str(r["training"].get("seconds", 0)),
                     fmt(r["training"].get("first_loss", float("nan"))),
                     fmt(r["training"].get("final_loss", float("nan"))),
+                    (
+                        f"{r['embedding']['mean_dimension_std']:.2g} / {r['embedding']['effective_rank']:.1f}"
+                        if "embedding" in r
+                        else "n/a"
+                    ),
+                    f"`{r['git_commit'][:7]}`",
                     f"`{r['weights_sha256'][:16]}`",
                 ]
                 for r in pre

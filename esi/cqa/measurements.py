@@ -63,7 +63,8 @@ QRS_GAP_S = 0.016  # a slope dip shorter than this (a notch) does not end the QR
 QRS_LEAD_MIN_SLOPE = 0.1  # a lead with a QRS slope below this share of the strongest lead's is left out
 AGREE_QRS_S = 0.01  # per-lead QRS boundaries within this of each other agree
 P_MIN_MV = 0.03  # smaller median-beat P waves are not called present
-P_COHERENCE = 0.35  # P energy that survives averaging across beats, below: no consistent P
+P_COHERENCE = 0.42  # P energy that survives averaging across beats, below: no consistent P
+ARTEFACT_ENERGY = 3.0  # a beat with more than this times a lead's median P-window energy is an artefact there
 P_ONSET_FRACTION = 0.2  # P onset: magnitude back to this fraction above its pre-P floor
 T_MIN_MV = 0.05
 ST_OFFSET_S = 0.06
@@ -494,8 +495,21 @@ class _PWave:
 
 def _coherence(segments: np.ndarray) -> float:
     """Share of per-beat energy that survives averaging (beats, leads, samples): ~1 for a wave locked
-    to the QRS, ~1/beats for activity unrelated to it (atrial fibrillation's f waves)."""
-    return float((segments.mean(axis=0) ** 2).sum() / max((segments**2).sum(axis=2).mean(axis=0).sum(), 1e-12))
+    to the QRS, ~1/beats for activity unrelated to it (atrial fibrillation's f waves).
+
+    Judged lead by lead without the artefacts: a beat whose energy in a lead exceeds ARTEFACT_ENERGY
+    times that lead's median (an electrode artefact, a wandering baseline) would otherwise dominate
+    the per-beat energy and hide a consistent P wave in the other beats and leads.
+    """
+    energy = (segments**2).sum(axis=2)  # (beats, leads)
+    keep = energy <= ARTEFACT_ENERGY * np.median(energy, axis=0)
+    count = keep.sum(axis=0)
+    used = count >= MIN_BEATS
+    if not used.any():
+        return 0.0
+    mean = (segments * keep[:, :, None]).sum(axis=0)[used] / count[used, None]
+    per_beat = (energy * keep).sum(axis=0)[used] / count[used]
+    return float((mean**2).sum() / max(per_beat.sum(), 1e-12))
 
 
 def _p_wave(

@@ -15,6 +15,7 @@ from esi.cqa.measurements import (
     STANDARD_LEADS,
     EcgMeasurements,
     _clean,
+    _peak_agreement,
     axis_category_ptbxl,
     combine_leads,
     measure_ecg,
@@ -156,6 +157,18 @@ def test_combine_leads_takes_earliest_or_latest_agreeing_lead_and_ignores_outlie
     assert combine_leads(ends, tol=15, latest=False) == (400.0, 4)
     assert combine_leads([400.0, 480.0], tol=15, latest=True) == (None, 1)
     assert combine_leads([], tol=15, latest=True) == (None, 0)
+
+
+def test_peak_agreement_of_all_lead_pairs_at_once() -> None:
+    a = np.array([10, 100, 200, 300])
+    b = np.array([12, 205, 290, 600])  # 12 and 205 within 5 samples of a; 290 is 10 away
+    c = np.array([], dtype=int)  # a lead without peaks agrees with nobody
+    score = _peak_agreement([a, b, c, a[:2]], tol=5, length=700)
+    assert score[0, 1] == score[1, 0] == 2 / 4
+    assert score[0, 3] == 2 / 4 and score[3, 1] == 1 / 4  # over the longer list
+    assert score[0, 0] == 1.0 and not score[2].any() and not score[:, 2].any()
+    # peaks of another lead shifted by a whole record length must not be taken for neighbours
+    assert _peak_agreement([np.array([690]), np.array([0])], tol=20, length=700)[0, 1] == 0.0
 
 
 def test_every_interval_carries_a_quality_flag(norm: EcgMeasurements) -> None:

@@ -63,7 +63,8 @@ QRS_GAP_S = 0.016  # a slope dip shorter than this (a notch) does not end the QR
 QRS_LEAD_MIN_SLOPE = 0.1  # a lead with a QRS slope below this share of the strongest lead's is left out
 AGREE_QRS_S = 0.01  # per-lead QRS boundaries within this of each other agree
 P_MIN_MV = 0.03  # smaller median-beat P waves are not called present
-P_COHERENCE = 0.35  # P energy that survives averaging across beats, below: no consistent P
+P_COHERENCE = 0.42  # P energy that survives averaging across beats, below: no consistent P
+ARTEFACT_ENERGY = 3.0  # a beat with more than this times a lead's median P-window energy is an artefact there
 P_ONSET_FRACTION = 0.2  # P onset: magnitude back to this fraction above its pre-P floor
 T_MIN_MV = 0.05
 ST_OFFSET_S = 0.06
@@ -231,16 +232,34 @@ def _clean(x: np.ndarray, rate: float) -> np.ndarray:
     return filtfilt(smooth, [len(smooth)], sosfiltfilt(sos, x, axis=1), axis=1, method="pad")
 
 
-def _peak_agreement(a: np.ndarray, b: np.ndarray, tol: int) -> float:
-    """F1-like share of beats two peak lists have in common (0..1)."""
-    if len(a) == 0 or len(b) == 0:
-        return 0.0
-    pos = np.searchsorted(b, a)
-    last = len(b) - 1  # np.minimum/np.maximum: np.clip's overhead dominated on these short arrays
-    left = np.abs(a - b[np.minimum(np.maximum(pos - 1, 0), last)])
-    right = np.abs(a - b[np.minimum(pos, last)])
-    matched = int(np.sum(np.minimum(left, right) <= tol))
-    return matched / max(len(a), len(b))
+def _peak_agreement(peaks: Sequence[np.ndarray], tol: int, length: int) -> np.ndarray:
+    """(leads, leads) F1-like share of beats two peak lists have in common (0..1), all pairs at once.
+
+    Entry [i, j]: peaks of lead i with a peak of lead j within ``tol`` samples, over the longer list.
+    Every lead's peaks are shifted by its own multiple of 2 * ``length`` into one sorted array, so one
+    searchsorted finds each peak's nearest neighbour in every lead (a neighbour from another lead is
+    always further than ``tol``); a per-pair Python loop cost more than the rest of the R-peak search.
+    """
+    n = len(peaks)
+    counts = np.array([len(p) for p in peaks])
+    score = np.zeros((n, n))
+    if counts.sum() == 0:
+        return score
+    offset = 2 * length + 2 * tol
+    every = np.concatenate([p + k * offset for k, p in enumerate(peaks)])  # sorted, as each list is
+    own = np.concatenate(peaks)
+    owner = np.repeat(np.arange(n), counts)[None, :] == np.arange(n)[:, None]  # (lead i, every peak)
+    query = own[None, :] + (np.arange(n) * offset)[:, None]  # (lead j, every peak of every lead i)
+    pos = np.searchsorted(every, query)
+    last = len(every) - 1
+    left = np.abs(query - every[np.minimum(np.maximum(pos - 1, 0), last)])
+    right = np.abs(query - every[np.minimum(pos, last)])
+    hit = np.minimum(left, right) <= tol
+    matched = owner.astype(float) @ hit.T.astype(float)  # [i, j]: exact small integers
+    longer = np.maximum(counts[:, None], counts[None, :])
+    both = (counts[:, None] > 0) & (counts[None, :] > 0)
+    score[both] = matched[both] / longer[both]
+    return score
 
 
 def _consensus_r_peaks(clean: np.ndarray, rate: float) -> tuple[np.ndarray | None, str]:
@@ -255,7 +274,8 @@ def _consensus_r_peaks(clean: np.ndarray, rate: float) -> tuple[np.ndarray | Non
         except (ValueError, IndexError):  # neurokit2 fails on leads without any QRS-like activity
             peaks[i] = np.array([], dtype=int)
     tol = int(PEAK_MATCH_S * rate)
-    scores = {i: [_peak_agreement(peaks[i], peaks[j], tol) for j in live if j != i] for i in live}
+    matrix = _peak_agreement([peaks[i] for i in live], tol, clean.shape[1]).tolist()
+    scores = {i: [matrix[a][b] for b in range(len(live)) if b != a] for a, i in enumerate(live)}
     best = max(live, key=lambda i: sum(scores[i]))
     agreeing = 1 + sum(s >= 0.8 for s in scores[best])
     if agreeing < MIN_AGREEING:
@@ -308,20 +328,23 @@ def _median_beat(sig: np.ndarray, peaks: np.ndarray, rate: float) -> tuple[np.nd
     qrs = slice(pre - int(0.1 * rate), pre + int(0.1 * rate))
     flat = beats[:, :, qrs].reshape(len(beats), -1)
     template = np.median(flat, axis=0)
-    corr = np.array([np.corrcoef(b, template)[0, 1] if b.std() > 0 else 0.0 for b in flat])
+    # Pearson correlation of every beat with the template at once (a flat beat or template: 0).
+    centred, centred_template = flat - flat.mean(axis=1, keepdims=True), template - template.mean()
+    norm = np.sqrt((centred**2).sum(axis=1) * (centred_template**2).sum())
+    corr = np.divide(centred @ centred_template, norm, out=np.zeros(len(flat)), where=norm > 0)
     dominant = beats[corr >= DOMINANT_CORR]
     if len(dominant) < MIN_BEATS or len(dominant) < 0.5 * len(beats):
         return None, beats, f"no consistent beat morphology ({len(dominant)} of {len(beats)} beats alike)"
     return np.median(dominant, axis=0), dominant, ""
 
 
-def _slope_extent(slope: np.ndarray, lo: int, hi: int, gap: int) -> tuple[int, int, float]:
+def _slope_extent(slope: np.ndarray, floor: float, lo: int, hi: int, gap: int) -> tuple[int, int, float]:
     """(first, last + 1, peak height above floor) of the run of ``slope`` around its peak in [lo, hi).
 
-    The run ends where the slope stays below QRS_SLOPE_FRACTION of its height above the floor
-    for more than ``gap`` samples (a shorter dip is a notch inside the QRS).
+    ``floor``: the slope's 10th percentile. The run ends where the slope stays below
+    QRS_SLOPE_FRACTION of its height above the floor for more than ``gap`` samples (a shorter dip is
+    a notch inside the QRS).
     """
-    floor = float(np.percentile(slope, 10))
     peak = lo + int(np.argmax(slope[lo:hi]))
     thr = floor + QRS_SLOPE_FRACTION * (slope[peak] - floor)
 
@@ -355,10 +378,12 @@ def _qrs_bounds(beat: np.ndarray, rate: float, r0: int) -> tuple[int, int, int] 
     slopes = np.stack([np.convolve(s, kernel, mode="same") for s in np.abs(np.diff(beat[_INDEPENDENT], axis=1))])
     lo, hi = r0 - int(0.15 * rate), r0 + int(0.2 * rate)
     gap = int(QRS_GAP_S * rate)
-    onset, offset, _ = _slope_extent(slopes.sum(axis=0), lo, hi, gap)
+    summed = slopes.sum(axis=0)
+    onset, offset, _ = _slope_extent(summed, float(np.percentile(summed, 10)), lo, hi, gap)
     if not 0.04 * rate <= offset - onset <= 0.25 * rate:
         return None
-    per_lead = [_slope_extent(s, lo, hi, gap) for s in slopes]
+    floors = np.percentile(slopes, 10, axis=1)  # one call for all leads
+    per_lead = [_slope_extent(s, float(f), lo, hi, gap) for s, f in zip(slopes, floors, strict=True)]
     # A lead whose QRS slope is small against the others' is mostly noise: it takes no part.
     strongest = max(h for _, _, h in per_lead)
     leads = [(a, b) for a, b, h in per_lead if h >= QRS_LEAD_MIN_SLOPE * strongest]
@@ -494,8 +519,21 @@ class _PWave:
 
 def _coherence(segments: np.ndarray) -> float:
     """Share of per-beat energy that survives averaging (beats, leads, samples): ~1 for a wave locked
-    to the QRS, ~1/beats for activity unrelated to it (atrial fibrillation's f waves)."""
-    return float((segments.mean(axis=0) ** 2).sum() / max((segments**2).sum(axis=2).mean(axis=0).sum(), 1e-12))
+    to the QRS, ~1/beats for activity unrelated to it (atrial fibrillation's f waves).
+
+    Judged lead by lead without the artefacts: a beat whose energy in a lead exceeds ARTEFACT_ENERGY
+    times that lead's median (an electrode artefact, a wandering baseline) would otherwise dominate
+    the per-beat energy and hide a consistent P wave in the other beats and leads.
+    """
+    energy = (segments**2).sum(axis=2)  # (beats, leads)
+    keep = energy <= ARTEFACT_ENERGY * np.median(energy, axis=0)
+    count = keep.sum(axis=0)
+    used = count >= MIN_BEATS
+    if not used.any():
+        return 0.0
+    mean = (segments * keep[:, :, None]).sum(axis=0)[used] / count[used, None]
+    per_beat = (energy * keep).sum(axis=0)[used] / count[used]
+    return float((mean**2).sum() / max(per_beat.sum(), 1e-12))
 
 
 def _p_wave(

@@ -176,3 +176,41 @@ def test_grid_runs_without_datasets_resumes_and_feeds_the_report(sample_pack, tm
                       "--summary-output", str(tmp_path / "summary.json")])  # fmt: skip
     entries = json.loads(summary.read_text())["results"]
     assert entries and {e["weights_sha256"] for e in entries} == {pretrain["weights_sha256"]}
+
+
+@pytest.mark.slow
+def test_pretraining_batches_do_not_depend_on_loader_workers_and_the_pool_head_starts_at_the_prior(sample_pack):
+    import torch
+
+    from benchmarks.esi_claim.run import ARMS_BY_NAME, Pack, PretrainingBatches, pretrain, state_sha256
+
+    pack = Pack(sample_pack)
+    # Rows are drawn up front and every augmentation is seeded by (seed, step, view, row): worker processes
+    # (the gpu profile's prefetching) must give the same batches, hence the same weights, as in-line preparation.
+    batches = PretrainingBatches(pack.pool_signals, pack.meta["sampling_rate"], 3, 7, 16, views=2)
+    assert all(len(set(rows)) == 16 for rows in batches.rows)  # no record twice in one batch
+    weights = []
+    for workers in (0, 2):
+        profile = replace(PROFILES["tiny"], steps=3, loader_workers=workers)
+        model, _ = pretrain(ARMS_BY_NAME["ssl_two_views"], profile, pack, 0, torch.device("cpu"))
+        weights.append(state_sha256(model.state_dict()))
+    assert weights[0] == weights[1]
+
+    # A zero-bias head starts at BCE log(2) = 0.693 and drove the first grid's encoders to one embedding;
+    # started at the statements' prior log odds, the first loss is the prior's entropy, far below.
+    _, summary = pretrain(
+        ARMS_BY_NAME["supervised_pool"], replace(PROFILES["tiny"], steps=2), pack, 0, torch.device("cpu")
+    )
+    prior = pack.pool_statements().mean(0).clip(1e-3, 1 - 1e-3)
+    entropy = float(np.mean(-(prior * np.log(prior) + (1 - prior) * np.log(1 - prior))))
+    assert summary["first_loss"] < 0.5 and abs(summary["first_loss"] - entropy) < 0.1
+
+
+def test_embedding_spread_tells_a_collapsed_encoder_from_a_working_one():
+    from benchmarks.esi_claim.run import embedding_spread
+
+    rng = np.random.default_rng(0)
+    working = embedding_spread(rng.normal(size=(200, 32)))
+    collapsed = embedding_spread(np.ones((200, 32)) + 1e-4 * rng.normal(size=(200, 32)) * np.r_[1.0, np.zeros(31)])
+    assert working["effective_rank"] > 20 and working["mean_dimension_std"] > 0.5
+    assert collapsed["effective_rank"] < 1.5 and collapsed["mean_dimension_std"] < 1e-4

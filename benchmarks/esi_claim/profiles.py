@@ -36,6 +36,7 @@ class Profile:
     signal_quantum_uv: int = 1  # pack resolution; PTB-XL's own is 1 uV
     text_embedding_dims: int | None = None  # PCA of the cached text embeddings (None: all 384)
     bf16: bool = False
+    loader_workers: int = 0  # processes preparing augmented pretraining batches ahead of the step (0: in line)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -101,6 +102,7 @@ PROFILES = {
         signal_quantum_uv=8,
         text_embedding_dims=64,
         bf16=True,
+        loader_workers=12,  # the H200 machine has 16 cores
         notes=(
             "one H200, bf16: pico encoder, 1,500 steps of batch 256 on the whole pool, 4-layer decoder; "
             "pack at 8 uV resolution (limb leads III, aVR, aVL, aVF derived from I and II) and text embeddings "

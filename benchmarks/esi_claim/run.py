@@ -167,13 +167,45 @@ def augmented_batch(
     ]
 
 
+class PretrainingBatches(torch.utils.data.Dataset):
+    """Step -> that step's featurized, augmented views, so DataLoader workers prepare batches ahead of the
+    accelerator (on one GPU the CPU-side augmentation of a 256-record batch takes longer than the step).
+
+    The rows of every step are drawn up front from one generator (a new permutation of the pool whenever a
+    batch would run past its end), and each augmentation is seeded by (seed, step, view, row): the batches are
+    the same whatever the number of workers.
+    """
+
+    def __init__(self, signals: np.ndarray, rate: int, seed: int, steps: int, batch_size: int, views: int):
+        if len(signals) < batch_size:
+            raise ValueError(f"the pack's pool has {len(signals)} records, fewer than one batch of {batch_size}")
+        self.signals, self.rate, self.seed, self.views = signals, rate, seed, views
+        self.extractor = EsiFeatureExtractor(sampling_rate=rate)
+        order = np.random.default_rng(seed)
+        permutation, cursor, self.rows = order.permutation(len(signals)), 0, []
+        for _ in range(steps):
+            if cursor + batch_size > len(signals):
+                permutation, cursor = order.permutation(len(signals)), 0
+            self.rows.append(permutation[cursor : cursor + batch_size])
+            cursor += batch_size
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, step: int) -> tuple[np.ndarray, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """(pool rows, [(input_values, ecg_attention_mask) per view])."""
+        rows = self.rows[step]
+        return rows, [
+            featurize(self.extractor, augmented_batch(self.signals, rows, self.rate, self.seed, step, view), self.rate)
+            for view in range(self.views)
+        ]
+
+
 def pretrain(arm: Arm, profile: Profile, pack: Pack, seed: int, device: torch.device) -> tuple[EsiModel, dict]:
     torch.manual_seed(seed)
     model = build_model(profile, pack).to(device)
     if arm.kind == "random":
         return model, {"steps": 0}
-    rate = pack.meta["sampling_rate"]
-    extractor = EsiFeatureExtractor(sampling_rate=model.config.ecg_config.sampling_rate)
     head = None
     if arm.kind == "esi":
         text_emb, text_ids = pack.text(arm.variant)
@@ -196,26 +228,27 @@ def pretrain(arm: Arm, profile: Profile, pack: Pack, seed: int, device: torch.de
         lr=profile.learning_rate,
     )
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(profile.warmup_fraction * profile.steps), profile.steps)
-    order = np.random.default_rng(seed)
-    n = len(pack.pool)
-    if n < profile.batch_size:
-        raise ValueError(f"the pack's pool has {n} records, fewer than one batch of {profile.batch_size}")
+    batches = PretrainingBatches(
+        pack.pool_signals,
+        pack.meta["sampling_rate"],
+        seed,
+        profile.steps,
+        profile.batch_size,
+        views=2 if arm.kind == "ssl" else 1,
+    )
+    loader = torch.utils.data.DataLoader(
+        batches,
+        batch_size=None,  # each item is already a batch
+        num_workers=profile.loader_workers,
+        prefetch_factor=4 if profile.loader_workers else None,
+        generator=torch.Generator().manual_seed(seed),  # not the global generator the model's dropout draws from
+    )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=profile.bf16)
-    permutation, cursor, losses, started = order.permutation(n), 0, [], time.perf_counter()
+    losses, started = [], time.perf_counter()
     model.train()
-    for step in range(profile.steps):
-        if cursor + profile.batch_size > n:
-            permutation, cursor = order.permutation(n), 0
-        rows = permutation[cursor : cursor + profile.batch_size]
-        cursor += profile.batch_size
-        views = 2 if arm.kind == "ssl" else 1
-        inputs = [
-            [
-                t.to(device)
-                for t in featurize(extractor, augmented_batch(pack.pool_signals, rows, rate, seed, step, v), rate)
-            ]
-            for v in range(views)
-        ]
+    for step, (rows, views) in enumerate(loader):
+        rows = np.asarray(rows)  # the loader hands numpy arrays over as tensors
+        inputs = [[t.to(device, non_blocking=True) for t in view] for view in views]
         with autocast:
             ecg = model.ecg_model(*inputs[0])
             if arm.kind == "esi":

@@ -142,3 +142,18 @@ def test_sample_index_finds_itself_and_is_cached(model_dir, catalogue, tmp_path)
     predictor.embed = no_embedding
     cached = SampleIndex(predictor, catalogue, tmp_path)
     np.testing.assert_array_equal(cached.embeddings, index.embeddings)
+
+
+def test_uploaded_challenge_record_is_described_with_its_own_labels():
+    """A CPSC 2018 upload (.hea + .mat): the app reads the header's `# Dx: AF` as `cqa_generate.py --ecg_file`
+    does, so the description names the CinC 2020 label, not a PTB-XL statement it was mapped to."""
+    from esi.app.cqa_view import CqaDescriber
+
+    base = Path(__file__).resolve().parents[2] / "shared" / "cpsc2018-sample" / "A0065"
+    record = read_upload([base.with_suffix(".hea"), base.with_suffix(".mat")])
+    assert record.statements == [{"system": "CinC 2020 abbreviation", "code": "AF", "text": "atrial fibrillation"}]
+    assert record.scp_codes == {"AFIB": 100.0}
+    assert (record.age, record.sex) == (66, "female")
+    description = CqaDescriber(Path(__file__).resolve().parents[1] / "data" / "ptbxl_sample").describe(record)
+    assert "CinC 2020 diagnosis labels list atrial fibrillation" in description.description
+    assert "SCP-ECG" not in description.description

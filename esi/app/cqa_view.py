@@ -42,5 +42,7 @@ class CqaDescriber:
             sex=record.sex,
             report=record.report,
             record_id=record.ecg_id if record.ecg_id is not None else record.name,
+            statements=record.statements,
+            file_name=None if record.ecg_id is not None else record.name,
         )
         return CqaResult(m, measurement_table(m), result.caption, result.faithfulness)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from esi.constants import PTBXL_AGE_OVER_89, STANDARD_LEADS
+from esi.data.challenge import header_statements, load_dx_mapping, statement_scp_codes
 from esi.data.ecg_file import SUPPORTED_FORMATS, EcgFileError, ReadLimits, read_ecg_file
 from esi.data.ptbxl import (
     SEX_NAMES,
@@ -51,6 +52,9 @@ class EcgRecord:
     sex: str = ""
     report: str = ""
     scp_codes: dict[str, float] = field(default_factory=dict)
+    # Entries (system, code, text) of a file's own statements (a Challenge header's `# Dx:` codes); None for
+    # the PTB-XL sample, whose statements are its `scp_codes`.
+    statements: list[dict[str, str]] | None = None
 
     lead_names: tuple[str, ...] = STANDARD_LEADS
 
@@ -59,8 +63,11 @@ def read_record(path: Path, **metadata) -> EcgRecord:
     """A 12-lead record from one ECG file (a WFDB record from its .hea): the first 10 s, standard lead order."""
     ecg = read_ecg_file(path, APP_LIMITS)
     signal = ecg.standard_leads()[:, : int(MAX_SECONDS * ecg.sampling_rate)]
-    demographics = {"age": ecg.age, "sex": ecg.sex}
-    return EcgRecord(ecg.name, np.ascontiguousarray(signal), ecg.sampling_rate, **{**demographics, **metadata})
+    known = {"age": ecg.age, "sex": ecg.sex}
+    statements = header_statements(ecg.path.name, list(ecg.comments))
+    if statements:  # what `cqa_generate.py --ecg_file` reads from the same file
+        known |= {"statements": statements, "scp_codes": statement_scp_codes(statements, load_dx_mapping()[1])}
+    return EcgRecord(ecg.name, np.ascontiguousarray(signal), ecg.sampling_rate, **{**known, **metadata})
 
 
 def read_upload(paths: Sequence[str | os.PathLike]) -> EcgRecord:

@@ -14,20 +14,11 @@ from pathlib import Path
 from esi.constants import STANDARD_LEADS
 from esi.cqa.captioner import DEFAULT_SCP_STATEMENTS, Captioner
 from esi.cqa.options import GenerationOptions
-from esi.data.challenge import dx_statements, header_fields, load_dx_mapping, statement_scp_codes
-from esi.data.ecg_file import EcgFile, read_ecg_file
+from esi.data.challenge import header_statements, load_dx_mapping, statement_scp_codes
+from esi.data.ecg_file import read_ecg_file
 from esi.data.labels import parse_age, parse_sex
 
 SOURCE = "ECG file"
-
-
-def file_statements(ecg: EcgFile) -> list[dict[str, str]]:
-    """The statements a file carries: the `# Dx:` codes of a Challenge-style WFDB header, else none."""
-    dx = header_fields(list(ecg.comments)).get("dx", "")
-    if not dx:
-        return []
-    snomed_names, abbreviations = load_dx_mapping()
-    return dx_statements(ecg.path.name, dx, snomed_names, abbreviations)
 
 
 def caption_ecg_file(
@@ -42,7 +33,7 @@ def caption_ecg_file(
     name = ecg.path.name
     age = ecg.age if age is None else parse_age(name, str(age), SOURCE)
     sex = ecg.sex if sex is None else parse_sex(name, sex, SOURCE)
-    statements = file_statements(ecg)
+    statements = header_statements(name, list(ecg.comments))
     scp_codes = statement_scp_codes(statements, load_dx_mapping()[1])
     captioner = Captioner(DEFAULT_SCP_STATEMENTS.parent, options)
     try:

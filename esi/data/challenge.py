@@ -170,6 +170,16 @@ def dx_statements(
     return entries
 
 
+def header_statements(name: str, comments: list[str]) -> list[dict[str, str]]:
+    """The statements one WFDB header's comment lines carry: a Challenge-style `# Dx:` field named with the
+    shipped mapping tables (`dx_statements`), else none. `name` (the file) names the record in errors."""
+    dx = header_fields(list(comments)).get("dx", "")
+    if not dx:
+        return []
+    snomed_names, abbreviations = load_dx_mapping()
+    return dx_statements(name, dx, snomed_names, abbreviations)
+
+
 def statement_scp_codes(statements: list[dict[str, str]], abbreviations: dict[str, str]) -> dict[str, float]:
     """The SCP-ECG statements the record's codes correspond to (likelihood 100: the Challenge gives none)."""
     codes = {}

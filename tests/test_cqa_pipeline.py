@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from datasets import DatasetDict, load_dataset, load_from_disk
 
 from esi.cqa.run import generate_captions, merge_outputs, push_captions
@@ -38,7 +39,9 @@ def input_ids(prepared_sample) -> dict[str, list[int]]:
 @pytest.fixture(scope="module")
 def full_run(prepared_sample, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cqa") / "full"
+    threads = torch.get_num_threads()
     summary = generate_captions(prepared_sample, out, backend="template", records_per_file=100, num_workers=2)
+    assert torch.get_num_threads() == threads  # the run's one torch thread per op is undone after it
     assert summary["complete"] and summary["rows_written"] == 300
     assert summary["faithfulness"] == {"pass": 300}
     return out
@@ -50,8 +53,18 @@ def test_full_run_loads_with_datasets_and_has_a_card(full_run, input_ids):
     for name, split in loaded.items():
         assert sorted(split["ecg_id"]) == sorted(input_ids[name]) and set(split["split"]) == {name}
     row = loaded["train"][0]
-    for column in ("caption", "heart_rate_bpm", "qtc_bazett_ms", "qrs_axis_deg", "st_deviation_V5_mv", "statements",
-                   "statement_descriptions", "retrieved_passage_ids", "prompt_hash", "faithfulness_issues"):
+    for column in (
+        "caption",
+        "heart_rate_bpm",
+        "qtc_bazett_ms",
+        "qrs_axis_deg",
+        "st_deviation_V5_mv",
+        "statements",
+        "statement_descriptions",
+        "retrieved_passage_ids",
+        "prompt_hash",
+        "faithfulness_issues",
+    ):
         assert column in row
     assert row["backend"] == "template" and row["model_id"] == "esi-cqa-template-v1"
     assert row["statements"] and row["retrieved_passage_ids"][0].startswith("scp:")

@@ -137,6 +137,18 @@ def test_batch_equals_single_through_the_cache(entries, lexical):
         _assert_batch_equals_single(cached, lexical)
 
 
+def test_threaded_batches_equal_one_query_at_a_time(hybrid, entries):
+    # 150 queries of 1 to ~60 tokens: three batches, cut by token count, encoded in two threads, must give each
+    # query the scores it gets alone (no padding); a row written to the wrong query or a bad mask would not.
+    words = (AF_QUERY + " heart rate 46 bpm bradycardia QRS duration prolonged left axis deviation").split()
+    queries = [" ".join(words[: 1 + (7 * i) % len(words)] * (1 + i % 3)) for i in range(150)]
+    threaded = HybridRetriever(entries, cache_size=0, encode_threads=2)
+    batched = threaded.dense_scores(queries)
+    alone = np.concatenate([hybrid.dense_scores([q]) for q in queries])
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+    np.testing.assert_array_equal(batched, hybrid.dense_scores(queries))  # threads do not change a bit
+
+
 def test_domain_queries_land_on_the_right_entries(hybrid):
     expectations = {
         "PR interval 236 ms prolonged": {"scp:LPR", "scp:1AVB", "general:pr-interval"},

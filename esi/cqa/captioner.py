@@ -132,11 +132,11 @@ def _scp_descriptions(dataset_dir: Path, override: str | None) -> dict[str, str]
 class Captioner:
     """Turns rows of a prepared dataset (plus their measurements) into output rows."""
 
-    def __init__(self, dataset_dir: Path, options: GenerationOptions) -> None:
+    def __init__(self, dataset_dir: Path, options: GenerationOptions, encode_threads: int = 1) -> None:
         self.options = options
         self.descriptions = _scp_descriptions(dataset_dir, options.scp_statements)
         knowledge = load_knowledge_base()
-        self.retriever = HybridRetriever(knowledge, encoder_path=options.encoder_path)
+        self.retriever = HybridRetriever(knowledge, encoder_path=options.encoder_path, encode_threads=encode_threads)
         self.checker = FaithfulnessChecker(DiagnosisLexicon.build(self.descriptions, knowledge))
         if options.text_variant != "full" and options.backend != "template":
             raise ValueError(f"text_variant {options.text_variant!r} needs the template backend, not {options.backend}")

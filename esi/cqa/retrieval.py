@@ -15,6 +15,7 @@ import logging
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,31 +70,43 @@ def _rrf(ranks: np.ndarray) -> np.ndarray:
 
 
 class _DenseEncoder:
-    """Sentence embeddings: transformer last hidden state, mean over real tokens, unit length."""
+    """Sentence embeddings: transformer last hidden state, mean over real tokens, unit length.
 
-    def __init__(self, path: Path, device: str) -> None:
+    ``threads`` > 1 encodes that many batches at once, each in its own Python thread (torch releases the
+    GIL in its kernels); see ``HybridRetriever``.
+    """
+
+    def __init__(self, path: Path, device: str, threads: int = 1) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).to(device).eval()
         self.device = device
+        self.threads = max(1, threads)
 
-    @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        # Batch texts of similar length together so little compute goes to padding.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        # Tokenise once and batch texts of equal or next-to-equal token counts: padding would be
+        # computed like real tokens (a quarter of the work with batches sorted by characters).
+        tokens = self.tokenizer(list(texts), truncation=True, max_length=_MAX_SEQ_LEN)
+        order = sorted(range(len(texts)), key=lambda i: len(tokens["input_ids"][i]))
+        batches = [order[start : start + _ENCODE_BATCH] for start in range(0, len(order), _ENCODE_BATCH)]
         out = np.empty((len(texts), self.model.config.hidden_size), dtype=np.float32)
-        for start in range(0, len(order), _ENCODE_BATCH):
-            idx = order[start : start + _ENCODE_BATCH]
-            batch = self.tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=_MAX_SEQ_LEN,
-                return_tensors="pt",
-            ).to(self.device)
-            hidden = self.model(**batch).last_hidden_state
-            pooled = masked_mean(hidden, batch["attention_mask"])
-            out[idx] = torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
+
+        def embed(idx: list[int]) -> None:
+            out[idx] = self._embed({k: [v[i] for i in idx] for k, v in tokens.items()})
+
+        if self.threads > 1 and len(batches) > 1:
+            with ThreadPoolExecutor(min(self.threads, len(batches))) as pool:
+                list(pool.map(embed, batches))
+        else:
+            for idx in batches:
+                embed(idx)
         return out
+
+    @torch.inference_mode()  # per thread: it must wrap the forward pass in the thread that runs it
+    def _embed(self, tokens: dict[str, list[list[int]]]) -> np.ndarray:
+        batch = self.tokenizer.pad(tokens, return_tensors="pt").to(self.device)
+        hidden = self.model(**batch).last_hidden_state
+        pooled = masked_mean(hidden, batch["attention_mask"])
+        return torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
 
 
 class HybridRetriever:
@@ -103,7 +116,11 @@ class HybridRetriever:
     any transformers encoder; ``None`` disables the dense ranker (lexical only).
     Passage embeddings are computed once here. Fused rankings of the last
     ``cache_size`` distinct query texts are kept, because many records share a query
-    (0 turns the cache off). Results are deterministic.
+    (0 turns the cache off). ``encode_threads``: dense batches encoded at once, each in its own
+    thread; give it with one torch thread per op (``torch.set_num_threads(1)``), so the process
+    runs one busy thread per batch, which other busy processes slow down less than torch's
+    threads of one op, which wait for each other. Results are deterministic and do not depend
+    on ``encode_threads``.
     """
 
     def __init__(
@@ -112,6 +129,7 @@ class HybridRetriever:
         encoder_path: str | Path | None = "default",
         device: str = "cpu",
         cache_size: int = 16384,
+        encode_threads: int = 1,
     ) -> None:
         if not entries:
             raise ValueError("HybridRetriever needs at least one knowledge entry")
@@ -124,7 +142,7 @@ class HybridRetriever:
             self._encoder: _DenseEncoder | None = None
         else:
             path = default_text_model_path() if encoder_path == "default" else Path(encoder_path)
-            self._encoder = _DenseEncoder(path, device)
+            self._encoder = _DenseEncoder(path, device, encode_threads)
             self._passage_embeds = self._encoder.encode(passages)
         self._cache_size = cache_size
         self._fused_cache: OrderedDict[str, np.ndarray] = OrderedDict()

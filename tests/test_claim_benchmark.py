@@ -214,3 +214,29 @@ def test_embedding_spread_tells_a_collapsed_encoder_from_a_working_one():
     collapsed = embedding_spread(np.ones((200, 32)) + 1e-4 * rng.normal(size=(200, 32)) * np.r_[1.0, np.zeros(31)])
     assert working["effective_rank"] > 20 and working["mean_dimension_std"] > 0.5
     assert collapsed["effective_rank"] < 1.5 and collapsed["mean_dimension_std"] < 1e-4
+
+
+def test_report_intervals_carry_the_spread_between_pretraining_seeds():
+    from benchmarks.esi_claim.report import Section
+
+    rng = np.random.default_rng(2)
+    labels = (rng.random((300, 4)) < 0.3).astype(int)
+    ids = np.arange(300)
+
+    def run(arm: str, pretrain_seed: int, probe_seed: int, noise: float) -> dict:
+        scores = labels + noise * rng.normal(size=labels.shape)
+        return {
+            "run_id": f"probe-{arm}-s{pretrain_seed}-p{probe_seed}", "arm": arm, "kind": "probe", "config": {},
+            "pretrain_seed": pretrain_seed, "probe_seed": probe_seed,
+            "_scores": {"test_ecg_ids": ids, "labels": labels, "scores": scores},
+        }  # fmt: skip
+
+    # three pretraining runs of very different quality, two probe seeds each
+    uneven = [run("a", s, p, noise) for s, noise in enumerate((0.4, 1.0, 2.5)) for p in (0, 1)]
+    section = Section("synthetic", uneven, samples=400)
+    seeds_only = section.seed_draws(uneven)
+    records_only = np.mean([section.draws(r) for r in uneven], 0)
+    assert np.std(seeds_only) > 2 * np.std(records_only)
+    assert section.seed_draws(uneven).tolist() == seeds_only.tolist()  # the same report on every run
+    single = [r for r in uneven if r["pretrain_seed"] == 0]
+    assert np.allclose(section.seed_draws(single), np.mean([section.draws(r) for r in single], 0))

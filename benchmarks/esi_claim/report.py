@@ -14,6 +14,7 @@ import argparse
 import json
 import shlex
 import sys
+import zlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -116,10 +117,29 @@ class Section:
             self._draws[run["run_id"]] = metric_draws(macro_auroc, labels, scores, rows)
         return self._draws[run["run_id"]]
 
+    def seed_draws(self, runs: list[dict]) -> np.ndarray:
+        """Per resample of the test records, the mean AUROC over a resample (with replacement) of the runs'
+        training seeds: pretraining seeds for probes (each seed's probe runs averaged), the run's own seed for
+        supervised-from-scratch. The interval then carries the spread between pretraining runs as well as the
+        test set's; with one training seed it is the test-record interval alone.
+
+        The seeds are drawn from a generator named by the runs, so the report is the same on every run of this
+        script and the two arms of a comparison draw their seeds independently."""
+        groups: dict[int, list[np.ndarray]] = defaultdict(list)
+        for run in runs:
+            seed = run["pretrain_seed"] if run.get("pretrain_seed") is not None else run["probe_seed"]
+            groups[seed].append(self.draws(run))
+        per_seed = np.stack([np.mean(g, 0) for _, g in sorted(groups.items())])  # (seeds, resamples)
+        if len(per_seed) == 1:
+            return per_seed[0]
+        rng = np.random.default_rng(zlib.crc32(",".join(sorted(r["run_id"] for r in runs)).encode()))
+        pick = rng.integers(0, len(per_seed), size=(self.samples, len(per_seed)))
+        return per_seed[pick, np.arange(self.samples)[:, None]].mean(1)
+
     def pooled(self, runs: list[dict]) -> tuple[float, list[float]]:
         labels, scores = self.same_records(runs)
         value = mean_over_runs(macro_auroc, labels, scores)
-        return value, percentile_interval(np.mean([self.draws(r) for r in runs], 0))
+        return value, percentile_interval(self.seed_draws(runs))
 
     def compare(self, runs_a: list[dict], runs_b: list[dict]) -> dict:
         labels, a = self.same_records(runs_a)
@@ -128,7 +148,7 @@ class Section:
             raise ValueError(f"{runs_a[0]['run_id']} and {runs_b[0]['run_id']} were tested on other records")
         return difference_summary(
             mean_over_runs(macro_auroc, labels, a) - mean_over_runs(macro_auroc, labels, b),
-            np.mean([self.draws(r) for r in runs_a], 0) - np.mean([self.draws(r) for r in runs_b], 0),
+            self.seed_draws(runs_a) - self.seed_draws(runs_b),
             runs=[len(runs_a), len(runs_b)],
         )
 
@@ -226,8 +246,8 @@ def render_section(section: Section, plot_path: Path, plot_link: str) -> str:
     columns = [(t, f) for t in config["tasks"] for f in config["fractions"]]
     out.append(
         "### Downstream macro AUROC (fold 10)\n\nMean over runs (pretraining seeds x probe seeds) and its 95% "
-        "bootstrap interval over test records. Linear probe on the frozen encoder; `supervised_scratch` trains "
-        "the whole encoder on the labels.\n"
+        "bootstrap interval over test records and training seeds (pretraining seeds; scratch: training seeds). "
+        "Linear probe on the frozen encoder; `supervised_scratch` trains the whole encoder on the labels.\n"
     )
     rows = []
     for arm in ORDER:
@@ -245,8 +265,9 @@ def render_section(section: Section, plot_path: Path, plot_link: str) -> str:
 
     out.append(
         "### Paired differences: ESI full minus each arm\n\nPaired bootstrap on the same test records "
-        f"({section.samples} resamples; every run of each arm scored on each resample); 'not shown' when the 95% "
-        "interval contains 0.\n"
+        f"({section.samples} resamples; every run of each arm scored on each resample), and on each resample a "
+        "resample of each arm's training seeds (pretraining seeds, or scratch training seeds), so that an arm "
+        "with several pretraining runs carries their spread; 'not shown' when the 95% interval contains 0.\n"
     )
     diffs, rows = {}, []
     for arm, other in COMPARISONS:

@@ -146,7 +146,7 @@ def pack(profile: Profile, work_dir: Path, pool_dir: Path, eval_dir: Path, num_p
     tokenizer.save_pretrained(out / "tokenizer")
 
     pool = load_dataset_folder(pool_prepared)
-    pool_rows, pool_signals = [], []
+    pool_rows, pool_texts, pool_signals = [], [], []
     for split in pool.values():
         for row in split:
             caption = pool_captions.get(int(row["ecg_id"]))
@@ -157,12 +157,13 @@ def pack(profile: Profile, work_dir: Path, pool_dir: Path, eval_dir: Path, num_p
                     "ecg_id": int(row["ecg_id"]),
                     "patient_id": int(row["patient_id"]),
                     "statements": list(caption["statements"]),
-                    "texts": {v: compose(caption, v, knowledge) for v in VARIANTS},
                 }
             )
+            # Only their token ids and embeddings travel: the texts themselves were 7 MB of a 64 MiB carry.
+            pool_texts.append({v: compose(caption, v, knowledge) for v in VARIANTS})
             pool_signals.append(np.asarray(row["signal"], dtype=np.float32))
     pool_clipped = write_signals(out / "pool_signals.bin", pool_signals, profile.signal_quantum_uv)
-    embeddings = {v: embed_texts([r["texts"][v] for r in pool_rows], text_model) for v in VARIANTS}
+    embeddings = {v: embed_texts([t[v] for t in pool_texts], text_model) for v in VARIANTS}
     prompts, missing = class_prompts(class_names_of(pool, profile)["superdiagnostic"], load_knowledge_base())
     prompt_names = list(prompts)
     embeddings["zero_shot"] = embed_texts([prompts[n] for n in prompt_names], text_model)
@@ -170,7 +171,7 @@ def pack(profile: Profile, work_dir: Path, pool_dir: Path, eval_dir: Path, num_p
         mean, axes = pca_basis(np.concatenate([embeddings[v] for v in VARIANTS]), profile.text_embedding_dims)
         embeddings = {k: ((e - mean) @ axes).astype(np.float16) for k, e in embeddings.items()}
     for variant in VARIANTS:
-        texts = [r["texts"][variant] for r in pool_rows]
+        texts = [t[variant] for t in pool_texts]
         np.save(out / f"text_ids_{variant}.npy", token_ids(texts, tokenizer, profile.max_text_length))
         np.save(out / f"text_emb_{variant}.npy", embeddings[variant])
     np.save(out / "zero_shot_emb.npy", embeddings["zero_shot"])

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from esi.constants import PTBXL_AGE_OVER_89, STANDARD_LEADS
-from esi.data.challenge import header_statements, load_dx_mapping, statement_scp_codes
+from esi.data.challenge import header_statements, statement_scp_codes
 from esi.data.ecg_file import SUPPORTED_FORMATS, EcgFileError, ReadLimits, read_ecg_file
 from esi.data.ptbxl import (
     SEX_NAMES,
@@ -66,7 +66,7 @@ def read_record(path: Path, **metadata) -> EcgRecord:
     known = {"age": ecg.age, "sex": ecg.sex}
     statements = header_statements(ecg.path.name, list(ecg.comments))
     if statements:  # what `cqa_generate.py --ecg_file` reads from the same file
-        known |= {"statements": statements, "scp_codes": statement_scp_codes(statements, load_dx_mapping()[1])}
+        known |= {"statements": statements, "scp_codes": statement_scp_codes(statements)}
     return EcgRecord(ecg.name, np.ascontiguousarray(signal), ecg.sampling_rate, **{**known, **metadata})
 
 

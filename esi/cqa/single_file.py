@@ -14,7 +14,7 @@ from pathlib import Path
 from esi.constants import STANDARD_LEADS
 from esi.cqa.captioner import DEFAULT_SCP_STATEMENTS, Captioner
 from esi.cqa.options import GenerationOptions
-from esi.data.challenge import header_statements, load_dx_mapping, statement_scp_codes
+from esi.data.challenge import header_statements, statement_scp_codes
 from esi.data.ecg_file import read_ecg_file
 from esi.data.labels import parse_age, parse_sex
 
@@ -34,7 +34,7 @@ def caption_ecg_file(
     age = ecg.age if age is None else parse_age(name, str(age), SOURCE)
     sex = ecg.sex if sex is None else parse_sex(name, sex, SOURCE)
     statements = header_statements(name, list(ecg.comments))
-    scp_codes = statement_scp_codes(statements, load_dx_mapping()[1])
+    scp_codes = statement_scp_codes(statements)
     captioner = Captioner(DEFAULT_SCP_STATEMENTS.parent, options)
     try:
         measurements, result = captioner.caption_record(

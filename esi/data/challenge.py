@@ -105,8 +105,13 @@ def load_dx_mapping(folder: str | os.PathLike = DEFAULT_MAPPING_DIR) -> tuple[di
 
 
 @cache
+def _default_mapping() -> tuple[dict[str, str], dict[str, str]]:
+    """The shipped tables, read once per process (every uploaded or single-file record names its codes)."""
+    return load_dx_mapping(DEFAULT_MAPPING_DIR)
+
+
 def _default_abbreviations() -> dict[str, str]:
-    return load_dx_mapping(DEFAULT_MAPPING_DIR)[1]
+    return _default_mapping()[1]
 
 
 def _snomed_code(system: str, code: str, abbreviations: dict[str, str] | None) -> str | None:
@@ -176,12 +181,16 @@ def header_statements(name: str, comments: list[str]) -> list[dict[str, str]]:
     dx = header_fields(list(comments)).get("dx", "")
     if not dx:
         return []
-    snomed_names, abbreviations = load_dx_mapping()
+    snomed_names, abbreviations = _default_mapping()
     return dx_statements(name, dx, snomed_names, abbreviations)
 
 
-def statement_scp_codes(statements: list[dict[str, str]], abbreviations: dict[str, str]) -> dict[str, float]:
-    """The SCP-ECG statements the record's codes correspond to (likelihood 100: the Challenge gives none)."""
+def statement_scp_codes(
+    statements: list[dict[str, str]], abbreviations: dict[str, str] | None = None
+) -> dict[str, float]:
+    """The SCP-ECG statements the record's codes correspond to (likelihood 100: the Challenge gives none);
+    `abbreviations`: CinC 2020 abbreviation -> SNOMED code, the shipped tables' by default."""
+    abbreviations = _default_abbreviations() if abbreviations is None else abbreviations
     codes = {}
     for entry in statements:
         scp = scp_label(entry["system"], entry["code"], abbreviations)

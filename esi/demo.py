@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     with torch.no_grad():
-        embedding = model.get_ecg_features(inputs["input_values"])[0].numpy()
+        embedding = model.get_ecg_features(inputs["input_values"]).pooler_output[0].numpy()
     print(f"ecg_id {row['ecg_id']} -> embedding of {embedding.shape[0]} dims, norm {np.linalg.norm(embedding):.3f}")
 
     banner(f"done in {time.perf_counter() - started:.0f} s; outputs")

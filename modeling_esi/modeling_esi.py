@@ -15,8 +15,9 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import SequenceClassifierOutput
-from transformers.utils import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_esi import EsiConfig, EsiDecoderConfig, EsiEcgConfig
 
@@ -25,18 +26,17 @@ from .pipeline_esi import ESI_CUSTOM_PIPELINES
 
 
 @dataclass
-class EsiEcgEncoderOutput(ModelOutput):
+class EsiEcgEncoderOutput(BaseModelOutputWithPooling):
     """
     last_hidden_state (`(B, N, C)`): ECG token sequence after the final LayerNorm (N time steps).
-    pooler_output (`(B, C)`): masked mean of `last_hidden_state` over valid tokens.
-    token_mask (`(B, N)`, *optional*): which tokens overlap valid input samples (when a mask was given).
+    pooler_output (`(B, C)`): masked mean of `last_hidden_state` over valid tokens; in the output of
+        `EsiModel.get_ecg_features`, its projection into the shared space (`(B, projection_dim)`).
     hidden_states (`tuple` of `(B, N_s, C_s)`, *optional*): the output of the stem and of every stage.
+    attentions: always None (the ECG encoder is convolutional).
+    token_mask (`(B, N)`, *optional*): which tokens overlap valid input samples (when a mask was given).
     """
 
-    last_hidden_state: torch.FloatTensor | None = None
-    pooler_output: torch.FloatTensor | None = None
     token_mask: torch.BoolTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -53,6 +53,7 @@ class EsiOutput(ModelOutput):
     ecg_last_hidden_state (`(B, N, C)`), ecg_pooler_output (`(B, C)`): ECG encoder outputs.
     text_last_hidden_state (`(B, L, H)`): text encoder output.
     ecg_hidden_states, text_hidden_states (`tuple`, *optional*): per-stage / per-layer states.
+    decoder_hidden_states (`tuple` of `(B, L-1, D)`, *optional*): the caption decoder's embeddings and layers.
     text_attentions, decoder_attentions, cross_attentions (`tuple`, *optional*): per-layer attention weights
         of the text tower, the decoder's self-attention and its cross-attention to the ECG tokens.
     """
@@ -73,6 +74,7 @@ class EsiOutput(ModelOutput):
     text_attentions: tuple[torch.FloatTensor, ...] | None = None
     decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -104,6 +106,25 @@ def lengths_to_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
 def _zero_padding(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Zero the padded time steps of a (B, C, N) tensor; `mask` is (B, N) boolean or None (no padding)."""
     return hidden if mask is None else hidden * mask[:, None].to(hidden.dtype)
+
+
+class EsiPatchConv1d(nn.Conv1d):
+    """A convolution over non-overlapping windows (kernel == stride, no padding): the patchify stem and the
+    downsampling layers. (B, C_in, T) -> (B, C_out, T // kernel).
+
+    Same parameters as `nn.Conv1d` (checkpoints load unchanged), computed as one matrix product over the windows:
+    torch's oneDNN bfloat16 CPU convolution gives wrong results for some of these shapes (12 -> 40 channels with
+    kernel 8: cosine ~0.2 to float32), while the matrix product is right in every dtype."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, kernel_size, stride=kernel_size, bias=bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        (kernel,) = self.kernel_size
+        windows = hidden.shape[-1] // kernel
+        # (B, C_in, N * k) -> (B, N, C_in * k), flattened in the order of the weight's (C_in, k) axes.
+        patches = hidden[..., : windows * kernel].unflatten(-1, (windows, kernel)).transpose(1, 2).flatten(2)
+        return F.linear(patches, self.weight.flatten(1), self.bias).transpose(1, 2)
 
 
 class EsiGRN(nn.Module):
@@ -204,7 +225,7 @@ class EsiConvNextEncoder(EsiStagedBackbone):
         super().__init__()
         widths = config.hidden_sizes
         self.stem = nn.Sequential(
-            nn.Conv1d(config.in_channels, widths[0], config.stem_stride, stride=config.stem_stride),
+            EsiPatchConv1d(config.in_channels, widths[0], config.stem_stride),
             EsiChannelsLayerNorm(widths[0], eps=config.layer_norm_eps),
         )
         self.stages = nn.ModuleList()
@@ -212,7 +233,7 @@ class EsiConvNextEncoder(EsiStagedBackbone):
             downsample = (
                 nn.Sequential(
                     EsiChannelsLayerNorm(widths[index - 1], eps=config.layer_norm_eps),
-                    nn.Conv1d(widths[index - 1], width, 2, stride=2),
+                    EsiPatchConv1d(widths[index - 1], width, 2),
                 )
                 if index > 0
                 else nn.Identity()
@@ -254,7 +275,7 @@ class EsiResNetEncoder(EsiStagedBackbone):
         super().__init__()
         widths = config.hidden_sizes
         self.stem = nn.Sequential(
-            nn.Conv1d(config.in_channels, widths[0], config.stem_stride, stride=config.stem_stride, bias=False),
+            EsiPatchConv1d(config.in_channels, widths[0], config.stem_stride, bias=False),
             nn.BatchNorm1d(widths[0]),
             nn.ReLU(),
         )
@@ -327,13 +348,43 @@ class EsiEcgEncoder(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float = 1.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention from the explicit scores. query (B, heads, L, d), key and value (B, heads, S, d), boolean
+    `attention_mask` broadcastable to (B, heads, L, S), True = may attend -> output (B, L, heads, d) (the layout
+    of transformers' attention functions) and the weights (B, heads, L, S)."""
+    scores = query @ key.transpose(-1, -2) * scaling
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    attended = F.dropout(weights, dropout, module.training) @ value
+    return attended.transpose(1, 2), weights
+
+
 class EsiAttention(nn.Module):
     """Multi-head attention; `mask` is boolean, True = may attend. Self-attention keys/values go through a
-    `Cache` during generation (`layer_idx` is the layer's slot in it)."""
+    `Cache` during generation (`layer_idx` is the layer's slot in it).
+
+    `config._attn_implementation` picks the kernel through transformers' attention interface: `"sdpa"` (torch's
+    `scaled_dot_product_attention`) or `"eager"` (`eager_attention_forward`, which is also used whenever the
+    weights are asked for: SDPA does not return them)."""
+
+    # Masks are always explicit (causal and padding for self-attention, valid ECG tokens for cross-attention).
+    is_causal = False
 
     def __init__(self, config: EsiDecoderConfig, kv_dim: int | None = None, layer_idx: int | None = None):
         super().__init__()
+        self.config = config
         self.num_heads = config.num_attention_heads
+        self.scaling = (config.hidden_size // config.num_attention_heads) ** -0.5
         self.dropout = config.dropout
         self.layer_idx = layer_idx
         kv_dim = kv_dim or config.hidden_size
@@ -362,18 +413,12 @@ class EsiAttention(nn.Module):
         )
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
-        dropout = self.dropout if self.training else 0.0
-        weights = None
-        if output_attentions:
-            # The explicit path: SDPA does not return its weights.
-            scores = query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            weights = scores.softmax(dim=-1)
-            attended = F.dropout(weights, dropout, self.training) @ value
-        else:
-            attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout)
-        return self.out_proj(attended.transpose(1, 2).flatten(2)), weights
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        attended, weights = attention(
+            self, query, key, value, mask, dropout=self.dropout if self.training else 0.0, scaling=self.scaling
+        )
+        return self.out_proj(attended.flatten(2)), weights if output_attentions else None
 
 
 class EsiDecoderLayer(GradientCheckpointingLayer):
@@ -534,11 +579,19 @@ ESI_AUTO_MAP = {
 class EsiPreTrainedModel(PreTrainedModel):
     config_class = EsiConfig
     config: EsiConfig
-    base_model_prefix = "esi"
+    # The ECG encoder, which every head holds under this name (`model.base_model`).
+    base_model_prefix = "ecg_model"
     main_input_name = "input_values"
     supports_gradient_checkpointing = True
-    _supports_sdpa = True
+    _supports_sdpa = True  # the text tower and the caption decoder; the classifier has no attention
     _no_split_modules = ["EsiConvNextBlock", "EsiResNetBlock", "EsiDecoderLayer", "BertLayer"]
+
+    def __init__(self, config: EsiConfig):
+        super().__init__(config)
+        # The caption decoder is a plain module: it follows the implementation resolved for the whole model
+        # unless one was asked for it (`attn_implementation={"decoder_config": "eager"}`).
+        if config.decoder_config._attn_implementation is None:
+            config.decoder_config._attn_implementation = config._attn_implementation
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         # All ESI heads share one config and one code file: list every Auto class in `auto_map`, so a
@@ -556,6 +609,13 @@ class EsiPreTrainedModel(PreTrainedModel):
             init.zeros_(module.beta)
         elif isinstance(module, EsiModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+
+    def _output_flags(self, output_attentions: bool | None, output_hidden_states: bool | None) -> tuple[bool, bool]:
+        """The call's `output_attentions` / `output_hidden_states`, or the config's where the call leaves them None."""
+        return (
+            bool(output_attentions if output_attentions is not None else self.config.output_attentions),
+            bool(output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states),
+        )
 
     def _encode_ecg(
         self, input_values: torch.Tensor, ecg_attention_mask: torch.Tensor | None, output_hidden_states: bool = False
@@ -644,22 +704,48 @@ class EsiModel(EsiCaptionEmbeddingsMixin, EsiPreTrainedModel):
         # Mean over real tokens, as sentence-transformers pools all-MiniLM-L6-v2.
         return outputs, masked_mean(outputs.last_hidden_state, attention_mask)
 
+    @can_return_tuple
     def get_ecg_features(
-        self, input_values: torch.FloatTensor, ecg_attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> torch.FloatTensor:
-        """(B, 12, T) -> projected ECG embeddings (B, projection_dim), not normalised.
-        `model.get_ecg_features(**feature_extractor(...))` works (other keys, e.g. `lead_mask`, are ignored)."""
-        return self.ecg_projection(self._encode_ecg(input_values, ecg_attention_mask).pooler_output)
+        self,
+        input_values: torch.FloatTensor,
+        ecg_attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> EsiEcgEncoderOutput | tuple:
+        """The ECG tower's outputs with the projected embedding as `pooler_output`, as CLIP's `get_image_features`:
+        (B, 12, T) -> `pooler_output` (B, projection_dim), not normalised; `last_hidden_state` (B, N, C),
+        `token_mask` (B, N) and, with `output_hidden_states`, the stem and stage outputs.
+        `model.get_ecg_features(**feature_extractor(...)).pooler_output` works (other keys, e.g. `lead_mask`, are
+        ignored); `return_dict=False` gives the tuple."""
+        _, output_hidden_states = self._output_flags(None, output_hidden_states)
+        ecg = self._encode_ecg(input_values, ecg_attention_mask, output_hidden_states)
+        ecg.pooler_output = self.ecg_projection(ecg.pooler_output)
+        return ecg
 
+    @can_return_tuple
     def get_text_features(
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-    ) -> torch.FloatTensor:
-        """(B, L) token ids -> projected text embeddings (B, projection_dim), not normalised.
-        `model.get_text_features(**tokenizer(texts, return_tensors="pt"))` works."""
-        return self.text_projection(self._text_outputs(input_ids, attention_mask, token_type_ids)[1])
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """The text tower's outputs with the projected embedding as `pooler_output`, as CLIP's `get_text_features`:
+        (B, L) token ids -> `pooler_output` (B, projection_dim), not normalised (a projection of the mean over
+        real tokens); `last_hidden_state` (B, L, H); per-layer `hidden_states` / `attentions` when asked.
+        `model.get_text_features(**tokenizer(texts, return_tensors="pt")).pooler_output` works."""
+        output_attentions, output_hidden_states = self._output_flags(output_attentions, output_hidden_states)
+        text, pooled = self._text_outputs(
+            input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions
+        )
+        return BaseModelOutputWithPooling(
+            last_hidden_state=text.last_hidden_state,
+            pooler_output=self.text_projection(pooled),
+            hidden_states=text.hidden_states,
+            attentions=text.attentions,
+        )
 
     def clamped_logit_scale(self) -> torch.Tensor:
         """exp(logit_scale) with logit_scale clamped at `config.logit_scale_max` (CLIP caps it at 100)."""
@@ -689,10 +775,7 @@ class EsiModel(EsiCaptionEmbeddingsMixin, EsiPreTrainedModel):
             inside a process group never blocks on other ranks.
         output_attentions: text-tower and caption-decoder attention weights (the ECG encoder is convolutional).
         """
-        output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
-        output_hidden_states = bool(
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
+        output_attentions, output_hidden_states = self._output_flags(output_attentions, output_hidden_states)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         ecg = self._encode_ecg(input_values, ecg_attention_mask, output_hidden_states)
         ecg_embeds = F.normalize(self.ecg_projection(ecg.pooler_output), dim=-1)
@@ -713,6 +796,7 @@ class EsiModel(EsiCaptionEmbeddingsMixin, EsiPreTrainedModel):
                 attention_mask[:, :-1] if attention_mask is not None else None,
                 ecg.token_mask,
                 output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
             )
             logit_scale = self.clamped_logit_scale()
             if return_loss:
@@ -726,6 +810,7 @@ class EsiModel(EsiCaptionEmbeddingsMixin, EsiPreTrainedModel):
             output.text_attentions = text.attentions
             output.decoder_attentions = decoded.attentions
             output.cross_attentions = decoded.cross_attentions
+            output.decoder_hidden_states = decoded.hidden_states
             output.caption_logits = decoded.logits
             output.logits_per_ecg, output.logits_per_text = logits_per_ecg, logits_per_text
             if return_loss:
@@ -747,8 +832,8 @@ class EsiModel(EsiCaptionEmbeddingsMixin, EsiPreTrainedModel):
         ecg_attention_mask: torch.Tensor | None = None,
     ) -> torch.FloatTensor:
         """Cosine similarity x logit scale between ECGs (B, 12, T) and class prompts (K, L) -> (B, K)."""
-        ecg = F.normalize(self.get_ecg_features(input_values, ecg_attention_mask), dim=-1)
-        text = F.normalize(self.get_text_features(class_input_ids, class_attention_mask), dim=-1)
+        ecg = F.normalize(self.get_ecg_features(input_values, ecg_attention_mask).pooler_output, dim=-1)
+        text = F.normalize(self.get_text_features(class_input_ids, class_attention_mask).pooler_output, dim=-1)
         return self.clamped_logit_scale() * ecg @ text.t()
 
     def captioner(self) -> "EsiForEcgCaptioning":
@@ -853,6 +938,7 @@ class EsiForEcgCaptioning(EsiCaptionEmbeddingsMixin, EsiPreTrainedModel, Generat
             `ecg_last_hidden_state` (`(B, N, C)`) and `ecg_token_mask` (`(B, N)`) from an earlier step.
         attention_mask (`(B, past + L)`): caption padding. labels (`(B, L)`): targets, shifted inside.
         """
+        output_attentions, output_hidden_states = self._output_flags(output_attentions, output_hidden_states)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if ecg_last_hidden_state is None:
             if input_values is None:
@@ -869,8 +955,8 @@ class EsiForEcgCaptioning(EsiCaptionEmbeddingsMixin, EsiPreTrainedModel, Generat
             attention_mask,
             ecg_token_mask,
             cache if use_cache else None,
-            output_attentions=bool(output_attentions),
-            output_hidden_states=bool(output_hidden_states),
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         loss = None
         if labels is not None:
@@ -936,6 +1022,7 @@ class EsiForEcgClassification(EsiPreTrainedModel):
     `SEQ_CLS` task type trains the `classifier` head in full (PEFT's `modules_to_save`).
     """
 
+    _supports_sdpa = False  # convolutional: no attention to implement
     # Loading from an EsiModel folder: the text tower, decoder and projections are expected leftovers.
     _keys_to_ignore_on_load_unexpected = [
         r"^text_model\.",
@@ -991,9 +1078,7 @@ class EsiForEcgClassification(EsiPreTrainedModel):
             if ecg_attention_mask is not None and not torch.equal(attention_mask, ecg_attention_mask):
                 raise ValueError("attention_mask and ecg_attention_mask differ; pass the ECG mask once")
             ecg_attention_mask = attention_mask
-        output_hidden_states = bool(
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
+        _, output_hidden_states = self._output_flags(None, output_hidden_states)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         ecg = self._encode_ecg(input_values, ecg_attention_mask, output_hidden_states)
         logits = self.classifier(self.dropout(ecg.pooler_output))

@@ -1,9 +1,11 @@
 """transformers pipelines for a saved ESI folder: `pipeline(task, model=folder, trust_remote_code=True)`.
 
-Tasks (registered in the saved config's `custom_pipelines`): `ecg-feature-extraction` (an embedding per ECG),
-`zero-shot-ecg-classification` (scores for label texts) and `ecg-captioning` (generated text). Each takes one
-ECG or a list: an array (leads x time or time x leads) with `sampling_rate=` and `lead_names=`, a dict with
-`signal`, `sampling_rate` and `lead_names`, or the path of a WFDB record (needs the optional `wfdb` package).
+Tasks (registered in the saved config's `custom_pipelines`): `feature-extraction` (the Hub's standard task name)
+or its alias `ecg-feature-extraction` (an embedding per ECG), `zero-shot-ecg-classification` (scores for label
+texts) and `ecg-captioning` (generated text). Each takes one ECG or a list: an array (leads x time or time x
+leads) with `sampling_rate=` and `lead_names=`, a dict with `signal`, `sampling_rate` and `lead_names`, or the
+path of a WFDB record (needs the optional `wfdb` package). transformers infers no task for a folder with several
+custom tasks: `pipeline(model=folder)` asks for one of them by name.
 Research software, not a diagnostic device.
 """
 
@@ -13,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from transformers import Pipeline
 
+_FEATURE_EXTRACTION = {"impl": "pipeline_esi.EcgFeatureExtractionPipeline", "pt": ["AutoModel"]}
 ESI_CUSTOM_PIPELINES = {
-    "ecg-feature-extraction": {"impl": "pipeline_esi.EcgFeatureExtractionPipeline", "pt": ["AutoModel"]},
+    "feature-extraction": _FEATURE_EXTRACTION,
+    "ecg-feature-extraction": _FEATURE_EXTRACTION,
     "zero-shot-ecg-classification": {"impl": "pipeline_esi.ZeroShotEcgClassificationPipeline", "pt": ["AutoModel"]},
     "ecg-captioning": {"impl": "pipeline_esi.EcgCaptioningPipeline", "pt": ["AutoModel"]},
 }
@@ -73,7 +77,9 @@ class EcgFeatureExtractionPipeline(_EcgPipeline):
 
     def _forward(self, model_inputs):
         return {
-            "embedding": self.model.get_ecg_features(model_inputs["input_values"], model_inputs["ecg_attention_mask"])
+            "embedding": self.model.get_ecg_features(
+                model_inputs["input_values"], model_inputs["ecg_attention_mask"]
+            ).pooler_output
         }
 
     def postprocess(self, model_outputs, normalize=True):

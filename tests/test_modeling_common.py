@@ -257,8 +257,8 @@ def test_feature_extractor_tokenizer_and_processor_feed_the_model(tmp_path: Path
     text = tokenizer(texts, padding=True, return_tensors="pt")
     assert "token_type_ids" in text and "ecg_attention_mask" in features
     with torch.no_grad():
-        ecg_embeds = model.get_ecg_features(**features)
-        text_embeds = model.get_text_features(**text)
+        ecg_embeds = model.get_ecg_features(**features).pooler_output
+        text_embeds = model.get_text_features(**text).pooler_output
         out = model(**features, **text)
         classifier = build(EsiForEcgClassification).eval()
         torch.testing.assert_close(
@@ -294,9 +294,9 @@ def test_padding_is_invisible(architecture: str):
     garbage = padded["input_values"].clone()
     garbage[..., 704:] = 30.0  # whatever lies in the padding must not matter
     with torch.no_grad():
-        reference = model.get_ecg_features(**alone)
+        reference = model.get_ecg_features(**alone).pooler_output
         for values in (padded["input_values"], garbage):
-            embedding = model.get_ecg_features(values, padded["ecg_attention_mask"])
+            embedding = model.get_ecg_features(values, padded["ecg_attention_mask"]).pooler_output
             relative = ((embedding - reference).norm() / reference.norm()).item()
             assert relative < 1e-4, relative
 

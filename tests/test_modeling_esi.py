@@ -103,8 +103,8 @@ def test_forward_losses_and_shapes(model: EsiModel, ecg: torch.Tensor):
 def test_features_match_forward(model: EsiModel, ecg: torch.Tensor):
     ids, mask = caption_batch()
     out = model(ecg, ids, mask)
-    torch.testing.assert_close(F.normalize(model.get_ecg_features(ecg), dim=-1), out.ecg_embeds)
-    torch.testing.assert_close(F.normalize(model.get_text_features(ids, mask), dim=-1), out.text_embeds)
+    torch.testing.assert_close(F.normalize(model.get_ecg_features(ecg).pooler_output, dim=-1), out.ecg_embeds)
+    torch.testing.assert_close(F.normalize(model.get_text_features(ids, mask).pooler_output, dim=-1), out.text_embeds)
     zero_shot = model.zero_shot_logits(ecg, ids, mask)
     torch.testing.assert_close(zero_shot, out.logits_per_ecg)
 
@@ -158,7 +158,10 @@ def test_ecg_attention_mask_hides_padding(model: EsiModel, ecg: torch.Tensor):
     noisy = ecg.clone()
     noisy[:, :, 700:] = 50.0
     torch.testing.assert_close(
-        model.get_ecg_features(noisy, ecg_mask), model.get_ecg_features(padded, ecg_mask), rtol=1e-5, atol=1e-5
+        model.get_ecg_features(noisy, ecg_mask).pooler_output,
+        model.get_ecg_features(padded, ecg_mask).pooler_output,
+        rtol=1e-5,
+        atol=1e-5,
     )
 
 
@@ -292,7 +295,8 @@ def test_from_text_pretrained_loads_minilm(ecg: torch.Tensor):
     mask = text["attention_mask"].unsqueeze(-1).float()
     mean_pooled = (hidden * mask).sum(1) / mask.sum(1)
     torch.testing.assert_close(
-        model.get_text_features(text["input_ids"], text["attention_mask"]), model.text_projection(mean_pooled)
+        model.get_text_features(text["input_ids"], text["attention_mask"]).pooler_output,
+        model.text_projection(mean_pooled),
     )
     out = model(ecg[:2], text["input_ids"], text["attention_mask"])
     assert torch.isfinite(out.loss)

@@ -32,7 +32,7 @@ AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
 signal = wfdb.rdrecord(record)
 features = extractor(signal.p_signal, sampling_rate=signal.fs, lead_names=signal.sig_name, return_tensors="pt")
 with torch.no_grad():
-    embedding = model.get_ecg_features(features["input_values"], features["ecg_attention_mask"])
+    embedding = model.get_ecg_features(features["input_values"], features["ecg_attention_mask"]).pooler_output
 np.save(folder + "/child_embedding.npy", embedding.numpy())
 print("ESI_REPORT", json.dumps({"model": type(model).__module__, "extractor": type(extractor).__module__,
                   "repo_on_path": repo in sys.path}))
@@ -57,7 +57,9 @@ def test_saved_folder_loads_with_trust_remote_code(tmp_path: Path):
     signal = wfdb.rdrecord(str(RECORD))
     features = extractor(signal.p_signal, sampling_rate=signal.fs, lead_names=signal.sig_name, return_tensors="pt")
     with torch.no_grad():
-        expected = model.get_ecg_features(features["input_values"], features["ecg_attention_mask"]).numpy()
+        expected = model.get_ecg_features(
+            features["input_values"], features["ecg_attention_mask"]
+        ).pooler_output.numpy()
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HF_MODULES_CACHE"] = str(tmp_path / "modules")

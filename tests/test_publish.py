@@ -32,7 +32,7 @@ USER_SCRIPT = textwrap.dedent(
     print(json.dumps({
         "model_module": type(model).__module__,
         "head": type(head).__name__,
-        "embedding_shape": list(model.get_ecg_features(inputs["input_values"]).shape),
+        "embedding_shape": list(model.get_ecg_features(inputs["input_values"]).pooler_output.shape),
         "splits": {k: v.num_rows for k, v in captions.items()},
         "signal_shape": list(row["signal"].shape),
         "caption_ids": sorted(captions["test"]["ecg_id"]) == sorted(signals["test"]["ecg_id"]),

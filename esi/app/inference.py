@@ -86,7 +86,7 @@ class EsiPredictor:
     @torch.no_grad()
     def embed(self, records: list[EcgRecord]) -> np.ndarray:
         """L2-normalised ECG embeddings (len(records), projection_dim)."""
-        features = self.model.get_ecg_features(**self.inputs(records))
+        features = self.model.get_ecg_features(**self.inputs(records)).pooler_output
         return torch.nn.functional.normalize(features, dim=-1).numpy()
 
     @torch.no_grad()

@@ -21,8 +21,8 @@ def embed_ecg_text(model, dataloader: Iterable, accelerator) -> tuple[torch.Tens
     unwrapped = accelerator.unwrap_model(model)
     ecg_parts, text_parts, record_parts = [], [], []
     for batch in dataloader:
-        ecg = unwrapped.get_ecg_features(batch["input_values"], batch["ecg_attention_mask"])
-        text = unwrapped.get_text_features(batch["input_ids"], batch["attention_mask"])
+        ecg = unwrapped.get_ecg_features(batch["input_values"], batch["ecg_attention_mask"]).pooler_output
+        text = unwrapped.get_text_features(batch["input_ids"], batch["attention_mask"]).pooler_output
         parts = (ecg.contiguous(), text.contiguous()) + ((batch["records"],) if "records" in batch else ())
         gathered = accelerator.gather_for_metrics(parts)
         ecg_parts.append(gathered[0].float())

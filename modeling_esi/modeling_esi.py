@@ -116,8 +116,11 @@ class EsiPatchConv1d(nn.Conv1d):
     torch's oneDNN bfloat16 CPU convolution gives wrong results for some of these shapes (12 -> 40 channels with
     kernel 8: cosine ~0.2 to float32), while the matrix product is right in every dtype."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True):
-        super().__init__(in_channels, out_channels, kernel_size, stride=kernel_size, bias=bias)
+    def __init__(self, *args, **kwargs):
+        # nn.Conv1d's signature: PEFT's LoRA builds its low-rank convolutions as the wrapped layer's class.
+        super().__init__(*args, **kwargs)
+        if self.stride != self.kernel_size or self.padding != (0,) or self.dilation != (1,) or self.groups != 1:
+            raise ValueError(f"EsiPatchConv1d needs stride == kernel and no padding, dilation or groups: {self}")
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         (kernel,) = self.kernel_size
@@ -225,7 +228,7 @@ class EsiConvNextEncoder(EsiStagedBackbone):
         super().__init__()
         widths = config.hidden_sizes
         self.stem = nn.Sequential(
-            EsiPatchConv1d(config.in_channels, widths[0], config.stem_stride),
+            EsiPatchConv1d(config.in_channels, widths[0], config.stem_stride, stride=config.stem_stride),
             EsiChannelsLayerNorm(widths[0], eps=config.layer_norm_eps),
         )
         self.stages = nn.ModuleList()
@@ -233,7 +236,7 @@ class EsiConvNextEncoder(EsiStagedBackbone):
             downsample = (
                 nn.Sequential(
                     EsiChannelsLayerNorm(widths[index - 1], eps=config.layer_norm_eps),
-                    EsiPatchConv1d(widths[index - 1], width, 2),
+                    EsiPatchConv1d(widths[index - 1], width, 2, stride=2),
                 )
                 if index > 0
                 else nn.Identity()
@@ -275,7 +278,7 @@ class EsiResNetEncoder(EsiStagedBackbone):
         super().__init__()
         widths = config.hidden_sizes
         self.stem = nn.Sequential(
-            EsiPatchConv1d(config.in_channels, widths[0], config.stem_stride, bias=False),
+            EsiPatchConv1d(config.in_channels, widths[0], config.stem_stride, stride=config.stem_stride, bias=False),
             nn.BatchNorm1d(widths[0]),
             nn.ReLU(),
         )

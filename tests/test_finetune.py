@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +63,20 @@ def check_adapter_reload(tiny_esi, prepared_sample, out: Path, result: dict) -> 
     base = EsiForEcgClassification.from_pretrained(tiny_esi, num_labels=len(result["classes"]))
     assert sorted(adapter["target_modules"]) == sorted(lora_target_modules(base))
     assert "classifier" in adapter["modules_to_save"]
+    # PEFT's sequence-classification task type, and the base by the path it was given, relative to the working dir.
+    assert adapter["task_type"] == "SEQ_CLS"
+    assert Path(adapter["base_model_name_or_path"]).resolve() == Path(tiny_esi).resolve()
+    assert not Path(adapter["base_model_name_or_path"]).is_absolute()
+    # The card's reload call, run in a fresh process, gives the labels back.
+    card = (out / "adapter" / "README.md").read_text()
+    snippet = card.split("```python\n")[1].split("```")[0].replace("path/to/this/folder", str(out / "adapter"))
+    check = "\nprint(json.dumps(model.config.id2label))"
+    child = subprocess.run(
+        [sys.executable, "-c", "import json\n" + snippet + check], capture_output=True, text=True, timeout=300
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    id2label = json.loads(child.stdout.strip().splitlines()[-1])
+    assert list(id2label.values()) == result["classes"]
     reloaded = PeftModel.from_pretrained(base, out / "adapter").eval()
     test = load_task(prepared_sample, "superdiagnostic").splits["test"]
     extractor = EsiFeatureExtractor.from_pretrained(tiny_esi)

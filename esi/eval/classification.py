@@ -22,7 +22,7 @@ import evaluate
 import numpy as np
 import torch
 from accelerate import Accelerator
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -150,11 +150,18 @@ def per_record(values: np.ndarray, loader: torch.utils.data.DataLoader) -> np.nd
 
 
 def load_classifier(
-    model: str | Path, num_labels: int, random_init: bool = False, seed: int = 0
+    model: str | Path,
+    num_labels: int,
+    random_init: bool = False,
+    seed: int = 0,
+    class_names: list[str] | None = None,
 ) -> EsiForEcgClassification:
     """The ESI classification model: pretrained ECG encoder from `model` (a folder or Hub id) plus a new
-    head, or, with `random_init`, the same architecture with every weight freshly initialised."""
+    head, or, with `random_init`, the same architecture with every weight freshly initialised. `class_names`
+    become the config's `id2label` / `label2id` (saved with the model, shown by pipelines)."""
     kwargs = dict(num_labels=num_labels, problem_type="multi_label_classification")
+    if class_names is not None:
+        kwargs |= dict(id2label=dict(enumerate(class_names)), label2id={name: i for i, name in enumerate(class_names)})
     torch.manual_seed(seed)
     if random_init:
         return EsiForEcgClassification(EsiConfig.from_pretrained(model, **kwargs))
@@ -225,7 +232,10 @@ def fit_network(
 
 
 def add_lora(model: EsiForEcgClassification, rank: int = 8, alpha: int = 16, dropout: float = 0.0) -> PeftModel:
+    """LoRA on the encoder, the head trained in full; PEFT's sequence-classification task type, so the adapter
+    reloads with `AutoPeftModelForSequenceClassification`."""
     config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
         r=rank,
         lora_alpha=alpha,
         lora_dropout=dropout,
@@ -300,7 +310,7 @@ def run_classification(
     random_init = random_init or method == "supervised_scratch"
     train_y = data.labels["train"]
     rows = sample_label_fraction(data.patient_ids("train"), train_y, label_fraction, config.seed)
-    model = load_classifier(model_path, len(data.class_names), random_init, config.seed)
+    model = load_classifier(model_path, len(data.class_names), random_init, config.seed, data.class_names)
     feature_extractor = EsiFeatureExtractor.from_pretrained(model_path)
     loaders = {
         s: make_window_loader(data.splits[s], feature_extractor, eval_batch_size, eval_windows)

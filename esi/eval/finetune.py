@@ -24,8 +24,8 @@ Label fractions are whole patients sampled from the training folds, stratified o
 positive record in train or test are dropped and listed in the results.
 
 Outputs in OUT: results.json, results.md, and depending on the method roc.png, test_scores.npz,
-model/ (linear_probe, full, supervised_scratch) or adapter/ (lora: load the base with
-EsiForEcgClassification.from_pretrained(MODEL, num_labels=K) and then PeftModel.from_pretrained(base, OUT/adapter)).
+model/ (linear_probe, full, supervised_scratch) or adapter/ (lora: a PEFT sequence-classification adapter whose
+README.md gives the `AutoPeftModelForSequenceClassification.from_pretrained` call that reloads it with its labels).
 
 Research software, not a diagnostic device.
 """
@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -144,6 +145,32 @@ def base_model_id(model: str) -> str:
     return model if not Path(model).exists() else Path(model).resolve().name
 
 
+def adapter_base_reference(model: str) -> str:
+    """How a LoRA adapter names its base (`base_model_name_or_path`): a Hub repo id as given, a local folder by its
+    path relative to the working directory (an absolute path would not survive a move to another machine)."""
+    return model if not Path(model).exists() else os.path.relpath(model)
+
+
+def adapter_usage(base: str, config: dict) -> str:
+    """The card's section on reloading an adapter: the base's config has no labels, so the call passes the head's."""
+    labels = {
+        "num_labels": len(config["id2label"]),
+        "id2label": {int(i): name for i, name in config["id2label"].items()},
+        "label2id": config["label2id"],
+        "problem_type": config["problem_type"],
+    }
+    arguments = "".join(f"    {key}={value!r},\n" for key, value in labels.items())
+    return (
+        "## Reloading\n\n"
+        f"The adapter's base is `{base}` (a Hub id, or a folder relative to where the adapter was trained). "
+        "Its config has no labels, so the call passes the head's:\n\n"
+        "```python\nfrom peft import AutoPeftModelForSequenceClassification\n\n"
+        'adapter = "path/to/this/folder"  # or its Hub repo id\n'
+        "model = AutoPeftModelForSequenceClassification.from_pretrained(\n"
+        f"    adapter,\n    trust_remote_code=True,\n{arguments})\n```\n"
+    )
+
+
 def write_finetuned_card(folder: Path, args: FinetuneArguments, result: dict) -> Path:
     """A model card for a fine-tuned head or adapter: `base_model` names the pretrained ESI it started from."""
     adapter = args.method == "lora"
@@ -182,8 +209,13 @@ def run_classification_cli(args: FinetuneArguments, out: Path) -> dict:
         eval_windows=parse_window_count(args.eval_windows),
     )
     saved = out / ("adapter" if args.method == "lora" else "model")
+    if args.method == "lora":
+        run.model.peft_config["default"].base_model_name_or_path = adapter_base_reference(args.model)
     run.model.save_pretrained(saved)
-    write_finetuned_card(saved, args, run.result)
+    card = write_finetuned_card(saved, args, run.result)
+    if args.method == "lora":
+        base = run.model.peft_config["default"].base_model_name_or_path
+        card.write_text(card.read_text() + "\n" + adapter_usage(base, run.model.config.to_dict()))
     np.savez_compressed(out / "test_scores.npz", scores=run.scores["test"], labels=data.labels["test"])
     plot_roc(out / "roc.png", {args.method: (data.labels["test"], run.scores["test"])}, data.class_names, args.task)
     (out / "results.md").write_text(classification_markdown(run.result) + "\n")

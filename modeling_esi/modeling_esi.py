@@ -98,6 +98,12 @@ def conv_output_lengths(lengths: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     return ((lengths + 2 * padding - dilation * (kernel - 1) - 1).div(stride, rounding_mode="floor") + 1).clamp(min=0)
 
 
+def unwrapped(layer: nn.Module) -> nn.Module:
+    """The layer an adapter wraps (PEFT's LoRA keeps it as `base_layer`), or the layer itself: lengths follow the
+    wrapped convolution's kernel, stride and padding."""
+    return getattr(layer, "base_layer", layer)
+
+
 def lengths_to_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
     """(B,) valid lengths -> (B, size) boolean mask of the valid prefix."""
     return torch.arange(size, device=lengths.device)[None] < lengths[:, None]
@@ -208,14 +214,14 @@ class EsiStagedBackbone(nn.Module):
                 hidden, lengths = self._run(layer, hidden, lengths)
             elif isinstance(layer, (EsiConvNextBlock, EsiResNetBlock)):
                 if lengths is not None and isinstance(layer, EsiResNetBlock):
-                    lengths = conv_output_lengths(lengths, layer.conv1)
+                    lengths = conv_output_lengths(lengths, unwrapped(layer.conv1))
                 mask = None if lengths is None else lengths_to_mask(lengths, layer.output_length(hidden.shape[-1]))
                 hidden = layer(hidden, mask)
             else:
                 hidden = layer(hidden)
                 if lengths is not None:
-                    if isinstance(layer, nn.Conv1d):
-                        lengths = conv_output_lengths(lengths, layer)
+                    if isinstance(unwrapped(layer), nn.Conv1d):
+                        lengths = conv_output_lengths(lengths, unwrapped(layer))
                     # Biases, norms and activations make zeros non-zero: re-zero the padding after each layer.
                     hidden = _zero_padding(hidden, lengths_to_mask(lengths, hidden.shape[-1]))
         return hidden, lengths
@@ -264,7 +270,7 @@ class EsiResNetBlock(GradientCheckpointingLayer):
         )
 
     def output_length(self, length: int) -> int:
-        return int(conv_output_lengths(torch.tensor([length]), self.conv1))
+        return int(conv_output_lengths(torch.tensor([length]), unwrapped(self.conv1)))
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         out = _zero_padding(F.relu(self.norm1(self.conv1(hidden))), mask)
@@ -591,10 +597,12 @@ class EsiPreTrainedModel(PreTrainedModel):
 
     def __init__(self, config: EsiConfig):
         super().__init__(config)
-        # The caption decoder is a plain module: it follows the implementation resolved for the whole model
-        # unless one was asked for it (`attn_implementation={"decoder_config": "eager"}`).
-        if config.decoder_config._attn_implementation is None:
-            config.decoder_config._attn_implementation = config._attn_implementation
+        # The towers follow the implementation resolved for the whole model unless one was asked for them
+        # (`attn_implementation={"decoder_config": "eager"}`): the caption decoder is a plain module, and the text
+        # tower would otherwise pick its own default even where the model resolved to eager.
+        for key in config.sub_configs:
+            if getattr(config, key)._attn_implementation is None:
+                getattr(config, key)._attn_implementation = config._attn_implementation
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         # All ESI heads share one config and one code file: list every Auto class in `auto_map`, so a

@@ -82,11 +82,15 @@ def save_tiny_esi(folder: Path, classifier_labels: list[str] | None = None) -> P
     tokenizer.save_pretrained(folder)
     EsiProcessor(EsiFeatureExtractor(), tokenizer, max_text_length=64).save_pretrained(folder)
     if classifier_labels:
-        config.num_labels = len(classifier_labels)
-        config.id2label = dict(enumerate(classifier_labels))
-        config.label2id = {label: i for i, label in enumerate(classifier_labels)}
-        config.problem_type = "multi_label_classification"
-        EsiForEcgClassification(config).save_pretrained(folder / "classifier")
+        # A config of its own: EsiModel resolved `config`'s attention to SDPA, which the classifier (no attention)
+        # does not declare.
+        EsiForEcgClassification.from_pretrained(
+            folder,
+            num_labels=len(classifier_labels),
+            id2label=dict(enumerate(classifier_labels)),
+            label2id={label: i for i, label in enumerate(classifier_labels)},
+            problem_type="multi_label_classification",
+        ).save_pretrained(folder / "classifier")
     return folder
 
 

@@ -24,6 +24,7 @@ from datasets import Features, Value
 
 from esi.data.labels import scp_reference, wfdb_example
 from esi.data.prepare import RowTable
+from esi.data.record_text import clean_record_text
 from esi.data.schema import RecordError, bounded_cell, hash_fold, prepared_features
 from esi.data.wfdb_record import inside, read_wfdb
 
@@ -133,7 +134,7 @@ class MimicEcgSource:
                 f"{row['subject_id']!r} in record_list.csv",
                 source=SOURCE,
             )
-        lines = [bounded_cell(study_id, c, machine[c], SOURCE, 1000).strip() for c in REPORT_COLUMNS]
+        lines = [clean_record_text(bounded_cell(study_id, c, machine[c], SOURCE, 1000)) for c in REPORT_COLUMNS]
         lines = [line for line in lines if line]
         path = bounded_cell(study_id, "path", row["path"], SOURCE, 1000)
         base = inside(self.folder, path, study_id, SOURCE)

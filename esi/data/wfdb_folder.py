@@ -20,6 +20,7 @@ from datasets import Features
 
 from esi.data.labels import parse_age, parse_sex, scp_reference, wfdb_example
 from esi.data.prepare import RowTable
+from esi.data.record_text import clean_record_text
 from esi.data.schema import RecordError, bounded_cell, hash_fold, prepared_features
 from esi.data.wfdb_record import inside, read_wfdb
 
@@ -74,7 +75,8 @@ class WfdbFolderSource:
         patient_id = _optional_int(record, "patient_id", row.get("patient_id", ""), 0, 2**31 - 1)
         patient_id = ecg_id if patient_id is None else patient_id
         fold = _optional_int(record, "fold", row.get("fold", ""), 1, 10) or hash_fold(str(patient_id))
-        texts = [t.strip() for t in bounded_cell(record, "statements", row.get("statements"), SOURCE).split(";")]
+        cell = bounded_cell(record, "statements", row.get("statements"), SOURCE)
+        texts = [clean_record_text(t) for t in cell.split(";")]
         codes = [c.strip() for c in bounded_cell(record, "scp_codes", row.get("scp_codes"), SOURCE).split(";")]
         codes = [c for c in codes if c]
         _, _, descriptions = scp_reference()

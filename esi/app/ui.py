@@ -60,8 +60,9 @@ footer { display: none !important; }
 
 
 def escape_markdown(text: str) -> str:
-    """User-controlled text (file and lead names, a refusal quoting them) as literal text in a Markdown
-    component: HTML tags and Markdown syntax (links, images, emphasis) are shown, never rendered."""
+    """User-controlled text (file and lead names, a refusal quoting them, a description or caption quoting a
+    record's statements) as literal text in a Markdown component: HTML tags and Markdown syntax (links, images,
+    emphasis) are shown, never rendered."""
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|~>:])", r"\\\1", html.escape(str(text), quote=False))
 
 
@@ -112,13 +113,13 @@ def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACH
         else:
             probabilities = analysis.predictions.probabilities
             method = f"**Method:** {analysis.predictions.method}."
-            caption = analysis.caption or "_(the model generated an empty caption)_"
+            caption = escape_markdown(analysis.caption or "") or "_(the model generated an empty caption)_"
         return (
             analysis.plot,
             pd.DataFrame(analysis.measurements, columns=MEASUREMENT_HEADERS),
             probabilities,
             method,
-            analysis.description,
+            escape_markdown(analysis.description),  # it quotes the record's own text: shown, never rendered
             caption,
             similar_table(analysis),
         )

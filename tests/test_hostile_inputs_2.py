@@ -219,3 +219,47 @@ def _lexicon_checker():
 )
 def test_record_text_is_normalised(raw, clean):
     assert clean_record_text(raw) == clean
+
+
+# ---- Medium 4: resume never unpickles ---------------------------------------------------------------------------
+
+
+class Payload:
+    """What an attacker plants: unpickling it creates `marker` (a stand-in for any shell command)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_refuses_a_checkpoint_with_a_planted_pickle(tmp_path):
+    import pickle
+
+    import torch
+    from accelerate import Accelerator
+
+    from esi.train.checkpoints import UnsafeCheckpointError, load_checkpoint, save_checkpoint
+    from esi.train.optim import build_scheduler
+
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = build_scheduler(optimizer, type("Args", (), {"warmup_steps": 2})(), 10)
+    optimizer.step()
+    scheduler.step()
+    state = {"scheduler": scheduler.state_dict(), "log_history": [{"step": 1, "loss": 0.5}]}
+    for step in (1, 2):
+        save_checkpoint(accelerator, tmp_path, step, keep=3, training_state=state)
+    latest = tmp_path / "checkpoints" / "step_2"
+    assert not list(latest.glob("*.pkl")) or all(p.name.startswith("random_states") for p in latest.glob("*.pkl"))
+    assert load_checkpoint(accelerator, tmp_path, "latest") == (2, json.loads(json.dumps(state)))
+
+    marker = tmp_path / "pwned"
+    (latest / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(Payload(marker)))
+    accelerator.register_for_checkpointing(scheduler)  # even where a custom object would be loaded
+    with pytest.raises(UnsafeCheckpointError, match=r"step_2 holds custom_checkpoint_0\.pkl: pickled objects that resuming would run as code"):  # noqa: E501
+        load_checkpoint(accelerator, tmp_path, "latest")
+    assert not marker.exists()  # and no quiet fall-back to step_1 either

@@ -9,7 +9,8 @@ Importing this module builds nothing; `build_app_from_env()` builds the page. Th
 (a Hugging Face Space's entry file) calls it at import, as Spaces expect.
 GRADIO_SERVER_PORT / GRADIO_SERVER_NAME choose the address; ESI_CACHE where sample embeddings are cached;
 ESI_APP_WORKERS how many analyses run at once (default 2), ESI_ANALYSIS_TIMEOUT_S how long one may take
-(default 60). Uploads are limited to 20 MB and deleted after their analysis and at shutdown.
+(default 60). One upload is limited to 20 MB in all, one address to ESI_UPLOAD_HOURLY_MB an hour (default 200);
+uploads are deleted after their analysis, after 10 minutes if never analysed, and at shutdown.
 """
 
 from __future__ import annotations
@@ -25,10 +26,17 @@ from pathlib import Path
 
 import gradio as gr
 import pandas as pd
+from starlette.middleware import Middleware
 
 from esi.app.analysis import Analyser, Analysis
 from esi.app.records import MAX_UPLOAD_BYTES
-from esi.app.uploads import exit_cleanly_on_sigterm, private_upload_folder, uploads_in_use
+from esi.app.uploads import (
+    UploadQuota,
+    exit_cleanly_on_sigterm,
+    private_upload_folder,
+    start_sweeper,
+    uploads_in_use,
+)
 from esi.app.workers import AnalysisTimeout, WorkerFailed, WorkerPool
 from esi.hub import resolve_model_dir
 
@@ -86,7 +94,7 @@ def similar_table(analysis: Analysis) -> pd.DataFrame:
 def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACHE) -> gr.Blocks:
     """The demo UI; heavy objects (model, retriever, sample index) are loaded here, once."""
     has_model = (model_dir / "config.json").is_file()
-    private_upload_folder()
+    start_sweeper(private_upload_folder())
     # Built here once for the sample list and to fill the embedding cache the workers then read.
     analyser = Analyser(samples_dir, model_dir if has_model else None, cache_dir)
     predictor = analyser.predictor
@@ -244,10 +252,17 @@ def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACH
     return demo
 
 
+def launch_options() -> dict:
+    """`Blocks.launch` keywords: the page's look, and the upload limits per file, per request and per address."""
+    hourly = int(float(os.environ.get("ESI_UPLOAD_HOURLY_MB", "200")) * 2**20)
+    quota = Middleware(UploadQuota, per_request_bytes=MAX_UPLOAD_BYTES, per_client_bytes=hourly)
+    return {"theme": THEME, "css": CSS, "max_file_size": MAX_UPLOAD_BYTES, "app_kwargs": {"middleware": [quota]}}
+
+
 def launch(demo: gr.Blocks) -> None:
-    """Serve the page with the upload size limit; uploads and workers go when the server stops."""
+    """Serve the page with the upload limits; uploads and workers go when the server stops."""
     exit_cleanly_on_sigterm()
-    demo.launch(theme=THEME, css=CSS, max_file_size=MAX_UPLOAD_BYTES)
+    demo.launch(**launch_options())
 
 
 def build_app_from_env(model: str | None = None, samples: str | None = None, cache: str | None = None) -> gr.Blocks:

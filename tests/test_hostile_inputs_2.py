@@ -320,3 +320,62 @@ def test_uploads_never_analysed_are_deleted_and_those_in_use_kept(tmp_path):
     with uploads_in_use([str(busy)]):
         assert sweep_unanalysed(tmp_path, max_age_s=600) == [old]
         assert busy.exists() and fresh.exists() and not old.parent.exists()
+
+
+# ---- Medium 6: duplicate ids are refused, naming both rows ------------------------------------------------------
+
+
+def test_labels_csv_giving_two_records_one_ecg_id_is_refused(tmp_path):
+    from esi.data.wfdb_folder import WfdbFolderSource
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("record,ecg_id,statements\nsinus,7,sinus rhythm\nafib,7,atrial fibrillation\n")
+    with pytest.raises(ValueError, match=r"labels\.csv: line 2 and line 3 both give ecg_id 7; every ECG needs its own"):
+        WfdbFolderSource(tmp_path, labels).rows()
+    labels.write_text("record,ecg_id\nfirst,\nsecond,01\n")  # the first row's default id is its position, 1
+    with pytest.raises(ValueError, match=r"line 2 and line 3 both give ecg_id 1"):
+        WfdbFolderSource(tmp_path, labels).rows()
+
+
+def test_ptbxl_and_mimic_tables_repeating_an_id_are_refused(tmp_path):
+    import shutil
+
+    from esi.data.mimic import MEASUREMENT_COLUMNS, RECORD_LIST_COLUMNS, MimicEcgSource
+    from esi.data.ptbxl import load_database
+    from tests.test_hostile_inputs import SAMPLE
+
+    ptbxl = tmp_path / "ptbxl"
+    ptbxl.mkdir()
+    lines = (SAMPLE / "ptbxl_database.csv").read_text().splitlines()
+    lines.insert(5, lines[1])  # the first record again, as line 6
+    (ptbxl / "ptbxl_database.csv").write_text("\n".join(lines) + "\n")
+    shutil.copy(SAMPLE / "scp_statements.csv", ptbxl)
+    with pytest.raises(ValueError, match=r"line 2 and line 6 both give ecg_id 1\b"):
+        load_database(ptbxl)
+
+    mimic = tmp_path / "mimic"
+    mimic.mkdir()
+    (mimic / "record_list.csv").write_text(",".join(RECORD_LIST_COLUMNS) + "\n1,40,a,t,files/a\n2,41,b,t,files/b\n")
+    header = ",".join(MEASUREMENT_COLUMNS)
+    blank = "," * (len(MEASUREMENT_COLUMNS) - 5)
+    rows = [f"1,40,c,t,Sinus rhythm{blank}", f"2,41,c,t,Sinus rhythm{blank}", f"1,40,c,t,Atrial fibrillation{blank}"]
+    (mimic / "machine_measurements.csv").write_text("\n".join([header, *rows]) + "\n")
+    with pytest.raises(ValueError, match=r"machine_measurements\.csv: row 1 and row 3 both give study_id 40"):
+        MimicEcgSource(mimic).rows()
+
+
+def test_captions_repeating_an_ecg_id_are_refused_not_joined(tmp_path):
+    import datasets
+
+    from esi.data.torch_dataset import join_captions
+
+    signals = datasets.Dataset.from_dict({"ecg_id": [1, 2]})
+    captions = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"ecg_id": [1, 2], "caption": ["sinus rhythm", "sinus rhythm"]}),
+        "test": datasets.Dataset.from_dict({"ecg_id": [1], "caption": ["atrial fibrillation"]}),
+    })  # fmt: skip
+    with pytest.raises(ValueError, match=r"captions dataset: train row 0 and test row 0 both give ecg_id 1"):
+        join_captions(signals, captions, "train")
+    twice = datasets.Dataset.from_dict({"ecg_id": [2, 2]})
+    with pytest.raises(ValueError, match=r"signals split 'train': row 0 and row 1 both give ecg_id 2"):
+        join_captions(twice, captions["train"], "train")

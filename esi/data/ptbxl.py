@@ -26,7 +26,7 @@ from datasets import DatasetDict, Features
 
 from esi.constants import PTBXL_AGE_OVER_89, TASKS
 from esi.data.prepare import RowTable
-from esi.data.schema import LEAD_NAMES, RecordError, bounded_cell, prepared_features
+from esi.data.schema import LEAD_NAMES, RecordError, bounded_cell, prepared_features, refuse_duplicate_ids
 from esi.data.wfdb_record import (
     Header,
     bad_checksums,
@@ -107,9 +107,7 @@ def load_database(ptbxl_dir: str | os.PathLike, limit: int | None = None, as_tex
     missing = set(DATABASE_COLUMNS) - set(database.columns)
     if missing:
         raise ValueError(f"{path} lacks columns {sorted(missing)}")
-    duplicated = database["ecg_id"][database["ecg_id"].duplicated()]
-    if len(duplicated):
-        raise ValueError(f"{path} repeats ecg_id {sorted(set(duplicated.tolist()))[:10]}")
+    refuse_duplicate_ids(database["ecg_id"].tolist(), "ecg_id", path)
     return database
 
 

@@ -134,6 +134,7 @@ def test_upload_shows_ecg_measurements_predictions_and_neighbours(page, app_url)
 
     expect(page.locator("#cqa-description")).to_contain_text("bpm")
     expect(page.locator("#cqa-description")).to_contain_text("not a diagnosis")
+    expect(page.locator("#model-info")).to_contain_text("runs from this folder, which the operator named")
     # The uploaded record is itself in the sample: it must come first, identical to itself.
     # (Rows by ARIA role: the table also holds a hidden row Gradio uses to size its columns.)
     rows = page.locator("#similar").get_by_role("row").filter(has=page.get_by_role("gridcell"))

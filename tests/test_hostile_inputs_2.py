@@ -379,3 +379,15 @@ def test_captions_repeating_an_ecg_id_are_refused_not_joined(tmp_path):
     twice = datasets.Dataset.from_dict({"ecg_id": [2, 2]})
     with pytest.raises(ValueError, match=r"signals split 'train': row 0 and row 1 both give ecg_id 2"):
         join_captions(twice, captions["train"], "train")
+
+
+# ---- Medium 7: the app runs remote code only from a pinned commit or a folder the operator names ---------------
+
+
+@pytest.mark.parametrize("spec", ["someone/esi-tiny", "someone/esi-tiny@main", "someone/esi-tiny@v1.0", "a/b@abc"])
+def test_a_hub_model_without_a_pinned_commit_is_refused(spec):
+    from esi.hub import resolve_model_dir
+
+    with pytest.raises(ValueError, match=r"the app runs its modeling code, so it loads one only at a pinned commit"):
+        resolve_model_dir(spec)
+

@@ -53,6 +53,11 @@ DISCLAIMER = (
     "automated estimate from an experimental model trained on a small public sample. None of it is clinically "
     "validated; do not use it to diagnose, treat or make any decision about a person."
 )
+# Said on the page and in the log: loading the model runs the model folder's own code.
+REMOTE_CODE_NOTE = (
+    "The model's code (modeling_esi.py) runs from this folder, which the operator named; a Hub model is loaded "
+    "only at a pinned commit."
+)
 THEME = gr.themes.Soft(primary_hue="blue", neutral_hue="slate")
 CSS = """
 .esi-header h1 { margin-bottom: 0.1em; }
@@ -94,6 +99,8 @@ def similar_table(analysis: Analysis) -> pd.DataFrame:
 def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACHE) -> gr.Blocks:
     """The demo UI; heavy objects (model, retriever, sample index) are loaded here, once."""
     has_model = (model_dir / "config.json").is_file()
+    if has_model:
+        logger.warning("loading %s with trust_remote_code: %s", model_dir, REMOTE_CODE_NOTE)
     start_sweeper(private_upload_folder())
     # Built here once for the sample list and to fill the embedding cache the workers then read.
     analyser = Analyser(samples_dir, model_dir if has_model else None, cache_dir)
@@ -240,7 +247,8 @@ def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACH
         )
         if predictor is not None:
             gr.Markdown(
-                f"Model `{model_dir}` (sha256 {predictor.hash[:12]}), {len(catalogue.ecg_ids)} sample ECGs indexed.",
+                f"Model {escape_markdown(model_dir)} (sha256 {predictor.hash[:12]}), {len(catalogue.ecg_ids)} sample "
+                f"ECGs indexed. {REMOTE_CODE_NOTE}",
                 elem_id="model-info",
             )
         outputs = [status, plot, measurements, predictions, method, description, caption, similar]
@@ -280,7 +288,11 @@ def build_app_from_env(model: str | None = None, samples: str | None = None, cac
 def main(argv: list[str] | None = None) -> None:
     """`esi-app`: build the page and serve it (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose the address)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="model folder or Hub repo id (default: $ESI_MODEL, else the demo's model)")
+    parser.add_argument(
+        "--model",
+        help="model folder, or Hub repo id at a pinned commit (org/name@<commit hash>); default: $ESI_MODEL, else "
+        "the demo's model",
+    )
     parser.add_argument("--samples", help="PTB-XL-layout sample folder (default: $ESI_SAMPLES, else data/ptbxl_sample)")
     parser.add_argument("--cache", help="where sample embeddings are cached (default: $ESI_CACHE)")
     args = parser.parse_args(argv)

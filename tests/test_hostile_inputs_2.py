@@ -390,4 +390,3 @@ def test_a_hub_model_without_a_pinned_commit_is_refused(spec):
 
     with pytest.raises(ValueError, match=r"the app runs its modeling code, so it loads one only at a pinned commit"):
         resolve_model_dir(spec)
-

@@ -409,3 +409,23 @@ def test_merge_never_writes_a_unit_outside_the_output_folder(tmp_path):
     with pytest.raises(RunStateError, match=r"unit '\.\./\.\./escaped\.parquet' is not a data/<split>-NNNNN"):
         merge_outputs([shard], output)
     assert not (tmp_path / "jobs" / "escaped.parquet").exists() and not (output.parent / "escaped.parquet").exists()
+
+
+@pytest.mark.parametrize("linked", [".hea", ".dat"])
+def test_ptbxl_record_files_linking_outside_the_folder_are_refused(tmp_path, linked):
+    from esi.data.ptbxl import PtbxlRecordError, read_signal
+    from tests.test_hostile_inputs import RECORD, SAMPLE
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    folder = tmp_path / "ptbxl" / "records100" / "00000"
+    folder.mkdir(parents=True)
+    for suffix in (".hea", ".dat"):
+        source = SAMPLE / f"{RECORD}{suffix}"
+        if suffix == linked:
+            (outside / source.name).write_bytes(source.read_bytes())
+            (folder / source.name).symlink_to(outside / source.name)
+        else:
+            (folder / source.name).write_bytes(source.read_bytes())
+    with pytest.raises(PtbxlRecordError, match=rf"00547_lr\{linked} is a link to .*elsewhere.*, outside the dataset"):
+        read_signal(tmp_path / "ptbxl", 547, RECORD, 100)

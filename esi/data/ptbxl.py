@@ -297,7 +297,10 @@ def read_signal(ptbxl_dir: str | os.PathLike, ecg_id: int, record_name: str, sam
         float32 array of shape (12, 10 * sampling_rate): leads in `LEAD_NAMES` order x time, mV.
         Samples equal `wfdb.rdsamp`'s (transposed, cast to float32).
     """
-    base = Path(ptbxl_dir) / record_name
+    try:  # also refuses a .hea or .dat that links outside the folder
+        base = inside(Path(ptbxl_dir), record_name, ecg_id, "PTB-XL ecg_id")
+    except RecordError as err:
+        raise PtbxlRecordError(ecg_id, err.problem) from None
     for suffix in (".hea", ".dat"):
         if not base.with_name(base.name + suffix).is_file():
             raise MissingRecordFileError(ecg_id, f"{sampling_rate} Hz file {record_name}{suffix} is missing")

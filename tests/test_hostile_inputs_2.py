@@ -429,3 +429,73 @@ def test_ptbxl_record_files_linking_outside_the_folder_are_refused(tmp_path, lin
             (folder / source.name).write_bytes(source.read_bytes())
     with pytest.raises(PtbxlRecordError, match=rf"00547_lr\{linked} is a link to .*elsewhere.*, outside the dataset"):
         read_signal(tmp_path / "ptbxl", 547, RECORD, 100)
+
+
+def _csv_ecg(rows: int = 1000, rate: int = 500, first_cell: str | None = None) -> str:
+    """A real PTB-XL signal as the CSV a careless export writes: a time column and twelve lead columns in mV."""
+    from esi.data.ptbxl import read_signal
+    from tests.test_hostile_inputs import RECORD, SAMPLE
+
+    signal = read_signal(SAMPLE, 547, RECORD, 100)
+    lines = ["time," + ",".join(STANDARD_LEADS)]
+    for i in range(rows):
+        cells = [f"{signal[lead, (i * 100 // rate) % 1000]:.4f}" for lead in range(12)]
+        if i == 0 and first_cell is not None:
+            cells[0] = first_cell
+        lines.append(f"{i / rate:.6f}," + ",".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def test_csv_with_a_byte_order_mark_is_read(tmp_path):
+    from esi.data.ecg_file import read_ecg_file
+
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeff".encode() + _csv_ecg().encode())
+    ecg = read_ecg_file(path)
+    assert ecg.sampling_rate == 500 and ecg.signal.shape == (12, 1000)
+
+
+@pytest.mark.parametrize(
+    ("cell", "refusal"),
+    [
+        ("1" * 140_000, r"huge\.csv, row 2: not a readable CSV row \(field larger than field limit"),
+        ("1e308", r"huge\.csv: leads I reach 1e\+308 mV; a surface ECG stays within ±100 mV"),
+    ],
+    ids=["140 KB cell", "1e308"],
+)
+def test_csv_cells_a_reader_cannot_trust_are_refused_as_sentences(tmp_path, cell, refusal):
+    from esi.data.ecg_file import EcgFileError, read_ecg_file
+
+    path = tmp_path / "huge.csv"
+    path.write_text(_csv_ecg(first_cell=cell))
+    with pytest.raises(EcgFileError, match=refusal):
+        read_ecg_file(path)
+
+
+def test_a_csv_of_tiny_rows_is_refused_in_bounded_memory(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "tiny_rows.csv"
+    zeros = ",0" * 12 + "\n"
+    with path.open("w") as handle:  # one sample a millisecond, 19.5 MB of rows
+        handle.write("time_ms," + ",".join(STANDARD_LEADS) + "\n")
+        written, i = 0, 0
+        while written < 19.5 * 2**20 - 100:
+            written += handle.write(f"{i}{zeros}")
+            i += 1
+    assert 19 * 2**20 < path.stat().st_size < 20 * 2**20
+    script = (
+        "import resource, sys\n"
+        "from esi.data.ecg_file import EcgFileError, read_ecg_file\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    read_ecg_file(sys.argv[1])\n"
+        "except EcgFileError as error:\n"
+        "    print(error)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True)
+    refusal, grown_mb = out.stdout.strip().splitlines()
+    assert "has more than 121201 rows; longer records are not accepted" in refusal
+    assert float(grown_mb) < 100, f"refusing a 19.5 MB CSV grew the process by {grown_mb} MB"

@@ -27,6 +27,7 @@ from esi.checksum import sha256_file
 from esi.cqa.dataset_card import write_dataset_card
 from esi.cqa.run import output_stats
 from esi.cqa.run_state import read_run_config
+from esi.disk_errors import exit_on_full_disk
 from esi.hub import push_folder
 from esi.train.model_card import write_model_card
 
@@ -218,7 +219,8 @@ def assemble_and_push(argv: list[str] | None = None) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (its return value would become the exit status)."""
-    assemble_and_push(argv)
+    with exit_on_full_disk("esi-publish"):
+        assemble_and_push(argv)
 
 
 if __name__ == "__main__":

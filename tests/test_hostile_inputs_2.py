@@ -499,3 +499,21 @@ def test_a_csv_of_tiny_rows_is_refused_in_bounded_memory(tmp_path):
     refusal, grown_mb = out.stdout.strip().splitlines()
     assert "has more than 121201 rows; longer records are not accepted" in refusal
     assert float(grown_mb) < 100, f"refusing a 19.5 MB CSV grew the process by {grown_mb} MB"
+
+
+def test_a_file_size_limit_ends_prepare_with_a_sentence(tmp_path):
+    import resource
+    import subprocess
+    import sys
+
+    from tests.test_hostile_inputs import REPO_ROOT, SAMPLE
+
+    def limit_file_size() -> None:  # EFBIG the moment a shard passes 64 KB (Python ignores SIGXFSZ)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 2**10, 64 * 2**10))
+
+    command = [sys.executable, "-m", "esi.data.prepare_ptbxl", "--ptbxl-dir", str(SAMPLE), "--output-dir",
+               str(tmp_path / "prepared"), "--limit", "40", "--num-proc", "1"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, preexec_fn=limit_file_size)
+    assert done.returncode == 1
+    assert "esi-prepare stopped: a file grew past the file-size limit" in done.stderr, done.stderr[-2000:]
+    assert "rerun the same command with --resume" in done.stderr and "Traceback" not in done.stderr

@@ -35,6 +35,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer
 
+from esi.disk_errors import exit_on_full_disk
 from esi.text_encoder import default_text_model_path
 from esi.train.arguments import (
     DataArguments,
@@ -363,7 +364,8 @@ def main(argv: list[str] | None = None) -> None:
 
     Programmatic callers use `pretrain(*parse_args(argv))`, which returns the saved model folder.
     """
-    pretrain(*parse_args(argv, description=__doc__))
+    with exit_on_full_disk("esi-train", "rerun the same command with --resume-from-checkpoint latest"):
+        pretrain(*parse_args(argv, description=__doc__))
 
 
 if __name__ == "__main__":

@@ -285,11 +285,13 @@ def test_upload_totals_per_request_and_per_address(monkeypatch, tmp_path):
     monkeypatch.setenv("ESI_UPLOAD_HOURLY_MB", "30")
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
     with gr.Blocks() as demo:
-        gr.File(file_count="multiple")
+        files = gr.File(file_count="multiple")
+        names = gr.Textbox()
+        gr.Button().click(lambda paths: ", ".join(paths or []), files, names, api_name="names")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    options = {k: v for k, v in launch_options().items() if k in ("max_file_size", "app_kwargs")}
+    options = {k: v for k, v in launch_options().items() if k not in ("theme", "css")}
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **options)
     try:
         url = f"http://127.0.0.1:{port}/gradio_api/upload"
@@ -300,6 +302,12 @@ def test_upload_totals_per_request_and_per_address(monkeypatch, tmp_path):
         assert httpx.post(url, files=[("files", ("a.dat", b"\0" * 16 * 2**20))], timeout=60).status_code == 200
         again = httpx.post(url, files=[("files", ("b.dat", b"\0" * 16 * 2**20))], timeout=60)
         assert again.status_code == 429 and "at most 30 MB are accepted" in again.text
+        # A forged file path (never uploaded) is refused by Gradio, and the client is told why.
+        forged = {"data": [[{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}]]}
+        call = f"http://127.0.0.1:{port}/gradio_api/call/names"
+        event = httpx.post(call, json=forged, timeout=60).json()["event_id"]
+        stream = httpx.get(f"{call}/{event}", timeout=60).text
+        assert "event: error" in stream and "it was not uploaded by a user" in stream, stream
     finally:
         demo.close()
 

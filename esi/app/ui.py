@@ -264,7 +264,15 @@ def launch_options() -> dict:
     """`Blocks.launch` keywords: the page's look, and the upload limits per file, per request and per address."""
     hourly = int(float(os.environ.get("ESI_UPLOAD_HOURLY_MB", "200")) * 2**20)
     quota = Middleware(UploadQuota, per_request_bytes=MAX_UPLOAD_BYTES, per_client_bytes=hourly)
-    return {"theme": THEME, "css": CSS, "max_file_size": MAX_UPLOAD_BYTES, "app_kwargs": {"middleware": [quota]}}
+    # show_error: a request Gradio itself refuses (a forged file path that was never uploaded) says why; the
+    # page's own handlers turn every other failure into a sentence before Gradio sees it.
+    return {
+        "theme": THEME,
+        "css": CSS,
+        "max_file_size": MAX_UPLOAD_BYTES,
+        "app_kwargs": {"middleware": [quota]},
+        "show_error": True,
+    }
 
 
 def launch(demo: gr.Blocks) -> None:

@@ -221,7 +221,10 @@ def _lexicon_checker():
     ids=["bidi", "ansi", "zero-width", "full-width", "60 KB"],
 )
 def test_record_text_is_normalised(raw, clean):
+    from esi.data.record_text import without_invisible
+
     assert clean_record_text(raw) == clean
+    assert without_invisible(f"{raw}\n\nsecond paragraph").endswith("\n\nsecond paragraph")  # a caption keeps them
 
 
 # ---- Medium 4: resume never unpickles ---------------------------------------------------------------------------

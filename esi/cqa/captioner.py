@@ -23,7 +23,7 @@ from esi.cqa.prompts import SCP_ECG, CaptionInputs, CaptionRequest, Statement, b
 from esi.cqa.retrieval import HybridRetriever, build_query
 from esi.cqa.template_writer import TemplateWriter
 from esi.data.challenge import scp_equivalent, scp_label
-from esi.data.record_text import MAX_REPORT_CHARS, clean_record_text
+from esi.data.record_text import MAX_REPORT_CHARS, clean_record_text, without_invisible
 from esi.knowledge import load_knowledge_base
 
 # PTB-XL's statement table and licence ship as package data (CC BY 4.0, see the folder's README).
@@ -202,7 +202,8 @@ class Captioner:
         if self.backend.name == "template":
             return [(text, "pass", []) for text in templates]
 
-        texts = self.backend.generate(requests)
+        # What a model writes is stored and shown: no bidi overrides, escapes or zero-width characters in it.
+        texts = [without_invisible(text) for text in self.backend.generate(requests)]
         results: list[tuple[str, str, list[str]] | None] = [None] * len(requests)
         rejected: dict[int, list[str]] = {}
         for attempt in range(self.options.max_retries + 1):
@@ -211,6 +212,7 @@ class Captioner:
                 if not pending:
                     break
                 retry = self.backend.generate([replace(requests[i], attempt=attempt) for i in pending])
+                retry = [without_invisible(text) for text in retry]
                 candidates = dict(zip(pending, retry, strict=True))
             else:
                 candidates = dict(enumerate(texts))

@@ -18,13 +18,13 @@ Three checks, each reported as a human-readable issue string:
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from esi.constants import PTBXL_AGE_OVER_89
 from esi.cqa.measurements import reliable_value
 from esi.cqa.prompts import SCP_ECG, CaptionInputs, Statement, is_number
+from esi.data.record_text import without_invisible
 
 # Allowed difference between a stated number and the record's value, per unit.
 TOLERANCES = {"bpm": 2.0, "ms": 10.0, "mV": 0.1, "degrees": 10.0, "years": 1.0}
@@ -347,9 +347,7 @@ _SPELLED_NUMBER_RE = re.compile(
 
 def readable_form(text: str) -> str:
     """`text` as a reader sees it: NFKC, without invisible (format, control) characters, Latin look-alikes folded."""
-    text = unicodedata.normalize("NFKC", text)
-    text = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cf", "Cc") or ch in "\n\t")
-    return text.translate(_CONFUSABLES)
+    return without_invisible(text).translate(_CONFUSABLES)
 
 
 def hostile_text_issues(text: str) -> list[str]:

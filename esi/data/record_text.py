@@ -19,12 +19,16 @@ _ANSI_ESCAPE_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|
 _DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cn", "Co", "Cs"})
 
 
+def without_invisible(text: object) -> str:
+    """`text` in NFKC without ANSI escape sequences and control, format, bidirectional or zero-width characters;
+    line breaks and tabs stay (a generated caption keeps its paragraphs)."""
+    value = unicodedata.normalize("NFKC", _ANSI_ESCAPE_RE.sub("", str(text)))
+    return "".join(ch for ch in value if unicodedata.category(ch) not in _DROPPED_CATEGORIES or ch in "\t\n\r")
+
+
 def clean_record_text(text: object, max_chars: int = MAX_STATEMENT_CHARS) -> str:
     """`text` in its normal form (see the module docstring), at most `max_chars` characters plus a cut mark."""
-    value = unicodedata.normalize("NFKC", _ANSI_ESCAPE_RE.sub("", str(text)))
-    value = "".join(" " if ch.isspace() else ch for ch in value if unicodedata.category(ch) not in _DROPPED_CATEGORIES
-                    or ch in "\t\n\r")  # fmt: skip
-    value = " ".join(value.split())
+    value = " ".join(without_invisible(text).split())
     if len(value) > max_chars:
         value = value[:max_chars].rstrip() + TRUNCATION_MARK
     return value

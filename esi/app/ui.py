@@ -282,7 +282,7 @@ def launch(demo: gr.Blocks) -> None:
 
 
 def build_app_from_env(model: str | None = None, samples: str | None = None, cache: str | None = None) -> gr.Blocks:
-    """The page for a model folder or Hub repo id, a sample folder and a cache folder.
+    """The page for a model folder or a Hub repo id at a pinned commit, a sample folder and a cache folder.
 
     Each defaults to $ESI_MODEL, $ESI_SAMPLES and $ESI_CACHE, else to `make demo`'s outputs.
     """

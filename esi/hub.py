@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 # An absolute POSIX path: a "/" that does not continue a word, a URL ("https://") or another path.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])/(?:[\w.@+-]+/)*[\w.@+-]+/?")
 _SCRUBBED_SUFFIXES = (".json", ".md")
+_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 
 
 def _basename(path: str) -> str:
@@ -103,14 +104,24 @@ def push_folder(
 
 
 def resolve_model_dir(spec: str | Path) -> Path:
-    """A local model folder for `spec`: the folder itself, or the Hub snapshot of a repo id ("org/name").
+    """A local model folder for `spec`: the folder itself, or the Hub snapshot of a repo id at a pinned commit
+    (`org/name@<40-character commit hash>`).
 
-    A repo id is fetched with `huggingface_hub.snapshot_download`, which honours HF_HUB_OFFLINE and the local
-    cache, so a Space or an offline machine with the model cached needs no network.
+    Loading an ESI model runs its `modeling_esi.py` (`trust_remote_code=True`), so a repo id without a pinned
+    commit is refused: a branch or tag can be moved to other code after the operator checked it. The snapshot
+    is fetched with `huggingface_hub.snapshot_download`, which honours HF_HUB_OFFLINE and the local cache.
     """
-    path = Path(spec)
-    if path.exists() or str(spec).count("/") != 1 or str(spec).startswith((".", "/")):
+    text = str(spec)
+    path = Path(text)
+    repo_id, _, revision = text.partition("@")
+    if path.exists() or repo_id.count("/") != 1 or text.startswith((".", "/")):
         return path
+    if not _COMMIT_RE.fullmatch(revision):
+        raise ValueError(
+            f"{text} is a Hub repository: the app runs its modeling code, so it loads one only at a pinned commit. "
+            f"Name it as {repo_id}@<40-character commit hash> (the repository's history lists them), or download "
+            "the folder and name the folder."
+        )
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(str(spec)))
+    return Path(snapshot_download(repo_id, revision=revision))

@@ -16,6 +16,9 @@ import argparse
 import json
 import logging
 import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
@@ -24,12 +27,65 @@ from esi.checksum import sha256_file
 from esi.cqa.dataset_card import write_dataset_card
 from esi.cqa.run import output_stats
 from esi.cqa.run_state import read_run_config
+from esi.disk_errors import exit_on_full_disk
 from esi.hub import push_folder
 from esi.train.model_card import write_model_card
 
 logger = logging.getLogger("esi.publish")
 # What a captions folder holds for users; its `.cqa/` journal is for resuming runs only.
 DATASET_FILES = ("README.md", "LICENSE.txt", "data")
+# Left in every folder esi-publish writes (never uploaded): only a folder carrying it is ever replaced.
+PUBLISH_MARK = ".esi-publish"
+
+
+def refuse_overlap(output_dir: Path, inputs: Sequence[Path | None]) -> None:
+    """Raise ValueError when `output_dir` is, contains or lies inside one of `inputs`: replacing it would
+    delete or overwrite what is being published."""
+    out = output_dir.resolve()
+    for given in (p for p in inputs if p is not None):
+        source = given.resolve()
+        if out == source or out in source.parents or source in out.parents:
+            raise ValueError(
+                f"--output-dir {output_dir} overlaps the input {given}: publishing would overwrite or delete it. "
+                "Choose an output folder outside every input folder."
+            )
+
+
+def refuse_symlinks(folder: Path) -> None:
+    """Raise ValueError when `folder` holds a symbolic link: publishing copies files, and a link would carry
+    whatever it points at (any file on this machine) into the upload."""
+    links = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_symlink())
+    if links:
+        raise ValueError(
+            f"{folder} holds symbolic links ({', '.join(links[:5])}); publishing refuses them. "
+            "Replace each link by the file it stands for, or remove it."
+        )
+
+
+@contextmanager
+def staged_folder(output_dir: Path) -> Iterator[Path]:
+    """A new empty folder beside `output_dir` to assemble in; once the block succeeds it replaces
+    `output_dir` by renames, and on failure it is removed, so an interrupted publish leaves the last one whole.
+
+    An existing `output_dir` is replaced only if esi-publish wrote it (it carries `PUBLISH_MARK`).
+    """
+    if output_dir.exists() and not (output_dir / PUBLISH_MARK).is_file():
+        raise FileExistsError(
+            f"{output_dir} exists and was not written by esi-publish; choose a new --output-dir or remove it"
+        )
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.staging-", dir=output_dir.parent))
+    try:
+        yield staging
+        (staging / PUBLISH_MARK).write_text("assembled by esi-publish; not uploaded\n")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    previous = staging.with_name(staging.name.replace(".staging-", ".previous-"))
+    if output_dir.exists():
+        output_dir.rename(previous)
+    staging.rename(output_dir)
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def weights_sha256(model_dir: Path) -> str:
@@ -74,13 +130,14 @@ def assemble_model_folder(
     results measured on this model's weights (see `results_for_model`)."""
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json)")
+    refuse_overlap(output_dir, [model_dir])
+    refuse_symlinks(model_dir)
     downstream = results_for_model(downstream, weights_sha256(model_dir))
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    shutil.copytree(model_dir, output_dir)
-    summary_path = output_dir / "training_summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    write_model_card(output_dir, summary, repo_id=repo_id, downstream=downstream, dataset_repo_id=dataset_repo_id)
+    with staged_folder(output_dir) as staging:
+        shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+        summary_path = staging / "training_summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        write_model_card(staging, summary, repo_id=repo_id, downstream=downstream, dataset_repo_id=dataset_repo_id)
     return output_dir
 
 
@@ -95,22 +152,22 @@ def assemble_dataset_folder(
     missing = [name for name in DATASET_FILES if not (captions_dir / name).exists()]
     if missing:
         raise FileNotFoundError(f"{captions_dir} lacks {missing}: is it a finished esi-cqa output?")
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    output_dir.mkdir(parents=True)
-    for name in DATASET_FILES:
-        source = captions_dir / name
-        (shutil.copytree if source.is_dir() else shutil.copy2)(source, output_dir / name)
-    signal_splits: list[str] = []
-    if signals_dir is not None:
-        signals = datasets.load_from_disk(str(signals_dir))
-        (output_dir / "signals").mkdir()
-        for split, part in signals.items():
-            part.to_parquet(str(output_dir / "signals" / f"{split}-00000-of-00001.parquet"))
-        signal_splits = list(signals)
-    config = read_run_config(captions_dir)
-    stats = output_stats(output_dir, config["dataset_dir"])
-    write_dataset_card(output_dir, config, stats, signal_splits, model_repo_id)
+    refuse_overlap(output_dir, [captions_dir, signals_dir])
+    refuse_symlinks(captions_dir)
+    with staged_folder(output_dir) as staging:
+        for name in DATASET_FILES:
+            source = captions_dir / name
+            (shutil.copytree if source.is_dir() else shutil.copy2)(source, staging / name)
+        signal_splits: list[str] = []
+        if signals_dir is not None:
+            signals = datasets.load_from_disk(str(signals_dir))
+            (staging / "signals").mkdir()
+            for split, part in signals.items():
+                part.to_parquet(str(staging / "signals" / f"{split}-00000-of-00001.parquet"))
+            signal_splits = list(signals)
+        config = read_run_config(captions_dir)
+        stats = output_stats(staging, config["dataset_dir"])
+        write_dataset_card(staging, config, stats, signal_splits, model_repo_id)
     return output_dir
 
 
@@ -135,6 +192,11 @@ def assemble_and_push(argv: list[str] | None = None) -> dict[str, Path]:
     if not (args.model_dir or args.captions_dir):
         parser.error("give --model-dir and/or --captions-dir")
 
+    inputs = [args.model_dir, args.captions_dir, args.signals_dir, args.downstream]
+    try:  # checked before anything is written: no input may be replaced, whichever folder comes first
+        refuse_overlap(args.output_dir, inputs)
+    except ValueError as error:
+        parser.error(str(error))
     folders: dict[str, Path] = {}
     if args.model_dir:
         downstream = json.loads(args.downstream.read_text()) if args.downstream else None
@@ -148,7 +210,8 @@ def assemble_and_push(argv: list[str] | None = None) -> dict[str, Path]:
         )
     for kind, repo_id in (("model", args.model_repo_id), ("dataset", args.dataset_repo_id)):
         if repo_id and kind in folders:
-            print(f"pushed {kind}: {push_folder(folders[kind], repo_id, kind, args.private, args.token)}")
+            pushed = push_folder(folders[kind], repo_id, kind, args.private, args.token, ignore_patterns=[PUBLISH_MARK])
+            print(f"pushed {kind}: {pushed}")
     for kind, folder in folders.items():
         print(f"{kind} folder: {folder}")
     return folders
@@ -156,7 +219,8 @@ def assemble_and_push(argv: list[str] | None = None) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (its return value would become the exit status)."""
-    assemble_and_push(argv)
+    with exit_on_full_disk("esi-publish"):
+        assemble_and_push(argv)
 
 
 if __name__ == "__main__":

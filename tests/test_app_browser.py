@@ -134,6 +134,7 @@ def test_upload_shows_ecg_measurements_predictions_and_neighbours(page, app_url)
 
     expect(page.locator("#cqa-description")).to_contain_text("bpm")
     expect(page.locator("#cqa-description")).to_contain_text("not a diagnosis")
+    expect(page.locator("#model-info")).to_contain_text("runs from this folder, which the operator named")
     # The uploaded record is itself in the sample: it must come first, identical to itself.
     # (Rows by ARIA role: the table also holds a hidden row Gradio uses to size its columns.)
     rows = page.locator("#similar").get_by_role("row").filter(has=page.get_by_role("gridcell"))
@@ -195,3 +196,35 @@ def test_markup_in_a_lead_name_is_shown_as_text(page, app_url, tmp_path):
     expect(status).to_contain_text("![x](http://127.0.0.1:9/x.png)")  # the text itself, not an image
     expect(status.locator("img")).to_have_count(0)
     expect(status.locator("a")).to_have_count(0)
+
+
+def test_markup_in_a_dx_line_never_reaches_the_page(page, app_url, tmp_path):
+    """A header's `# Dx:` line with an image and a link: refused as text, and the viewer's browser fetches nothing."""
+    fetched: list[str] = []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    header = tmp_path / "00547_lr.hea"
+    dx = f"# Dx: 426783006,<img src=http://127.0.0.1:{port}/x.png>,[Click for results](http://127.0.0.1:{port}/)"
+    header.write_text(RECORD.with_suffix(".hea").read_text() + dx + "\n")
+    dat = tmp_path / "00547_lr.dat"
+    dat.write_bytes(RECORD.with_suffix(".dat").read_bytes())
+    try:
+        upload_and_analyse(page, app_url, [header, dat])
+        status = page.locator("#status")
+        expect(status).to_contain_text("is not a SNOMED-CT code", timeout=ANALYSIS_TIMEOUT_MS)
+        expect(status).to_contain_text("<img src=")  # the text itself
+        for region in ("#status", "#cqa-description", "#model-caption"):
+            expect(page.locator(f"{region} img")).to_have_count(0)
+            expect(page.locator(f"{region} a")).to_have_count(0)
+        try:
+            connection, _ = listener.accept()
+            fetched.append(connection.recv(200).decode(errors="replace"))
+            connection.close()
+        except TimeoutError:
+            pass
+    finally:
+        listener.close()
+    assert fetched == []

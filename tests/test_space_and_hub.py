@@ -40,7 +40,7 @@ def test_a_hub_repo_id_resolves_to_its_cached_snapshot_offline(tmp_path):
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
     code = (
         "from esi.hub import resolve_model_dir;"
-        "print(resolve_model_dir('someone/esi-tiny'));"
+        f"print(resolve_model_dir('someone/esi-tiny@{snapshot.name}'));"
         "print(resolve_model_dir('outputs/demo/pretraining/model'))"
     )
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

@@ -198,7 +198,9 @@ def test_failed_checkpoint_write_keeps_the_previous_one(
 def test_resume_from_an_older_step_and_from_a_damaged_latest(
     prepared_sample, sample_captions, tiny_text_model, tmp_path
 ):
-    common = ("--checkpointing-steps", "2", "--checkpoints-total-limit", "3", "--eval-split", "none")
+    common = (
+        "--checkpointing-steps", "2", "--checkpoints-total-limit", "3", "--eval-split", "none", "--logging-steps", "1",
+    )  # fmt: skip
     args = tiny_train_args(prepared_sample, sample_captions, tiny_text_model, tmp_path, "--max-steps", "6", *common)
     finish(run_train(args))
     first = weights(tmp_path / "model")
@@ -220,7 +222,9 @@ def test_resume_from_an_older_step_and_from_a_damaged_latest(
     longer = tiny_train_args(prepared_sample, sample_captions, tiny_text_model, tmp_path, "--max-steps", "8", *common)
     output = finish(run_train(longer + ["--resume-from-checkpoint", "latest"]))
     assert "step_6 is damaged" in output and "falling back" in output and "resumed at step 4" in output
-    assert json.loads((tmp_path / "model" / "training_summary.json").read_text())["steps"] == 8
+    summary = json.loads((tmp_path / "model" / "training_summary.json").read_text())
+    # The summary covers the whole run: the steps before the resume come from the checkpoint's training state.
+    assert summary["steps"] == 8 and [h["step"] for h in summary["log_history"]] == list(range(1, 9))
 
     # Asking for a damaged checkpoint by name: a clear error with the way out.
     aside = next(p for p in checkpoints.glob("abandoned-*/step_6") if (p / "model.safetensors").stat().st_size == 1000)

@@ -9,7 +9,8 @@ Importing this module builds nothing; `build_app_from_env()` builds the page. Th
 (a Hugging Face Space's entry file) calls it at import, as Spaces expect.
 GRADIO_SERVER_PORT / GRADIO_SERVER_NAME choose the address; ESI_CACHE where sample embeddings are cached;
 ESI_APP_WORKERS how many analyses run at once (default 2), ESI_ANALYSIS_TIMEOUT_S how long one may take
-(default 60). Uploads are limited to 20 MB and deleted after their analysis and at shutdown.
+(default 60). One upload is limited to 20 MB in all, one address to ESI_UPLOAD_HOURLY_MB an hour (default 200);
+uploads are deleted after their analysis, after 10 minutes if never analysed, and at shutdown.
 """
 
 from __future__ import annotations
@@ -25,10 +26,17 @@ from pathlib import Path
 
 import gradio as gr
 import pandas as pd
+from starlette.middleware import Middleware
 
 from esi.app.analysis import Analyser, Analysis
 from esi.app.records import MAX_UPLOAD_BYTES
-from esi.app.uploads import exit_cleanly_on_sigterm, private_upload_folder, uploads_in_use
+from esi.app.uploads import (
+    UploadQuota,
+    exit_cleanly_on_sigterm,
+    private_upload_folder,
+    start_sweeper,
+    uploads_in_use,
+)
 from esi.app.workers import AnalysisTimeout, WorkerFailed, WorkerPool
 from esi.hub import resolve_model_dir
 
@@ -45,6 +53,11 @@ DISCLAIMER = (
     "automated estimate from an experimental model trained on a small public sample. None of it is clinically "
     "validated; do not use it to diagnose, treat or make any decision about a person."
 )
+# Said on the page and in the log: loading the model runs the model folder's own code.
+REMOTE_CODE_NOTE = (
+    "The model's code (modeling_esi.py) runs from this folder, which the operator named; a Hub model is loaded "
+    "only at a pinned commit."
+)
 THEME = gr.themes.Soft(primary_hue="blue", neutral_hue="slate")
 CSS = """
 .esi-header h1 { margin-bottom: 0.1em; }
@@ -60,8 +73,9 @@ footer { display: none !important; }
 
 
 def escape_markdown(text: str) -> str:
-    """User-controlled text (file and lead names, a refusal quoting them) as literal text in a Markdown
-    component: HTML tags and Markdown syntax (links, images, emphasis) are shown, never rendered."""
+    """User-controlled text (file and lead names, a refusal quoting them, a description or caption quoting a
+    record's statements) as literal text in a Markdown component: HTML tags and Markdown syntax (links, images,
+    emphasis) are shown, never rendered."""
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|~>:])", r"\\\1", html.escape(str(text), quote=False))
 
 
@@ -85,7 +99,9 @@ def similar_table(analysis: Analysis) -> pd.DataFrame:
 def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACHE) -> gr.Blocks:
     """The demo UI; heavy objects (model, retriever, sample index) are loaded here, once."""
     has_model = (model_dir / "config.json").is_file()
-    private_upload_folder()
+    if has_model:
+        logger.warning("loading %s with trust_remote_code: %s", model_dir, REMOTE_CODE_NOTE)
+    start_sweeper(private_upload_folder())
     # Built here once for the sample list and to fill the embedding cache the workers then read.
     analyser = Analyser(samples_dir, model_dir if has_model else None, cache_dir)
     predictor = analyser.predictor
@@ -112,13 +128,13 @@ def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACH
         else:
             probabilities = analysis.predictions.probabilities
             method = f"**Method:** {analysis.predictions.method}."
-            caption = analysis.caption or "_(the model generated an empty caption)_"
+            caption = escape_markdown(analysis.caption or "") or "_(the model generated an empty caption)_"
         return (
             analysis.plot,
             pd.DataFrame(analysis.measurements, columns=MEASUREMENT_HEADERS),
             probabilities,
             method,
-            analysis.description,
+            escape_markdown(analysis.description),  # it quotes the record's own text: shown, never rendered
             caption,
             similar_table(analysis),
         )
@@ -231,7 +247,8 @@ def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACH
         )
         if predictor is not None:
             gr.Markdown(
-                f"Model `{model_dir}` (sha256 {predictor.hash[:12]}), {len(catalogue.ecg_ids)} sample ECGs indexed.",
+                f"Model {escape_markdown(model_dir)} (sha256 {predictor.hash[:12]}), {len(catalogue.ecg_ids)} sample "
+                f"ECGs indexed. {REMOTE_CODE_NOTE}",
                 elem_id="model-info",
             )
         outputs = [status, plot, measurements, predictions, method, description, caption, similar]
@@ -243,14 +260,29 @@ def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACH
     return demo
 
 
+def launch_options() -> dict:
+    """`Blocks.launch` keywords: the page's look, and the upload limits per file, per request and per address."""
+    hourly = int(float(os.environ.get("ESI_UPLOAD_HOURLY_MB", "200")) * 2**20)
+    quota = Middleware(UploadQuota, per_request_bytes=MAX_UPLOAD_BYTES, per_client_bytes=hourly)
+    # show_error: a request Gradio itself refuses (a forged file path that was never uploaded) says why; the
+    # page's own handlers turn every other failure into a sentence before Gradio sees it.
+    return {
+        "theme": THEME,
+        "css": CSS,
+        "max_file_size": MAX_UPLOAD_BYTES,
+        "app_kwargs": {"middleware": [quota]},
+        "show_error": True,
+    }
+
+
 def launch(demo: gr.Blocks) -> None:
-    """Serve the page with the upload size limit; uploads and workers go when the server stops."""
+    """Serve the page with the upload limits; uploads and workers go when the server stops."""
     exit_cleanly_on_sigterm()
-    demo.launch(theme=THEME, css=CSS, max_file_size=MAX_UPLOAD_BYTES)
+    demo.launch(**launch_options())
 
 
 def build_app_from_env(model: str | None = None, samples: str | None = None, cache: str | None = None) -> gr.Blocks:
-    """The page for a model folder or Hub repo id, a sample folder and a cache folder.
+    """The page for a model folder or a Hub repo id at a pinned commit, a sample folder and a cache folder.
 
     Each defaults to $ESI_MODEL, $ESI_SAMPLES and $ESI_CACHE, else to `make demo`'s outputs.
     """
@@ -264,7 +296,11 @@ def build_app_from_env(model: str | None = None, samples: str | None = None, cac
 def main(argv: list[str] | None = None) -> None:
     """`esi-app`: build the page and serve it (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose the address)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="model folder or Hub repo id (default: $ESI_MODEL, else the demo's model)")
+    parser.add_argument(
+        "--model",
+        help="model folder, or Hub repo id at a pinned commit (org/name@<commit hash>); default: $ESI_MODEL, else "
+        "the demo's model",
+    )
     parser.add_argument("--samples", help="PTB-XL-layout sample folder (default: $ESI_SAMPLES, else data/ptbxl_sample)")
     parser.add_argument("--cache", help="where sample embeddings are cached (default: $ESI_CACHE)")
     args = parser.parse_args(argv)

@@ -16,13 +16,14 @@ import numpy as np
 
 from esi.cqa.backends import CaptionBackend, make_backend
 from esi.cqa.consistency import reconcile_with_statements
-from esi.cqa.faithfulness import DiagnosisLexicon, FaithfulnessChecker
+from esi.cqa.faithfulness import DiagnosisLexicon, FaithfulnessChecker, withhold_unsafe_statements
 from esi.cqa.measurements import EcgMeasurements, measure_ecg
 from esi.cqa.options import GenerationOptions
 from esi.cqa.prompts import SCP_ECG, CaptionInputs, CaptionRequest, Statement, build_request, is_number
 from esi.cqa.retrieval import HybridRetriever, build_query
 from esi.cqa.template_writer import TemplateWriter
 from esi.data.challenge import scp_equivalent, scp_label
+from esi.data.record_text import MAX_REPORT_CHARS, clean_record_text, without_invisible
 from esi.knowledge import load_knowledge_base
 
 # PTB-XL's statement table and licence ship as package data (CC BY 4.0, see the folder's README).
@@ -95,7 +96,9 @@ def record_statements(
     statements = []
     labelled = set()  # SCP codes the entries stand for as labels, though not always in meaning (RBBB -> CRBBB)
     for entry in entries:
-        system, code, text = entry["system"], entry["code"] or "", (entry["text"] or "").strip()
+        # Cleaned here too, for datasets prepared before their sources cleaned statement text.
+        system, code = entry["system"], clean_record_text(entry["code"] or "")
+        text = clean_record_text(entry["text"] or "")
         if system == SCP_ECG:
             if code in scp:
                 statements.append(scp[code])
@@ -161,8 +164,8 @@ class Captioner:
 
     def inputs(self, rows: dict, measurements: Sequence[EcgMeasurements]) -> list[CaptionInputs]:
         entries = rows.get("statements") or [None] * len(rows["ecg_id"])
-        statements = [
-            record_statements(ecg_id, codes, listed, self.descriptions)
+        statements = [  # a record's own text is quoted only when it carries no claim a caption may not make
+            withhold_unsafe_statements(record_statements(ecg_id, codes, listed, self.descriptions))
             for ecg_id, codes, listed in zip(rows["ecg_id"], rows["scp_codes"], entries, strict=True)
         ]
         queries = [
@@ -180,7 +183,7 @@ class Captioner:
                 ecg_id=int(rows["ecg_id"][i]),
                 age=rows["age"][i],
                 sex=rows["sex"][i],
-                report=rows["report"][i] or "",
+                report=clean_record_text(rows["report"][i] or "", MAX_REPORT_CHARS),
                 statements=statements[i],
                 measurements=reconcile_with_statements(measurements[i], [s.scp for s in statements[i] if s.scp]),
                 passages=passages[i],
@@ -199,7 +202,8 @@ class Captioner:
         if self.backend.name == "template":
             return [(text, "pass", []) for text in templates]
 
-        texts = self.backend.generate(requests)
+        # What a model writes is stored and shown: no bidi overrides, escapes or zero-width characters in it.
+        texts = [without_invisible(text) for text in self.backend.generate(requests)]
         results: list[tuple[str, str, list[str]] | None] = [None] * len(requests)
         rejected: dict[int, list[str]] = {}
         for attempt in range(self.options.max_retries + 1):
@@ -208,6 +212,7 @@ class Captioner:
                 if not pending:
                     break
                 retry = self.backend.generate([replace(requests[i], attempt=attempt) for i in pending])
+                retry = [without_invisible(text) for text in retry]
                 candidates = dict(zip(pending, retry, strict=True))
             else:
                 candidates = dict(enumerate(texts))

@@ -37,6 +37,7 @@ from esi.cqa.run import generate_captions, merge_outputs, push_captions
 from esi.cqa.single_file import caption_ecg_file
 from esi.data.ecg_file import EcgFileError
 from esi.data.schema import RecordError
+from esi.disk_errors import exit_on_full_disk
 
 
 @dataclass
@@ -130,7 +131,8 @@ def _caption_file(args: CqaArguments, options: GenerationOptions) -> dict:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (its return value becomes the exit status, so it returns nothing; see `run`)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    run(*parse_args(argv))
+    with exit_on_full_disk("esi-cqa", "rerun the same command with --resume"):
+        run(*parse_args(argv))
 
 
 if __name__ == "__main__":

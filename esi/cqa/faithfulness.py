@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from esi.constants import PTBXL_AGE_OVER_89
 from esi.cqa.measurements import reliable_value
 from esi.cqa.prompts import SCP_ECG, CaptionInputs, Statement, is_number
+from esi.data.record_text import without_invisible
 
 # Allowed difference between a stated number and the record's value, per unit.
 TOLERANCES = {"bpm": 2.0, "ms": 10.0, "mV": 0.1, "degrees": 10.0, "years": 1.0}
@@ -147,6 +148,8 @@ _NEGATION_BEFORE_RE = re.compile(
     r"lacks?|lacking|none)\b"
 )
 _NEGATION_AFTER_RE = re.compile(r"^\W*(?:\w+\W+){0,2}?(is|are|was|were)?\s*(absent|not|excluded|ruled out)\b")
+# A finding written as a label with its value: "Infarction: absent.", "MI - negative".
+_NEGATION_LABEL_RE = re.compile(r"^\s*[:=\-]\s*(absent|no|none|negative|not (present|seen|found)|excluded|ruled out)\b")
 _NEGATION_WINDOW_WORDS = 8
 # Phrases that contain a negation word but affirm: "there is no doubt that atrial fibrillation is present".
 _PSEUDO_NEGATION_RE = re.compile(
@@ -156,17 +159,26 @@ _PSEUDO_NEGATION_RE = re.compile(
 # ("normal ECG" itself is PTB-XL's NORM statement; the lexicon checks it is listed.)
 _NORMALITY_RE = re.compile(
     r"\b(healthy|in good health|normal heart|no abnormalit\w*|unremarkable|nothing abnormal|"
-    r"no (signs? of )?(cardiac |heart )?(disease|pathology|problems?))\b",
+    r"no (signs? of )?(cardiac |heart )?(disease|pathology|problems?)|"
+    r"(entirely|completely|perfectly|totally|absolutely|fully|all) normal|"
+    r"(excellent|good|great|perfect|fine) (condition|health|shape)|fit and well|nothing to worry( about)?|"
+    r"no (cause|reason) for (concern|worry))\b",
     re.IGNORECASE,
 )
 BENIGN_CODES = {"NORM", "SR"}  # statements a normality claim may stand beside
 # Care advice (treatment, drugs, tests, referral): captions describe an ECG, never advise.
 ADVICE_RE = re.compile(
     r"\b(treat|therap|manag|should|recommend|advis|refer|anticoag|medication|prescri|evaluat|"
-    r"follow.up|advice|consult|deserve|urgent|emergenc|must (see|seek|take|start))",
+    r"follow.up|advice|consult|deserve|urgent|emergenc|must (see|seek|take|start)|take\b|go to\b|hospital|"
+    r"see a (doctor|physician|cardiologist)|aspirin|amiodarone|warfarin|heparin|nitroglycerin|beta.?blocker|"
+    r"clopidogrel|apixaban|rivaroxaban|metoprolol|call (an ambulance|911|112))",
     re.IGNORECASE,
 )
-_URL_RE = re.compile(r"(https?://|\bwww\.|\b[\w-]+\.(com|org|net|io|gov|edu|de|info)\b|\]\(|<a\s)", re.IGNORECASE)
+_URL_RE = re.compile(
+    r"(https?://|\bwww\.|\b[\w-]+\.(com|org|net|io|gov|edu|de|info|ly|gl|co|me|to|gd|cc|link|xyz|app|ru|cn)\b|"
+    r"\b[a-z0-9-]+\.[a-z]{2,}/\S|\]\(|<a\s)",
+    re.IGNORECASE,
+)
 _DOUBLE_NEGATION_RE = re.compile(r"\b(cannot|can ?not|can't|could not) (be )?(exclude|excluded|ruled out|rule out)\b")
 
 
@@ -222,7 +234,11 @@ class DiagnosisLexicon:
             before = _CLAUSE_BREAK_RE.split(norm[: match.start()])[-1]
             window = _PSEUDO_NEGATION_RE.sub(" ", " ".join(before.split()[-_NEGATION_WINDOW_WORDS:]))
             after = _CLAUSE_BREAK_RE.split(norm[match.end() :])[0]
-            negated = bool(_NEGATION_BEFORE_RE.search(window) or _NEGATION_AFTER_RE.search(after))
+            negated = bool(
+                _NEGATION_BEFORE_RE.search(window)
+                or _NEGATION_AFTER_RE.search(after)
+                or _NEGATION_LABEL_RE.match(norm[match.end() :])
+            )
             if negated and _DOUBLE_NEGATION_RE.search(window + " " + after):
                 negated = False
             phrase = match.group(1)
@@ -285,6 +301,99 @@ def _measurement_supported_codes(m) -> set[str]:
     return codes
 
 
+def normality_claim(text: str) -> str | None:
+    """The first claim that the patient or the whole ECG is normal which no negation takes back, else None."""
+    for match in _NORMALITY_RE.finditer(text):
+        before = _CLAUSE_BREAK_RE.split(normalize(text[: match.start()]))[-1]
+        window = _PSEUDO_NEGATION_RE.sub(" ", " ".join(before.split()[-_NEGATION_WINDOW_WORDS:]))
+        if not _NEGATION_BEFORE_RE.search(window):
+            return match.group(0)
+    return None
+
+
+# ---- Hostile text: what no caption and no quoted record statement may carry, whatever the record says ----------
+
+# Latin look-alikes (Cyrillic, Greek) that NFKC keeps: folded before matching, so "hеalthy" reads as "healthy".
+_CONFUSABLES = str.maketrans(
+    "\u0430\u0435\u043e\u0440\u0441\u0443\u0445\u0456\u0458\u0455\u0501\u051b\u051d\u04bb\u0410\u0412\u0415"
+    "\u041a\u041c\u041d\u041e\u0420\u0421\u0422\u0425\u03bf\u03b1\u03b5\u03b9\u03ba\u03bd\u03c1\u03c4\u03c5"
+    "\u0391\u0392\u0395\u0397\u0399\u039a\u039c\u039d\u039f\u03a1\u03a4\u03a7",
+    "aeopcyxijsdqwhABEKMHOPCTXoaeiknptuABEHIKMNOPTX",
+)
+_INSTRUCTION_RE = re.compile(
+    r"\b((ignore|disregard|forget|override)\s+(all\s+|any\s+|the\s+)?(previous|prior|above|earlier|preceding|"
+    r"your)?\s*(instructions?|rules|prompts?|directions)|system prompt|you are now|new instructions?|"
+    r"as an ai\b)",
+    re.IGNORECASE,
+)
+_EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
+# Reassurance in other languages: captions are English, and a record's own text must not slip a verdict past the
+# English checks (German "gesund"/"unauffällig", Spanish/Italian "sano", French "sain"/"en bonne santé", ...).
+_FOREIGN_REASSURANCE_RE = re.compile(
+    r"\b(gesund\w*|unauff[aä]llig\w*|normalbefund|kein(e|en)? (befund|auff[aä]lligkeit\w*)|san[oa]s?|saludable|"
+    r"sain(e|s)?|en bonne sant[eé]|in buona salute|normale|здоров\w*|正常|健康)(?!\w)",
+    re.IGNORECASE,
+)
+_NUMBER_WORDS = (
+    "zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|"
+    "seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred|thousand"
+)
+_SPELLED_NUMBER_RE = re.compile(
+    rf"\b(?:{_NUMBER_WORDS})(?:[\s-]+(?:and[\s-]+)?(?:{_NUMBER_WORDS}))*[\s-]+"
+    r"(beats? per minute|bpm|milliseconds?|ms|millivolts?|mv|degrees?|years?)\b",
+    re.IGNORECASE,
+)
+
+
+def readable_form(text: str) -> str:
+    """`text` as a reader sees it: NFKC, without invisible (format, control) characters, Latin look-alikes folded."""
+    return without_invisible(text).translate(_CONFUSABLES)
+
+
+def hostile_text_issues(text: str) -> list[str]:
+    """What a caption may never carry, whatever its record: text addressed to the writer, e-mail addresses,
+    reassurance in another language, and numbers spelled out (the number checks read digits)."""
+    checks = (
+        (_INSTRUCTION_RE, "contains text addressed to the writer ('{}')"),
+        (_EMAIL_RE, "contains an e-mail address"),
+        (_FOREIGN_REASSURANCE_RE, "contains a verdict in another language ('{}'); captions are English"),
+        (_SPELLED_NUMBER_RE, "states a number in words ('{}'); numbers are written as digits"),
+    )
+    text = readable_form(text)
+    return [message.format(match.group(0)) for pattern, message in checks if (match := pattern.search(text))]
+
+
+WITHHELD_STATEMENT = "[text withheld by the faithfulness check]"
+
+
+def record_statement_issues(statement: Statement, statements: Sequence[Statement]) -> list[str]:
+    """Why a record's own text (a statement that is not a known code's description) may not be quoted: the claims
+    no caption may make (advice, links, e-mail, instructions, foreign verdicts, a normality claim beside another
+    abnormal statement)."""
+    text = readable_form(statement.description)
+    issues = hostile_text_issues(text)
+    if ADVICE_RE.search(text):
+        issues.append("gives care advice")
+    if _URL_RE.search(text):
+        issues.append("contains a link or web address")
+    others = [s for s in statements if s is not statement and s.scp not in BENIGN_CODES]
+    if others and normality_claim(text):
+        issues.append(f"claims '{normality_claim(text)}' beside abnormal statements")
+    return issues
+
+
+def withhold_unsafe_statements(statements: Sequence[Statement]) -> list[Statement]:
+    """The record's statements with each unsafe free text or unnamed code (`record_statement_issues`) replaced by
+    `WITHHELD_STATEMENT`: quoted text stays the record's words, never an instruction, link or verdict."""
+    kept = []
+    for s in statements:
+        own_text = s.system != SCP_ECG and (s.free_text or s.unnamed)
+        if own_text and record_statement_issues(s, statements):
+            s = replace(s, code="", description=WITHHELD_STATEMENT, scp_code=None)
+        kept.append(s)
+    return kept
+
+
 class FaithfulnessChecker:
     """``check(text, inputs)`` -> list of issues; an empty list means the caption is faithful."""
 
@@ -293,6 +402,7 @@ class FaithfulnessChecker:
         self.tolerances = {**TOLERANCES, **(tolerances or {})}
 
     def check(self, text: str, inputs: CaptionInputs, require_complete: bool = True) -> list[str]:
+        text = readable_form(text)  # a zero-width space or a Cyrillic letter must not hide "healthy"
         # The record's own non-SCP statements (Challenge names, machine report lines) may be quoted as they
         # stand: their words are the record's, so the claim checks read the text without them.
         # (A denial is looked for in the whole text: "no atrial fibrillation" denies a quoted statement too.)
@@ -301,6 +411,7 @@ class FaithfulnessChecker:
         issues = self._number_issues(own, inputs)
         issues += self._diagnosis_issues(self.lexicon.mentions(own) if own != text else mentions, mentions, inputs)
         issues += self._claim_issues(own, inputs)
+        issues += hostile_text_issues(text)
         if require_complete:
             issues += self._completeness_issues(text, mentions, inputs)
         return issues
@@ -362,12 +473,9 @@ class FaithfulnessChecker:
         issues = []
         # A statement without a benign SCP-ECG meaning counts as abnormal: unsure means no normality claim.
         abnormal = sorted({_label(s) for s in inputs.statements if s.scp not in BENIGN_CODES})
-        for match in _NORMALITY_RE.finditer(text):
-            before = _CLAUSE_BREAK_RE.split(normalize(text[: match.start()]))[-1]
-            window = _PSEUDO_NEGATION_RE.sub(" ", " ".join(before.split()[-_NEGATION_WINDOW_WORDS:]))
-            if abnormal and not _NEGATION_BEFORE_RE.search(window):
-                issues.append(f"claims '{match.group(0)}', but the record's statements include {', '.join(abnormal)}")
-                break
+        claim = normality_claim(text)
+        if abnormal and claim:
+            issues.append(f"claims '{claim}', but the record's statements include {', '.join(abnormal)}")
         if ADVICE_RE.search(text):
             issues.append(f"gives care advice ('{ADVICE_RE.search(text).group(0)}...'); captions only describe")
         if _URL_RE.search(text):

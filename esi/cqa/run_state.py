@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -46,6 +47,11 @@ class WorkUnit:
     @property
     def filename(self) -> str:
         return f"data/{self.split}-{self.index:05d}-of-{self.count:05d}.parquet"
+
+
+# What `WorkUnit.filename` writes; a run config or journal naming anything else (`../../x.parquet`) was not written
+# by a run and could reach outside the output folder.
+UNIT_NAME_RE = re.compile(r"data/[A-Za-z0-9_-]+-\d{5}-of-\d{5}\.parquet")
 
 
 def plan_units(num_rows: dict[str, int], records_per_file: int) -> list[WorkUnit]:
@@ -90,6 +96,8 @@ def read_journal(output_dir: Path) -> dict[str, dict]:
         try:
             entry = json.loads(line)
             name = entry["file"]
+            if not UNIT_NAME_RE.fullmatch(name):
+                raise TypeError(name)
         except (json.JSONDecodeError, KeyError, TypeError):
             logger.warning("%s line %d is damaged; the unit it recorded will be redone", path, number)
             continue
@@ -136,6 +144,9 @@ def read_run_config(output_dir: Path) -> dict:
         config = json.loads(path.read_text())
         if not isinstance(config, dict) or not isinstance(config.get("units"), list):
             raise ValueError("no list of units")
+        strange = [str(u)[:80] for u in config["units"] if not isinstance(u, str) or not UNIT_NAME_RE.fullmatch(u)]
+        if strange:
+            raise ValueError(f"unit {strange[0]!r} is not a data/<split>-NNNNN-of-NNNNN.parquet file")
     except ValueError as err:
         raise RunStateError(
             f"{path} is damaged ({err}); the run's options cannot be checked. Start again in an empty folder, "

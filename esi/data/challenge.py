@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import importlib.resources
 import os
+import re
 from functools import cache, cached_property
 from pathlib import Path
 
@@ -85,6 +86,9 @@ EXTRA_TO_SCP = {"Normal": "NORM"}
 # block, so they keep that SCP statement as a task label, but SCP-ECG has no statement of their meaning, so the CQA
 # gives them none (the record states a bundle branch block, not that it is complete).
 UNSPECIFIED_COMPLETENESS = frozenset({"59118001", "164909002"})
+# What a Dx code looks like: a SNOMED-CT number or an abbreviation (`IAVB`, `I-AVB`, `CVCL/CCVCL`). Anything else
+# (a sentence, markup, a link) is not a code, and a record carrying it is refused rather than quoted.
+DX_CODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9/_+\-]{0,31}")
 
 
 def load_dx_mapping(folder: str | os.PathLike = DEFAULT_MAPPING_DIR) -> tuple[dict[str, str], dict[str, str]]:
@@ -162,6 +166,13 @@ def dx_statements(
     for code in (c.strip() for c in dx.split(",")):
         if not code:
             continue
+        if not DX_CODE_RE.fullmatch(code):
+            raise RecordError(
+                record,
+                f"Dx code {code[:60]!r}{'...' if len(code) > 60 else ''} is not a SNOMED-CT code or an abbreviation "
+                "(letters, digits, '/', '_', '+', '-'; at most 32 characters)",
+                source=SOURCE,
+            )
         if code.isdigit():
             entries.append({"system": SNOMED_SYSTEM, "code": code, "text": snomed_names.get(code, code)})
         elif code in EXTRA_ABBREVIATIONS:

@@ -16,6 +16,7 @@ import datetime
 import math
 import os
 import re
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,12 +173,17 @@ def _check_lead_names(file_name: str, names: list[str]) -> tuple[str, ...]:
 
 def _check_samples(ecg: EcgFile, limits: ReadLimits) -> None:
     """After decoding: finite samples of a plausible size."""
-    name = ecg.path.name
-    bad = [lead for lead, row in zip(ecg.lead_names, ecg.signal, strict=True) if not np.isfinite(row).all()]
+    _check_values(ecg.path.name, ecg.lead_names, ecg.signal, limits)
+
+
+def _check_values(name: str, leads: tuple[str, ...], signal: np.ndarray, limits: ReadLimits) -> None:
+    """(leads, samples) in mV: finite and within the plausible amplitude (before a float32 cast turns 1e308
+    into infinity)."""
+    bad = [lead for lead, row in zip(leads, signal, strict=True) if not np.isfinite(row).all()]
     if bad:
         raise EcgFileError(f"{name}: leads {', '.join(bad)} contain invalid (NaN or infinite) samples.")
-    peak = np.abs(ecg.signal).max(axis=1)
-    wild = [lead for lead, value in zip(ecg.lead_names, peak, strict=True) if value > limits.max_abs_mv]
+    peak = np.abs(signal).max(axis=1)
+    wild = [lead for lead, value in zip(leads, peak, strict=True) if value > limits.max_abs_mv]
     if wild:
         raise EcgFileError(
             f"{name}: leads {', '.join(wild)} reach {peak.max():.3g} mV; a surface ECG stays within "
@@ -403,37 +409,32 @@ def _csv_column(file_name: str, heading: str) -> tuple[str, float]:
 
 def _read_csv(path: Path, limits: ReadLimits, sampling_rate: int | None) -> EcgFile:
     name = path.name
-    with path.open(newline="", errors="replace") as handle:
+    # utf-8-sig: Excel starts its CSV files with a byte-order mark, which must not become part of the first heading.
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
         rows = csv.reader(handle)
-        heading = next(rows, None)
-        if not heading:
-            raise EcgFileError(f"{name} is empty; a CSV ECG needs a header row of lead names.")
-        time_scale = TIME_COLUMNS.get(heading[0].strip().casefold())
-        columns = heading[1:] if time_scale else heading
-        if len(columns) > limits.max_signals:
-            raise EcgFileError(f"{name} declares {len(columns)} signals; at most {limits.max_signals} are accepted.")
-        parsed = [_csv_column(name, column) for column in columns]
-        leads = _check_lead_names(name, [lead for lead, _ in parsed])
-        if sampling_rate is None and time_scale is None:
-            raise EcgFileError(
-                f"{name} has no time column (first column named time, time_s or time_ms) and no sampling rate "
-                "was given; the rate cannot be guessed."
-            )
-        max_rows = int(limits.max_seconds * limits.max_rate_hz) + 1
-        values = []
-        for number, row in enumerate(rows, start=2):
-            if number > max_rows + 1:
-                raise EcgFileError(f"{name} has more than {max_rows} rows; longer records are not accepted.")
-            if len(row) != len(heading):
-                raise EcgFileError(f"{name}, row {number}: {len(row)} values for {len(heading)} columns.")
-            try:
-                values.append([float(cell) for cell in row])
-            except ValueError:
-                bad = next(h for h, cell in zip(heading, row, strict=True) if not _is_number(cell))
-                raise EcgFileError(f"{name}, row {number}, column {bad.strip()}: not a number.") from None
-    if not values:
+        try:
+            heading = next(rows, None)
+            if not heading:
+                raise EcgFileError(f"{name} is empty; a CSV ECG needs a header row of lead names.")
+            time_scale = TIME_COLUMNS.get(heading[0].strip().casefold())
+            columns = heading[1:] if time_scale else heading
+            if len(columns) > limits.max_signals:
+                raise EcgFileError(
+                    f"{name} declares {len(columns)} signals; at most {limits.max_signals} are accepted."
+                )
+            parsed = [_csv_column(name, column) for column in columns]
+            leads = _check_lead_names(name, [lead for lead, _ in parsed])
+            if sampling_rate is None and time_scale is None:
+                raise EcgFileError(
+                    f"{name} has no time column (first column named time, time_s or time_ms) and no sampling rate "
+                    "was given; the rate cannot be guessed."
+                )
+            values = _csv_samples(name, rows, heading, time_scale, sampling_rate, limits)
+        except csv.Error as error:  # a cell over the csv module's 128 KB, a NUL byte: not an ECG table
+            raise EcgFileError(f"{name}, row {rows.line_num}: not a readable CSV row ({error}).") from None
+    if not len(values):
         raise EcgFileError(f"{name} has a header row but no samples.")
-    table = np.asarray(values, dtype=np.float64)
+    table = np.frombuffer(values, dtype=np.float64).reshape(-1, len(heading))
     if time_scale is not None:
         seconds = table[:, 0] * time_scale
         steps = np.diff(seconds)
@@ -447,8 +448,34 @@ def _read_csv(path: Path, limits: ReadLimits, sampling_rate: int | None) -> EcgF
     else:
         rate_hz = _check_rate(name, float(sampling_rate), limits)
     _check_shape(name, len(leads), len(table), rate_hz, limits)
-    scale = np.array([per_unit for _, per_unit in parsed])
-    return EcgFile(path, "CSV", np.asarray(table.T * scale[:, None], dtype=np.float32), leads, rate_hz)
+    signal = table.T * np.array([per_unit for _, per_unit in parsed])[:, None]
+    _check_values(name, leads, signal, limits)
+    return EcgFile(path, "CSV", np.asarray(signal, dtype=np.float32), leads, rate_hz)
+
+
+def _csv_samples(
+    name: str, rows, heading: list[str], time_scale: float | None, sampling_rate: int | None, limits: ReadLimits
+) -> array:
+    """The data rows' numbers, row after row, as one flat array of doubles (8 bytes a value, not a Python list
+    per row). Stops at the most rows a record of `limits.max_seconds` can have at its rate: the given one, else
+    the one its first two time values imply."""
+    max_rows = int(limits.max_seconds * (sampling_rate or limits.max_rate_hz)) + 1
+    width = len(heading)
+    values = array("d")
+    for number, row in enumerate(rows, start=2):
+        if number > max_rows + 1:
+            raise EcgFileError(f"{name} has more than {max_rows} rows; longer records are not accepted.")
+        if len(row) != width:
+            raise EcgFileError(f"{name}, row {number}: {len(row)} values for {width} columns.")
+        try:
+            values.extend(float(cell) for cell in row)
+        except ValueError:
+            bad = next(h for h, cell in zip(heading, row, strict=True) if not _is_number(cell))
+            raise EcgFileError(f"{name}, row {number}, column {bad.strip()}: not a number.") from None
+        if time_scale is not None and number == 3 and values[width] > values[0]:
+            step_s = (values[width] - values[0]) * time_scale
+            max_rows = min(max_rows, int(limits.max_seconds / step_s * 1.01) + 1)
+    return values
 
 
 def _is_number(cell: str) -> bool:

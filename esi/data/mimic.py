@@ -24,7 +24,8 @@ from datasets import Features, Value
 
 from esi.data.labels import scp_reference, wfdb_example
 from esi.data.prepare import RowTable
-from esi.data.schema import RecordError, bounded_cell, hash_fold, prepared_features
+from esi.data.record_text import clean_record_text
+from esi.data.schema import RecordError, bounded_cell, hash_fold, prepared_features, refuse_duplicate_ids
 from esi.data.wfdb_record import inside, read_wfdb
 
 SOURCE = "MIMIC-IV-ECG study_id"
@@ -109,11 +110,14 @@ class MimicEcgSource:
         records = _read_table(self.folder / "record_list.csv", RECORD_LIST_COLUMNS)[list(RECORD_LIST_COLUMNS)]
         if self.limit is not None:
             records = records.head(self.limit)
-        duplicated = records["study_id"][records["study_id"].duplicated()]
-        if len(duplicated):
-            raise ValueError(f"{self.folder / 'record_list.csv'} repeats study_id {sorted(set(duplicated))[:10]}")
+        refuse_duplicate_ids(records["study_id"].str.strip().tolist(), "study_id", self.folder / "record_list.csv")
         machine = _read_table(self.folder / "machine_measurements.csv", MEASUREMENT_COLUMNS)
-        machine = machine[list(MEASUREMENT_COLUMNS)].drop_duplicates("study_id")
+        # A row repeated word for word says nothing new; two different rows for one study would be a silent choice.
+        machine = machine[list(MEASUREMENT_COLUMNS)].drop_duplicates().reset_index(drop=True)
+        refuse_duplicate_ids(
+            machine["study_id"].str.strip().tolist(), "study_id", self.folder / "machine_measurements.csv",
+            row_name=lambda i: f"row {i + 1}",
+        )  # fmt: skip
         machine.columns = [f"machine.{c}" for c in machine.columns]
         # One compact table (cells as text) for the whole corpus; rows become dicts one unit at a time.
         joined = records.merge(machine, how="left", left_on="study_id", right_on="machine.study_id", indicator=True)
@@ -133,7 +137,7 @@ class MimicEcgSource:
                 f"{row['subject_id']!r} in record_list.csv",
                 source=SOURCE,
             )
-        lines = [bounded_cell(study_id, c, machine[c], SOURCE, 1000).strip() for c in REPORT_COLUMNS]
+        lines = [clean_record_text(bounded_cell(study_id, c, machine[c], SOURCE, 1000)) for c in REPORT_COLUMNS]
         lines = [line for line in lines if line]
         path = bounded_cell(study_id, "path", row["path"], SOURCE, 1000)
         base = inside(self.folder, path, study_id, SOURCE)

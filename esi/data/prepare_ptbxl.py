@@ -26,6 +26,7 @@ from datasets import DatasetDict
 from esi.data.prepare import SKIPPED_REPORT, UNIT_SIZE, PrepareOptions, default_num_proc, prepare_source
 from esi.data.ptbxl import SAMPLING_RATES, PtbxlSource
 from esi.data.schema import RecordError
+from esi.disk_errors import exit_on_full_disk
 
 __all__ = ["SKIPPED_REPORT", "add_prepare_arguments", "default_num_proc", "main", "options_from_args", "prepare_ptbxl"]
 
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         source = PtbxlSource(args.ptbxl_dir, args.sampling_rate, args.limit)
-        dataset_dict = prepare_source(source, args.output_dir, options_from_args(args))
+        with exit_on_full_disk("esi-prepare", "rerun the same command with --resume"):
+            dataset_dict = prepare_source(source, args.output_dir, options_from_args(args))
     except (RecordError, FileExistsError) as err:
         sys.exit(f"error: {err}")
     print(report(args.output_dir, dataset_dict))

@@ -26,7 +26,7 @@ from datasets import DatasetDict, Features
 
 from esi.constants import PTBXL_AGE_OVER_89, TASKS
 from esi.data.prepare import RowTable
-from esi.data.schema import LEAD_NAMES, RecordError, bounded_cell, prepared_features
+from esi.data.schema import LEAD_NAMES, RecordError, bounded_cell, prepared_features, refuse_duplicate_ids
 from esi.data.wfdb_record import (
     Header,
     bad_checksums,
@@ -107,9 +107,7 @@ def load_database(ptbxl_dir: str | os.PathLike, limit: int | None = None, as_tex
     missing = set(DATABASE_COLUMNS) - set(database.columns)
     if missing:
         raise ValueError(f"{path} lacks columns {sorted(missing)}")
-    duplicated = database["ecg_id"][database["ecg_id"].duplicated()]
-    if len(duplicated):
-        raise ValueError(f"{path} repeats ecg_id {sorted(set(duplicated.tolist()))[:10]}")
+    refuse_duplicate_ids(database["ecg_id"].tolist(), "ecg_id", path)
     return database
 
 
@@ -299,7 +297,10 @@ def read_signal(ptbxl_dir: str | os.PathLike, ecg_id: int, record_name: str, sam
         float32 array of shape (12, 10 * sampling_rate): leads in `LEAD_NAMES` order x time, mV.
         Samples equal `wfdb.rdsamp`'s (transposed, cast to float32).
     """
-    base = Path(ptbxl_dir) / record_name
+    try:  # also refuses a .hea or .dat that links outside the folder
+        base = inside(Path(ptbxl_dir), record_name, ecg_id, "PTB-XL ecg_id")
+    except RecordError as err:
+        raise PtbxlRecordError(ecg_id, err.problem) from None
     for suffix in (".hea", ".dat"):
         if not base.with_name(base.name + suffix).is_file():
             raise MissingRecordFileError(ecg_id, f"{sampling_rate} Hz file {record_name}{suffix} is missing")

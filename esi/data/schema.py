@@ -16,6 +16,7 @@ Research software, not a diagnostic device.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 
 from datasets import Array2D, ClassLabel, Features, List, Value
 
@@ -111,3 +112,18 @@ def bounded_cell(record: object, column: str, value: object, source: str, limit:
     if len(text) > limit:
         raise RecordError(record, f"column {column!r} holds {len(text):,} characters (limit {limit:,})", source=source)
     return text
+
+
+def refuse_duplicate_ids(ids: Sequence, column: str, where: object, row_name=lambda i: f"line {i + 2}") -> None:
+    """Raise ValueError when `ids` repeats a value, naming both rows that give it (`row_name(position)`; by
+    default the CSV line, the header being line 1): two ECGs under one id would swap labels and captions."""
+    first_at: dict = {}
+    for position, value in enumerate(ids):
+        if value in first_at:
+            repeated = sum(1 for v in ids if v == value)
+            also = f" ({repeated} rows in all)" if repeated > 2 else ""
+            raise ValueError(
+                f"{where}: {row_name(first_at[value])} and {row_name(position)} both give {column} {value}{also}; "
+                f"every ECG needs its own {column}"
+            )
+        first_at[value] = position

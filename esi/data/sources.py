@@ -25,6 +25,7 @@ from esi.data.prepare_ptbxl import add_prepare_arguments, options_from_args, rep
 from esi.data.ptbxl import PtbxlSource
 from esi.data.schema import RecordError
 from esi.data.wfdb_folder import WfdbFolderSource
+from esi.disk_errors import exit_on_full_disk
 
 SOURCES = ("ptbxl", "challenge", "mimic", "wfdb-folder")
 
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         source = make_source(args.source, args.input, args.sampling_rate, args.labels, args.limit)
-        dataset_dict = prepare_source(source, args.output_dir, options_from_args(args))
+        with exit_on_full_disk("esi-prepare-source", "rerun the same command with --resume"):
+            dataset_dict = prepare_source(source, args.output_dir, options_from_args(args))
     except (RecordError, FileExistsError, FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")
     print(report(args.output_dir, dataset_dict))

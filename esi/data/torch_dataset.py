@@ -16,6 +16,7 @@ from datasets.data_files import DataFilesDict, EmptyDatasetError, get_data_patte
 from datasets.table import ConcatenationTable, MemoryMappedTable
 
 from .augment import EcgAugmentConfig, augment_ecg
+from .schema import refuse_duplicate_ids
 from .windows import WINDOW_MODES, random_start, signal_lengths, window_starts
 
 
@@ -67,14 +68,20 @@ def join_captions(
     Raises a ValueError that names the split and the offending ids when a caption column is
     missing, when the two share no ECG, or when some signals have no caption.
     """
-    parts = captions.values() if isinstance(captions, datasets.DatasetDict) else [captions]
+    parts = captions if isinstance(captions, datasets.DatasetDict) else {"captions": captions}
     by_id: dict[int, str] = {}
-    for part in parts:
+    rows: list[str] = []  # where each caption came from, to name both rows of a repeated ecg_id
+    for name, part in parts.items():
         missing_columns = {"ecg_id", "caption"} - set(part.column_names)
         if missing_columns:
             raise ValueError(f"captions dataset lacks column(s) {sorted(missing_columns)}; has {part.column_names}")
         by_id.update(zip(part["ecg_id"], part["caption"], strict=True))
+        rows += [f"{name} row {i}" for i in range(part.num_rows)]
+    if len(by_id) < len(rows):
+        all_ids = [i for part in parts.values() for i in part["ecg_id"]]
+        refuse_duplicate_ids(all_ids, "ecg_id", "captions dataset", row_name=rows.__getitem__)
     ids = signals["ecg_id"]
+    refuse_duplicate_ids(ids, "ecg_id", f"signals split '{split}'", row_name=lambda i: f"row {i}")
     if len(ids) == 0:
         raise ValueError(f"split '{split}' of the signals dataset is empty")
     lacking = [i for i in ids if i not in by_id]

@@ -20,7 +20,8 @@ from datasets import Features
 
 from esi.data.labels import parse_age, parse_sex, scp_reference, wfdb_example
 from esi.data.prepare import RowTable
-from esi.data.schema import RecordError, bounded_cell, hash_fold, prepared_features
+from esi.data.record_text import clean_record_text
+from esi.data.schema import RecordError, bounded_cell, hash_fold, prepared_features, refuse_duplicate_ids
 from esi.data.wfdb_record import inside, read_wfdb
 
 SOURCE = "labels CSV"
@@ -63,6 +64,10 @@ class WfdbFolderSource:
         table = pd.read_csv(self.labels_csv, dtype=str, keep_default_na=False)
         if "record" not in table.columns:
             raise ValueError(f"{self.labels_csv} lacks the required column 'record' (WFDB record name)")
+        # The id each row will get (its own, else its position), so a stated id cannot collide with a default one.
+        stated = table["ecg_id"].str.strip() if "ecg_id" in table.columns else pd.Series([""] * len(table))
+        ids = [str(int(v)) if v.isdigit() else v or str(position + 1) for position, v in enumerate(stated)]
+        refuse_duplicate_ids(ids, "ecg_id", self.labels_csv)
         return RowTable(table[["record"] + [c for c in OPTIONAL_COLUMNS if c in table.columns]])
 
     def example(self, row: dict) -> dict:
@@ -74,7 +79,8 @@ class WfdbFolderSource:
         patient_id = _optional_int(record, "patient_id", row.get("patient_id", ""), 0, 2**31 - 1)
         patient_id = ecg_id if patient_id is None else patient_id
         fold = _optional_int(record, "fold", row.get("fold", ""), 1, 10) or hash_fold(str(patient_id))
-        texts = [t.strip() for t in bounded_cell(record, "statements", row.get("statements"), SOURCE).split(";")]
+        cell = bounded_cell(record, "statements", row.get("statements"), SOURCE)
+        texts = [clean_record_text(t) for t in cell.split(";")]
         codes = [c.strip() for c in bounded_cell(record, "scp_codes", row.get("scp_codes"), SOURCE).split(";")]
         codes = [c for c in codes if c]
         _, _, descriptions = scp_reference()

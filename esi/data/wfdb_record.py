@@ -166,14 +166,25 @@ class WfdbSignal:
     comments: list[str]
 
 
+RECORD_SUFFIXES = (".hea", ".dat", ".mat")
+
+
 def inside(folder: Path, relative: str, record: object, source: str) -> Path:
     """`folder / relative`, refusing absolute paths and paths that leave `folder` (`../../x`, symlinks out)."""
     if not relative or os.path.isabs(relative) or Path(relative).drive:
         raise RecordError(record, f"path {relative!r} is absolute or empty; it must lie inside {folder}", source=source)
+    root = folder.resolve()
     target = (folder / relative).resolve()
-    if not target.is_relative_to(folder.resolve()):
+    if not target.is_relative_to(root):
         raise RecordError(record, f"path {relative!r} leaves the dataset folder {folder}", source=source)
-    return folder / relative
+    base = folder / relative
+    for suffix in RECORD_SUFFIXES:  # the record's own files: a link among them may point anywhere
+        file = base.with_name(base.name + suffix)
+        if file.is_symlink() and not file.resolve().is_relative_to(root):
+            raise RecordError(
+                record, f"{file.name} is a link to {file.resolve()}, outside the dataset folder {folder}", source=source
+            )
+    return base
 
 
 def _byte_offsets(header: Header | wfdb.Record) -> list[int]:
@@ -206,7 +217,10 @@ def check_header(
     for file_name in sorted(set(header.file_name)):
         if os.path.basename(file_name) != file_name:
             raise RecordError(record, f"{name} names signal file {file_name!r} outside its folder", source=source)
-        if not (base.parent / file_name).is_file():
+        signal_file = base.parent / file_name
+        if signal_file.is_symlink() and signal_file.resolve().parent != base.parent.resolve():
+            raise RecordError(record, f"{name}: signal file {file_name} is a link outside its folder", source=source)
+        if not signal_file.is_file():
             raise MissingSignalFileError(
                 record, f"{name} names signal file {file_name}, which is missing", file_name, source=source
             )

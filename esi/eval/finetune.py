@@ -47,6 +47,7 @@ from transformers import HfArgumentParser
 from esi.constants import TASKS
 from esi.data.torch_dataset import join_captions, load_dataset_folder
 from esi.data.windows import parse_window_count
+from esi.disk_errors import exit_on_full_disk
 from esi.eval.classification import (
     METHODS,
     METRICS_DIR,
@@ -344,7 +345,8 @@ def run(args: FinetuneArguments) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (`esi-finetune`, `finetune.py`); programmatic callers use `run(parse_args(argv))`."""
-    run(parse_args(argv))
+    with exit_on_full_disk("esi-finetune"):
+        run(parse_args(argv))
 
 
 if __name__ == "__main__":

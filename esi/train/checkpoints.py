@@ -3,10 +3,16 @@
 Layout: OUTPUT_DIR/checkpoints/step_N (complete, renamed into place only once written),
 OUTPUT_DIR/checkpoints/step_N.partial (being written; removed on failure or at the next start),
 OUTPUT_DIR/checkpoints/abandoned-<time>/step_N (later checkpoints of a run resumed from an older step).
+
+Resuming never unpickles code: Accelerate's own files (weights as safetensors; optimizer, sampler and random states)
+are read with torch's weights-only loader, and the run's own state (scheduler, log history, time spent) is JSON in
+`training_state.json`. A folder holding pickled custom objects (`custom_checkpoint_*.pkl`, which Accelerate would
+load with arbitrary code execution) is refused, never tried and never skipped silently.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -17,6 +23,9 @@ from accelerate import Accelerator
 logger = logging.getLogger("esi.train")
 CHECKPOINT_PREFIX = "step_"
 PARTIAL_SUFFIX = ".partial"
+TRAINING_STATE_FILE = "training_state.json"
+# Files Accelerate unpickles without restriction (`weights_only=False`) when loading a checkpoint.
+UNRESTRICTED_PICKLES = "custom_checkpoint_*"
 
 
 class CheckpointWriteError(OSError):
@@ -25,6 +34,21 @@ class CheckpointWriteError(OSError):
 
 class CheckpointLoadError(RuntimeError):
     """No usable checkpoint could be loaded."""
+
+
+class UnsafeCheckpointError(CheckpointLoadError):
+    """A checkpoint holds pickled objects that loading would execute; it is refused, not skipped."""
+
+
+def refuse_pickled_objects(checkpoint: Path) -> None:
+    """Raise `UnsafeCheckpointError` when `checkpoint` holds files Accelerate would unpickle without restriction."""
+    found = sorted(p.name for p in Path(checkpoint).glob(UNRESTRICTED_PICKLES))
+    if found:
+        raise UnsafeCheckpointError(
+            f"checkpoint {checkpoint} holds {', '.join(found)}: pickled objects that resuming would run as code. "
+            f"ESI keeps its training state in {TRAINING_STATE_FILE} and never loads such files, so this folder was "
+            "altered or written by another program; resume from a checkpoint you trust, or start a new run."
+        )
 
 
 def checkpoint_step(folder: Path) -> int:
@@ -49,8 +73,12 @@ def remove_partial_checkpoints(accelerator: Accelerator, output_dir: Path) -> No
     accelerator.wait_for_everyone()
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> Path:
+def save_checkpoint(
+    accelerator: Accelerator, output_dir: Path, step: int, keep: int, training_state: dict | None = None
+) -> Path:
     """Write a checkpoint atomically: into a temporary folder, renamed only once complete.
+
+    `training_state` (JSON-serialisable: scheduler state, log history) goes to `TRAINING_STATE_FILE`.
 
     If writing fails (full disk, quota, file-size limit: OSError from torch.save, safetensors'
     own error or torch's RuntimeError), the partial folder is removed, the previous checkpoints
@@ -60,6 +88,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep:
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
     try:
         accelerator.save_state(str(partial))
+        if accelerator.is_main_process:
+            (partial / TRAINING_STATE_FILE).write_text(json.dumps(training_state or {}))
         accelerator.wait_for_everyone()
     except Exception as error:  # any failure leaves an incomplete folder: clean it, say what is intact
         if accelerator.is_main_process:
@@ -115,18 +145,23 @@ def resolve_checkpoint(output_dir: Path, requested: str) -> list[Path]:
     return [path]
 
 
-def load_checkpoint(accelerator: Accelerator, output_dir: Path, requested: str) -> int:
-    """Load the requested checkpoint and return its step (0 when 'latest' finds none).
+def load_checkpoint(accelerator: Accelerator, output_dir: Path, requested: str) -> tuple[int, dict]:
+    """Load the requested checkpoint; returns its step and training state (0 and {} when 'latest' finds none).
 
-    A damaged checkpoint is named; with 'latest' the previous one is tried next, saying so.
+    A damaged checkpoint is named; with 'latest' the previous one is tried next, saying so. A checkpoint holding
+    pickled objects is refused at once (`UnsafeCheckpointError`): tampering is not damage to fall back from.
     """
     candidates = resolve_checkpoint(output_dir, requested)
     if not candidates:
         logger.info("no checkpoint under %s: starting from scratch", Path(output_dir) / "checkpoints")
-        return 0
+        return 0, {}
     failures = []
     for checkpoint in candidates:
+        refuse_pickled_objects(checkpoint)
         try:
+            training_state = json.loads((checkpoint / TRAINING_STATE_FILE).read_text())
+            if not isinstance(training_state, dict):
+                raise ValueError(f"{TRAINING_STATE_FILE} is not a JSON object")
             accelerator.load_state(str(checkpoint))
         except Exception as error:  # truncated/corrupt files raise many types (pickle, safetensors, torch, OSError)
             failures.append(f"{checkpoint}: {type(error).__name__}: {error}")
@@ -135,7 +170,7 @@ def load_checkpoint(accelerator: Accelerator, output_dir: Path, requested: str) 
             continue
         if failures:
             logger.warning("resumed from %s instead of the damaged %s", checkpoint, candidates[0].name)
-        return checkpoint_step(checkpoint)
+        return checkpoint_step(checkpoint), training_state
     hint = (
         "; every checkpoint is damaged: delete them to start from scratch"
         if requested == "latest"

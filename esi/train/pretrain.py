@@ -35,6 +35,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer
 
+from esi.disk_errors import exit_on_full_disk
 from esi.text_encoder import default_text_model_path
 from esi.train.arguments import (
     DataArguments,
@@ -179,16 +180,18 @@ def pretrain(
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, data.train_loader)
     eval_loader = accelerator.prepare(data.eval_loader) if data.eval_loader is not None else None
     schedule = Schedule.for_run(len(train_loader), optim_args)
+    # Not registered with Accelerate (it would pickle it): its state is JSON in the checkpoint's training state.
     scheduler = build_scheduler(raw_optimizer, optim_args, schedule.max_steps)
-    accelerator.register_for_checkpointing(scheduler)
     if run_args.report_to != "none":
         config = all_arguments(data_args, model_args, optim_args, run_args)
         accelerator.init_trackers("esi_pretraining", config={k: v for k, v in config.items() if v is not None})
 
     remove_partial_checkpoints(accelerator, output_dir)
-    global_step = 0
+    global_step, resumed = 0, {}
     if run_args.resume_from_checkpoint:
-        global_step = load_checkpoint(accelerator, output_dir, run_args.resume_from_checkpoint)
+        global_step, resumed = load_checkpoint(accelerator, output_dir, run_args.resume_from_checkpoint)
+        if resumed:
+            scheduler.load_state_dict(resumed["scheduler"])
         set_aside_later_checkpoints(accelerator, output_dir, global_step)
 
     logger.info(
@@ -202,7 +205,7 @@ def pretrain(
     )
     run = train_loop(
         accelerator, model, optimizer, scheduler, train_loader, eval_loader, data, schedule, global_step,
-        model_args, optim_args, run_args,
+        model_args, optim_args, run_args, resumed,
     )  # fmt: skip
 
     final_dir = output_dir / "model"
@@ -241,8 +244,12 @@ def train_loop(
     model_args: ModelArguments,
     optim_args: OptimizationArguments,
     run_args: RunArguments,
+    resumed: dict | None = None,
 ) -> dict:
-    """Train from `global_step` to `schedule.max_steps`; returns the run's figures for the summary."""
+    """Train from `global_step` to `schedule.max_steps`; returns the run's figures for the summary.
+
+    `resumed`: the checkpoint's training state, so the summary covers the whole run, not only the last process.
+    """
     output_dir = Path(run_args.output_dir)
     start_epoch, skip_batches = schedule.position(global_step)
     if global_step:
@@ -250,10 +257,12 @@ def train_loop(
     progress = tqdm(
         total=schedule.max_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="pretraining"
     )
-    history: list[dict] = []
+    resumed = resumed or {}
+    history: list[dict] = list(resumed.get("log_history", []))
     eval_metrics: dict[str, float] = {}
     set_train_mode(accelerator.unwrap_model(model), model_args)
-    started, data_seconds = time.perf_counter(), 0.0
+    earlier_seconds, data_seconds = resumed.get("train_seconds", 0.0), resumed.get("data_seconds", 0.0)
+    started = time.perf_counter()
     for epoch in range(start_epoch, schedule.num_epochs):
         if global_step >= schedule.max_steps:  # resumed from the final checkpoint: nothing left to train
             break
@@ -285,14 +294,20 @@ def train_loop(
                 "caption_loss": outputs.caption_loss.item(),
                 "lr": scheduler.get_last_lr()[0],
                 "logit_scale": accelerator.unwrap_model(model).clamped_logit_scale().item(),
-                "elapsed_s": round(time.perf_counter() - started, 3),
+                "elapsed_s": round(earlier_seconds + time.perf_counter() - started, 3),
             }
             progress.set_postfix(loss=f"{logs['loss']:.3f}")
             if global_step % run_args.logging_steps == 0 or global_step == schedule.max_steps:
                 accelerator.log(logs, step=global_step)
                 history.append({"step": global_step, **logs})
             if global_step % run_args.checkpointing_steps == 0 or global_step == schedule.max_steps:
-                save_checkpoint(accelerator, output_dir, global_step, run_args.checkpoints_total_limit)
+                state = {
+                    "scheduler": scheduler.state_dict(),
+                    "log_history": history,
+                    "train_seconds": earlier_seconds + time.perf_counter() - started,
+                    "data_seconds": data_seconds,
+                }
+                save_checkpoint(accelerator, output_dir, global_step, run_args.checkpoints_total_limit, state)
             if eval_loader is not None and run_args.eval_steps and global_step % run_args.eval_steps == 0:
                 eval_metrics = evaluate(model, eval_loader, accelerator, model_args)
                 accelerator.log(eval_metrics, step=global_step)
@@ -307,7 +322,7 @@ def train_loop(
         if global_step >= schedule.max_steps:
             break
     progress.close()
-    train_seconds = time.perf_counter() - started
+    train_seconds = earlier_seconds + time.perf_counter() - started
     return {
         "steps": global_step,
         "train_seconds": round(train_seconds, 1),
@@ -349,7 +364,8 @@ def main(argv: list[str] | None = None) -> None:
 
     Programmatic callers use `pretrain(*parse_args(argv))`, which returns the saved model folder.
     """
-    pretrain(*parse_args(argv, description=__doc__))
+    with exit_on_full_disk("esi-train", "rerun the same command with --resume-from-checkpoint latest"):
+        pretrain(*parse_args(argv, description=__doc__))
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ SAMPLE_COLUMNS = (
 )
 
 
-def _prepared(ptbxl_dir: Path, cache_dir: Path) -> Path:
+def prepared_dataset(ptbxl_dir: Path, cache_dir: Path) -> Path:
     from esi.data.prepare_ptbxl import prepare_ptbxl
 
     target = cache_dir / "prepared-100hz"
@@ -197,7 +197,7 @@ def main() -> None:
     from esi.cqa.run import generate_captions
 
     args.cache_dir.mkdir(parents=True, exist_ok=True)
-    prepared = _prepared(args.ptbxl_dir, args.cache_dir)
+    prepared = prepared_dataset(args.ptbxl_dir, args.cache_dir)
     print(f"CPU cores available: {len(os.sched_getaffinity(0))}; load average {os.getloadavg()[0]:.1f} at start")
 
     template_out = args.cache_dir / "template"

@@ -21,7 +21,6 @@ of retrieval and writing; passes alternate to share the load). Writes benchmarks
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import os
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench_cqa import REPO_ROOT, prepared_dataset
+from benchmarks.bench_cqa import REPO_ROOT, caption_benchmark_parser, prepared_dataset
 from esi.cqa.retrieval import HybridRetriever, RetrievedPassage
 from esi.knowledge import KnowledgeEntry, RecordFacts
 
@@ -158,12 +157,8 @@ def coverage(ptbxl_dir: Path, by_id: dict[str, KnowledgeEntry]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ptbxl-dir", type=Path, default=REPO_ROOT.parent / "shared" / "ptb-xl")
-    parser.add_argument("--cache-dir", type=Path, default=REPO_ROOT / "outputs" / "bench_cqa")
-    parser.add_argument("--num-workers", type=int, default=2)
+    parser = caption_benchmark_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=2, help="timed passes of each selection, alternating")
-    parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
     import torch

@@ -75,7 +75,7 @@ def label_passages(inputs: list, by_id: dict[str, KnowledgeEntry]) -> dict:
 
     counts: Counter[str] = Counter()
     examples: Counter[str] = Counter()
-    pairs = pairs_hit = records = records_hit = measured_disagree = 0
+    pairs = pairs_hit = records = records_hit = measured_disagree = related = 0
     per_record = Counter()
     for x in inputs:
         facts = record_facts([s.scp for s in x.statements if s.scp], x.measurements)
@@ -86,6 +86,8 @@ def label_passages(inputs: list, by_id: dict[str, KnowledgeEntry]) -> dict:
             counts[name] += 1
             if name == "contradicting":
                 examples[f"{p.id} ({why})"] += 1
+            elif name == "matched-by-code" and not entry.scp_codes:
+                related += 1  # a general entry about a related statement
             elif name == "matched-by-code" and entry.scp_codes and entry.contradicted_by(facts):
                 measured_disagree += 1  # the statement outranks a measurement that disagrees with it
         wanted = {f"scp:{code}" for code in facts.codes} & by_id.keys()
@@ -101,6 +103,7 @@ def label_passages(inputs: list, by_id: dict[str, KnowledgeEntry]) -> dict:
         "counts": {name: counts[name] for name in LABELS},
         "fractions": {name: counts[name] / total if total else 0.0 for name in LABELS},
         "neither_code_nor_measurement": (counts["other-relevant"] + counts["contradicting"]) / total if total else 0.0,
+        "matched_by_related_statement": related,
         "contradicting_examples": dict(examples.most_common(15)),
         "own_passage_with_disagreeing_measurement": measured_disagree,
         "passages_per_record": {str(n): per_record[n] for n in sorted(per_record)},

@@ -318,15 +318,29 @@ _FINDING_EXCLUDED_IF = {
 }
 
 
+def entries_by_code(knowledge: Sequence[KnowledgeEntry]) -> dict[str, list[KnowledgeEntry]]:
+    """SCP-ECG code -> the knowledge entries about it."""
+    about: dict[str, list[KnowledgeEntry]] = {}
+    for entry in knowledge:
+        for code in entry.scp_codes:
+            about.setdefault(code, []).append(entry)
+    return about
+
+
 def record_contradictions(
-    text: str, inputs: CaptionInputs, lexicon: DiagnosisLexicon, knowledge: Sequence[KnowledgeEntry] = ()
+    text: str,
+    inputs: CaptionInputs,
+    lexicon: DiagnosisLexicon,
+    about: Mapping[str, Sequence[KnowledgeEntry]] | None = None,
 ) -> list[str]:
     """Assertions of ``text`` that the record excludes (by a measurement or a statement), as issue strings.
 
     Two kinds: a finding in words (``_FINDING_PHRASES``: "wide QRS" with a measured QRS of 96 ms), and a
-    diagnosis (``lexicon``) every code of which has a ``knowledge`` entry whose ``contradicted_if`` the record
-    meets ("sinus tachycardia" at 71 bpm). Negated mentions and those a listed statement names do not count.
+    diagnosis (``lexicon``) every code of which has a knowledge entry (``about``, from ``entries_by_code``)
+    whose ``contradicted_if`` the record meets ("sinus tachycardia" at 71 bpm). Negated mentions and those a
+    listed statement names do not count.
     """
+    about = about or {}
     listed = {s.scp for s in inputs.statements if s.scp}
     facts = record_facts(listed, inputs.measurements)
     issues = []
@@ -339,10 +353,6 @@ def record_contradictions(
         )
         if excluded is not None:
             issues.append(f"asserts '{mention.phrase}', which the record excludes ({excluded.text})")
-    about: dict[str, list[KnowledgeEntry]] = {}
-    for entry in knowledge:
-        for code in entry.scp_codes:
-            about.setdefault(code, []).append(entry)
     for mention in lexicon.mentions(text):
         if mention.negated or not mention.codes or listed.intersection(mention.codes):
             continue
@@ -369,7 +379,7 @@ class FaithfulnessChecker:
     ) -> None:
         self.lexicon = lexicon
         self.tolerances = {**TOLERANCES, **(tolerances or {})}
-        self.knowledge = tuple(knowledge)  # entries whose contradicted_if conditions the check applies
+        self.about = entries_by_code(knowledge)  # entries whose contradicted_if conditions the check applies
 
     def check(self, text: str, inputs: CaptionInputs, require_complete: bool = True) -> list[str]:
         # The record's own non-SCP statements (Challenge names, machine report lines) may be quoted as they
@@ -379,7 +389,7 @@ class FaithfulnessChecker:
         mentions = self.lexicon.mentions(text)
         issues = self._number_issues(own, inputs)
         issues += self._diagnosis_issues(self.lexicon.mentions(own) if own != text else mentions, mentions, inputs)
-        issues += record_contradictions(own, inputs, self.lexicon, self.knowledge)
+        issues += record_contradictions(own, inputs, self.lexicon, self.about)
         issues += self._claim_issues(own, inputs)
         if require_complete:
             issues += self._completeness_issues(text, mentions, inputs)

@@ -101,7 +101,7 @@ SAMPLE_COLUMNS = (
 )
 
 
-def _prepared(ptbxl_dir: Path, cache_dir: Path) -> Path:
+def prepared_dataset(ptbxl_dir: Path, cache_dir: Path) -> Path:
     from esi.data.prepare_ptbxl import prepare_ptbxl
 
     target = cache_dir / "prepared-100hz"
@@ -183,21 +183,27 @@ def _measure_only_seconds(prepared: Path, num_workers: int) -> float:
     return time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def caption_benchmark_parser(description: str) -> argparse.ArgumentParser:
+    """The options every caption benchmark shares: PTB-XL folder, cache of its prepared copy, workers, results."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--ptbxl-dir", type=Path, default=REPO_ROOT.parent / "shared" / "ptb-xl")
     parser.add_argument("--cache-dir", type=Path, default=REPO_ROOT / "outputs" / "bench_cqa")
     parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "benchmarks" / "results")
+    return parser
+
+
+def main() -> None:
+    parser = caption_benchmark_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--llm-samples", type=int, default=2, help="records per split for the tiny-LLM run")
     parser.add_argument("--report-dir", type=Path, default=REPO_ROOT / "benchmarks" / "reports")
     parser.add_argument("--skip-llm", action="store_true", help="template backend only (no npm/tiny-LLM run)")
-    parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
     from esi.cqa.run import generate_captions
 
     args.cache_dir.mkdir(parents=True, exist_ok=True)
-    prepared = _prepared(args.ptbxl_dir, args.cache_dir)
+    prepared = prepared_dataset(args.ptbxl_dir, args.cache_dir)
     print(f"CPU cores available: {len(os.sched_getaffinity(0))}; load average {os.getloadavg()[0]:.1f} at start")
 
     template_out = args.cache_dir / "template"

@@ -49,7 +49,7 @@ def test_text_variants_select_sections(sample_captions, ptbxl_sample_dir):
         report="",
         statements=[Statement("AFIB", descriptions["AFIB"], 100.0)],
         measurements=EcgMeasurements(heart_rate_bpm=104.0, rr_irregular=True, p_wave_absent=True, qrs_duration_ms=90.0),
-        passages=[RetrievedPassage("scp:AFIB", entry.title, entry.text, 1.0)],
+        passages=[RetrievedPassage("scp:AFIB", entry.title, entry.text, 1.0, "statement AFIB")],
     )
     texts = {v: TemplateWriter(checker, v).write(inputs) for v in TEXT_VARIANTS}
     assert "atrial fibrillation" in texts["statements_only"] and "bpm" not in texts["statements_only"]

@@ -20,7 +20,7 @@ from esi.data.challenge import ChallengeSource
 from esi.data.labels import scp_reference
 from esi.data.mimic import MimicEcgSource
 from esi.data.prepare import PrepareOptions, prepare_source
-from esi.knowledge import load_knowledge_base
+from esi.knowledge import RecordFacts, load_knowledge_base
 from tests.conftest import REPO_ROOT, copy_challenge_records
 
 SHARED = REPO_ROOT.parent / "shared"
@@ -349,6 +349,7 @@ def test_unspecified_bundle_branch_block_is_never_called_complete(tmp_path, chec
     assert checker.check("Sinus bradycardia and complete right bundle branch block; heart rate 104 bpm.", claim)
 
     bm25 = HybridRetriever(load_knowledge_base(), encoder_path=None)
-    query = ["complete right bundle branch block"]
-    assert "scp:CRBBB" in [p.id for p in bm25.retrieve_batch(query, k=3)[0]]
-    assert "scp:CRBBB" not in [p.id for p in bm25.retrieve_batch(query, k=3, excluded_codes_list=[["CRBBB"]])[0]]
+    query, facts = ["complete right bundle branch block"], [RecordFacts(frozenset({"CRBBB"}))]
+    assert "scp:CRBBB" in [p.id for p in bm25.retrieve_batch(query, facts, k=3)[0]]
+    excluded = bm25.retrieve_batch(query, facts, k=3, excluded_codes_list=[["CRBBB"]])[0]
+    assert "scp:CRBBB" not in [p.id for p in excluded]

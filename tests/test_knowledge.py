@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from esi.knowledge import DEFAULT_PATHS, KnowledgeEntry, load_knowledge_base, scp_entry_id
+from esi.knowledge import DEFAULT_PATHS, KnowledgeEntry, RecordFacts, load_knowledge_base, scp_entry_id
 
 SCP_CSV = Path(__file__).resolve().parents[1] / "data" / "ptbxl_sample" / "scp_statements.csv"
 
@@ -134,6 +134,10 @@ def test_duplicate_id_names_file_and_line(tmp_path):
         ('{"id": "x:1",', "invalid JSON"),
         ("[1, 2]", "expected a JSON object"),
         (_line(extra="y"), r"unknown field\(s\) \['extra'\]"),
+        (_line(supported_if=["heart_rate > 100"]), "field 'supported_if': 'heart_rate' is not a numeric measurement"),
+        (_line(contradicted_if=["qrs_axis_category is up"]), "field 'contradicted_if': .* names no category"),
+        (_line(supported_if=["rr_irregular and "]), "field 'supported_if': empty term"),
+        (_line(supported_if="low_voltage"), "field 'supported_if' must be a list"),
     ],
 )
 def test_malformed_lines_are_rejected_with_location(tmp_path, line, message):
@@ -141,3 +145,45 @@ def test_malformed_lines_are_rejected_with_location(tmp_path, line, message):
     path.write_text(_line(id="ok") + "\n" + line + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=rf"kb\.jsonl:2: {message}"):
         load_knowledge_base([path])
+
+
+def test_conditions_name_real_statements(entries, scp_rows):
+    named = {
+        term.name
+        for e in entries
+        for condition in e.supported_if + e.contradicted_if
+        for term in condition.terms
+        if term.kind == "statement"
+    }
+    assert named and named <= set(scp_rows)
+
+
+def test_condition_fields_are_measurement_fields():
+    from esi.cqa.measurements import EcgMeasurements
+    from esi.knowledge.conditions import CONDITION_FIELDS
+
+    assert set(CONDITION_FIELDS) <= {f.name for f in dataclasses.fields(EcgMeasurements)}
+
+
+SINUS = {"rr_irregular": False, "p_wave_absent": False}
+
+
+@pytest.mark.parametrize(
+    ("entry_id", "facts", "supported", "contradicted"),
+    [
+        ("scp:STACH", RecordFacts(frozenset({"SR"}), {"heart_rate_bpm": 71.0, **SINUS}), None, "heart_rate_bpm <= 100"),
+        ("scp:STACH", RecordFacts(frozenset(), {"heart_rate_bpm": 124.0, **SINUS}), "heart_rate_bpm > 100", None),
+        ("scp:STACH", RecordFacts(frozenset(), SINUS), None, None),  # rate unknown: neither
+        ("scp:AFIB", RecordFacts(frozenset({"SR"}), SINUS), None, "statement SR"),
+        ("scp:AFIB", RecordFacts(frozenset(), {"rr_irregular": True}), None, None),  # P waves unknown: neither
+        ("scp:AFIB", RecordFacts(frozenset(), {"rr_irregular": True, "p_wave_absent": True}), "rr_irregular", None),
+        ("scp:1AVB", RecordFacts(frozenset(), {"pr_interval_ms": 164.0}), None, "pr_interval_ms <= 200"),
+        ("general:frontal-axis", RecordFacts(frozenset(), {"qrs_axis_category": "left"}), "qrs_axis_category", None),
+    ],
+)
+def test_key_conditions(by_id, entry_id, facts, supported, contradicted):
+    entry = by_id[entry_id]
+    support, contradiction = entry.supported_by(facts), entry.contradicted_by(facts)
+    assert (support is None) == (supported is None) and (supported is None or support.text.startswith(supported))
+    assert (contradiction is None) == (contradicted is None)
+    assert contradicted is None or contradiction.text == contradicted

@@ -1,4 +1,5 @@
-"""Hybrid BM25 + dense retrieval over the real knowledge base and the offline MiniLM encoder."""
+"""Hybrid BM25 + dense retrieval over the real knowledge base and the offline MiniLM encoder, and which passages
+fit a record (its statements, the findings its measurements support, never filler or a contradicted passage)."""
 
 import logging
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from esi.cqa.retrieval import RRF_K, HybridRetriever, RetrievedPassage, build_query
-from esi.knowledge import load_knowledge_base
+from esi.knowledge import RecordFacts, load_knowledge_base
 from esi.text_encoder import default_text_model_path
 
 AF_QUERY = "atrial fibrillation irregular rhythm without P waves"
@@ -32,12 +33,8 @@ def _index(entries, entry_id: str) -> int:
     return next(i for i, e in enumerate(entries) if e.id == entry_id)
 
 
-def test_hybrid_ranks_afib_first(hybrid):
-    results = hybrid.retrieve(AF_QUERY)
-    assert len(results) == 4
-    assert isinstance(results[0], RetrievedPassage)
-    assert results[0].id == "scp:AFIB"
-    assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
+def test_hybrid_ranks_afib_first(hybrid, entries):
+    assert int(np.argmax(hybrid.fused_scores([AF_QUERY])[0])) == _index(entries, "scp:AFIB")
 
 
 def test_dense_ranker_alone_ranks_afib_first(hybrid, entries):
@@ -55,7 +52,7 @@ def test_lexical_ranker_alone_finds_afib(lexical, entries):
     assert all("atrial" in entries[i].text.lower() for i in top3)
     # A query built from the record's statement carries the code, which only the AFIB entry names.
     coded = build_query(["AFIB"], ["atrial fibrillation"], [])
-    assert lexical.retrieve(coded)[0].id == "scp:AFIB"
+    assert int(np.argmax(lexical.fused_scores([coded])[0])) == _index(entries, "scp:AFIB")
 
 
 def test_lexical_only_mode_is_announced_and_has_no_dense_scores(entries, caplog):
@@ -82,21 +79,62 @@ def test_passages_without_shared_terms_get_no_lexical_credit(lexical):
     assert (fused > 0).sum() == (lexical.lexical_scores(["sawtooth"])[0] > 0).sum() >= 1
 
 
-def test_required_codes_come_first_ordered_by_score(hybrid):
-    results = hybrid.retrieve(AF_QUERY, k=4, required_codes=["CLBBB", "1AVB", "NOT_A_CODE"])
-    ids = [r.id for r in results]
+SINUS_71 = RecordFacts(
+    frozenset({"NORM", "SR"}), {"heart_rate_bpm": 71.0, "rr_irregular": False, "p_wave_absent": False}
+)
+TACHY_QUERY = "sinus tachycardia fast heart rate above 100 bpm"
+
+
+def _ids(passages: list[RetrievedPassage]) -> list[str]:
+    return [p.id for p in passages]
+
+
+def test_sinus_record_at_71_bpm_gets_no_tachycardia_passage(hybrid, entries):
+    # The query ranks the tachycardia passage first, yet a 71 bpm sinus record must not get it.
+    assert int(np.argmax(hybrid.fused_scores([TACHY_QUERY])[0])) == _index(entries, "scp:STACH")
+    results = hybrid.retrieve(TACHY_QUERY, SINUS_71)
+    assert "scp:STACH" not in _ids(results)
+    assert set(_ids(results)) == {"scp:NORM", "scp:SR"}  # nothing else fits: no filler
+    assert all(r.reason.startswith("statement ") for r in results)
+
+
+def test_tachycardia_passage_needs_a_measured_rate_above_100(hybrid):
+    fast = RecordFacts(frozenset(), {"heart_rate_bpm": 124.0, "rr_irregular": False, "p_wave_absent": False})
+    results = hybrid.retrieve(TACHY_QUERY, fast)
+    assert "scp:STACH" in _ids(results) and "general:heart-rate" in _ids(results)
+    assert next(r for r in results if r.id == "scp:STACH").reason.startswith("heart_rate_bpm > 100")
+    unmeasured = RecordFacts(frozenset(), {"rr_irregular": False, "p_wave_absent": False})
+    assert hybrid.retrieve(TACHY_QUERY, unmeasured) == []  # an unknown rate supports nothing
+
+
+def test_af_passage_only_with_af_evidence(hybrid):
+    regular_with_p = RecordFacts(frozenset({"SR"}), {"rr_irregular": False, "p_wave_absent": False})
+    assert not {"scp:AFIB", "general:afib-vs-flutter"} & set(_ids(hybrid.retrieve(AF_QUERY, regular_with_p)))
+    irregular_without_p = RecordFacts(frozenset(), {"rr_irregular": True, "p_wave_absent": True})
+    assert {"scp:AFIB", "general:afib-vs-flutter"} <= set(_ids(hybrid.retrieve(AF_QUERY, irregular_without_p)))
+    stated = hybrid.retrieve(AF_QUERY, RecordFacts(frozenset({"AFIB"})))
+    assert _ids(stated)[0] == "scp:AFIB" and stated[0].reason == "statement AFIB"
+
+
+def test_contradicted_passage_is_not_retrieved_though_supported(hybrid):
+    # Irregular without P supports the AF-versus-flutter passage, but a stated sinus rhythm excludes it.
+    facts = RecordFacts(frozenset({"SARRH"}), {"rr_irregular": True, "p_wave_absent": True})
+    assert "general:afib-vs-flutter" not in _ids(hybrid.retrieve(AF_QUERY, facts))
+
+
+def test_nothing_fits_gives_no_passage(hybrid):
+    assert hybrid.retrieve(AF_QUERY, RecordFacts(frozenset())) == []
+
+
+def test_own_statements_first_then_supported_by_score_at_most_k(hybrid):
+    facts = RecordFacts(frozenset({"CLBBB", "1AVB"}), {"pr_interval_ms": 240.0, "qrs_duration_ms": 150.0})
+    results = hybrid.retrieve(AF_QUERY, facts, k=8)
+    ids = _ids(results)
     assert set(ids[:2]) == {"scp:CLBBB", "scp:1AVB"}
-    assert results[0].score >= results[1].score
-    assert ids[2] == "scp:AFIB"  # then the best of the fused ranking
-    assert len(ids) == len(set(ids)) == 4
-
-
-def test_required_codes_are_truncated_at_k(hybrid):
-    required = ["SR", "NORM", "LVH", "CLBBB", "1AVB", "AFIB"]
-    results = hybrid.retrieve(AF_QUERY, k=3, required_codes=required)
-    assert len(results) == 3
-    assert results[0].id == "scp:AFIB"  # the required entry that best matches the query
-    assert {r.id for r in results} <= {f"scp:{c}" for c in required}
+    assert "scp:LPR" in ids[2:] and "general:bundle-branch-blocks" in ids[2:]
+    assert [r.score for r in results[2:]] == sorted((r.score for r in results[2:]), reverse=True)
+    assert len(ids) == len(set(ids))
+    assert _ids(hybrid.retrieve(AF_QUERY, facts, k=3)) == ids[:3]
 
 
 def test_default_encoder_is_the_offline_minilm():
@@ -106,21 +144,25 @@ def test_default_encoder_is_the_offline_minilm():
 
 def test_deterministic_across_calls_and_instances(hybrid, lexical, entries):
     queries = [AF_QUERY, "QTc 492 ms prolonged", "frontal axis -60 degrees left axis deviation"]
+    facts = RecordFacts(frozenset({"LAFB", "LNGQT"}), {"qtc_bazett_ms": 492.0, "qrs_axis_category": "left"})
     for query in queries:
-        assert hybrid.retrieve(query, k=5) == hybrid.retrieve(query, k=5)
+        assert hybrid.retrieve(query, facts, k=5) == hybrid.retrieve(query, facts, k=5)
         fresh = HybridRetriever(entries, encoder_path=None)
-        assert fresh.retrieve(query, k=5) == lexical.retrieve(query, k=5)
+        assert fresh.retrieve(query, facts, k=5) == lexical.retrieve(query, facts, k=5)
 
 
 BATCH_QUERIES = [AF_QUERY, "heart rate 46 bpm bradycardia", AF_QUERY, "QRS duration 150 ms prolonged", "", "ST"]
-BATCH_REQUIRED = [(), ("SBRAD",), ("PVC", "AFIB"), (), (), ("STE_",)]
+BATCH_FACTS = [
+    RecordFacts(frozenset(codes), {"heart_rate_bpm": 46.0, "rr_irregular": True})
+    for codes in [(), ("SBRAD",), ("PVC", "AFIB"), (), ("LVOLT",), ("STE_",)]
+]
 
 
 def _assert_batch_equals_single(batch_retriever, single_retriever):
-    batch = batch_retriever.retrieve_batch(BATCH_QUERIES, k=4, required_codes_list=BATCH_REQUIRED)
+    batch = batch_retriever.retrieve_batch(BATCH_QUERIES, BATCH_FACTS, k=4)
     assert len(batch) == len(BATCH_QUERIES)
-    for query, codes, got in zip(BATCH_QUERIES, BATCH_REQUIRED, batch, strict=True):
-        expected = single_retriever.retrieve(query, k=4, required_codes=codes)
+    for query, facts, got in zip(BATCH_QUERIES, BATCH_FACTS, batch, strict=True):
+        expected = single_retriever.retrieve(query, facts, k=4)
         assert [r.id for r in got] == [r.id for r in expected]
         assert [r.score for r in got] == pytest.approx([r.score for r in expected])
     assert {r.id for r in batch[2][:2]} == {"scp:AFIB", "scp:PVC"}
@@ -149,7 +191,7 @@ def test_threaded_batches_equal_one_query_at_a_time(hybrid, entries):
     np.testing.assert_array_equal(batched, hybrid.dense_scores(queries))  # threads do not change a bit
 
 
-def test_domain_queries_land_on_the_right_entries(hybrid):
+def test_domain_queries_land_on_the_right_entries(hybrid, entries):
     expectations = {
         "PR interval 236 ms prolonged": {"scp:LPR", "scp:1AVB", "general:pr-interval"},
         "QRS duration 142 ms prolonged": {"general:qrs-duration", "scp:IVCD", "scp:CLBBB", "scp:CRBBB"},
@@ -157,16 +199,16 @@ def test_domain_queries_land_on_the_right_entries(hybrid):
         "Sokolow-Lyon voltage 4.1 mV": {"general:sokolow-lyon", "scp:LVH", "scp:VCLVH"},
         "baseline drift and noise in the signal": {"general:artefact-baseline-wander", "general:artefact-noise"},
     }
-    results = hybrid.retrieve_batch(list(expectations), k=1)
-    for (query, acceptable), top in zip(expectations.items(), results, strict=True):
-        assert top[0].id in acceptable, query
+    fused = hybrid.fused_scores(list(expectations))
+    for (query, acceptable), scores in zip(expectations.items(), fused, strict=True):
+        assert entries[int(np.argmax(scores))].id in acceptable, query
 
 
 def test_argument_validation(hybrid):
     with pytest.raises(ValueError, match="k must be at least 1"):
-        hybrid.retrieve("x", k=0)
+        hybrid.retrieve("x", RecordFacts(frozenset()), k=0)
     with pytest.raises(ValueError, match="2 queries but 1"):
-        hybrid.retrieve_batch(["a", "b"], required_codes_list=[()])
+        hybrid.retrieve_batch(["a", "b"], [RecordFacts(frozenset())])
     with pytest.raises(ValueError, match="at least one"):
         HybridRetriever([], encoder_path=None)
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from esi.cqa.backends import CaptionBackend, make_backend
 from esi.cqa.consistency import reconcile_with_statements
+from esi.cqa.facts import record_facts
 from esi.cqa.faithfulness import DiagnosisLexicon, FaithfulnessChecker, withhold_unsafe_statements
 from esi.cqa.measurements import EcgMeasurements, measure_ecg
 from esi.cqa.options import GenerationOptions
@@ -140,7 +141,7 @@ class Captioner:
         self.descriptions = _scp_descriptions(dataset_dir, options.scp_statements)
         knowledge = load_knowledge_base()
         self.retriever = HybridRetriever(knowledge, encoder_path=options.encoder_path, encode_threads=encode_threads)
-        self.checker = FaithfulnessChecker(DiagnosisLexicon.build(self.descriptions, knowledge))
+        self.checker = FaithfulnessChecker(DiagnosisLexicon.build(self.descriptions, knowledge), knowledge=knowledge)
         if options.text_variant != "full" and options.backend != "template":
             raise ValueError(f"text_variant {options.text_variant!r} needs the template backend, not {options.backend}")
         self.writer = TemplateWriter(self.checker, options.text_variant)
@@ -168,14 +169,18 @@ class Captioner:
             withhold_unsafe_statements(record_statements(ecg_id, codes, listed, self.descriptions))
             for ecg_id, codes, listed in zip(rows["ecg_id"], rows["scp_codes"], entries, strict=True)
         ]
+        measured = [
+            reconcile_with_statements(m, [s.scp for s in st if s.scp])
+            for st, m in zip(statements, measurements, strict=True)
+        ]
         queries = [
             build_query([s.scp or "" for s in st], [s.description for s in st], abnormal_findings(m))
-            for st, m in zip(statements, measurements, strict=True)
+            for st, m in zip(statements, measured, strict=True)
         ]
         passages = self.retriever.retrieve_batch(
             queries,
+            [record_facts([s.scp for s in st if s.scp], m) for st, m in zip(statements, measured, strict=True)],
             k=self.options.retrieval_k,
-            required_codes_list=[[s.scp for s in st if s.scp] for st in statements],
             excluded_codes_list=[claimed_beyond_statements(st) for st in statements],
         )
         return [
@@ -185,7 +190,7 @@ class Captioner:
                 sex=rows["sex"][i],
                 report=clean_record_text(rows["report"][i] or "", MAX_REPORT_CHARS),
                 statements=statements[i],
-                measurements=reconcile_with_statements(measurements[i], [s.scp for s in statements[i] if s.scp]),
+                measurements=measured[i],
                 passages=passages[i],
                 seconds=len(rows["signal"][i][0]) / float(rows["sampling_rate"][i]) if "signal" in rows else 10.0,
             )

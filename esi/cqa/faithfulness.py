@@ -8,6 +8,9 @@ Three checks, each reported as a human-readable issue string:
   scp_statements.csv descriptions, knowledge-base titles and common synonyms; negated
   mentions such as "no signs of infarction" do not count) must be one of the record's
   statements; a few descriptive findings are also accepted when the measurement shows them;
+- contradictions (``record_contradictions``): a finding the caption asserts in words ("wide QRS",
+  "tachycardia") or a diagnosis whose knowledge-base entry the record excludes (its ``contradicted_if``
+  conditions), unless a listed statement names it; this covers background an LLM copies from passages;
 - claims no record supports: "healthy"/"normal" claims on a record with abnormal statements,
   denials of a listed statement ("MI ruled out" on an MI record), treatment or management
   advice, and links (URLs); a number stated for a value flagged low confidence;
@@ -22,9 +25,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from esi.constants import PTBXL_AGE_OVER_89
+from esi.cqa.facts import record_facts
 from esi.cqa.measurements import reliable_value
 from esi.cqa.prompts import SCP_ECG, CaptionInputs, Statement, is_number
 from esi.data.record_text import without_invisible
+from esi.knowledge import KnowledgeEntry
+from esi.knowledge.conditions import Condition, first_holding, parse_condition
 
 # Allowed difference between a stated number and the record's value, per unit.
 TOLERANCES = {"bpm": 2.0, "ms": 10.0, "mV": 0.1, "degrees": 10.0, "years": 1.0}
@@ -394,12 +400,95 @@ def withhold_unsafe_statements(statements: Sequence[Statement]) -> list[Statemen
     return kept
 
 
+# Findings a caption may assert in words rather than by a statement's name: phrase -> (the statements that state
+# it, the conditions under which the record excludes it). Read in the lexicon's normalised form.
+_FAST = (("STACH", "SVTAC", "PSVT"), ("heart_rate_bpm <= 100",))
+_SLOW = (("SBRAD",), ("heart_rate_bpm >= 60",))
+_WIDE = (("CLBBB", "CRBBB", "IVCD", "WPW", "PACE", "PVC", "PRC(S)", "BIGU", "TRIGU"), ("qrs_duration_ms < 120",))
+_LONG_PR = (("1AVB", "LPR", "2AVB"), ("pr_interval_ms <= 200",))
+_LONG_QT = (("LNGQT",), ("qtc_bazett_ms < 440",))
+_IRREGULAR = (
+    ("AFIB", "AFLT", "SARRH", "SVARR", "PVC", "PAC", "PRC(S)", "BIGU", "TRIGU", "2AVB"),
+    ("not rr_irregular",),
+)
+_LOW_VOLTAGE = (("LVOLT",), ("not low_voltage",))
+_FINDING_PHRASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "tachycardia": _FAST, "fast heart rate": _FAST, "bradycardia": _SLOW, "slow heart rate": _SLOW,
+    "wide qrs": _WIDE, "broad qrs": _WIDE, "prolonged pr": _LONG_PR, "long pr": _LONG_PR,
+    "prolonged qt": _LONG_QT, "long qt": _LONG_QT,
+    "irregularly irregular": _IRREGULAR, "irregular rhythm": _IRREGULAR, "irregular rr": _IRREGULAR,
+    "left axis deviation": (("LAFB",), ("qrs_axis_category is normal", "qrs_axis_category is right")),
+    "right axis deviation": (("LPFB", "RVH"), ("qrs_axis_category is normal", "qrs_axis_category is left")),
+    "low voltage": _LOW_VOLTAGE, "low qrs voltage": _LOW_VOLTAGE,
+}  # fmt: skip
+_FINDINGS = DiagnosisLexicon({phrase: (phrase,) for phrase in _FINDING_PHRASES})
+_FINDING_EXCLUDED_IF = {
+    phrase: tuple(parse_condition(c) for c in conditions) for phrase, (_, conditions) in _FINDING_PHRASES.items()
+}
+
+
+def entries_by_code(knowledge: Sequence[KnowledgeEntry]) -> dict[str, list[KnowledgeEntry]]:
+    """SCP-ECG code -> the knowledge entries about it."""
+    about: dict[str, list[KnowledgeEntry]] = {}
+    for entry in knowledge:
+        for code in entry.scp_codes:
+            about.setdefault(code, []).append(entry)
+    return about
+
+
+def record_contradictions(
+    text: str,
+    inputs: CaptionInputs,
+    lexicon: DiagnosisLexicon,
+    about: Mapping[str, Sequence[KnowledgeEntry]] | None = None,
+) -> list[str]:
+    """Assertions of ``text`` that the record excludes (by a measurement or a statement), as issue strings.
+
+    Two kinds: a finding in words (``_FINDING_PHRASES``: "wide QRS" with a measured QRS of 96 ms), and a
+    diagnosis (``lexicon``) every code of which has a knowledge entry (``about``, from ``entries_by_code``)
+    whose ``contradicted_if`` the record meets ("sinus tachycardia" at 71 bpm). Negated mentions and those a
+    listed statement names do not count.
+    """
+    about = about or {}
+    listed = {s.scp for s in inputs.statements if s.scp}
+    facts = record_facts(listed, inputs.measurements)
+    issues = []
+    for mention in _FINDINGS.mentions(text):
+        stated_by, _ = _FINDING_PHRASES[mention.phrase]
+        excluded = (
+            None
+            if mention.negated or listed.intersection(stated_by)
+            else first_holding(_FINDING_EXCLUDED_IF[mention.phrase], facts)
+        )
+        if excluded is not None:
+            issues.append(f"asserts '{mention.phrase}', which the record excludes ({excluded.text})")
+    for mention in lexicon.mentions(text):
+        if mention.negated or not mention.codes or listed.intersection(mention.codes):
+            continue
+        excluded: list[Condition] = []
+        for code in mention.codes:
+            reasons = [c for entry in about.get(code, ()) if (c := entry.contradicted_by(facts)) is not None]
+            if not reasons:
+                break
+            excluded.append(reasons[0])
+        else:
+            reasons_text = "; ".join(dict.fromkeys(c.text for c in excluded))
+            issues.append(f"asserts '{mention.phrase}', which the record excludes ({reasons_text})")
+    return list(dict.fromkeys(issues))
+
+
 class FaithfulnessChecker:
     """``check(text, inputs)`` -> list of issues; an empty list means the caption is faithful."""
 
-    def __init__(self, lexicon: DiagnosisLexicon, tolerances: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        lexicon: DiagnosisLexicon,
+        tolerances: Mapping[str, float] | None = None,
+        knowledge: Sequence[KnowledgeEntry] = (),
+    ) -> None:
         self.lexicon = lexicon
         self.tolerances = {**TOLERANCES, **(tolerances or {})}
+        self.about = entries_by_code(knowledge)  # entries whose contradicted_if conditions the check applies
 
     def check(self, text: str, inputs: CaptionInputs, require_complete: bool = True) -> list[str]:
         text = readable_form(text)  # a zero-width space or a Cyrillic letter must not hide "healthy"
@@ -410,6 +499,7 @@ class FaithfulnessChecker:
         mentions = self.lexicon.mentions(text)
         issues = self._number_issues(own, inputs)
         issues += self._diagnosis_issues(self.lexicon.mentions(own) if own != text else mentions, mentions, inputs)
+        issues += record_contradictions(own, inputs, self.lexicon, self.about)
         issues += self._claim_issues(own, inputs)
         issues += hostile_text_issues(text)
         if require_complete:

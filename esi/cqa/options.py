@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from esi.cqa.backends import BACKENDS, VLLM_PYTHON_ENV
+from esi.cqa.retrieval import DEFAULT_K
 from esi.cqa.template_writer import TEXT_VARIANTS
 
 # Options that change what a unit contains: a resumed run or a merge must agree on all of them.
@@ -54,7 +55,9 @@ class GenerationOptions:
         },
     )
     max_retries: int = field(default=2, metadata={"help": "regenerations per unfaithful caption"})
-    retrieval_k: int = field(default=4, metadata={"help": "knowledge passages per record"})
+    retrieval_k: int = field(
+        default=DEFAULT_K, metadata={"help": "most knowledge passages per record (only passages that fit it)"}
+    )
     text_variant: str = field(
         default="full",
         metadata={

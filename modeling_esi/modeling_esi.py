@@ -49,7 +49,8 @@ class EsiOutput(ModelOutput):
         rows against all columns (B_global = world size x B under torch.distributed with `return_loss=True`,
         else B: without a loss nothing is gathered).
     ecg_embeds (`(B, projection_dim)`), text_embeds (`(B, projection_dim)`): L2-normalised embeddings.
-    caption_logits (`(B, L-1, vocab)`): decoder logits for tokens 1..L-1.
+    caption_logits (`(B, L-1, vocab)`): decoder logits for tokens 1..L-1; only without `return_loss` (the caption
+        loss computes logits at target positions only, never over the padded `(B, L-1, vocab)` block).
     ecg_last_hidden_state (`(B, N, C)`), ecg_pooler_output (`(B, C)`): ECG encoder outputs.
     text_last_hidden_state (`(B, L, H)`): text encoder output.
     ecg_hidden_states, text_hidden_states (`tuple`, *optional*): per-stage / per-layer states.
@@ -415,10 +416,12 @@ class EsiDecoderLayer(GradientCheckpointingLayer):
 
 @dataclass
 class EsiDecoderOutput(ModelOutput):
-    """logits (`(B, L, vocab)`); hidden_states (embeddings + each layer, `(B, L, D)`); attentions and
-    cross_attentions (per layer, `(B, heads, L, past + L)` and `(B, heads, L, N)`)."""
+    """logits (`(B, L, vocab)`, *optional*); last_hidden_state (`(B, L, D)`): the final-normed states the output
+    layer reads; hidden_states (embeddings + each layer, `(B, L, D)`); attentions and cross_attentions (per
+    layer, `(B, heads, L, past + L)` and `(B, heads, L, N)`)."""
 
     logits: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -447,9 +450,11 @@ class EsiCaptionDecoder(nn.Module):
         cache: Cache | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        return_logits: bool = True,
     ) -> EsiDecoderOutput:
         """`attention_mask` covers the cached tokens and the new ones (B, past + L); `cache` holds the
-        self-attention keys/values of the `past` tokens already decoded."""
+        self-attention keys/values of the `past` tokens already decoded. `return_logits=False` skips the output
+        layer (a loss applies it to the positions it scores: see `caption_loss`)."""
         length = input_ids.shape[1]
         past = cache.get_seq_length() if cache is not None else 0
         if past + length > self.config.max_position_embeddings:
@@ -472,8 +477,10 @@ class EsiCaptionDecoder(nn.Module):
             all_hidden.append(hidden)
             self_weights.append(attn)
             cross_weights.append(cross)
+        hidden = self.final_norm(hidden)
         return EsiDecoderOutput(
-            logits=self.lm_head(self.final_norm(hidden)),
+            logits=self.lm_head(hidden) if return_logits else None,
+            last_hidden_state=hidden,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
             attentions=tuple(self_weights) if output_attentions else None,
             cross_attentions=tuple(cross_weights) if output_attentions else None,
@@ -518,6 +525,19 @@ def caption_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     if attention_mask is not None:
         labels = labels.masked_fill(attention_mask[:, 1:] == 0, -100)
     return labels
+
+
+def caption_loss(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy, with the output layer applied only where there is a target.
+
+    hidden (B, L, D): the decoder's `last_hidden_state`; labels (B, L): target ids, -100 where ignored (padding).
+    The K target positions are gathered before `lm_head`, so the logits are (K, vocab) instead of (B, L, vocab):
+    padded positions cost nothing. The value is the mean over the K targets, the same as cross-entropy over the
+    full logits with `ignore_index=-100`. Returns a scalar (`()`).
+    """
+    targets = labels != -100
+    logits = lm_head(hidden[targets])
+    return F.cross_entropy(logits.float(), labels[targets])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -686,7 +706,8 @@ class EsiModel(EsiCaptionEmbeddingsMixin, EsiPreTrainedModel):
         ecg_attention_mask (`(B, T)`): 1 for real samples, 0 for (right) padding, as the feature extractor returns.
         return_loss: compute the losses (needs `input_ids`). Only then are embeddings gathered across processes
             (a collective every rank must enter); without it, logits compare the local batch only, so inference
-            inside a process group never blocks on other ranks.
+            inside a process group never blocks on other ranks. With it, `caption_logits` is not returned: the
+            caption loss computes logits at target positions only (pass `return_loss=False` for the logits).
         output_attentions: text-tower and caption-decoder attention weights (the ECG encoder is convolutional).
         """
         output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
@@ -713,6 +734,7 @@ class EsiModel(EsiCaptionEmbeddingsMixin, EsiPreTrainedModel):
                 attention_mask[:, :-1] if attention_mask is not None else None,
                 ecg.token_mask,
                 output_attentions=output_attentions,
+                return_logits=not return_loss,
             )
             logit_scale = self.clamped_logit_scale()
             if return_loss:
@@ -731,7 +753,7 @@ class EsiModel(EsiCaptionEmbeddingsMixin, EsiPreTrainedModel):
             if return_loss:
                 labels = caption_targets(input_ids, attention_mask)
                 output.contrastive_loss = clip_loss
-                output.caption_loss = F.cross_entropy(decoded.logits.flatten(0, 1).float(), labels.flatten())
+                output.caption_loss = caption_loss(decoded.last_hidden_state, self.text_decoder.lm_head, labels)
                 output.loss = (
                     self.config.contrastive_loss_weight * output.contrastive_loss
                     + self.config.caption_loss_weight * output.caption_loss

@@ -87,7 +87,9 @@ def test_forward_losses_and_shapes(model: EsiModel, ecg: torch.Tensor):
     torch.testing.assert_close(out.logits_per_ecg, out.logits_per_text.t())
     torch.testing.assert_close(out.ecg_embeds.norm(dim=-1), torch.ones(4))
     assert out.ecg_last_hidden_state.shape[0] == 4 and out.ecg_last_hidden_state.shape[1] > 1
-    assert out.caption_logits.shape == (4, ids.shape[1] - 1, model.config.text_config.vocab_size)
+    assert out.caption_logits is None  # the loss scores target positions only
+    logits = model(ecg, ids, mask, return_loss=False).caption_logits
+    assert logits.shape == (4, ids.shape[1] - 1, model.config.text_config.vocab_size)
     torch.testing.assert_close(out.loss, out.contrastive_loss + 2.0 * out.caption_loss)
     # Contrastive loss is symmetric InfoNCE with the diagonal as targets.
     targets = torch.arange(4)
@@ -143,7 +145,7 @@ def test_caption_loss_is_shifted_and_ignores_padding(model: EsiModel, ecg: torch
     out = model(ecg, ids, mask)
     labels = ids[:, 1:]
     keep = mask[:, 1:].bool()
-    expected = F.cross_entropy(out.caption_logits[keep], labels[keep])
+    expected = F.cross_entropy(model(ecg, ids, mask, return_loss=False).caption_logits[keep], labels[keep])
     torch.testing.assert_close(out.caption_loss, expected)
     # Whatever sits in padded positions does not matter.
     garbage = ids.masked_fill(mask == 0, 777)
@@ -171,8 +173,12 @@ def test_save_and_reload_gives_identical_outputs(tmp_path: Path, ecg: torch.Tens
     model.save_pretrained(tmp_path)
     reloaded = EsiModel.from_pretrained(tmp_path).eval()
     after = reloaded(ecg, ids, mask)
-    for name in ("loss", "ecg_embeds", "text_embeds", "caption_logits"):
+    for name in ("loss", "ecg_embeds", "text_embeds"):
         torch.testing.assert_close(getattr(after, name), getattr(before, name))
+    torch.testing.assert_close(
+        reloaded(ecg, ids, mask, return_loss=False).caption_logits,
+        model(ecg, ids, mask, return_loss=False).caption_logits,
+    )
     assert reloaded.text_decoder.lm_head.weight is reloaded.text_decoder.embed_tokens.weight
 
 

@@ -4,7 +4,9 @@ and loading caption folders independently of their names."""
 from __future__ import annotations
 
 import logging
+import re
 import shutil
+from dataclasses import replace
 
 import datasets
 import numpy as np
@@ -53,7 +55,6 @@ def relation_residual(signal: np.ndarray) -> float:
 
 
 TRANSFORMS = {
-    "time_stretch": dict(max_time_stretch=0.1),
     "crop": dict(min_crop_fraction=0.8),
     "baseline_wander": dict(baseline_wander_mv=0.1),
     "noise": dict(noise_std_mv=0.02),
@@ -75,6 +76,27 @@ def test_amplitude_scaling_would_be_removed_by_the_z_score(record):
     # Why the redesign dropped it: the extractor undoes any per-lead scaling exactly.
     scaled = record * np.linspace(0.8, 1.2, 12, dtype=np.float32)[:, None]
     np.testing.assert_allclose(extract([scaled])["input_values"], extract([record])["input_values"], atol=1e-4)
+
+
+def test_augmented_ecgs_keep_the_heart_rate_their_text_states(prepared_sample, sample_captions):
+    from esi.cqa.measurements import measure_ecg
+
+    signals = datasets.load_from_disk(str(prepared_sample))["train"].with_format("numpy")
+    captions = load_dataset_folder(sample_captions)["train"]
+    stated = {
+        ecg_id: float(match.group(1))
+        for ecg_id, caption in zip(captions["ecg_id"], captions["caption"], strict=True)
+        if "sinus rhythm" in caption.lower() and (match := re.search(r"(\d+(?:\.\d+)?) bpm", caption))
+    }
+    rows = [row for row, ecg_id in enumerate(signals["ecg_id"]) if int(ecg_id) in stated][:4]
+    assert len(rows) == 4
+    config = replace(EcgAugmentConfig(), probability=1.0)  # every transform, every time
+    for row in rows:
+        record = signals[row]
+        for seed in range(3):
+            augmented = augment_ecg(record["signal"], 100, LEADS, config, np.random.default_rng([seed, row]))
+            rate = measure_ecg(augmented, 100, LEADS).heart_rate_bpm
+            assert abs(rate - stated[int(record["ecg_id"])]) <= 2.0, (int(record["ecg_id"]), seed, rate)
 
 
 def test_augmentations_keep_einthoven_and_goldberger_relations(record):

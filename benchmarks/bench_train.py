@@ -8,8 +8,9 @@
 checkout and by the code of commit `--baseline` (its `esi/` and `modeling_esi/`, extracted with `git archive`),
 each run in a fresh process and the two alternated `--rounds` times so that load drifts hit both alike:
 the demo's recipe (`esi.demo.pretraining_arguments` on the embedded sample) and the claim benchmark's caption
-arm (esi_full's losses at the claim cpu profile's sizes, on the pool slice). Each run's first step has the
-same seed, initial weights and batch in both code versions, so its loss is compared too. `--time-demo` also
+arm (esi_full's losses at the claim cpu profile's sizes, on the pool slice). One more step per code version
+without augmentations sees the same seed, initial weights and batch in both, so its losses are compared too
+(`fixed_batch_losses`). `--time-demo` also
 times `python -m esi.demo` end to end (fresh output folder). Writes benchmarks/results/bench_train_speedup-<time>.json
 (command, git commit, seed, load averages, figures).
 
@@ -286,11 +287,11 @@ def retrieval_benchmark(args: argparse.Namespace) -> dict:
     return {"before": before, "after": after, "summary": summary}
 
 
-def timing_spec(arguments: tuple, steps: int, output_dir: Path) -> dict:
+def timing_spec(arguments: tuple, steps: int, output_dir: Path, augment: bool = True) -> dict:
     """A recipe's argument groups as JSON, set for timing: `steps` steps each logged, no evaluation or checkpoint."""
     data, model_args, optim, run = arguments
     groups = (
-        replace(data, eval_split="none"),
+        replace(data, eval_split="none", augment=augment and data.augment),
         model_args,
         replace(optim, max_steps=steps),
         replace(run, output_dir=str(output_dir), logging_steps=1, report_to="none", checkpointing_steps=10**9,
@@ -322,9 +323,11 @@ def timed_run(tree: Path, spec: dict) -> dict:
     run = json.loads(done.stdout.strip().splitlines()[-1])
     summary = json.loads((Path(run["model_dir"]) / "training_summary.json").read_text())
     batch = spec["OptimizationArguments"]["per_device_batch_size"]
+    history = summary["log_history"]
     return {
-        "samples_per_s": round(throughput(summary, batch), 4),
-        "step_losses": [round(entry["loss"], 7) for entry in summary["log_history"]],
+        "samples_per_s": round(throughput(summary, batch), 4) if len(history) > 1 else None,
+        "first_step_losses": {k: history[0][k] for k in ("loss", "contrastive_loss", "caption_loss")},
+        "step_losses": [round(entry["loss"], 7) for entry in history],
         "text_cache_seconds": summary.get("text_cache_seconds"),
         "peak_rss_gib": round(run["peak_rss_gib"], 3),
         "load_average_1min_after": round(os.getloadavg()[0], 2),
@@ -385,11 +388,17 @@ def speedup_benchmark(args: argparse.Namespace) -> dict:
         runs = {code: [] for code in trees}
         for round_index in range(args.rounds):  # alternated: a load change hits both code versions
             for code, tree in trees.items():
-                out = run_root / f"{name.replace(' ', '_')}-{code.replace(' ', '_')}-{round_index}"
+                out = run_root / f"{name}-{code}-{round_index}".replace(" ", "_")
                 runs[code].append(timed_run(tree, timing_spec(arguments, args.steps + 1, out)))
                 print(f"{name} / {code} / round {round_index}: {json.dumps(runs[code][-1])}", flush=True)
         rate = {code: statistics.median(r["samples_per_s"] for r in rs) for code, rs in runs.items()}
-        first_loss = {code: rs[0]["step_losses"][0] for code, rs in runs.items()}
+        # One more step per code version without augmentations (the baseline's include a time stretch the
+        # current code no longer draws): the same seed, initial weights and batch, before any update.
+        fixed = {
+            code: timed_run(tree, timing_spec(arguments, 1, run_root / f"{name}-{code}-loss".replace(" ", "_"), False))
+            for code, tree in trees.items()
+        }
+        first_loss = {code: check["first_step_losses"] for code, check in fixed.items()}
         recipes[name] = {
             "recipe": {k: v for k, v in timing_spec(arguments, args.steps + 1, Path("-")).items()},
             "median_samples_per_s": rate,
@@ -398,9 +407,10 @@ def speedup_benchmark(args: argparse.Namespace) -> dict:
                 round(new["samples_per_s"] / old["samples_per_s"], 3)
                 for old, new in zip(runs["baseline"], runs["this checkout"], strict=True)
             ],
-            # Step 1: same seed, weights and batch in both versions, before any update.
-            "first_step_loss": first_loss,
-            "first_step_loss_abs_difference": abs(first_loss["this checkout"] - first_loss["baseline"]),
+            "fixed_batch_losses": first_loss,
+            "fixed_batch_loss_abs_difference": {
+                k: abs(first_loss["this checkout"][k] - first_loss["baseline"][k]) for k in first_loss["baseline"]
+            },
             "runs": runs,
         }
     result = {
@@ -423,7 +433,7 @@ def speedup_benchmark(args: argparse.Namespace) -> dict:
     }
     out = REPO / "benchmarks" / "results" / f"bench_train_speedup-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({name: {k: r[k] for k in ("median_samples_per_s", "speedup", "first_step_loss")}
+    print(json.dumps({name: {k: r[k] for k in ("median_samples_per_s", "speedup", "fixed_batch_losses")}
                       for name, r in recipes.items()}, indent=2))  # fmt: skip
     print(f"wrote {out}")
     return result

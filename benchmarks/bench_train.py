@@ -287,13 +287,13 @@ def retrieval_benchmark(args: argparse.Namespace) -> dict:
     return {"before": before, "after": after, "summary": summary}
 
 
-def timing_spec(arguments: tuple, steps: int, output_dir: Path, augment: bool = True) -> dict:
+def timing_spec(arguments: tuple, steps: int, seed: int, output_dir: Path, augment: bool = True) -> dict:
     """A recipe's argument groups as JSON, set for timing: `steps` steps each logged, no evaluation or checkpoint."""
     data, model_args, optim, run = arguments
     groups = (
         replace(data, eval_split="none", augment=augment and data.augment),
         model_args,
-        replace(optim, max_steps=steps),
+        replace(optim, max_steps=steps, seed=seed),
         replace(run, output_dir=str(output_dir), logging_steps=1, report_to="none", checkpointing_steps=10**9,
                 resume_from_checkpoint=None),
     )  # fmt: skip
@@ -330,6 +330,7 @@ def timed_run(tree: Path, spec: dict) -> dict:
         "step_losses": [round(entry["loss"], 7) for entry in history],
         "text_cache_seconds": summary.get("text_cache_seconds"),
         "peak_rss_gib": round(run["peak_rss_gib"], 3),
+        "model_sha256": hashlib.sha256((Path(run["model_dir"]) / "model.safetensors").read_bytes()).hexdigest(),
         "load_average_1min_after": round(os.getloadavg()[0], 2),
     }
 
@@ -352,9 +353,7 @@ def speedup_recipes(args: argparse.Namespace) -> dict[str, tuple]:
                 decoder_layers=claim.decoder_layers, decoder_width=claim.decoder_width,
                 contrastive_loss_weight=1.0, caption_loss_weight=2.0,
             ),
-            OptimizationArguments(
-                per_device_batch_size=claim.batch_size, learning_rate=claim.learning_rate, seed=args.seed
-            ),
+            OptimizationArguments(per_device_batch_size=claim.batch_size, learning_rate=claim.learning_rate),
             RunArguments(output_dir=str(args.cache_dir / "unused")),
         ),
     }  # fmt: skip
@@ -389,18 +388,17 @@ def speedup_benchmark(args: argparse.Namespace) -> dict:
         for round_index in range(args.rounds):  # alternated: a load change hits both code versions
             for code, tree in trees.items():
                 out = run_root / f"{name}-{code}-{round_index}".replace(" ", "_")
-                runs[code].append(timed_run(tree, timing_spec(arguments, args.steps + 1, out)))
+                runs[code].append(timed_run(tree, timing_spec(arguments, args.steps + 1, args.seed, out)))
                 print(f"{name} / {code} / round {round_index}: {json.dumps(runs[code][-1])}", flush=True)
         rate = {code: statistics.median(r["samples_per_s"] for r in rs) for code, rs in runs.items()}
         # One more step per code version without augmentations (the baseline's include a time stretch the
         # current code no longer draws): the same seed, initial weights and batch, before any update.
-        fixed = {
-            code: timed_run(tree, timing_spec(arguments, 1, run_root / f"{name}-{code}-loss".replace(" ", "_"), False))
-            for code, tree in trees.items()
-        }
-        first_loss = {code: check["first_step_losses"] for code, check in fixed.items()}
+        first_loss = {}
+        for code, tree in trees.items():
+            out = run_root / f"{name}-{code}-loss".replace(" ", "_")
+            first_loss[code] = timed_run(tree, timing_spec(arguments, 1, args.seed, out, False))["first_step_losses"]
         recipes[name] = {
-            "recipe": {k: v for k, v in timing_spec(arguments, args.steps + 1, Path("-")).items()},
+            "recipe": timing_spec(arguments, args.steps + 1, args.seed, run_root),
             "median_samples_per_s": rate,
             "speedup": round(rate["this checkout"] / rate["baseline"], 3),
             "per_round_speedup": [

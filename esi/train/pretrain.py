@@ -106,6 +106,7 @@ def build_model(model_args: ModelArguments, max_text_length: int, text_model_pat
         projection_dim=model_args.projection_dim,
         contrastive_loss_weight=model_args.contrastive_loss_weight,
         caption_loss_weight=model_args.caption_loss_weight,
+        same_text_positives=model_args.same_text_positives,
     )
     if model_args.random_text_tower:
         config.text_config = AutoConfig.from_pretrained(text_model_path)

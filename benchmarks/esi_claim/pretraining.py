@@ -230,6 +230,22 @@ class TwoViews(BaselineObjective):
         return BaselineOutput(loss)
 
 
+def initial_model(profile: Profile, pack, inputs: Path, seed: int) -> EsiModel:
+    """The model every arm of this seed starts from, built by the code `esi.train` builds it with: random_init
+    is exactly this, and is rebuilt from its seed alone."""
+    from accelerate.utils import set_seed
+
+    from esi.train.arguments import parse_args
+    from esi.train.pretrain import build_model
+
+    args = esi_train_args(ARMS_BY_NAME["esi_full"], profile, pack, inputs, seed, 1, inputs / "unused")
+    data_args, model_args, _, _ = parse_args(args)
+    with np.load(model_args.text_embeddings) as saved:
+        width = saved["embeddings"].shape[1]
+    set_seed(seed)
+    return build_model(model_args, data_args.max_text_length, Path(model_args.text_model), width)
+
+
 def pretrain_arm(
     arm: Arm, profile: Profile, pack, inputs: Path, seed: int, steps: int, output_dir: Path
 ) -> tuple[Path, dict]:

@@ -29,15 +29,18 @@ class ArmScores:
     labels: np.ndarray
     by_seed: dict[int, list[np.ndarray]]
 
-    def per_seed(self, rows: np.ndarray | None = None) -> dict[int, float]:
-        take = slice(None) if rows is None else rows
-        return {
-            s: float(np.mean([macro_auroc(self.labels[take], x[take]) for x in runs]))
-            for s, runs in self.by_seed.items()
-        }
+    def restrict(self, subset: np.ndarray | None) -> ArmScores:
+        """The same arm on the records where `subset` (boolean, per record) is true; all of them for None."""
+        if subset is None:
+            return self
+        return ArmScores(self.labels[subset], {s: [x[subset] for x in runs] for s, runs in self.by_seed.items()})
+
+    def per_seed(self) -> dict[int, float]:
+        """Macro AUROC per pretraining seed (mean over probe seeds)."""
+        return {s: float(np.mean([macro_auroc(self.labels, x) for x in runs])) for s, runs in self.by_seed.items()}
 
     def seed_draws(self, rows: np.ndarray) -> dict[int, np.ndarray]:
-        """(samples,) macro AUROC per pretraining seed on each record resample (mean over probe seeds)."""
+        """(samples,) macro AUROC per pretraining seed on each record resample `rows` (samples, records)."""
         return {
             s: np.mean([metric_draws(macro_auroc, self.labels, x, rows) for x in runs], 0)
             for s, runs in self.by_seed.items()
@@ -72,13 +75,13 @@ def paired_difference(
     seeds = sorted(set(a.by_seed) & set(b.by_seed))
     if not seeds:
         raise ValueError("the two arms share no pretraining seed: a paired difference needs at least one")
-    rows_all = np.arange(len(a.labels)) if subset is None else np.flatnonzero(subset)
-    draws_rows = rows_all[resample_rows(len(rows_all), samples, seed)]
-    a_draws, b_draws = a.seed_draws(draws_rows), b.seed_draws(draws_rows)
+    a, b = a.restrict(subset), b.restrict(subset)
+    rows = resample_rows(len(a.labels), samples, seed)  # the same records for both arms and every seed
+    a_draws, b_draws = a.seed_draws(rows), b.seed_draws(rows)
     per_seed_diff = np.stack([a_draws[s] - b_draws[s] for s in seeds])  # (seeds, samples)
     pick = np.random.default_rng(seed + 1).integers(0, len(seeds), (samples, len(seeds)))
     draws = per_seed_diff[pick, np.arange(samples)[:, None]].mean(1)
-    a_point, b_point = a.per_seed(rows_all), b.per_seed(rows_all)
+    a_point, b_point = a.per_seed(), b.per_seed()
     difference = float(np.mean([a_point[s] - b_point[s] for s in seeds]))
     se = float(np.nanstd(draws, ddof=1))
     ci95 = [float(v) for v in np.nanquantile(draws, [0.025, 0.975])]
@@ -95,7 +98,7 @@ def paired_difference(
         "mdd": (Z_ALPHA + Z_POWER) * se,
         "p": normal_p(difference, se),
         "verdict": verdict(ci95, ci90, margin),
-        "records": int(len(rows_all)),
+        "records": int(len(a.labels)),
     }
 
 

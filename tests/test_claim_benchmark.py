@@ -111,21 +111,21 @@ def test_crossfit_predicts_each_fold_with_a_probe_that_never_saw_it():
 
     assert validation_fold(list(range(1, 11)), 10) == 9 and validation_fold(list(range(1, 11)), 1) == 10
     rng = np.random.default_rng(0)
-    folds = np.repeat(np.arange(1, 11), 24)
-    labels = (rng.random((240, 2)) < 0.4).astype(np.int64)
+    folds = np.repeat(np.arange(1, 11), 40)
+    labels = (rng.random((400, 2)) < 0.4).astype(np.int64)
     labels[labels.sum(1) == 0, 0] = 1
     signal = np.where(labels == 1, 1.0, -1.0)
     # In fold 3 the features say the opposite of its labels: a probe that trained (or stopped early) on fold 3
     # would score it above chance; trained on the other folds only, it must score it far below.
     signal[folds == 3] *= -1
-    features = np.concatenate([signal + 0.3 * rng.normal(size=signal.shape), rng.normal(size=(240, 2))], 1)
+    features = np.concatenate([signal + 0.3 * rng.normal(size=signal.shape), rng.normal(size=(400, 2))], 1)
     result = crossfit_probe(
-        features.astype(np.float32), labels, ["a", "b"], folds, np.arange(240), 1.0, 0, epochs=30, patience=5
+        features.astype(np.float32), labels, ["a", "b"], folds, np.arange(400), 1.0, 0, epochs=60, patience=10
     )
-    assert result["records"] == 240 and result["_scores"]["scores"].dtype == np.float32
+    assert result["records"] == 400 and result["_scores"]["scores"].dtype == np.float32
     assert result["folds"][3]["macro_auroc"] < 0.35 and result["folds"][5]["macro_auroc"] > 0.9
     assert all(info["validation_fold"] != k for k, info in result["folds"].items())
-    assert all(info["train_records"] == 192 for info in result["folds"].values())  # 8 folds of 24
+    assert all(info["train_records"] == 320 for info in result["folds"].values())  # 8 folds of 40
     assert result["folds"][10]["validation_fold"] == 9  # fold 10's probe is the standard PTB-XL split
 
 

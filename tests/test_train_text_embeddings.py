@@ -67,3 +67,31 @@ def test_text_embeddings_need_a_frozen_tower(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--signals", "s", "--captions", "c", "--output-dir", "o", "--text-embeddings", "e.npz"])
     assert "--text-embeddings needs --freeze-text-tower" in capsys.readouterr().err
+
+
+def test_trimmed_vocabulary_splits_captions_alike_and_restricts_the_caption_softmax(sample_captions):
+    from esi.train.vocabulary import caption_token_ids, trim_model_vocabulary, trimmed_tokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(default_text_model_path())
+    captions = load_dataset_folder(sample_captions)["train"]["caption"][:6]
+    kept = caption_token_ids(tokenizer, captions, 48)
+    assert set(tokenizer.all_special_ids) <= set(kept.tolist()) and len(kept) < 1000
+    trimmed = trimmed_tokenizer(tokenizer, kept, captions, 48)
+    assert len(trimmed) == len(kept) and trimmed.decode(trimmed(captions[0])["input_ids"], skip_special_tokens=True)
+
+    ecg = torch.randn(6, 12, 1000)
+    model = tiny_esi_model().eval()
+    full = tokenizer(captions, padding=True, truncation=True, max_length=48, return_tensors="pt")
+    before = model(ecg, full["input_ids"], full["attention_mask"], return_loss=True)
+    trim_model_vocabulary(model, kept)
+    assert model.text_decoder.lm_head.weight is model.text_decoder.embed_tokens.weight
+    assert model.config.bos_token_id == trimmed.cls_token_id and model.config.eos_token_id == trimmed.sep_token_id
+    small = trimmed(captions, padding=True, truncation=True, max_length=48, return_tensors="pt")
+    after = model(ecg, small["input_ids"], small["attention_mask"], return_loss=True)
+    # The trimmed decoder's loss is the full decoder's cross-entropy restricted to the kept tokens.
+    restricted = before.caption_logits[..., torch.as_tensor(kept)]
+    targets = small["input_ids"][:, 1:].masked_fill(small["attention_mask"][:, 1:] == 0, -100)
+    expected = torch.nn.functional.cross_entropy(restricted.flatten(0, 1), targets.flatten())
+    torch.testing.assert_close(after.caption_loss, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(after.contrastive_loss, before.contrastive_loss, rtol=1e-5, atol=1e-6)
+    assert model.generate_caption(ecg[:1], max_new_tokens=4).max() < len(kept)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import lzma
 import shlex
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,8 @@ def esi_train_args(arm: Arm, profile: Profile, pack, inputs: Path, seed: int, st
         "--mixed-precision", "bf16" if profile.bf16 else "no", "--keep-in-memory",
         "--report-to", "none", "--seed", str(seed), "--resume-from-checkpoint", "latest",
     ]  # fmt: skip
+    if profile.trim_vocabulary:
+        args.append("--trim-vocabulary")
     if not arm.train_text_tower:
         args += ["--freeze-text-tower", "--text-embeddings", str(inputs / f"text_emb_{arm.variant}.npz")]
     return args
@@ -264,6 +267,7 @@ def pretrain_arm(
         elif arm.kind == "ssl":
             objective = lambda model: TwoViews(model, seed, list(LEADS))  # noqa: E731
         pretrain(*parse_args(args), objective=objective)
+        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)  # finished: only the model folder is kept
     summary = json.loads((model_dir / "training_summary.json").read_text())
     return model_dir, {
         "esi_train_command": esi_train_command(args) + ("" if arm.kind == "esi" else f"  # + {arm.kind} objective"),

@@ -30,7 +30,10 @@ class Profile:
     curve_arms: tuple[str, ...] = ("esi_full", "statements_only")
     learning_rate: float = 1e-3
     warmup_fraction: float = 0.1
-    max_text_length: int = 128
+    max_text_length: int = 320  # esi-train's default: the full variant's texts have a median of ~220 tokens
+    # The caption decoder over the ~1,000 tokens the pool's texts use, not all 30,522 (esi-train --trim-vocabulary):
+    # the full output layer was most of a CPU step.
+    trim_vocabulary: bool = True
     decoder_layers: int = 2
     decoder_width: int = 128
     projection_dim: int = 128
@@ -110,6 +113,7 @@ PROFILES = {
         decoder_width=256,
         projection_dim=256,
         checkpointing_steps=250,
+        pretrain_seeds=(0, 1, 2),
         signal_quantum_uv=8,
         text_embedding_dims=64,
         bf16=True,

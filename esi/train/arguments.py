@@ -96,6 +96,14 @@ class ModelArguments:
             "width: the saved model then cannot embed new text"
         },
     )
+    trim_vocabulary: bool = field(
+        default=False,
+        metadata={
+            "help": "keep only the tokens the training captions use (and the special tokens): the caption decoder's "
+            "output layer, its embeddings, the tower's word embeddings and the saved tokenizer shrink alike; the "
+            "training captions are split exactly as before, other text may hit [UNK] more often"
+        },
+    )
     projection_dim: int = 256
     decoder_layers: int = 4
     decoder_width: int = 256

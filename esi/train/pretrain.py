@@ -57,6 +57,7 @@ from esi.train.data import PretrainingData, build_data
 from esi.train.optim import build_optimizer, build_scheduler
 from esi.train.retrieval_eval import embed_ecg_text, retrieval_recall
 from esi.train.text_cache import load_text_embeddings, restore_text_tower, use_cached_text_tower
+from esi.train.vocabulary import caption_token_ids, trim_model_vocabulary, trimmed_tokenizer
 from modeling_esi import EsiConfig, EsiFeatureExtractor, EsiModel, EsiProcessor
 
 logger = logging.getLogger("esi.train")
@@ -223,6 +224,16 @@ def pretrain(
         sampling_rate=model.config.ecg_config.sampling_rate, duration_s=model.config.ecg_config.duration_s
     )
     data = build_data(data_args, optim_args, feature_extractor, tokenizer)
+    caption_vocabulary = len(tokenizer)
+    if model_args.trim_vocabulary:
+        kept = caption_token_ids(tokenizer, data.train_set.captions, data_args.max_text_length)
+        tokenizer = trimmed_tokenizer(tokenizer, kept, data.train_set.captions, data_args.max_text_length)
+        trim_model_vocabulary(model, kept)
+        for loader in (data.train_loader, data.eval_loader):
+            if loader is not None:
+                loader.collate_fn.tokenizer = tokenizer
+        logger.info("caption vocabulary trimmed to the %d tokens the training captions use", len(kept))
+        caption_vocabulary = len(kept)
     text_cache_seconds = None
     if model_args.cache_text_embeddings or precomputed:
         started = time.perf_counter()
@@ -279,6 +290,7 @@ def pretrain(
             "train_ecgs": len(data.train_set),
             "num_processes": accelerator.num_processes,
             "text_cache_seconds": text_cache_seconds,
+            "caption_vocabulary": caption_vocabulary,
             "resumed_from_step": resumed_from_step,
             # Runs with equal values started from the same ECG encoder and trained on the same batches.
             "initial_ecg_encoder_sha256": initial_ecg_encoder_sha256,

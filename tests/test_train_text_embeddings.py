@@ -39,7 +39,7 @@ def test_precomputed_embeddings_give_the_towers_loss_and_refuse_other_text(sampl
 
     path = tmp_path / "emb.npz"
     np.savez(path, captions=np.array(captions), embeddings=tower_embeddings(model, tokenizer, captions, 48))
-    precomputed = load_text_embeddings(path)
+    precomputed = load_text_embeddings(path, 48)
     tower = model.text_model
     cache = use_cached_text_tower(model, tokenizer, captions, 48, precomputed=precomputed)
     assert len(cache) == len(set(captions))
@@ -60,7 +60,12 @@ def test_precomputed_embeddings_give_the_towers_loss_and_refuse_other_text(sampl
 
     np.savez(tmp_path / "bad.npz", captions=np.array(captions[:2]), embeddings=np.full((2, 4), np.nan))
     with pytest.raises(ValueError, match="non-finite"):
-        load_text_embeddings(tmp_path / "bad.npz")
+        load_text_embeddings(tmp_path / "bad.npz", 48)
+    np.savez(
+        tmp_path / "cut.npz", captions=np.array(captions), embeddings=np.ones((6, 4)), max_text_length=np.array(128)
+    )
+    with pytest.raises(ValueError, match="embeds the first 128 tokens"):
+        load_text_embeddings(tmp_path / "cut.npz", 48)
 
 
 def test_text_embeddings_need_a_frozen_tower(capsys):

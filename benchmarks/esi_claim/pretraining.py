@@ -120,7 +120,12 @@ def write_train_inputs(pack, folder: Path) -> Path:
         first = dict.fromkeys(captions)  # one row per distinct caption
         index = {c: i for i, c in reversed(list(enumerate(captions)))}
         with open(folder / f"text_emb_{variant}.npz.tmp", "wb") as f:
-            np.savez(f, captions=np.array(list(first)), embeddings=embeddings[[index[c] for c in first]])
+            np.savez(
+                f,
+                captions=np.array(list(first)),
+                embeddings=embeddings[[index[c] for c in first]],
+                max_text_length=np.array(pack.meta["max_text_length"]),
+            )
         (folder / f"text_emb_{variant}.npz.tmp").replace(folder / f"text_emb_{variant}.npz")
     stamp.write_text(pack.meta_sha256)
     return folder

@@ -79,12 +79,18 @@ class CachedTextTower(nn.Module):
         return BaseModelOutput(last_hidden_state=pooled.unsqueeze(1).expand(-1, input_ids.shape[1], -1))
 
 
-def load_text_embeddings(path: str | Path) -> dict[str, np.ndarray]:
-    """caption -> float32 embedding from a .npz with arrays `captions` (strings) and `embeddings` (N, width)."""
+def load_text_embeddings(path: str | Path, max_length: int) -> dict[str, np.ndarray]:
+    """caption -> float32 embedding from a .npz with arrays `captions` (strings) and `embeddings` (N, width), and
+    optionally `max_text_length` (the tokens each caption was cut to), which must then equal `max_length`."""
     with np.load(path, allow_pickle=False) as saved:
         lacking = {"captions", "embeddings"} - set(saved.files)
         if lacking:
             raise ValueError(f"text embeddings file {path} lacks array(s) {sorted(lacking)}; has {saved.files}")
+        if "max_text_length" in saved.files and int(saved["max_text_length"]) != max_length:
+            raise ValueError(
+                f"text embeddings file {path} embeds the first {int(saved['max_text_length'])} tokens of each "
+                f"caption, but this run reads {max_length} (--max-text-length): recompute it or match the length"
+            )
         captions, embeddings = [str(c) for c in saved["captions"]], saved["embeddings"].astype(np.float32)
     if embeddings.ndim != 2 or len(embeddings) != len(captions):
         raise ValueError(

@@ -212,7 +212,9 @@ def pretrain(
 
     text_model_path = default_text_model_path() if model_args.text_model == "default" else Path(model_args.text_model)
     tokenizer = AutoTokenizer.from_pretrained(text_model_path)
-    precomputed = load_text_embeddings(model_args.text_embeddings, data_args.max_text_length) if model_args.text_embeddings else None
+    precomputed = None
+    if model_args.text_embeddings:
+        precomputed = load_text_embeddings(model_args.text_embeddings, data_args.max_text_length)
     text_width = len(next(iter(precomputed.values()))) if precomputed else None
     model = build_model(model_args, data_args.max_text_length, text_model_path, text_width)
     initial_ecg_encoder_sha256 = state_dict_sha256(model.ecg_model.state_dict())

@@ -86,6 +86,7 @@ class Section:
         self.probes = [r for r in runs if r["kind"] == "probe"]
         self.smoke = any(r.get("smoke") for r in runs)
         self.grid_steps = self.choose_grid_steps()
+        self.tasks = [t for t in TASKS if any(r["task"] == t for r in self.probes)]
 
     def choose_grid_steps(self) -> int | None:
         """The step count at which the claim arm has the most pretraining seeds (the larger on a tie)."""
@@ -164,7 +165,7 @@ def exploratory_table(section: Section) -> str:
     for other in ORDER[1:]:
         if other not in arms:
             continue
-        for task in TASKS:
+        for task in section.tasks:
             for fraction in sorted({r["label_fraction"] for r in section.probes}):
                 if other in CLAIM_BASELINES and fraction in CLAIM_FRACTIONS:
                     continue  # pre-declared: in the claim table
@@ -199,13 +200,13 @@ def arm_table(section: Section) -> str:
     rows = []
     for arm in [a for a in ORDER if a in {r["arm"] for r in section.probes}]:
         cells = []
-        for task in TASKS:
+        for task in section.tasks:
             for fraction in fractions:
                 scores = section.scores(arm, task, fraction, section.steps_of(arm))
                 cells.append(f"{np.mean(list(scores.per_seed().values())):.3f}" if scores else "")
         seeds = {r["pretrain_seed"] for r in section.pretrains if r["arm"] == arm}
         rows.append([arm, str(len(seeds)), *cells])
-    header = ["arm", "seeds", *[f"{t} {f:.0%}" for t in TASKS for f in fractions]]
+    header = ["arm", "seeds", *[f"{t} {f:.0%}" for t in section.tasks for f in fractions]]
     return table(header, rows)
 
 
@@ -258,7 +259,7 @@ def learning_curve(section: Section, plot_path: Path) -> str:
     for arm, by_steps in sorted(curve.items(), key=lambda kv: ORDER.index(kv[0])):
         for steps, run in sorted(by_steps.items()):
             aurocs = []
-            for task in TASKS:
+            for task in section.tasks:
                 scores = section.scores(arm, task, fraction, steps)
                 aurocs.append(np.mean(list(scores.per_seed().values())) if scores else float("nan"))
             rank = run["embedding"]["effective_rank"]
@@ -269,10 +270,10 @@ def learning_curve(section: Section, plot_path: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(TASKS) + 1, figsize=(4 * (len(TASKS) + 1), 3.2))
+    figure, axes = plt.subplots(1, len(section.tasks) + 1, figsize=(4 * (len(section.tasks) + 1), 3.2))
     for arm, points in series.items():
         steps = [p[0] for p in points]
-        for k, task in enumerate(TASKS):
+        for k, task in enumerate(section.tasks):
             axes[k].plot(steps, [p[1][k] for p in points], marker="o", label=arm)
             axes[k].set_title(f"{task}, {fraction:.0%} labels")
         axes[-1].plot(steps, [p[2] for p in points], marker="o", label=arm)
@@ -284,7 +285,7 @@ def learning_curve(section: Section, plot_path: Path) -> str:
     figure.tight_layout()
     figure.savefig(plot_path, dpi=90)
     plt.close(figure)
-    header = ["arm", "steps", *[f"{t} {fraction:.0%}" for t in TASKS], "effective rank"]
+    header = ["arm", "steps", *[f"{t} {fraction:.0%}" for t in section.tasks], "effective rank"]
     return table(header, rows) + f"\n\n![learning curve]({plot_path.name})"
 
 

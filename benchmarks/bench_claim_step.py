@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> Path:
     probe = probe_seconds(profile, hidden=320, classes=23, seed=args.seed)
     per_step = {name: a["wall_seconds_per_1000_steps"] / 1000 for name, a in arms.items()}
     speedup = arms["esi_full_whole_vocabulary"]["train_seconds"] / arms["esi_full"]["train_seconds"]
-    probes_per_encoder = len(profile.tasks) * len(profile.fractions) * len(profile.probe_seeds)
+    probes_per_encoder = len(profile.tasks) * len(profile.fractions) * len(profile.probe_seeds or (args.seed,))
     curve_hours = sum(per_step[a] * n for a in profile.curve_arms for n in profile.curve_steps) / 3600
     curve_hours += len(profile.curve_arms) * len(profile.curve_steps) * probes_per_encoder * probe / 3600
 

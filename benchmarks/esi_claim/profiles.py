@@ -39,7 +39,10 @@ class Profile:
     projection_dim: int = 128
     checkpointing_steps: int = 50  # esi.train checkpoints: an interrupted grid resumes from the last one
     pretrain_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # for the arms in MULTI_SEED_ARMS
-    probe_seeds: tuple[int, ...] = (0, 1, 2)
+    # None: each encoder is probed once, with its pretraining seed's label subsets (arms of a seed share them, and
+    # the seed resampling of the report then covers the choice of subset as well); a tuple: every encoder, each.
+    probe_seeds: tuple[int, ...] | None = None
+    scratch_seeds: tuple[int, ...] = (0, 1)
     fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
     tasks: tuple[str, ...] = TASKS
     probe_epochs: int = 200
@@ -73,6 +76,7 @@ PROFILES = {
         checkpointing_steps=2,
         pretrain_seeds=(0, 1),
         probe_seeds=(0,),
+        scratch_seeds=(0,),
         fractions=(0.1, 1.0),
         tasks=("superdiagnostic", "rhythm"),
         probe_epochs=20,

@@ -296,7 +296,7 @@ class Grid:
         self.done += 1
         logger.info("wrote %s", self.path(run_id))
 
-    def encoder_runs(self, name: str) -> list[tuple[str, dict]]:
+    def encoder_runs(self, name: str, seed: int) -> list[tuple[str, dict]]:
         p = self.profile
         runs = [
             (
@@ -305,13 +305,13 @@ class Grid:
             )
             for task in p.tasks
             for fraction in p.fractions
-            for probe_seed in p.probe_seeds
+            for probe_seed in p.probe_seeds or (seed,)
         ]
         return runs + [(f"subject_id-{name}", {})]
 
     def run_encoder(self, arm: Arm, seed: int, steps: int) -> None:
         name = f"{arm.name}-s{seed}" if arm.kind == "random" else f"{arm.name}-n{steps}-s{seed}"
-        runs = self.encoder_runs(name)
+        runs = self.encoder_runs(name, seed)
         pending = [(r, e) for r, e in runs if not self.path(r).exists()]
         self.skipped += len(runs) - len(pending)
         if not pending and self.path(f"pretrain-{name}").exists():
@@ -414,11 +414,11 @@ def main(argv: list[str] | None = None) -> dict:
     grid = Grid(profile, pack, results, args.work_dir or Path("outputs/esi_claim/v2") / profile.name, device)
     started = time.perf_counter()
     runs = plan(profile, args.stage, names, args.steps)
-    scratch_seeds = [seed for arm, seed, _ in runs if arm.kind == "scratch"]
+    passes = [seed for arm, seed, _ in runs if arm.kind == "scratch"]
     for arm, seed, steps in runs:
         if arm.kind == "scratch":  # no pretraining seed: its training seeds are spread over the passes alike
-            index = scratch_seeds.index(seed)
-            grid.run_scratch(arm, profile.probe_seeds[index :: len(scratch_seeds)])
+            index = passes.index(seed)
+            grid.run_scratch(arm, profile.scratch_seeds[index :: len(passes)])
             continue
         logger.info("arm %s seed %d, %d steps", arm.name, seed, steps)
         grid.run_encoder(arm, seed, steps)

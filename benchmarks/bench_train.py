@@ -1,7 +1,18 @@
 """Pretraining benchmarks: throughput of the training recipes on the pool, and a short real pretraining run.
 
+    python -m benchmarks.bench_train --speedup [--baseline REV] [--rounds 2] [--steps 4] [--time-demo]
     python -m benchmarks.bench_train --pool [--records 320] [--steps 6]
     python -m benchmarks.bench_train [--steps 150] [--config atto]
+
+`--speedup`: samples/s of two recipes run through `esi.train.pretrain` (the code behind `esi-train`), by this
+checkout and by the code of commit `--baseline` (its `esi/` and `modeling_esi/`, extracted with `git archive`),
+each run in a fresh process and the two alternated `--rounds` times so that load drifts hit both alike:
+the demo's recipe (`esi.demo.pretraining_arguments` on the embedded sample) and the claim benchmark's caption
+arm (esi_full's losses at the claim cpu profile's sizes, on the pool slice). One more step per code version
+without augmentations sees the same seed, initial weights and batch in both, so its losses are compared too
+(`fixed_batch_losses`). `--time-demo` also
+times `python -m esi.demo` end to end (fresh output folder). Writes benchmarks/results/bench_train_speedup-<time>.json
+(command, git commit, seed, load averages, figures).
 
 `--pool`: prepares the first `--records` records of the pretraining pool (../shared/ptb-xl-pretrain) at
 100 Hz, captions them with the template backend, and runs train.py's default recipe three ways, each in
@@ -21,6 +32,7 @@ the identical model before training (same seed, same initialisation). Writes ben
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -28,6 +40,7 @@ import os
 import platform
 import resource
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -94,6 +107,23 @@ def recipe_arguments(
         OptimizationArguments(max_steps=steps, seed=seed, per_device_batch_size=batch_size),
         RunArguments(output_dir=str(out), logging_steps=1, report_to="none", checkpointing_steps=10**9),
     )
+
+
+# The last commit before dynamic caption padding, target-only caption logits and fused AdamW.
+BASELINE_REV = "5b0831f"
+# Runs `esi.train.pretrain.pretrain` from the argument groups in argv[1] (JSON), with whichever `esi` package
+# comes first on sys.path (the working directory); fields that code version does not know are left out.
+RECIPE_RUNNER = """
+import dataclasses, json, resource, sys
+from esi.train.arguments import ARGUMENT_CLASSES
+from esi.train.pretrain import pretrain
+spec = json.loads(sys.argv[1])
+groups = [cls(**{k: v for k, v in spec[cls.__name__].items() if k in {f.name for f in dataclasses.fields(cls)}})
+          for cls in ARGUMENT_CLASSES]
+model_dir = pretrain(*groups)
+peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+print(json.dumps({"model_dir": str(model_dir), "peak_rss_gib": peak_rss_gib}))
+"""
 
 
 def throughput(summary: dict, batch_size: int) -> float:
@@ -257,9 +287,164 @@ def retrieval_benchmark(args: argparse.Namespace) -> dict:
     return {"before": before, "after": after, "summary": summary}
 
 
+def timing_spec(arguments: tuple, steps: int, seed: int, output_dir: Path, augment: bool = True) -> dict:
+    """A recipe's argument groups as JSON, set for timing: `steps` steps each logged, no evaluation or checkpoint."""
+    data, model_args, optim, run = arguments
+    groups = (
+        replace(data, eval_split="none", augment=augment and data.augment),
+        model_args,
+        replace(optim, max_steps=steps, seed=seed),
+        replace(run, output_dir=str(output_dir), logging_steps=1, report_to="none", checkpointing_steps=10**9,
+                resume_from_checkpoint=None),
+    )  # fmt: skip
+    return {type(group).__name__: dataclasses.asdict(group) for group in groups}
+
+
+def baseline_tree(rev: str, cache: Path) -> Path:
+    """The `esi` and `modeling_esi` packages of commit `rev`, extracted once under `cache`."""
+    commit = subprocess.run(["git", "rev-parse", rev], cwd=REPO, capture_output=True, text=True, check=True)
+    tree = cache / f"baseline-{commit.stdout.strip()[:12]}"
+    if not (tree / "esi").exists():
+        tree.mkdir(parents=True, exist_ok=True)
+        packages = ["git", "archive", rev, "esi", "modeling_esi"]
+        archive = subprocess.run(packages, cwd=REPO, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
+
+
+def timed_run(tree: Path, spec: dict) -> dict:
+    """One pretraining run by the code in `tree`, in a fresh process: samples/s, step losses, peak RSS."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run(
+        [sys.executable, "-c", RECIPE_RUNNER, json.dumps(spec)], cwd=tree, env=env, capture_output=True, text=True
+    )
+    if done.returncode:
+        raise RuntimeError(f"pretraining run in {tree} failed:\n{done.stderr[-4000:]}")
+    run = json.loads(done.stdout.strip().splitlines()[-1])
+    summary = json.loads((Path(run["model_dir"]) / "training_summary.json").read_text())
+    batch = spec["OptimizationArguments"]["per_device_batch_size"]
+    history = summary["log_history"]
+    return {
+        "samples_per_s": round(throughput(summary, batch), 4) if len(history) > 1 else None,
+        "first_step_losses": {k: history[0][k] for k in ("loss", "contrastive_loss", "caption_loss")},
+        "step_losses": [round(entry["loss"], 7) for entry in history],
+        "text_cache_seconds": summary.get("text_cache_seconds"),
+        "peak_rss_gib": round(run["peak_rss_gib"], 3),
+        "model_sha256": hashlib.sha256((Path(run["model_dir"]) / "model.safetensors").read_bytes()).hexdigest(),
+        "load_average_1min_after": round(os.getloadavg()[0], 2),
+    }
+
+
+def speedup_recipes(args: argparse.Namespace) -> dict[str, tuple]:
+    """The timed recipes: the demo's, and the claim benchmark's caption arm through esi-train."""
+    from benchmarks.esi_claim.profiles import PROFILES
+    from esi.demo import pretraining_arguments
+    from esi.train.arguments import DataArguments, ModelArguments, OptimizationArguments, RunArguments
+
+    sample, sample_captions = prepare_slice(args.sample_dir, 10**9, args.cache_dir)
+    pool, pool_captions = prepare_slice(args.pool_dir, args.records, args.cache_dir)
+    claim = PROFILES["cpu"]
+    return {
+        "demo": pretraining_arguments(sample, sample_captions, args.cache_dir / "unused"),
+        "claim caption arm": (
+            DataArguments(signals=str(pool), captions=str(pool_captions), max_text_length=claim.max_text_length),
+            ModelArguments(
+                config=claim.encoder_size, freeze_text_tower=True, cache_text_embeddings=True,
+                decoder_layers=claim.decoder_layers, decoder_width=claim.decoder_width,
+                contrastive_loss_weight=1.0, caption_loss_weight=2.0,
+            ),
+            OptimizationArguments(per_device_batch_size=claim.batch_size, learning_rate=claim.learning_rate),
+            RunArguments(output_dir=str(args.cache_dir / "unused")),
+        ),
+    }  # fmt: skip
+
+
+def time_demo(args: argparse.Namespace) -> dict:
+    output_dir = args.cache_dir / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "esi.demo", "--ptbxl-dir", str(args.sample_dir), "--output-dir", str(output_dir)],
+        cwd=REPO, check=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    summary = json.loads((output_dir / "pretraining" / "model" / "training_summary.json").read_text())
+    history = summary["log_history"]
+    return {
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "pretraining_seconds": summary["train_seconds"],
+        "steps": summary["steps"],
+        "first_and_last_logged_loss": [history[0]["loss"], history[-1]["loss"]],
+        "load_average_1_5_15_min_after": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def speedup_benchmark(args: argparse.Namespace) -> dict:
+    started = time.perf_counter()
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    trees = {"baseline": baseline_tree(args.baseline, args.cache_dir), "this checkout": REPO}
+    run_root = args.cache_dir / f"speedup-{time.strftime('%Y%m%d-%H%M%S')}"
+    recipes = {}
+    for name, arguments in speedup_recipes(args).items():
+        runs = {code: [] for code in trees}
+        for round_index in range(args.rounds):  # alternated: a load change hits both code versions
+            for code, tree in trees.items():
+                out = run_root / f"{name}-{code}-{round_index}".replace(" ", "_")
+                runs[code].append(timed_run(tree, timing_spec(arguments, args.steps + 1, args.seed, out)))
+                print(f"{name} / {code} / round {round_index}: {json.dumps(runs[code][-1])}", flush=True)
+        rate = {code: statistics.median(r["samples_per_s"] for r in rs) for code, rs in runs.items()}
+        # One more step per code version without augmentations (the baseline's include a time stretch the
+        # current code no longer draws): the same seed, initial weights and batch, before any update.
+        first_loss = {}
+        for code, tree in trees.items():
+            out = run_root / f"{name}-{code}-loss".replace(" ", "_")
+            first_loss[code] = timed_run(tree, timing_spec(arguments, 1, args.seed, out, False))["first_step_losses"]
+        recipes[name] = {
+            "recipe": timing_spec(arguments, args.steps + 1, args.seed, run_root),
+            "median_samples_per_s": rate,
+            "speedup": round(rate["this checkout"] / rate["baseline"], 3),
+            "per_round_speedup": [
+                round(new["samples_per_s"] / old["samples_per_s"], 3)
+                for old, new in zip(runs["baseline"], runs["this checkout"], strict=True)
+            ],
+            "fixed_batch_losses": first_loss,
+            "fixed_batch_loss_abs_difference": {
+                k: abs(first_loss["this checkout"][k] - first_loss["baseline"][k]) for k in first_loss["baseline"]
+            },
+            "runs": runs,
+        }
+    result = {
+        "benchmark": "bench_train --speedup",
+        "command": "python -m benchmarks.bench_train " + shlex.join(sys.argv[1:]),
+        "git": git_state(),
+        "baseline": {"rev": args.baseline, "tree": str(trees["baseline"])},
+        "seed": args.seed,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "note": (
+            f"samples/s over {args.steps} steps after one warm-up step, median of {args.rounds} alternated runs "
+            "per code version, each in a fresh process; speedup = ratio of those medians (same run, same machine)"
+        ),
+        "recipes": recipes,
+        "demo": time_demo(args) if args.time_demo else None,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        # Other jobs share this CPU: the ratios are same-run, but absolute rates depend on the load.
+        "load_average_1_5_15_min_before": load_before,
+        "load_average_1_5_15_min_at_end": [round(x, 2) for x in os.getloadavg()],
+    }
+    out = REPO / "benchmarks" / "results" / f"bench_train_speedup-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({name: {k: r[k] for k in ("median_samples_per_s", "speedup", "fixed_batch_losses")}
+                      for name, r in recipes.items()}, indent=2))  # fmt: skip
+    print(f"wrote {out}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pool", action="store_true", help="throughput of the recipes on the pretraining pool")
+    p.add_argument("--speedup", action="store_true", help="this checkout's samples/s against --baseline's")
+    p.add_argument("--baseline", default=BASELINE_REV, help="commit whose code is the baseline (--speedup)")
+    p.add_argument("--rounds", type=int, default=2, help="alternated runs per code version (--speedup)")
+    p.add_argument("--time-demo", action="store_true", help="also time `python -m esi.demo` (--speedup)")
+    p.add_argument("--sample-dir", type=Path, default=REPO / "data" / "ptbxl_sample", help="the demo's PTB-XL sample")
     p.add_argument("--pool-dir", type=Path, default=REPO.parent / "shared" / "ptb-xl-pretrain")
     p.add_argument("--ptbxl-dir", type=Path, default=REPO.parent / "shared" / "ptb-xl", help="evaluation corpus")
     p.add_argument("--records", type=int, default=320, help="pool records prepared and captioned (first N)")
@@ -268,6 +453,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--batch-size", type=int, default=32, help="per-device batch (train.py's default: 32)")
     args = p.parse_args(argv)
+    if args.speedup:
+        return speedup_benchmark(args)
     if not args.pool:
         return retrieval_benchmark(args)
     result = pool_benchmark(args)

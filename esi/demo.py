@@ -22,9 +22,33 @@ import numpy as np
 
 from esi.train.arguments import DEFAULT_MAX_TEXT_LENGTH
 
+DEMO_STEPS = 12  # 1.6 passes over the sample's 240 training records: the losses visibly fall; see docs/pretraining.md
+DEMO_BATCH_SIZE = 32
+
 
 def banner(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
+
+
+def pretraining_arguments(
+    prepared_dir: Path,
+    captions_dir: Path,
+    output_dir: Path,
+    steps: int = DEMO_STEPS,
+    batch_size: int = DEMO_BATCH_SIZE,
+    max_text_length: int = DEFAULT_MAX_TEXT_LENGTH,
+) -> tuple:
+    """The demo's pretraining recipe (`esi.train.pretrain.pretrain(*...)`); benchmarks/bench_train.py times it."""
+    from esi.train.arguments import DataArguments, ModelArguments, OptimizationArguments, RunArguments
+
+    return (
+        DataArguments(signals=str(prepared_dir), captions=str(captions_dir), max_text_length=max_text_length),
+        ModelArguments(freeze_text_tower=True, cache_text_embeddings=True),
+        OptimizationArguments(per_device_batch_size=batch_size, warmup_steps=5, max_steps=steps),
+        RunArguments(
+            output_dir=str(output_dir), checkpointing_steps=max(steps // 2, 1), resume_from_checkpoint="latest"
+        ),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,8 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ptbxl-dir", default="data/ptbxl_sample")
     parser.add_argument("--output-dir", default="outputs/demo")
     parser.add_argument("--sampling-rate", type=int, default=100)
-    parser.add_argument("--pretrain-steps", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--pretrain-steps", type=int, default=DEMO_STEPS)
+    parser.add_argument("--batch-size", type=int, default=DEMO_BATCH_SIZE)
     parser.add_argument("--max-text-length", type=int, default=DEFAULT_MAX_TEXT_LENGTH, help="caption tokens read")
     args = parser.parse_args(argv)
     out = Path(args.output_dir)
@@ -58,7 +82,6 @@ def main(argv: list[str] | None = None) -> None:
     example = captions["train"][0]
     print(f"{sum(len(s) for s in captions.values())} captions; ecg_id {example['ecg_id']}:\n  {example['caption']}")
 
-    from esi.train.arguments import DataArguments, ModelArguments, OptimizationArguments, RunArguments
     from esi.train.pretrain import pretrain
 
     banner(f"3/4 pretrain ESI for {args.pretrain_steps} steps")
@@ -69,14 +92,9 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     model_dir = pretrain(
-        DataArguments(signals=str(prepared_dir), captions=str(captions_dir), max_text_length=args.max_text_length),
-        ModelArguments(freeze_text_tower=True, cache_text_embeddings=True),
-        OptimizationArguments(per_device_batch_size=args.batch_size, warmup_steps=5, max_steps=args.pretrain_steps),
-        RunArguments(
-            output_dir=str(out / "pretraining"),
-            checkpointing_steps=max(args.pretrain_steps // 2, 1),
-            resume_from_checkpoint="latest",
-        ),
+        *pretraining_arguments(
+            prepared_dir, captions_dir, out / "pretraining", args.pretrain_steps, args.batch_size, args.max_text_length
+        )
     )
 
     banner("4/4 reload with AutoModel + AutoFeatureExtractor (trust_remote_code)")

@@ -134,6 +134,8 @@ class EsiConfig(PreTrainedConfig):
         logit_scale_max (`float`, defaults to ln(100)): the log inverse temperature is clamped here.
         contrastive_loss_weight (`float`, defaults to 1.0), caption_loss_weight (`float`, defaults to 2.0): CoCa's
             loss weights.
+        same_text_positives (`bool`, defaults to True): in the contrastive loss, records whose captions have the
+            same tokens are positives of each other, not negatives (multi-positive InfoNCE).
         pad_token_id, bos_token_id, eos_token_id (`int`): BERT's `[PAD]`=0, `[CLS]`=101, `[SEP]`=102.
         classifier_dropout (`float`, defaults to 0.0): dropout before the classification head.
     """
@@ -153,6 +155,7 @@ class EsiConfig(PreTrainedConfig):
     logit_scale_max: float = math.log(100.0)
     contrastive_loss_weight: float = 1.0
     caption_loss_weight: float = 2.0
+    same_text_positives: bool = True
     classifier_dropout: float = 0.0
     initializer_range: float = 0.02
     pad_token_id: int = 0

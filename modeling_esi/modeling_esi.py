@@ -43,13 +43,15 @@ class EsiEcgEncoderOutput(ModelOutput):
 class EsiOutput(ModelOutput):
     """
     loss (`()`): `contrastive_loss_weight * contrastive_loss + caption_loss_weight * caption_loss`.
-    contrastive_loss (`()`): symmetric InfoNCE between ECG and text embeddings (gathered over processes).
+    contrastive_loss (`()`): symmetric InfoNCE between ECG and text embeddings (gathered over processes); pairs
+        with the same text are positives of each other (`config.same_text_positives`, `text_ids`).
     caption_loss (`()`): next-token cross-entropy of the caption decoder (padding ignored).
     logits_per_ecg (`(B, B_global)`), logits_per_text (`(B, B_global)`): scaled cosine similarities of the local
         rows against all columns (B_global = world size x B under torch.distributed with `return_loss=True`,
         else B: without a loss nothing is gathered).
     ecg_embeds (`(B, projection_dim)`), text_embeds (`(B, projection_dim)`): L2-normalised embeddings.
-    caption_logits (`(B, L-1, vocab)`): decoder logits for tokens 1..L-1.
+    caption_logits (`(B, L-1, vocab)`): decoder logits for tokens 1..L-1; only without `return_loss` (the caption
+        loss computes logits at target positions only, never over the padded `(B, L-1, vocab)` block).
     ecg_last_hidden_state (`(B, N, C)`), ecg_pooler_output (`(B, C)`): ECG encoder outputs.
     text_last_hidden_state (`(B, L, H)`): text encoder output.
     ecg_hidden_states, text_hidden_states (`tuple`, *optional*): per-stage / per-layer states.
@@ -415,10 +417,12 @@ class EsiDecoderLayer(GradientCheckpointingLayer):
 
 @dataclass
 class EsiDecoderOutput(ModelOutput):
-    """logits (`(B, L, vocab)`); hidden_states (embeddings + each layer, `(B, L, D)`); attentions and
-    cross_attentions (per layer, `(B, heads, L, past + L)` and `(B, heads, L, N)`)."""
+    """logits (`(B, L, vocab)`, *optional*); last_hidden_state (`(B, L, D)`): the final-normed states the output
+    layer reads; hidden_states (embeddings + each layer, `(B, L, D)`); attentions and cross_attentions (per
+    layer, `(B, heads, L, past + L)` and `(B, heads, L, N)`)."""
 
     logits: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -447,9 +451,11 @@ class EsiCaptionDecoder(nn.Module):
         cache: Cache | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        return_logits: bool = True,
     ) -> EsiDecoderOutput:
         """`attention_mask` covers the cached tokens and the new ones (B, past + L); `cache` holds the
-        self-attention keys/values of the `past` tokens already decoded."""
+        self-attention keys/values of the `past` tokens already decoded. `return_logits=False` skips the output
+        layer (a loss applies it to the positions it scores: see `caption_loss`)."""
         length = input_ids.shape[1]
         past = cache.get_seq_length() if cache is not None else 0
         if past + length > self.config.max_position_embeddings:
@@ -472,8 +478,10 @@ class EsiCaptionDecoder(nn.Module):
             all_hidden.append(hidden)
             self_weights.append(attn)
             cross_weights.append(cross)
+        hidden = self.final_norm(hidden)
         return EsiDecoderOutput(
-            logits=self.lm_head(self.final_norm(hidden)),
+            logits=self.lm_head(hidden) if return_logits else None,
+            last_hidden_state=hidden,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
             attentions=tuple(self_weights) if output_attentions else None,
             cross_attentions=tuple(cross_weights) if output_attentions else None,
@@ -495,20 +503,71 @@ def gather_with_grad(local: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(dist_fn.all_gather(local), dim=0), dist.get_rank()
 
 
-def contrastive_loss(
-    ecg_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Symmetric InfoNCE of local rows against all processes' columns (open_clip's local loss).
+def gather_ids(local: torch.Tensor) -> torch.Tensor:
+    """All ranks' ids (world x B,), in rank order, without autograd; the input itself without a process group."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, local.contiguous())
+    return torch.cat(parts)
 
-    ecg_embeds, text_embeds: (B, D), L2-normalised. Returns (loss, logits_per_ecg (B, W*B), logits_per_text (B, W*B)).
-    Averaged over processes (as DDP does), the gradients equal those of one process holding the whole batch.
+
+# Two primes below 2**31 and a base for `text_identity`'s polynomial hashes: a row's sum of up to 2**13 terms, each
+# a token id (< 2**18) times a power (< 2**31), stays below 2**62, inside int64.
+TEXT_HASH_MODULI = (2_147_483_629, 2_147_483_587)
+TEXT_HASH_BASE = 1_000_003
+
+
+def text_identity(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.LongTensor:
+    """Per-row text identity of right-padded token ids: (B, L) -> (B,) int64, equal for rows with the same tokens.
+
+    Two polynomial hashes of the non-padding tokens (modulo two ~2**31 primes, packed into one int64), computed
+    on the ids' device, so they can be compared across processes and batches: different texts collide with a
+    probability of about (L / 2**31)**2 per pair. Padding (and how much of it there is) does not matter.
+    """
+    ids = input_ids.long() if attention_mask is None else input_ids.long() * attention_mask.long()
+    hashes = []
+    for modulus in TEXT_HASH_MODULI:
+        powers = torch.tensor([pow(TEXT_HASH_BASE, k, modulus) for k in range(ids.shape[1])], device=ids.device)
+        hashes.append((ids * powers).sum(dim=1) % modulus)
+    return hashes[0] * 2**31 + hashes[1]
+
+
+def multi_positive_nll(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of -log(softmax mass on the row's positives): (B, N) logits, (B, N) bool -> `()`.
+
+    With one positive per row this is cross-entropy; with several, any of them counts as the match, so identical
+    texts are never pushed apart as negatives. Every row needs at least one positive."""
+    logits = logits.float()
+    return (logits.logsumexp(dim=1) - logits.masked_fill(~positives, float("-inf")).logsumexp(dim=1)).mean()
+
+
+def contrastive_loss(
+    ecg_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    text_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Symmetric (multi-positive) InfoNCE of local rows against all processes' columns (open_clip's local loss).
+
+    ecg_embeds, text_embeds: (B, D), L2-normalised. text_ids (`(B,)` int64, *optional*): which text each pair
+    carries (e.g. `text_identity(input_ids, attention_mask)`, or any id that is equal exactly when the texts are);
+    gathered from every process like the embeddings. A pair is positive when it is the ECG's own pair or its text
+    id equals the ECG's, and each direction scores -log of the softmax mass on the positives (`multi_positive_nll`).
+    Without `text_ids` only the own pair is positive: CLIP's InfoNCE.
+    Returns (loss `()`, logits_per_ecg (B, W*B), logits_per_text (B, W*B)). Averaged over processes (as DDP
+    does), the gradients equal those of one process holding the whole batch.
     """
     all_ecg, rank = gather_with_grad(ecg_embeds)
     all_text, _ = gather_with_grad(text_embeds)
     logits_per_ecg = logit_scale * ecg_embeds @ all_text.t()
     logits_per_text = logit_scale * text_embeds @ all_ecg.t()
-    labels = torch.arange(ecg_embeds.shape[0], device=ecg_embeds.device) + rank * ecg_embeds.shape[0]
-    loss = (F.cross_entropy(logits_per_ecg.float(), labels) + F.cross_entropy(logits_per_text.float(), labels)) / 2
+    batch = ecg_embeds.shape[0]
+    own = torch.arange(batch, device=ecg_embeds.device) + rank * batch
+    positives = F.one_hot(own, logits_per_ecg.shape[1]).bool()
+    if text_ids is not None:
+        positives |= text_ids[:, None] == gather_ids(text_ids)[None, :]
+    loss = (multi_positive_nll(logits_per_ecg, positives) + multi_positive_nll(logits_per_text, positives)) / 2
     return loss, logits_per_ecg, logits_per_text
 
 
@@ -518,6 +577,19 @@ def caption_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     if attention_mask is not None:
         labels = labels.masked_fill(attention_mask[:, 1:] == 0, -100)
     return labels
+
+
+def caption_loss(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy, with the output layer applied only where there is a target.
+
+    hidden (B, L, D): the decoder's `last_hidden_state`; labels (B, L): target ids, -100 where ignored (padding).
+    The K target positions are gathered before `lm_head`, so the logits are (K, vocab) instead of (B, L, vocab):
+    padded positions cost nothing. The value is the mean over the K targets, the same as cross-entropy over the
+    full logits with `ignore_index=-100`. Returns a scalar (`()`).
+    """
+    targets = labels != -100
+    logits = lm_head(hidden[targets])
+    return F.cross_entropy(logits.float(), labels[targets])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -676,6 +748,7 @@ class EsiModel(EsiCaptionEmbeddingsMixin, EsiPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        text_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> EsiOutput | tuple:
         r"""
@@ -686,8 +759,12 @@ class EsiModel(EsiCaptionEmbeddingsMixin, EsiPreTrainedModel):
         ecg_attention_mask (`(B, T)`): 1 for real samples, 0 for (right) padding, as the feature extractor returns.
         return_loss: compute the losses (needs `input_ids`). Only then are embeddings gathered across processes
             (a collective every rank must enter); without it, logits compare the local batch only, so inference
-            inside a process group never blocks on other ranks.
+            inside a process group never blocks on other ranks. With it, `caption_logits` is not returned: the
+            caption loss computes logits at target positions only (pass `return_loss=False` for the logits).
         output_attentions: text-tower and caption-decoder attention weights (the ECG encoder is convolutional).
+        text_ids (`(B,)` int64, *optional*): text identity for the contrastive loss (see `contrastive_loss`): pairs
+            with equal ids, on any process, are positives of each other. Without it and with
+            `config.same_text_positives`, it is `text_identity(input_ids, attention_mask)` (same tokens, same text).
         """
         output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
         output_hidden_states = bool(
@@ -713,10 +790,15 @@ class EsiModel(EsiCaptionEmbeddingsMixin, EsiPreTrainedModel):
                 attention_mask[:, :-1] if attention_mask is not None else None,
                 ecg.token_mask,
                 output_attentions=output_attentions,
+                return_logits=not return_loss,
             )
             logit_scale = self.clamped_logit_scale()
             if return_loss:
-                clip_loss, logits_per_ecg, logits_per_text = contrastive_loss(ecg_embeds, text_embeds, logit_scale)
+                if text_ids is None and self.config.same_text_positives:
+                    text_ids = text_identity(input_ids, attention_mask)
+                clip_loss, logits_per_ecg, logits_per_text = contrastive_loss(
+                    ecg_embeds, text_embeds, logit_scale, text_ids
+                )
             else:
                 logits_per_ecg = logit_scale * ecg_embeds @ text_embeds.t()
                 logits_per_text = logits_per_ecg.t()
@@ -731,7 +813,7 @@ class EsiModel(EsiCaptionEmbeddingsMixin, EsiPreTrainedModel):
             if return_loss:
                 labels = caption_targets(input_ids, attention_mask)
                 output.contrastive_loss = clip_loss
-                output.caption_loss = F.cross_entropy(decoded.logits.flatten(0, 1).float(), labels.flatten())
+                output.caption_loss = caption_loss(decoded.last_hidden_state, self.text_decoder.lm_head, labels)
                 output.loss = (
                     self.config.contrastive_loss_weight * output.contrastive_loss
                     + self.config.caption_loss_weight * output.caption_loss

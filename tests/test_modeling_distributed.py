@@ -9,6 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from modeling_esi import EsiModel
+from modeling_esi.modeling_esi import contrastive_loss
 from tests.test_modeling_esi import caption_batch, tiny_config
 
 WORLD, PER_RANK = 2, 3
@@ -21,6 +22,8 @@ def _model_and_batch() -> tuple[EsiModel, torch.Tensor, torch.Tensor, torch.Tens
     # Equal-length captions: each rank then averages the caption loss over the same number of tokens.
     ids, mask = caption_batch(batch=WORLD * PER_RANK, length=10)
     ids[:, -1], mask[:] = 102, 1
+    # Same-text positives across processes (row 4 on rank 1 repeats row 0 on rank 0) and within one (1 and 2).
+    ids[4], ids[2] = ids[0], ids[1]
     return model, ecg, ids, mask
 
 
@@ -58,6 +61,8 @@ def test_two_process_loss_and_gradients_match_single_process(tmp_path: Path):
     model, ecg, ids, mask = _model_and_batch()
     out = model(ecg, ids, mask)
     out.loss.backward()
+    one_positive = contrastive_loss(out.ecg_embeds, out.text_embeds, model.clamped_logit_scale())[0]
+    assert not torch.isclose(one_positive, out.contrastive_loss)  # the repeated captions count as positives
     assert distributed["logits_shape"] == (PER_RANK, WORLD * PER_RANK)
     torch.testing.assert_close(distributed["contrastive_loss"], out.contrastive_loss.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(distributed["loss"], out.loss.detach(), rtol=1e-5, atol=1e-6)

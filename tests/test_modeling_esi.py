@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer, BertModel
 
 from modeling_esi import EsiConfig, EsiEcgConfig, EsiForEcgClassification, EsiModel, EsiOutput
+from modeling_esi.modeling_esi import contrastive_loss, text_identity
 
 T = 1000  # 100 Hz x 10 s
 
@@ -87,7 +88,9 @@ def test_forward_losses_and_shapes(model: EsiModel, ecg: torch.Tensor):
     torch.testing.assert_close(out.logits_per_ecg, out.logits_per_text.t())
     torch.testing.assert_close(out.ecg_embeds.norm(dim=-1), torch.ones(4))
     assert out.ecg_last_hidden_state.shape[0] == 4 and out.ecg_last_hidden_state.shape[1] > 1
-    assert out.caption_logits.shape == (4, ids.shape[1] - 1, model.config.text_config.vocab_size)
+    assert out.caption_logits is None  # the loss scores target positions only
+    logits = model(ecg, ids, mask, return_loss=False).caption_logits
+    assert logits.shape == (4, ids.shape[1] - 1, model.config.text_config.vocab_size)
     torch.testing.assert_close(out.loss, out.contrastive_loss + 2.0 * out.caption_loss)
     # Contrastive loss is symmetric InfoNCE with the diagonal as targets.
     targets = torch.arange(4)
@@ -98,6 +101,46 @@ def test_forward_losses_and_shapes(model: EsiModel, ecg: torch.Tensor):
     assert ecg_only.loss is None and ecg_only.text_embeds is None
     torch.testing.assert_close(ecg_only.ecg_embeds, out.ecg_embeds)
     assert isinstance(model(ecg, ids, mask, return_dict=False), tuple)
+
+
+def test_same_text_pairs_are_positives_hand_computed():
+    # Texts 0 and 1 are the same sentence; ECGs 0 and 1 both match it, ECG 2 matches text 2. Logit scale 2:
+    # each direction's logits are [[2, 2, 0], [2, 2, 0], [0, 0, 2]].
+    ecg = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    text = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    scale = torch.tensor(2.0)
+    e2 = math.exp(2)
+    # Rows 0, 1: -log((e^2 + e^2) / (2 e^2 + 1)); row 2: -log(e^2 / (e^2 + 2)). Both directions alike.
+    same_text = [math.log((2 * e2 + 1) / (2 * e2))] * 2 + [math.log((e2 + 2) / e2)]
+    loss, _, _ = contrastive_loss(ecg, text, scale, text_ids=torch.tensor([7, 7, 9]))
+    assert loss.item() == pytest.approx(sum(same_text) / 3, rel=1e-6)
+    # Without text ids, text 1 is a negative of ECG 0 (CLIP's InfoNCE): -log(e^2 / (2 e^2 + 1)) for rows 0, 1.
+    clip = [math.log((2 * e2 + 1) / e2)] * 2 + [math.log((e2 + 2) / e2)]
+    assert contrastive_loss(ecg, text, scale)[0].item() == pytest.approx(sum(clip) / 3, rel=1e-6)
+
+
+def test_text_identity_ignores_padding_and_separates_texts():
+    ids, mask = caption_batch(batch=4, length=12)
+    longer = F.pad(ids, (0, 5)), F.pad(mask, (0, 5))  # the same captions with more padding
+    torch.testing.assert_close(text_identity(*longer), text_identity(ids, mask), rtol=0, atol=0)
+    assert text_identity(ids, mask).unique().numel() == 4
+    swapped = ids.clone()
+    swapped[0, [1, 2]] = ids[0, [2, 1]]  # same tokens in another order: another text
+    assert text_identity(swapped, mask)[0] != text_identity(ids, mask)[0]
+
+
+def test_forward_derives_same_text_positives_from_tokens(ecg: torch.Tensor):
+    torch.manual_seed(0)
+    model = EsiModel(tiny_config()).eval()
+    ids, mask = caption_batch()
+    ids[3], mask[3] = ids[0], mask[0]  # rows 0 and 3 carry the same caption
+    out = model(ecg, ids, mask)
+    embeds, scale = (out.ecg_embeds, out.text_embeds), model.clamped_logit_scale()
+    torch.testing.assert_close(out.contrastive_loss, contrastive_loss(*embeds, scale, torch.tensor([0, 1, 2, 0]))[0])
+    model.config.same_text_positives = False
+    plain = model(ecg, ids, mask).contrastive_loss
+    torch.testing.assert_close(plain, contrastive_loss(*embeds, scale)[0])
+    assert plain > out.contrastive_loss  # the duplicate was a negative
 
 
 def test_features_match_forward(model: EsiModel, ecg: torch.Tensor):
@@ -143,7 +186,7 @@ def test_caption_loss_is_shifted_and_ignores_padding(model: EsiModel, ecg: torch
     out = model(ecg, ids, mask)
     labels = ids[:, 1:]
     keep = mask[:, 1:].bool()
-    expected = F.cross_entropy(out.caption_logits[keep], labels[keep])
+    expected = F.cross_entropy(model(ecg, ids, mask, return_loss=False).caption_logits[keep], labels[keep])
     torch.testing.assert_close(out.caption_loss, expected)
     # Whatever sits in padded positions does not matter.
     garbage = ids.masked_fill(mask == 0, 777)
@@ -171,8 +214,12 @@ def test_save_and_reload_gives_identical_outputs(tmp_path: Path, ecg: torch.Tens
     model.save_pretrained(tmp_path)
     reloaded = EsiModel.from_pretrained(tmp_path).eval()
     after = reloaded(ecg, ids, mask)
-    for name in ("loss", "ecg_embeds", "text_embeds", "caption_logits"):
+    for name in ("loss", "ecg_embeds", "text_embeds"):
         torch.testing.assert_close(getattr(after, name), getattr(before, name))
+    torch.testing.assert_close(
+        reloaded(ecg, ids, mask, return_loss=False).caption_logits,
+        model(ecg, ids, mask, return_loss=False).caption_logits,
+    )
     assert reloaded.text_decoder.lm_head.weight is reloaded.text_decoder.embed_tokens.weight
 
 

@@ -4,12 +4,15 @@ and loading caption folders independently of their names."""
 from __future__ import annotations
 
 import logging
+import re
 import shutil
+from dataclasses import replace
 
 import datasets
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoTokenizer
 
 from esi.data.augment import EcgAugmentConfig, augment_ecg
@@ -52,7 +55,6 @@ def relation_residual(signal: np.ndarray) -> float:
 
 
 TRANSFORMS = {
-    "time_stretch": dict(max_time_stretch=0.1),
     "crop": dict(min_crop_fraction=0.8),
     "baseline_wander": dict(baseline_wander_mv=0.1),
     "noise": dict(noise_std_mv=0.02),
@@ -74,6 +76,27 @@ def test_amplitude_scaling_would_be_removed_by_the_z_score(record):
     # Why the redesign dropped it: the extractor undoes any per-lead scaling exactly.
     scaled = record * np.linspace(0.8, 1.2, 12, dtype=np.float32)[:, None]
     np.testing.assert_allclose(extract([scaled])["input_values"], extract([record])["input_values"], atol=1e-4)
+
+
+def test_augmented_ecgs_keep_the_heart_rate_their_text_states(prepared_sample, sample_captions):
+    from esi.cqa.measurements import measure_ecg
+
+    signals = datasets.load_from_disk(str(prepared_sample))["train"].with_format("numpy")
+    captions = load_dataset_folder(sample_captions)["train"]
+    stated = {
+        ecg_id: float(match.group(1))
+        for ecg_id, caption in zip(captions["ecg_id"], captions["caption"], strict=True)
+        if "sinus rhythm" in caption.lower() and (match := re.search(r"(\d+(?:\.\d+)?) bpm", caption))
+    }
+    rows = [row for row, ecg_id in enumerate(signals["ecg_id"]) if int(ecg_id) in stated][:4]
+    assert len(rows) == 4
+    config = replace(EcgAugmentConfig(), probability=1.0)  # every transform, every time
+    for row in rows:
+        record = signals[row]
+        for seed in range(3):
+            augmented = augment_ecg(record["signal"], 100, LEADS, config, np.random.default_rng([seed, row]))
+            rate = measure_ecg(augmented, 100, LEADS).heart_rate_bpm
+            assert abs(rate - stated[int(record["ecg_id"])]) <= 2.0, (int(record["ecg_id"]), seed, rate)
 
 
 def test_augmentations_keep_einthoven_and_goldberger_relations(record):
@@ -224,3 +247,52 @@ def test_caption_folder_loads_by_content_not_by_name(sample_captions, tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a save_to_disk dataset nor Parquet"):
         load_dataset_folder(tmp_path / "empty")
     assert join_captions(loaded["train"], loaded, "train")[0] == loaded["train"]["caption"][0]
+
+
+def caption_items(captions: list[str]) -> list[dict]:
+    rng = np.random.default_rng(0)
+    return [{"signal": rng.normal(size=(12, 1000)), "ecg_id": i, "caption": c} for i, c in enumerate(captions)]
+
+
+def test_batches_pad_to_their_longest_caption_rounded_to_eight(sample_captions):
+    from esi.text_encoder import default_text_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(default_text_model_path())
+    first, second = load_dataset_folder(sample_captions)["train"]["caption"][:2]
+    captions = [first[:300], second[:90]]
+    longest = max(len(ids) for ids in tokenizer(captions)["input_ids"])
+    assert longest % 8 and longest < 320  # otherwise padding to the longest would already be a multiple of 8
+    batch = EcgCollator(EsiFeatureExtractor(), 100, LEADS, tokenizer, max_text_length=320)(caption_items(captions))
+    assert batch["input_ids"].shape[1] == -(-longest // 8) * 8  # the batch's own length, not the maximum
+    # The maximum only truncates, even when it is not a multiple of 8.
+    cut = EcgCollator(EsiFeatureExtractor(), 100, LEADS, tokenizer, max_text_length=21)(caption_items(captions))
+    assert cut["input_ids"].shape[1] == 21 and (cut["input_ids"][:, -1] == tokenizer.sep_token_id).all()
+
+
+def test_caption_loss_scores_target_positions_only_and_equals_the_full_logits_loss(sample_captions):
+    from esi.text_encoder import default_text_model_path
+    from modeling_esi.modeling_esi import caption_targets
+
+    tokenizer = AutoTokenizer.from_pretrained(default_text_model_path())
+    texts = load_dataset_folder(sample_captions)["train"]["caption"][:6]
+    texts = [t[: 40 + 60 * (i % 3)] for i, t in enumerate(texts)]  # short (padded) and long (truncated) rows
+    collator = EcgCollator(EsiFeatureExtractor(), 100, LEADS, tokenizer, max_text_length=37)
+    batch = collator(caption_items(texts))
+    batch.pop("ecg_ids")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert (mask == 0).any() and (ids[:, -1] == tokenizer.sep_token_id).any()  # padding and truncation both occur
+    model = tiny_esi_model().eval()
+    scored_rows = []
+    hook = model.text_decoder.lm_head.register_forward_hook(lambda m, i, o: scored_rows.append(i[0].shape[0]))
+    loss = model(**batch, return_loss=True).caption_loss
+    loss.backward()
+    fast_grad = model.text_decoder.lm_head.weight.grad.clone()
+    hook.remove()
+    assert scored_rows == [int(mask[:, 1:].sum())]  # logits only where there is a target
+    model.zero_grad()
+    # The formula before the change: full (B, L-1, vocab) logits, padding ignored by index.
+    logits = model(**batch, return_loss=False).caption_logits
+    reference = F.cross_entropy(logits.flatten(0, 1), caption_targets(ids, mask).flatten())
+    reference.backward()
+    assert abs(loss.item() - reference.item()) <= 1e-6
+    torch.testing.assert_close(fast_grad, model.text_decoder.lm_head.weight.grad, rtol=1e-5, atol=1e-7)

@@ -1,20 +1,24 @@
-"""ECG augmentations for contrastive pretraining, designed around the model's preprocessing.
+"""ECG augmentations for contrastive pretraining, designed around the model's preprocessing and its text.
 
-The feature extractor z-scores every lead, so anything that only rescales a lead (per-lead or
-global amplitude scaling) is removed exactly and is not offered here. What remains changes the
-signal in ways the z-score keeps:
+The rule: an augmentation never changes what the paired text states. Captions quote the heart rate,
+intervals (PR, QRS, QT) and amplitudes in mV (voltage criteria, ST deviation), so nothing here touches
+the time axis (no time stretch: a 10% stretch moves a stated 70 bpm to 64-78 bpm and every interval with
+it) or the amplitude scale (no amplitude scaling; the feature extractor's per-lead z-score would remove it
+anyway). What remains changes the signal without changing those facts:
 
-- time stretch: the whole ECG resampled by one factor (a heart-rate-like change), all leads alike;
 - crop: a random window, returned SHORTER; the collator pads it and the attention mask marks the
   padding as not-signal (no synthetic tail the model would never see at test time);
+  padding as not-signal (no synthetic tail the model would never see at test time); rate and
+  morphology are those of the record (tests: the measured heart rate stays within 2 bpm of the text's);
 - baseline wander: one slow sinusoid with one frequency and phase for the whole ECG (respiration
-  moves every electrode together), its amplitude drawn per independent lead;
-- noise: white noise drawn per independent lead.
+  moves every electrode together), its amplitude drawn per independent lead; at or below the 0.5 Hz
+  cut-off of the high-pass filter the measurements apply before reading intervals and amplitudes;
+- noise: white noise drawn per independent lead (0.02 mV; the median beat the measurements read averages it).
 
 Relations between leads survive: the limb leads III, aVR, aVL and aVF are linear in I and II
 (Einthoven: III = II - I; Goldberger: aVR = -(I + II)/2, aVL = I - II/2, aVF = II - I/2), so additive
-perturbations are drawn for I, II and V1-V6 only and derived for the other four; time transforms
-apply the same operation to every lead. Each transform draws from the `numpy.random.Generator` it
+perturbations are drawn for I, II and V1-V6 only and derived for the other four; the crop cuts every
+lead alike. Each transform draws from the `numpy.random.Generator` it
 is given, so a sample's augmentation depends only on (seed, epoch, index), never on global RNG
 state: a resumed run sees exactly the augmentations the uninterrupted run saw.
 """
@@ -35,14 +39,13 @@ DERIVED_LIMB_LEADS = {"III": (-1.0, 1.0), "aVR": (-0.5, -0.5), "aVL": (1.0, -0.5
 @dataclass
 class EcgAugmentConfig:
     min_crop_fraction: float = 0.8  # keep a random window of 80-100% of the signal; the rest is masked
-    max_time_stretch: float = 0.1  # resample by a factor in [1 - x, 1 + x]
     baseline_wander_mv: float = 0.1  # maximum amplitude of the drift (0.15-0.5 Hz)
     noise_std_mv: float = 0.02  # white noise
     probability: float = 0.8  # each transform is applied with this probability
 
     @classmethod
     def disabled(cls) -> EcgAugmentConfig:
-        return cls(min_crop_fraction=1.0, max_time_stretch=0.0, baseline_wander_mv=0.0, noise_std_mv=0.0)
+        return cls(min_crop_fraction=1.0, baseline_wander_mv=0.0, noise_std_mv=0.0)
 
 
 def lead_relations(lead_names: Sequence[str]) -> tuple[list[int], dict[int, tuple[float, float]], int, int] | None:
@@ -72,14 +75,6 @@ def consistent_perturbation(independent: np.ndarray, lead_names: Sequence[str]) 
     return out
 
 
-def time_stretch(signal: np.ndarray, factor: float) -> np.ndarray:
-    """Resample every lead by `factor` (> 1 = longer, slower rhythm) with linear interpolation."""
-    length = signal.shape[1]
-    new_length = max(2, round(length * factor))
-    positions = np.linspace(0, length - 1, new_length)
-    return np.stack([np.interp(positions, np.arange(length), lead) for lead in signal]).astype(signal.dtype)
-
-
 def augment_ecg(
     signal: np.ndarray,
     sampling_rate: float,
@@ -89,14 +84,10 @@ def augment_ecg(
 ) -> np.ndarray:
     """Return an augmented copy of `signal` (leads, time), possibly shorter; the input is not modified."""
     out = signal.astype(np.float32, copy=True)
-    length = out.shape[1]
-    if config.max_time_stretch > 0 and rng.random() < config.probability:
-        out = time_stretch(out, rng.uniform(1 - config.max_time_stretch, 1 + config.max_time_stretch))
     if config.min_crop_fraction < 1.0 and rng.random() < config.probability:
-        window = min(int(out.shape[1] * rng.uniform(config.min_crop_fraction, 1.0)), length)
+        window = int(out.shape[1] * rng.uniform(config.min_crop_fraction, 1.0))
         start = int(rng.integers(0, out.shape[1] - window + 1))
         out = out[:, start : start + window]
-    out = out[:, :length]  # a stretch never makes the ECG longer than the record was
     leads, samples = out.shape
     if config.baseline_wander_mv > 0 and rng.random() < config.probability:
         t = np.arange(samples) / sampling_rate

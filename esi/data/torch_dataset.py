@@ -192,12 +192,18 @@ class EcgWindows(torch.utils.data.Dataset):
         return item
 
 
+# Captions are padded to the batch's longest, rounded up to this multiple (whole SIMD / tensor-core tiles).
+CAPTION_PAD_MULTIPLE = 8
+
+
 @dataclass
 class EcgCollator:
     """Turns a list of `EcgDataset` items into model inputs.
 
     Signals go through the model's own `EsiFeatureExtractor` (the same preprocessing users get
-    at inference); captions are tokenised on the fly; labels become multi-hot float vectors.
+    at inference); captions are tokenised on the fly, padded to the batch's longest caption rounded up
+    to a multiple of `CAPTION_PAD_MULTIPLE` (`max_text_length` only truncates); labels become multi-hot
+    float vectors.
     """
 
     feature_extractor: Any
@@ -224,13 +230,10 @@ class EcgCollator:
         if "record" in items[0]:  # evaluation windows: which record each window belongs to
             batch["records"] = torch.tensor([i["record"] for i in items])
         if self.tokenizer is not None and "caption" in items[0]:
-            text = self.tokenizer(
-                [item["caption"] for item in items],
-                padding=True,
-                truncation=True,
-                max_length=self.max_text_length,
-                return_tensors="pt",
-            )
+            text = self.tokenizer([item["caption"] for item in items], truncation=True, max_length=self.max_text_length)
+            longest = max(len(ids) for ids in text["input_ids"])
+            width = min(-(-longest // CAPTION_PAD_MULTIPLE) * CAPTION_PAD_MULTIPLE, self.max_text_length)
+            text = self.tokenizer.pad(text, padding="max_length", max_length=width, return_tensors="pt")
             batch["input_ids"] = text["input_ids"]
             batch["attention_mask"] = text["attention_mask"]
         if self.num_labels is not None and "labels" in items[0]:

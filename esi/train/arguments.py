@@ -109,6 +109,13 @@ class ModelArguments:
     decoder_width: int = 256
     contrastive_loss_weight: float = 1.0
     caption_loss_weight: float = 2.0
+    same_text_positives: bool = field(
+        default=True,
+        metadata={
+            "help": "records whose captions have the same tokens are positives of each other in the contrastive "
+            "loss, not negatives (--no-same-text-positives: CLIP's one positive per ECG)"
+        },
+    )
 
 
 @dataclass

@@ -29,6 +29,9 @@ def build_optimizer(model: nn.Module, args: OptimizationArguments) -> torch.opti
             {"params": [p for n, p in trainable if n not in decay], "weight_decay": 0.0},
         ],
         lr=args.learning_rate,
+        # One fused kernel per parameter group (CPU and CUDA since torch 2.4): measured several times faster
+        # than the default multi-tensor step on CPU (benchmarks/bench_train.py).
+        fused=True,
     )
 
 

@@ -137,6 +137,7 @@ def build_model(
         projection_dim=model_args.projection_dim,
         contrastive_loss_weight=model_args.contrastive_loss_weight,
         caption_loss_weight=model_args.caption_loss_weight,
+        same_text_positives=model_args.same_text_positives,
     )
     tower_config = AutoConfig.from_pretrained(text_model_path)
     if text_width is not None and text_width != tower_config.hidden_size:

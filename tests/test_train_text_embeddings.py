@@ -88,13 +88,14 @@ def test_trimmed_vocabulary_splits_captions_alike_and_restricts_the_caption_soft
     model = tiny_esi_model().eval()
     full = tokenizer(captions, padding=True, truncation=True, max_length=48, return_tensors="pt")
     before = model(ecg, full["input_ids"], full["attention_mask"], return_loss=True)
+    logits = model(ecg, full["input_ids"], full["attention_mask"], return_loss=False).caption_logits
     trim_model_vocabulary(model, kept)
     assert model.text_decoder.lm_head.weight is model.text_decoder.embed_tokens.weight
     assert model.config.bos_token_id == trimmed.cls_token_id and model.config.eos_token_id == trimmed.sep_token_id
     small = trimmed(captions, padding=True, truncation=True, max_length=48, return_tensors="pt")
     after = model(ecg, small["input_ids"], small["attention_mask"], return_loss=True)
     # The trimmed decoder's loss is the full decoder's cross-entropy restricted to the kept tokens.
-    restricted = before.caption_logits[..., torch.as_tensor(kept)]
+    restricted = logits[..., torch.as_tensor(kept)]
     targets = small["input_ids"][:, 1:].masked_fill(small["attention_mask"][:, 1:] == 0, -100)
     expected = torch.nn.functional.cross_entropy(restricted.flatten(0, 1), targets.flatten())
     torch.testing.assert_close(after.caption_loss, expected, rtol=1e-5, atol=1e-6)

@@ -21,15 +21,6 @@ from esi.eval.stats import bootstrap_interval, macro_auroc, paired_bootstrap, pe
 from esi.knowledge import load_knowledge_base
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The accelerator image has none of these: the runner must work without them.
-BLOCKED = ("datasets", "wfdb", "neurokit2")
-BLOCKING_RUNNER = (
-    "import runpy, sys\n"
-    f"for name in {BLOCKED!r}:\n"
-    "    sys.modules[name] = None  # `import name` now raises ImportError, find_spec says absent\n"
-    "sys.argv = ['benchmarks.esi_claim.run', *sys.argv[1:]]\n"
-    "runpy.run_module('benchmarks.esi_claim.run', run_name='__main__')\n"
-)
 
 
 def test_rank_auroc_equals_scikit_learn_with_ties_and_single_class_columns():
@@ -105,107 +96,6 @@ def test_text_variants_order_content_and_leave_out_demographics():
         compose({**row, "retrieved_passage_ids": ["kb:none"]}, "full", knowledge)
 
 
-@pytest.fixture(scope="module")
-def sample_pack(ptbxl_sample_dir, tmp_path_factory) -> Path:
-    from benchmarks.esi_claim.pack import pack
-
-    profile = replace(PROFILES["tiny"], pool_records=40, eval_records=None, caption_eval_records=6)
-    return pack(profile, tmp_path_factory.mktemp("claim"), ptbxl_sample_dir, ptbxl_sample_dir, num_proc=1)
-
-
-def run_grid(pack_dir: Path, results: Path, models: Path, arms: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-c", BLOCKING_RUNNER, "--profile", "tiny", "--pack", str(pack_dir),
-         "--results-dir", str(results), "--models-dir", str(models), "--arms", arms, "--threads", "1"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-
-
-@pytest.mark.slow
-def test_grid_runs_without_datasets_resumes_and_feeds_the_report(sample_pack, tmp_path):
-    meta = json.loads((sample_pack / "meta.json").read_text())
-    assert meta["signal_quantum_uv"] == 8 and meta["text_embedding_dims"] == 16
-    assert all(sha256_file(sample_pack / name) == digest for name, digest in meta["files"].items())
-    results, models = tmp_path / "results" / "tiny", tmp_path / "models"
-    arms = "esi_full,caption_only,ssl_two_views,random_init,supervised_scratch"
-    first = run_grid(sample_pack, results, models, arms)
-    assert first.returncode == 0, first.stderr[-4000:]
-
-    runs = {p.stem: json.loads(p.read_text()) for p in results.glob("*.json")}
-    profile = PROFILES["tiny"]
-    probes_per_encoder = len(profile.tasks) * len(profile.fractions) * len(profile.probe_seeds)
-    # esi_full has two pretraining seeds; the others one
-    assert sum(r["kind"] == "probe" for r in runs.values()) == probes_per_encoder * 5
-    assert {r["arm"] for r in runs.values() if r["kind"] == "zero_shot"} == {"esi_full"}
-    assert {r["arm"] for r in runs.values() if r["kind"] == "captioning"} == {"esi_full", "caption_only"}
-    assert sum(r["kind"] == "scratch" for r in runs.values()) == len(profile.tasks) * len(profile.probe_seeds)
-    for run in runs.values():
-        assert run["command"].startswith("python") and "--profile tiny" in run["command"]
-        assert run["git_commit"] and run["config"]["name"] == "tiny" and run["smoke"] is True
-        assert len(run["weights_sha256"]) == 64
-    pretrain = runs["pretrain-esi_full-s1"]
-    assert pretrain["weights_sha256"] == sha256_file(models / "esi_full-s1" / "model.safetensors")
-    assert runs["probe-esi_full-s1-rhythm-f1-p0"]["weights_sha256"] == pretrain["weights_sha256"]
-    assert runs["pretrain-esi_full-s0"]["weights_sha256"] != pretrain["weights_sha256"]
-    probe = runs["probe-random_init-s0-superdiagnostic-f0.1-p1"]
-    with np.load(results / probe["scores_file"]) as saved:
-        recomputed = macro_auroc(saved["labels"], saved["scores"].astype(np.float64))
-    assert abs(recomputed - probe["metrics"]["macro_auroc"]) < 2e-3  # float16 scores on disk
-    subject = runs["subject_id-random_init-s0"]
-    assert subject["probes"] > 0 and 0 <= subject["metrics"]["top1_accuracy"] <= 1
-
-    before = {p.name: p.stat().st_mtime_ns for p in results.glob("*.json")}
-    again = run_grid(sample_pack, results, models, arms)
-    assert again.returncode == 0, again.stderr[-4000:]
-    assert "'written': 0" in again.stderr + again.stdout
-    assert before == {p.name: p.stat().st_mtime_ns for p in results.glob("*.json")}
-
-    from benchmarks.esi_claim.report import main as report
-
-    output = report(["--results-dir", str(tmp_path / "results"), "--output", str(tmp_path / "esi_claim.md"),
-                     "--bootstrap-samples", "100"])  # fmt: skip
-    text = output.read_text()
-    assert "SMOKE RUN" in text and "no evidence" in text
-    assert "| met |" not in text and "no verdict (smoke run)" in text
-    assert f"`{pretrain['weights_sha256'][:16]}`" in text
-    assert "| esi_full - random_init |" in text and "| esi_full - supervised_scratch |" in text
-    assert (tmp_path / "esi_claim_tiny_label_efficiency.png").stat().st_size > 0
-
-    summary = report(["--results-dir", str(tmp_path / "results"), "--model-summary", pretrain["weights_sha256"],
-                      "--summary-output", str(tmp_path / "summary.json")])  # fmt: skip
-    entries = json.loads(summary.read_text())["results"]
-    assert entries and {e["weights_sha256"] for e in entries} == {pretrain["weights_sha256"]}
-
-
-@pytest.mark.slow
-def test_pretraining_batches_do_not_depend_on_loader_workers_and_the_pool_head_starts_at_the_prior(sample_pack):
-    import torch
-
-    from benchmarks.esi_claim.run import ARMS_BY_NAME, Pack, PretrainingBatches, pretrain, state_sha256
-
-    pack = Pack(sample_pack)
-    # Rows are drawn up front and every augmentation is seeded by (seed, step, view, row): worker processes
-    # (the gpu profile's prefetching) must give the same batches, hence the same weights, as in-line preparation.
-    batches = PretrainingBatches(pack.pool_signals, pack.meta["sampling_rate"], 3, 7, 16, views=2)
-    assert all(len(set(rows)) == 16 for rows in batches.rows)  # no record twice in one batch
-    weights = []
-    for workers in (0, 2):
-        profile = replace(PROFILES["tiny"], steps=3, loader_workers=workers)
-        model, _ = pretrain(ARMS_BY_NAME["ssl_two_views"], profile, pack, 0, torch.device("cpu"))
-        weights.append(state_sha256(model.state_dict()))
-    assert weights[0] == weights[1]
-
-    # A zero-bias head starts at BCE log(2) = 0.693 and drove the first grid's encoders to one embedding;
-    # started at the statements' prior log odds, the first loss is the prior's entropy, far below.
-    _, summary = pretrain(
-        ARMS_BY_NAME["supervised_pool"], replace(PROFILES["tiny"], steps=2), pack, 0, torch.device("cpu")
-    )
-    prior = pack.pool_statements().mean(0).clip(1e-3, 1 - 1e-3)
-    entropy = float(np.mean(-(prior * np.log(prior) + (1 - prior) * np.log(1 - prior))))
-    assert summary["first_loss"] < 0.5 and abs(summary["first_loss"] - entropy) < 0.1
-
-
 def test_embedding_spread_tells_a_collapsed_encoder_from_a_working_one():
     from benchmarks.esi_claim.run import embedding_spread
 
@@ -216,27 +106,142 @@ def test_embedding_spread_tells_a_collapsed_encoder_from_a_working_one():
     assert collapsed["effective_rank"] < 1.5 and collapsed["mean_dimension_std"] < 1e-4
 
 
-def test_report_intervals_carry_the_spread_between_pretraining_seeds():
-    from benchmarks.esi_claim.report import Section
+def test_crossfit_predicts_each_fold_with_a_probe_that_never_saw_it():
+    from benchmarks.esi_claim.crossfit import crossfit_probe, validation_fold
 
-    rng = np.random.default_rng(2)
-    labels = (rng.random((300, 4)) < 0.3).astype(int)
-    ids = np.arange(300)
+    assert validation_fold(list(range(1, 11)), 10) == 9 and validation_fold(list(range(1, 11)), 1) == 10
+    rng = np.random.default_rng(0)
+    folds = np.repeat(np.arange(1, 11), 40)
+    labels = (rng.random((400, 2)) < 0.4).astype(np.int64)
+    labels[labels.sum(1) == 0, 0] = 1
+    signal = np.where(labels == 1, 1.0, -1.0)
+    # In fold 3 the features say the opposite of its labels: a probe that trained (or stopped early) on fold 3
+    # would score it above chance; trained on the other folds only, it must score it far below.
+    signal[folds == 3] *= -1
+    features = np.concatenate([signal + 0.3 * rng.normal(size=signal.shape), rng.normal(size=(400, 2))], 1)
+    result = crossfit_probe(
+        features.astype(np.float32), labels, ["a", "b"], folds, np.arange(400), 1.0, 0, epochs=60, patience=10
+    )
+    assert result["records"] == 400 and result["_scores"]["scores"].dtype == np.float32
+    assert result["folds"][3]["macro_auroc"] < 0.35 and result["folds"][5]["macro_auroc"] > 0.9
+    assert all(info["validation_fold"] != k for k, info in result["folds"].items())
+    assert all(info["train_records"] == 320 for info in result["folds"].values())  # 8 folds of 40
+    assert result["folds"][10]["validation_fold"] == 9  # fold 10's probe is the standard PTB-XL split
 
-    def run(arm: str, pretrain_seed: int, probe_seed: int, noise: float) -> dict:
-        scores = labels + noise * rng.normal(size=labels.shape)
-        return {
-            "run_id": f"probe-{arm}-s{pretrain_seed}-p{probe_seed}", "arm": arm, "kind": "probe", "config": {},
-            "pretrain_seed": pretrain_seed, "probe_seed": probe_seed,
-            "_scores": {"test_ecg_ids": ids, "labels": labels, "scores": scores},
-        }  # fmt: skip
 
-    # three pretraining runs of very different quality, two probe seeds each
-    uneven = [run("a", s, p, noise) for s, noise in enumerate((0.4, 1.0, 2.5)) for p in (0, 1)]
-    section = Section("synthetic", uneven, samples=400)
-    seeds_only = section.seed_draws(uneven)
-    records_only = np.mean([section.draws(r) for r in uneven], 0)
-    assert np.std(seeds_only) > 2 * np.std(records_only)
-    assert section.seed_draws(uneven).tolist() == seeds_only.tolist()  # the same report on every run
-    single = [r for r in uneven if r["pretrain_seed"] == 0]
-    assert np.allclose(section.seed_draws(single), np.mean([section.draws(r) for r in single], 0))
+def test_paired_difference_gives_each_verdict_and_pairing_cancels_seed_effects():
+    from benchmarks.esi_claim.paired import ArmScores, holm, paired_difference
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((600, 3)) < 0.3).astype(int)
+    base = labels + rng.normal(size=labels.shape)
+    # Each pretraining seed shifts both arms alike (a shared init and shared batches): pairing removes it.
+    seed_effect = {s: rng.normal(scale=1.0, size=labels.shape) for s in range(5)}
+
+    def arm(extra_noise: float, offset: float = 0.0) -> ArmScores:
+        return ArmScores(
+            labels,
+            {
+                s: [base + offset * labels + seed_effect[s] + extra_noise * rng.normal(size=labels.shape)]
+                for s in range(5)
+            },
+        )
+
+    reference = arm(0.05)
+    same = paired_difference(arm(0.05), reference, 400, 0, 0.02)
+    assert same["verdict"] == "equivalent within 0.02" and same["se"] < 0.005
+    assert same["mdd"] == pytest.approx(2.8016 * same["se"], rel=1e-3)
+    better = paired_difference(arm(0.05, offset=0.5), reference, 400, 0, 0.02)
+    assert better["verdict"] == "better" and better["ci95"][0] > 0
+    assert paired_difference(reference, arm(0.05, offset=0.5), 400, 0, 0.02)["verdict"] == "worse"
+    few = np.zeros(600, dtype=bool)
+    few[:40] = True
+    noisy = paired_difference(arm(2.0), reference, 400, 0, 0.02, subset=few)
+    assert noisy["verdict"] == "too noisy to say" and noisy["records"] == 40
+    # Unpaired (the other arm's seeds shuffled), the shared seed effects no longer cancel.
+    shuffled = ArmScores(labels, {s: reference.by_seed[(s + 1) % 5] for s in range(5)})
+    assert paired_difference(arm(0.05), shuffled, 400, 0, 0.02)["se"] > 3 * same["se"]
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+
+@pytest.fixture(scope="module")
+def sample_pack(ptbxl_sample_dir, tmp_path_factory) -> Path:
+    from benchmarks.esi_claim.pack import pack
+
+    profile = replace(PROFILES["tiny"], pool_records=40, eval_records=None, caption_eval_records=6)
+    return pack(profile, tmp_path_factory.mktemp("claim"), ptbxl_sample_dir, ptbxl_sample_dir, num_proc=1)
+
+
+@pytest.mark.slow
+def test_grid_arms_are_esi_train_runs_paired_by_seed_and_feed_the_report(sample_pack, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from benchmarks.esi_claim.pretraining import initial_model
+    from benchmarks.esi_claim.report import main as report
+    from benchmarks.esi_claim.run import Pack
+    from benchmarks.esi_claim.run import main as run_grid
+    from esi.checksum import state_dict_sha256
+
+    meta = json.loads((sample_pack / "meta.json").read_text())
+    assert all(sha256_file(sample_pack / name) == digest for name, digest in meta["files"].items())
+    results, work = tmp_path / "results" / "tiny", tmp_path / "work"
+    common = ["--profile", "tiny", "--pack", str(sample_pack), "--results-dir", str(results), "--work-dir", str(work)]
+    arms = "esi_full,statements_only,supervised_pool,random_init"
+    summary = run_grid([*common, "--stage", "grid", "--steps", "3", "--arms", arms, "--threads", "1"])
+    assert summary["written"] > 0
+    runs = {p.stem: json.loads(p.read_text()) for p in results.glob("*.json")}
+    assert all(r["protocol"] == "crossfit-paired-v2" for r in runs.values())
+
+    # Pairing: at a seed, every arm (random_init included) starts from one ECG encoder; the trained arms saw
+    # one sequence of batches; another seed gives another encoder.
+    for seed in (0, 1):
+        pretrains = [r for r in runs.values() if r["kind"] == "pretrain" and r["pretrain_seed"] == seed]
+        assert len({r["training"]["initial_ecg_encoder_sha256"] for r in pretrains}) == 1
+        trained = [r for r in pretrains if r["training"]["steps"]]
+        assert len(trained) == 3 and len({r["training"]["batch_ecg_ids_sha256"] for r in trained}) == 1
+    init0, init1 = (runs[f"pretrain-esi_full-n3-s{s}"]["training"]["initial_ecg_encoder_sha256"] for s in (0, 1))
+    assert init0 != init1
+    assert "same ECG encoder" in runs["probe-supervised_pool-n3-s1-rhythm-f0.1-p0"]["pairing"]
+
+    # The grid's esi_full is the esi-train command it records: run that command, get the same weights.
+    command = runs["pretrain-esi_full-n3-s0"]["training"]["esi_train_command"].split()
+    assert command[0] == "esi-train"
+    cli_dir = tmp_path / "cli"
+    args = command[1:]
+    args[args.index("--output-dir") + 1] = str(cli_dir)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    grid_weights = load_file(str(work / "models" / "esi_full-n3-s0" / "model" / "model.safetensors"))
+    cli_weights = load_file(str(cli_dir / "model" / "model.safetensors"))
+    assert grid_weights.keys() == cli_weights.keys()
+    for name in grid_weights:
+        torch.testing.assert_close(cli_weights[name], grid_weights[name], rtol=0, atol=0, msg=name)
+
+    # random_init is rebuilt from its seed alone.
+    pack = Pack(sample_pack)
+    rebuilt = initial_model(PROFILES["tiny"], pack, work / "inputs", 0)
+    assert state_dict_sha256(rebuilt.state_dict()) == runs["pretrain-random_init-s0"]["weights_sha256"]
+
+    # Cross-fitted probes score every labelled record; scores are stored in float32 and rescore exactly.
+    probe = runs["probe-esi_full-n3-s0-superdiagnostic-f0.1-p0"]
+    with np.load(results / probe["scores_file"]) as saved:
+        assert saved["scores"].dtype == np.float32
+        assert macro_auroc(saved["labels"], saved["scores"]) == pytest.approx(probe["metrics"]["macro_auroc"], abs=1e-9)
+        assert len(saved["rows"]) == probe["records"] == int((pack.labels("superdiagnostic").sum(1) > 0).sum())
+    assert set(probe["folds"]) == {str(k) for k in np.unique(pack.folds)}
+
+    before = {p.name: p.stat().st_mtime_ns for p in results.glob("*.json")}
+    again = run_grid([*common, "--stage", "grid", "--steps", "3", "--arms", arms, "--threads", "1"])
+    assert again["written"] == 0 and before == {p.name: p.stat().st_mtime_ns for p in results.glob("*.json")}
+
+    output = report(["--results-dir", str(tmp_path / "results"), "--output", str(tmp_path / "esi_claim.md"),
+                     "--bootstrap-samples", "100"])  # fmt: skip
+    text = output.read_text()
+    assert "SMOKE RUN" in text and "no verdict (smoke run)" in text and "| esi_full - statements_only |" in text
+    assert "1 initial ECG encoder digest(s)" in text and "SE fold 10 only" in text
+    summary = report(["--results-dir", str(tmp_path / "results"), "--model-summary", probe["weights_sha256"],
+                      "--summary-output", str(tmp_path / "summary.json")])  # fmt: skip
+    entries = json.loads(summary.read_text())["results"]
+    assert entries and {e["weights_sha256"] for e in entries} == {probe["weights_sha256"]}

@@ -101,6 +101,11 @@ def test_killed_run_resumes_to_the_same_weights(
     assert expected.keys() == actual.keys()
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
+    # The digests that pair runs survive the kill: the same initial encoder, the same batches in the same order.
+    summaries = [json.loads((d / "model" / "training_summary.json").read_text()) for d in (straight, resumed)]
+    assert summaries[1]["resumed_from_step"] == every and summaries[0]["resumed_from_step"] == 0
+    for key in ("initial_ecg_encoder_sha256", "batch_ecg_ids_sha256"):
+        assert summaries[0][key] == summaries[1][key], key
 
 
 def test_mismatched_captions_are_refused(prepared_sample, tmp_path):

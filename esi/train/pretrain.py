@@ -21,20 +21,24 @@ processes); it only averages gradients over micro-batches.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer, BertConfig
 
+from esi.checksum import state_dict_sha256
 from esi.disk_errors import exit_on_full_disk
 from esi.text_encoder import default_text_model_path
 from esi.train.arguments import (
@@ -53,10 +57,14 @@ from esi.train.checkpoints import (
 from esi.train.data import PretrainingData, build_data
 from esi.train.optim import build_optimizer, build_scheduler
 from esi.train.retrieval_eval import embed_ecg_text, retrieval_recall
-from esi.train.text_cache import restore_text_tower, use_cached_text_tower
+from esi.train.text_cache import load_text_embeddings, restore_text_tower, use_cached_text_tower
+from esi.train.vocabulary import caption_token_ids, trim_model_vocabulary, trimmed_tokenizer
 from modeling_esi import EsiConfig, EsiFeatureExtractor, EsiModel, EsiProcessor
 
 logger = logging.getLogger("esi.train")
+
+
+LOSS_NAMES = ("loss", "contrastive_loss", "caption_loss")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -92,7 +100,31 @@ class Schedule:
         return epoch, updates_done * self.accumulation
 
 
-def build_model(model_args: ModelArguments, max_text_length: int, text_model_path: Path) -> EsiModel:
+class BatchDigest:
+    """A sha256 chained over the ECG ids of every batch trained on, in order, kept in checkpoints: two runs
+    with equal digests trained on the same records in the same order (and, with the same seed, the same
+    augmentations, which are seeded by seed, epoch and row)."""
+
+    def __init__(self):
+        self.hexdigest = hashlib.sha256().hexdigest()
+
+    def update(self, ecg_ids: torch.Tensor) -> None:
+        step = hashlib.sha256(self.hexdigest.encode())
+        step.update(ecg_ids.cpu().numpy().astype("<i8").tobytes())
+        self.hexdigest = step.hexdigest()
+
+    def state_dict(self) -> dict:
+        return {"hexdigest": self.hexdigest}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.hexdigest = state["hexdigest"]
+
+
+def build_model(
+    model_args: ModelArguments, max_text_length: int, text_model_path: Path, text_width: int | None = None
+) -> EsiModel:
+    """A new ESI model. `text_width`: the width of precomputed text embeddings; when it is not the tower's,
+    the text tower is a 1-layer placeholder of that width (never run: the embeddings stand in for it)."""
     heads = max(1, model_args.decoder_width // 64)
     config = EsiConfig(
         ecg_config={"size": model_args.config},
@@ -108,8 +140,24 @@ def build_model(model_args: ModelArguments, max_text_length: int, text_model_pat
         caption_loss_weight=model_args.caption_loss_weight,
         same_text_positives=model_args.same_text_positives,
     )
+    tower_config = AutoConfig.from_pretrained(text_model_path)
+    if text_width is not None and text_width != tower_config.hidden_size:
+        logger.warning(
+            "text embeddings are %d wide, the tower %d: a placeholder tower stands in, so the saved model cannot "
+            "embed new text",
+            text_width,
+            tower_config.hidden_size,
+        )
+        config.text_config = BertConfig(
+            vocab_size=tower_config.vocab_size,
+            hidden_size=text_width,
+            num_hidden_layers=1,
+            num_attention_heads=1,
+            intermediate_size=text_width,
+        )
+        return EsiModel(config)
     if model_args.random_text_tower:
-        config.text_config = AutoConfig.from_pretrained(text_model_path)
+        config.text_config = tower_config
         return EsiModel(config)
     return EsiModel.from_text_pretrained(text_model_path, config=config)
 
@@ -151,8 +199,14 @@ def pretrain(
     model_args: ModelArguments,
     optim_args: OptimizationArguments,
     run_args: RunArguments,
+    objective: Callable[[EsiModel], nn.Module] | None = None,
 ) -> Path:
-    """Pretrain and save a Hub-ready model folder; returns OUTPUT_DIR/model."""
+    """Pretrain and save a Hub-ready model folder; returns OUTPUT_DIR/model.
+
+    `objective` (for baselines without an ESI loss): wraps the model in a module called as the model is,
+    `objective(**batch, return_loss=True)`, returning `.loss` (and any of `contrastive_loss`, `caption_loss`);
+    its own parameters train and are checkpointed with the model's, and the model folder is saved as usual.
+    """
     output_dir = Path(run_args.output_dir)
     accelerator = make_accelerator(optim_args, run_args)
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING, format="%(message)s")
@@ -160,7 +214,12 @@ def pretrain(
 
     text_model_path = default_text_model_path() if model_args.text_model == "default" else Path(model_args.text_model)
     tokenizer = AutoTokenizer.from_pretrained(text_model_path)
-    model = build_model(model_args, data_args.max_text_length, text_model_path)
+    precomputed = None
+    if model_args.text_embeddings:
+        precomputed = load_text_embeddings(model_args.text_embeddings, data_args.max_text_length)
+    text_width = len(next(iter(precomputed.values()))) if precomputed else None
+    model = build_model(model_args, data_args.max_text_length, text_model_path, text_width)
+    initial_ecg_encoder_sha256 = state_dict_sha256(model.ecg_model.state_dict())
     if model_args.freeze_text_tower:
         model.text_model.requires_grad_(False)
     if optim_args.gradient_checkpointing:
@@ -169,13 +228,31 @@ def pretrain(
         sampling_rate=model.config.ecg_config.sampling_rate, duration_s=model.config.ecg_config.duration_s
     )
     data = build_data(data_args, optim_args, feature_extractor, tokenizer)
+    caption_vocabulary = len(tokenizer)
+    if model_args.trim_vocabulary:
+        kept = caption_token_ids(tokenizer, data.train_set.captions, data_args.max_text_length)
+        tokenizer = trimmed_tokenizer(tokenizer, kept, data.train_set.captions, data_args.max_text_length)
+        trim_model_vocabulary(model, kept)
+        for loader in (data.train_loader, data.eval_loader):
+            if loader is not None:
+                loader.collate_fn.tokenizer = tokenizer
+        logger.info("caption vocabulary trimmed to the %d tokens the training captions use", len(kept))
+        caption_vocabulary = len(kept)
     text_cache_seconds = None
-    if model_args.cache_text_embeddings:
+    if model_args.cache_text_embeddings or precomputed:
         started = time.perf_counter()
-        cache = use_cached_text_tower(model, tokenizer, data.train_set.captions, data_args.max_text_length)
+        cache = use_cached_text_tower(
+            model, tokenizer, data.train_set.captions, data_args.max_text_length, precomputed=precomputed
+        )
         text_cache_seconds = round(time.perf_counter() - started, 2)
-        logger.info("embedded %d distinct captions once in %.1f s (frozen text tower)", len(cache), text_cache_seconds)
+        source = f"read from {model_args.text_embeddings}" if precomputed else "embedded once"
+        logger.info("%d distinct captions %s in %.1f s (frozen text tower)", len(cache), source, text_cache_seconds)
 
+    esi_model = model
+    if objective is not None:
+        if data.eval_loader is not None:
+            raise ValueError("an objective other than ESI's has no retrieval evaluation: pass --eval-split none")
+        model = objective(model)
     optimizer = build_optimizer(model, optim_args)
     raw_optimizer = optimizer
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, data.train_loader)
@@ -183,6 +260,7 @@ def pretrain(
     schedule = Schedule.for_run(len(train_loader), optim_args)
     # Not registered with Accelerate (it would pickle it): its state is JSON in the checkpoint's training state.
     scheduler = build_scheduler(raw_optimizer, optim_args, schedule.max_steps)
+    digest = BatchDigest()  # like the scheduler, kept as JSON in the checkpoint's training state
     if run_args.report_to != "none":
         config = all_arguments(data_args, model_args, optim_args, run_args)
         accelerator.init_trackers("esi_pretraining", config={k: v for k, v in config.items() if v is not None})
@@ -193,6 +271,7 @@ def pretrain(
         global_step, resumed = load_checkpoint(accelerator, output_dir, run_args.resume_from_checkpoint)
         if resumed:
             scheduler.load_state_dict(resumed["scheduler"])
+            digest.load_state_dict(resumed["batch_digest"])
         set_aside_later_checkpoints(accelerator, output_dir, global_step)
 
     logger.info(
@@ -204,9 +283,10 @@ def pretrain(
         optim_args.per_device_batch_size,
         optim_args.per_device_batch_size * accelerator.num_processes - 1,
     )
+    resumed_from_step = global_step
     run = train_loop(
         accelerator, model, optimizer, scheduler, train_loader, eval_loader, data, schedule, global_step,
-        model_args, optim_args, run_args, resumed,
+        model_args, optim_args, run_args, digest, esi_model, resumed,
     )  # fmt: skip
 
     final_dir = output_dir / "model"
@@ -216,13 +296,17 @@ def pretrain(
             "train_ecgs": len(data.train_set),
             "num_processes": accelerator.num_processes,
             "text_cache_seconds": text_cache_seconds,
+            "caption_vocabulary": caption_vocabulary,
+            "resumed_from_step": resumed_from_step,
+            # Runs with equal values started from the same ECG encoder and trained on the same batches.
+            "initial_ecg_encoder_sha256": initial_ecg_encoder_sha256,
+            "batch_ecg_ids_sha256": digest.hexdigest,
             "caption_truncation": data.truncation,
             "evaluation_overlap": data.evaluation_overlap,
             "args": all_arguments(data_args, model_args, optim_args, run_args),
         }
-        unwrapped = accelerator.unwrap_model(model)
-        restore_text_tower(unwrapped)
-        save_model_folder(unwrapped, feature_extractor, tokenizer, final_dir, summary)
+        restore_text_tower(esi_model)
+        save_model_folder(esi_model, feature_extractor, tokenizer, final_dir, summary)
         if run_args.push_to_hub:
             from esi.hub import push_folder
 
@@ -245,6 +329,8 @@ def train_loop(
     model_args: ModelArguments,
     optim_args: OptimizationArguments,
     run_args: RunArguments,
+    digest: BatchDigest,
+    esi_model: EsiModel,
     resumed: dict | None = None,
 ) -> dict:
     """Train from `global_step` to `schedule.max_steps`; returns the run's figures for the summary.
@@ -261,9 +347,12 @@ def train_loop(
     resumed = resumed or {}
     history: list[dict] = list(resumed.get("log_history", []))
     eval_metrics: dict[str, float] = {}
-    set_train_mode(accelerator.unwrap_model(model), model_args)
+    set_train_mode(esi_model, model_args)
+    # Another objective (a baseline) may need to know which records it trains on (its targets); ESI does not.
+    pass_ids = accelerator.unwrap_model(model) is not esi_model
     earlier_seconds, data_seconds = resumed.get("train_seconds", 0.0), resumed.get("data_seconds", 0.0)
-    started = time.perf_counter()
+    earlier_cpu_seconds = resumed.get("train_cpu_seconds", 0.0)
+    started, cpu_started = time.perf_counter(), time.process_time()
     for epoch in range(start_epoch, schedule.num_epochs):
         if global_step >= schedule.max_steps:  # resumed from the final checkpoint: nothing left to train
             break
@@ -273,7 +362,8 @@ def train_loop(
         waiting_since = time.perf_counter()
         for batch in loader:
             data_seconds += time.perf_counter() - waiting_since
-            ecg_ids = batch.pop("ecg_ids")
+            ecg_ids = batch["ecg_ids"] if pass_ids else batch.pop("ecg_ids")
+            digest.update(ecg_ids)
             with accelerator.accumulate(model):
                 outputs = model(**batch, return_loss=True)
                 check_finite(accelerator, outputs.loss, global_step, ecg_ids)
@@ -290,11 +380,9 @@ def train_loop(
             global_step += 1
             progress.update(1)
             logs = {
-                "loss": outputs.loss.item(),
-                "contrastive_loss": outputs.contrastive_loss.item(),
-                "caption_loss": outputs.caption_loss.item(),
+                **{name: value.item() for name in LOSS_NAMES if (value := getattr(outputs, name, None)) is not None},
                 "lr": scheduler.get_last_lr()[0],
-                "logit_scale": accelerator.unwrap_model(model).clamped_logit_scale().item(),
+                "logit_scale": esi_model.clamped_logit_scale().item(),
                 "elapsed_s": round(earlier_seconds + time.perf_counter() - started, 3),
             }
             progress.set_postfix(loss=f"{logs['loss']:.3f}")
@@ -307,6 +395,8 @@ def train_loop(
                     "log_history": history,
                     "train_seconds": earlier_seconds + time.perf_counter() - started,
                     "data_seconds": data_seconds,
+                    "train_cpu_seconds": earlier_cpu_seconds + time.process_time() - cpu_started,
+                    "batch_digest": digest.state_dict(),
                 }
                 save_checkpoint(accelerator, output_dir, global_step, run_args.checkpoints_total_limit, state)
             if eval_loader is not None and run_args.eval_steps and global_step % run_args.eval_steps == 0:
@@ -327,6 +417,8 @@ def train_loop(
     return {
         "steps": global_step,
         "train_seconds": round(train_seconds, 1),
+        # This process's CPU time (all its threads) over the whole run, resumed parts included.
+        "train_cpu_seconds": round(earlier_cpu_seconds + time.process_time() - cpu_started, 1),
         # Share of wall time spent waiting for the next batch (data loading + collation).
         "data_wait_fraction": round(data_seconds / max(train_seconds, 1e-9), 4),
         "final_losses": history[-1] if history else None,

@@ -298,8 +298,10 @@ _BASELINES: dict[str, object] = {}
 
 def _baseline_module(path: str):
     if path not in _BASELINES:
-        spec = importlib.util.spec_from_file_location(f"baseline_measurements_{len(_BASELINES)}", path)
+        name = f"baseline_measurements_{len(_BASELINES)}"
+        spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
         spec.loader.exec_module(module)
         _BASELINES[path] = module
     return _BASELINES[path]

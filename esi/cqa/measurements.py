@@ -11,9 +11,11 @@ Method (as clinical ECG programs do it, not per-lead delineation):
 3. QRS onset/offset come from the summed absolute slope of all independent leads on the
    median beat; per-lead QRS bounds, combined across leads, check them (too few agreeing
    leads: low confidence). T end and P onset/offset are delineated per lead by the tangent
-   method and combined across leads as clinical programs do: the global onset is the earliest
-   lead that other leads agree with, the global offset the latest (a lead no other lead
-   confirms is an outlier and is ignored). The T-end search stops before the next beat's P
+   method and combined across leads as clinical programs do: the global offset is the latest
+   lead that other leads agree with (a lead no other lead confirms is an outlier and is
+   ignored); the P onset is the median lead of the earliest agreeing group, since that
+   group's earliest lead is its noisiest member. The P-onset tangent meets the level just
+   before the wave, not the baseline of the whole P window. The T-end search stops before the next beat's P
    wave and at a physiological QT limit for the measured RR, so it cannot run into the next
    beat. A P wave is present when the delineated wave is locked to the QRS beat after beat.
 4. Every interval carries a quality flag (``quality``: measured / low_confidence /
@@ -107,9 +109,10 @@ class EcgMeasurements:
     rr_irregular: bool | None = None
     p_wave_absent: bool | None = None
     pr_interval_ms: float | None = None
-    p_duration_ms: float | None = None  # P onset to P offset (earliest to latest agreeing lead)
+    p_duration_ms: float | None = None  # P onset to P offset (earliest agreeing group to latest agreeing lead)
     qrs_duration_ms: float | None = None
-    # QRS duration by each way of combining leads (summed slope, median lead, global); diagnostic, not a column.
+    # QRS duration by other ways of combining the leads (median lead; global: earliest confirmed onset to
+    # latest confirmed offset); diagnostic, not a column.
     qrs_variants_ms: dict[str, float] | None = None
     qt_interval_ms: float | None = None
     qtc_bazett_ms: float | None = None
@@ -371,21 +374,24 @@ def _slope_extent(slope: np.ndarray, floor: float, lo: int, hi: int, gap: int) -
 
 @dataclass
 class _QrsBounds:
-    onset: int  # global onset (sample): earliest per-lead onset that other leads confirm
-    offset: int  # offset (sample) of the summed slope of the independent leads
+    onset: int  # sample where the summed slope of the independent leads starts
+    offset: int  # sample where it ends
     agreeing: int  # leads in the smaller agreeing group of per-lead onsets or offsets
-    variants_ms: dict[str, float]  # QRS duration by each way of combining the leads (diagnostic)
+    variants_ms: dict[str, float]  # QRS duration by other ways of combining the leads (diagnostic)
 
 
 def _qrs_bounds(beat: np.ndarray, rate: float, r0: int) -> _QrsBounds | None:
     """QRS onset/offset (samples) of the median beat (leads, samples), and how far the leads agree on them.
 
-    Each independent lead is delineated on its own slope and the per-lead bounds combined as clinical
-    programs do (``combine_leads``: earliest confirmed onset, latest confirmed offset, unconfirmed
-    leads are outliers). The onset is that global onset: the summed slope of all leads crosses its
-    threshold a few ms after the earliest leads start, which lengthened every PR and shortened every
-    QRS. The offset is the summed slope's: the latest *confirmed* lead misses a terminal deflection
-    that only two or three leads show (the terminal R' of right bundle branch block lies in V1-V2).
+    The bounds come from the summed absolute slope of the independent leads. Each independent lead
+    is also delineated on its own slope and the per-lead bounds combined as clinical programs do
+    (``combine_leads``: earliest confirmed onset, latest confirmed offset, unconfirmed leads are
+    outliers); the size of the smaller agreeing group says how far the leads support the bounds.
+    The summed-slope bounds are kept as the value; the global (earliest confirmed onset to latest
+    confirmed offset) and median-lead durations are returned for comparison. On PTB-XL the global
+    onset moved with the sampling rate more (same recordings at 100 and 500 Hz) and the latest
+    confirmed offset missed terminal deflections that only two or three leads show (the terminal R'
+    of right bundle branch block in V1-V2).
     """
     width = max(1, int(0.008 * rate))
     kernel = np.ones(width) / width
@@ -393,8 +399,8 @@ def _qrs_bounds(beat: np.ndarray, rate: float, r0: int) -> _QrsBounds | None:
     lo, hi = r0 - int(0.15 * rate), r0 + int(0.2 * rate)
     gap = int(QRS_GAP_S * rate)
     summed = slopes.sum(axis=0)
-    summed_on, offset, _ = _slope_extent(summed, float(np.percentile(summed, 10)), lo, hi, gap)
-    if not 0.04 * rate <= offset - summed_on <= 0.25 * rate:
+    onset, offset, _ = _slope_extent(summed, float(np.percentile(summed, 10)), lo, hi, gap)
+    if not 0.04 * rate <= offset - onset <= 0.25 * rate:
         return None
     floors = np.percentile(slopes, 10, axis=1)  # one call for all leads
     per_lead = [_slope_extent(s, float(f), lo, hi, gap) for s, f in zip(slopes, floors, strict=True)]
@@ -404,15 +410,9 @@ def _qrs_bounds(beat: np.ndarray, rate: float, r0: int) -> _QrsBounds | None:
     tol = AGREE_QRS_S * rate
     first, on_agree = combine_leads([a for a, _ in leads], tol, latest=False)
     last, off_agree = combine_leads([b for _, b in leads], tol, latest=True)
-    onset = summed_on if first is None else int(first)
-    ms = 1000.0 / rate
-    variants = {
-        "summed_slope": (offset - summed_on) * ms,
-        "median_lead": float(np.median([b - a for a, b in leads])) * ms,
-        "global_onset_summed_offset": (offset - onset) * ms,
-    }
+    variants = {"median_lead": float(np.median([b - a for a, b in leads])) * 1000.0 / rate}
     if first is not None and last is not None:
-        variants["global"] = (last - first) * ms
+        variants["global"] = (last - first) * 1000.0 / rate
     return _QrsBounds(onset, offset, min(on_agree, off_agree), variants)
 
 
@@ -537,7 +537,7 @@ def _chord_detrend(segment: np.ndarray, rate: float) -> np.ndarray:
 @dataclass
 class _PWave:
     present: bool
-    onset: float | None = None  # global P onset (sample), None when no lead pair agrees
+    onset: float | None = None  # P onset (sample): median lead of the earliest agreeing group; None: no pair agrees
     offset: float | None = None  # global P offset (sample), likewise
     agreeing: int = 0  # leads in the largest agreeing group of onsets
     offset_agreeing: int = 0  # likewise for the offsets
@@ -584,7 +584,12 @@ def _p_wave(
     level = int(P_LEVEL_S * rate)
     found = [b for b in (_wave_bounds(x, P_LEAD_MIN_MV, level) for x in detrended) if b is not None]
     tol = AGREE_P_S * rate
-    first, agreeing = _combined([b[0] for b in found], tol, latest=False)
+    onsets = np.array([b[0] for b in found])
+    first, agreeing = _combined(onsets, tol, latest=False)
+    if first is not None:
+        # The earliest lead of the agreeing group is the noisiest estimate of where the group starts (the
+        # tangent of a broad, low P wave reaches far back): the group's median lead gives the onset.
+        first = float(np.median(onsets[(onsets >= first) & (onsets <= first + tol)]))
     last, offset_agreeing = _combined([b[1] for b in found], tol, latest=True)
     too_long = first is not None and last is not None and last - first > P_MAX_S * rate
     if too_long and irregular:

@@ -7,6 +7,10 @@ only captions of labelled records get). Thresholds were tuned on folds 1-9; fold
     python -m benchmarks.bench_measurements                       # all records at 100 Hz + records 1-500 at 500 Hz
     python -m benchmarks.bench_measurements --limit 300 --hr-limit 50   # quick look
     python -m benchmarks.bench_measurements --report-only benchmarks/results/measurements-<stamp>.json
+    python -m benchmarks.bench_measurements --baseline <git rev>   # + that revision's code in the same run
+
+Also: PR and QRS of NORM records against adult normal ranges, 1AVB/LPR sensitivity at fixed NORM
+false-positive shares, QRS by other lead combinations, and the same recordings at 100 vs 500 Hz.
 
 Writes benchmarks/results/measurements-<UTC stamp>.json (command, git commit, figures) and the
 Markdown report benchmarks/reports/measurements.md generated from that JSON.

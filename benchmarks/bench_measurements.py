@@ -7,6 +7,10 @@ only captions of labelled records get). Thresholds were tuned on folds 1-9; fold
     python -m benchmarks.bench_measurements                       # all records at 100 Hz + records 1-500 at 500 Hz
     python -m benchmarks.bench_measurements --limit 300 --hr-limit 50   # quick look
     python -m benchmarks.bench_measurements --report-only benchmarks/results/measurements-<stamp>.json
+    python -m benchmarks.bench_measurements --baseline <git rev>   # + that revision's code in the same run
+
+Also: PR and QRS of NORM records against adult normal ranges, 1AVB/LPR sensitivity at fixed NORM
+false-positive shares, QRS by other lead combinations, and the same recordings at 100 vs 500 Hz.
 
 Writes benchmarks/results/measurements-<UTC stamp>.json (command, git commit, figures) and the
 Markdown report benchmarks/reports/measurements.md generated from that JSON.
@@ -16,12 +20,16 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +37,14 @@ import pandas as pd
 import wfdb
 
 from esi.cqa.consistency import reconcile_with_statements
-from esi.cqa.measurements import INTERVAL_NAMES, EcgMeasurements, MeasurePool, axis_category_ptbxl, measure_batch
+from esi.cqa.measurements import (
+    INTERVAL_NAMES,
+    EcgMeasurements,
+    MeasurePool,
+    axis_category_ptbxl,
+    measure_batch,
+    measure_ecg,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 # PTB-XL heart_axis codes in its German convention, grouped three ways.
@@ -46,6 +61,10 @@ AXIS_GROUPS = {
 LONG_QT_OR_WIDE_QRS = {"LNGQT", "CLBBB", "CRBBB", "IVCD", "WPW", "PACE", "ILBBB"}
 SINUS = {"SR", "SBRAD", "STACH", "SARRH"}
 WINDOW_BINS_MS = (0, 20, 35, 100)  # distance of the T end from the end of its search window
+# Published adult normal ranges (ms) the NORM distributions are held against.
+PR_NORMAL_MS, QRS_NORMAL_MS = (120.0, 200.0), (80.0, 110.0)
+PERCENTILES = (5, 25, 50, 75, 95)
+ROC_FALSE_POSITIVES = (0.02, 0.04, 0.06, 0.08, 0.10)  # NORM shares at which the 1AVB/LPR sensitivity is read
 
 
 def load(ptbxl_dir: Path, folds: list[int], limit: int | None, rate: int) -> tuple[pd.DataFrame, list, list]:
@@ -108,12 +127,81 @@ def agreement(db: pd.DataFrame, ms: list[EcgMeasurements]) -> list[dict]:
     row("AFIB: irregular and no consistent P", irregular & no_p, has["AFIB"], sr, "SR", ">= 90%, SR <= 3%")
     row("AFIB (part): RR irregular", irregular, has["AFIB"], sr, "SR", "")
     row("AFIB (part): P wave absent", no_p, has["AFIB"], sr, "SR", "")
-    row("CLBBB/CRBBB: QRS >= 120 ms", qrs >= 120, has["CLBBB"] | has["CRBBB"], norm, "NORM", ">= 90%, NORM <= 2%")
-    row("1AVB/LPR: PR > 200 ms", pr > 200, has["1AVB"] | has["LPR"], norm, "NORM", ">= 80%, NORM <= 8%")
+    row("CLBBB/CRBBB: QRS >= 120 ms", qrs >= 120, has["CLBBB"] | has["CRBBB"], norm, "NORM", ">= 92%, NORM <= 1%")
+    row("1AVB/LPR: PR > 200 ms", pr > 200, has["1AVB"] | has["LPR"], norm, "NORM", ">= 85%, NORM <= 4%")
     expected = db.heart_axis.map(AXIS_GROUPS).to_numpy()
     labelled = np.array([isinstance(e, str) for e in expected])
     measured = np.array([axis_category_ptbxl(m.qrs_axis_deg) if m.qrs_axis_deg is not None else None for m in ms])
     row("heart_axis: 3-way (left/normal/right)", measured == expected, labelled, np.zeros(len(ms), bool), "", ">= 90%")
+    return rows
+
+
+def _distribution(values: np.ndarray, normal: tuple[float, float]) -> dict:
+    """Percentiles and shares below / within / above a normal range of the measured values (NaN: not measured)."""
+    x = values[~np.isnan(values)]
+    out = {"n": int(len(values)), "measured": int(len(x))}
+    if len(x):
+        out["percentiles_ms"] = {
+            str(q): float(v) for q, v in zip(PERCENTILES, np.percentile(x, PERCENTILES), strict=True)
+        }
+        out["below"], out["above"] = float((x < normal[0]).mean()), float((x > normal[1]).mean())
+        out["within"] = 1.0 - out["below"] - out["above"]
+    return out
+
+
+def _statement(db: pd.DataFrame, *codes: str) -> np.ndarray:
+    return db.codes.apply(lambda c: any(code in c for code in codes)).to_numpy()
+
+
+def norm_intervals(db: pd.DataFrame, ms: list[EcgMeasurements]) -> dict:
+    """PR and QRS of NORM records against the adult normal ranges, with the statement checks beside them.
+
+    PR: NORM records without 1AVB/LPR; QRS: NORM records without CLBBB/CRBBB. Shares of records over a
+    limit count a missing value as not over it (as the agreement table does). QRS is given for the shipped
+    value and for each way of combining the leads (summed slope, median lead, global onset to offset).
+    """
+    avb, bbb = _statement(db, "1AVB", "LPR"), _statement(db, "CLBBB", "CRBBB")
+    norm = _statement(db, "NORM")
+    pr = _values(ms, "pr_interval_ms")
+    stated_pr = np.array([m.quality("pr_interval_ms")[0] == "measured" for m in ms])
+    ref = norm & ~avb
+    out = {
+        "pr_norm": {
+            **_distribution(pr[ref], PR_NORMAL_MS),
+            "over_200": _share(pr[ref] > 200),
+            "over_200_stated": _share((pr > 200)[ref & stated_pr]),
+            "avb_lpr_sensitivity": _share(pr[avb] > 200),
+            "n_avb_lpr": int(avb.sum()),
+        },
+        "pr_operating_points": pr_operating_points(pr[ref], pr[avb]),
+    }
+    variants = {"shipped": _values(ms, "qrs_duration_ms")}
+    for name in sorted({k for m in ms for k in (m.qrs_variants_ms or {})}):
+        variants[name] = np.array([(m.qrs_variants_ms or {}).get(name, np.nan) for m in ms])
+    ref = norm & ~bbb
+    out["qrs_norm"] = {
+        name: {
+            **_distribution(q[ref], QRS_NORMAL_MS),
+            "at_least_120": _share(q[ref] >= 120),
+            "bbb_sensitivity": _share(q[bbb] >= 120),
+            "n_bbb": int(bbb.sum()),
+        }
+        for name, q in variants.items()
+    }
+    return out
+
+
+def pr_operating_points(reference: np.ndarray, positive: np.ndarray) -> list[dict]:
+    """1AVB/LPR sensitivity at the PR threshold that flags a given share of NORM records, for every share
+    in ROC_FALSE_POSITIVES: what any threshold could give, apart from the clinical 200 ms."""
+    ref = np.nan_to_num(reference, nan=-np.inf)
+    pos = np.nan_to_num(positive, nan=-np.inf)
+    if not len(ref) or not len(pos):
+        return []
+    rows = []
+    for fp in ROC_FALSE_POSITIVES:
+        threshold = float(np.quantile(ref, 1 - fp))
+        rows.append({"norm_flagged": fp, "threshold_ms": threshold, "sensitivity": float((pos > threshold).mean())})
     return rows
 
 
@@ -191,6 +279,7 @@ def evaluate(db: pd.DataFrame, ms: list[EcgMeasurements]) -> dict:
         out[name] = {
             "n": int(sel.sum()),
             "raw_agreement": agreement(part, part_ms),
+            "norm_intervals": norm_intervals(part, part_ms),
             "qt_window": qt_window(part_ms),
             "plausibility": plausibility(part, part_ms),
             "quality": quality_counts(part_ms),
@@ -199,7 +288,75 @@ def evaluate(db: pd.DataFrame, ms: list[EcgMeasurements]) -> dict:
     return out
 
 
-def run(args: argparse.Namespace, rate: int, limit: int | None, pool: MeasurePool) -> dict:
+def baseline_source(rev: str) -> Path:
+    """esi/cqa/measurements.py as of git revision ``rev``, written to a temporary file."""
+    show = ["git", "show", f"{rev}:esi/cqa/measurements.py"]
+    text = subprocess.run(show, cwd=REPO, capture_output=True, text=True, check=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="measure-baseline-")) / "baseline_measurements.py"
+    path.write_text(text)
+    return path
+
+
+_BASELINES: dict[str, object] = {}
+
+
+def _baseline_module(path: str):
+    if path not in _BASELINES:
+        name = f"baseline_measurements_{len(_BASELINES)}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        _BASELINES[path] = module
+    return _BASELINES[path]
+
+
+def _measure_baseline(job: tuple) -> EcgMeasurements:
+    """One record measured by the baseline code, returned as this code's dataclass (its fields are a subset)."""
+    path, *args = job
+    return EcgMeasurements(**vars(_baseline_module(path).measure_ecg(*args)))
+
+
+def cpu_per_record(signals: list, leads: list, rate: int, ids: list, baseline: Path, rounds: int = 3) -> dict:
+    """CPU ms per record of this code and the baseline on the same records in this one process.
+
+    The two alternate round by round (the order flips each round) so a change in machine load hits both;
+    each one's median round is reported, and their ratio.
+    """
+    measure = {"this": measure_ecg, "baseline": _baseline_module(str(baseline)).measure_ecg}
+    times: dict[str, list[float]] = {name: [] for name in measure}
+    for r in range(rounds):
+        for name in list(measure)[:: 1 if r % 2 == 0 else -1]:
+            t0 = time.process_time()
+            for signal, names, ecg_id in zip(signals, leads, ids, strict=True):
+                measure[name](signal, rate, names, ecg_id)
+            times[name].append((time.process_time() - t0) / len(signals) * 1000.0)
+    median = {name: float(np.median(t)) for name, t in times.items()}
+    return {
+        "records": len(signals),
+        "rounds": rounds,
+        "cpu_ms_per_record": median,
+        "cpu_ms_per_record_rounds": times,
+        "ratio_this_to_baseline": median["this"] / median["baseline"],
+    }
+
+
+def rate_agreement(low: dict, high: dict) -> dict:
+    """The same recordings measured at 100 and 500 Hz ({ecg_id: EcgMeasurements} each): per interval, the
+    difference 100 - 500 Hz (mean, SD, share beyond 20 ms); its spread is measurement noise, not physiology."""
+    ids = sorted(set(low) & set(high))
+    out: dict = {"records": len(ids)}
+    for name in ("pr_interval_ms", "qrs_duration_ms", "qt_interval_ms"):
+        pairs = [(getattr(low[i], name), getattr(high[i], name)) for i in ids]
+        d = np.array([a - b for a, b in pairs if a is not None and b is not None])
+        out[name] = {"n": int(len(d))}
+        if len(d) > 1:
+            out[name] |= {"mean_ms": float(d.mean()), "sd_ms": float(d.std(ddof=1)), "over_20_ms": _share(abs(d) > 20)}
+    return out
+
+
+def run(args: argparse.Namespace, rate: int, limit: int | None, pool: MeasurePool) -> tuple[dict, dict]:
+    """Result of one sampling rate, and {code: {ecg_id: EcgMeasurements}} for this code (and the baseline)."""
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     db, signals, leads = load(args.ptbxl_dir.resolve(), args.folds, limit, rate)
@@ -207,7 +364,8 @@ def run(args: argparse.Namespace, rate: int, limit: int | None, pool: MeasurePoo
     t0 = time.perf_counter()
     ms = measure_batch(signals, rate, leads, ecg_ids=db.ecg_id.tolist(), pool=pool)
     t_measure = time.perf_counter() - t0
-    return {
+    by_id = {"this": dict(zip(db.ecg_id.tolist(), ms, strict=True))}
+    out = {
         "rate_hz": rate,
         "records": len(db),
         "first_ecg_id": int(db.ecg_id.min()),
@@ -222,6 +380,21 @@ def run(args: argparse.Namespace, rate: int, limit: int | None, pool: MeasurePoo
             "load_average_after": os.getloadavg()[0],
         },
     }
+    if args.baseline:
+        path = str(args.baseline_source)
+        jobs = [(path, *job) for job in zip(signals, [rate] * len(db), leads, db.ecg_id.tolist(), strict=True)]
+        with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("forkserver")) as old:
+            old_ms = list(old.map(_measure_baseline, jobs, chunksize=32))
+        n = min(args.timing_records, len(db))
+        load_before = os.getloadavg()[0]
+        timing = cpu_per_record(signals[:n], leads[:n], rate, db.ecg_id.tolist()[:n], args.baseline_source)
+        out["baseline"] = {
+            "rev": args.baseline,
+            "splits": evaluate(db, old_ms),
+            "timing": {**timing, "load_average_before": load_before, "load_average_after": os.getloadavg()[0]},
+        }
+        by_id["baseline"] = dict(zip(db.ecg_id.tolist(), old_ms, strict=True))
+    return out, by_id
 
 
 def _pct(x: float | None) -> str:
@@ -292,6 +465,8 @@ def render(result: dict) -> str:
                 f"AFIB flagged after it: {_pct(r['reconciliation']['afib_flagged_after'])}.",
                 "",
             ]
+            if "norm_intervals" in r:
+                out += _render_norm_intervals(r["norm_intervals"], ds.get("baseline", {}).get("splits", {}).get(split))
         s = ds["speed"]
         out += [
             f"Speed: measure_batch with {s['workers']} worker processes, {ds['records']} records in "
@@ -300,7 +475,79 @@ def render(result: dict) -> str:
             f"{s['load_average_after']:.1f} (shared machine).",
             "",
         ]
+        if "baseline" in ds:
+            t = ds["baseline"]["timing"]
+            out += [
+                f"CPU time per record, same run, one process, {t['records']} records x {t['rounds']} alternating "
+                f"rounds: this code {t['cpu_ms_per_record']['this']:.1f} ms, baseline `{ds['baseline']['rev']}` "
+                f"{t['cpu_ms_per_record']['baseline']:.1f} ms: ratio **{t['ratio_this_to_baseline']:.2f}** "
+                f"(load average {t['load_average_before']:.1f}/{t['load_average_after']:.1f}).",
+                "",
+            ]
+    for code, r in result.get("rate_agreement", {}).items():
+        out.append(
+            f"Same recordings at 100 and 500 Hz ({r['records']} records), {code} code, difference 100 - 500 Hz: "
+            + "; ".join(
+                f"{name}: mean {r[name]['mean_ms']:.1f} ms, SD {r[name]['sd_ms']:.1f} ms, "
+                f"beyond 20 ms {_pct(r[name]['over_20_ms'])} (n {r[name]['n']})"
+                for name in ("pr_interval_ms", "qrs_duration_ms", "qt_interval_ms")
+                if "sd_ms" in r[name]
+            )
+            + "."
+        )
     return "\n".join(out)
+
+
+def _dist_cells(d: dict) -> str:
+    p = d.get("percentiles_ms", {})
+    pct = " / ".join(f"{p[str(q)]:.0f}" for q in PERCENTILES) if p else "n/a"
+    shares = " | ".join(_pct(d.get(k)) for k in ("below", "within", "above"))
+    return f"{d['measured']} of {d['n']} | {pct} | {shares}"
+
+
+def _render_norm_intervals(r: dict, baseline: dict | None) -> list[str]:
+    """NORM PR/QRS distributions, the 1AVB/LPR operating points and the QRS variants (with the baseline's)."""
+    rows = [("this code", r)] + ([("baseline", baseline["norm_intervals"])] if baseline else [])
+    pcts = "/".join(map(str, PERCENTILES))
+    out = [
+        f"NORM records against adult normal ranges (PR {PR_NORMAL_MS[0]:.0f}-{PR_NORMAL_MS[1]:.0f} ms without "
+        f"1AVB/LPR, QRS {QRS_NORMAL_MS[0]:.0f}-{QRS_NORMAL_MS[1]:.0f} ms without CLBBB/CRBBB):",
+        "",
+        f"| interval | code | measured | P{pcts} ms | below | within | above | over limit (NORM) | "
+        "stated over limit | sensitivity (statement) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for code, x in rows:
+        pr = x["pr_norm"]
+        out.append(
+            f"| PR | {code} | {_dist_cells(pr)} | > 200 ms: {_pct(pr['over_200'])} | {_pct(pr['over_200_stated'])} | "
+            f"1AVB/LPR {_pct(pr['avb_lpr_sensitivity'])} (n {pr['n_avb_lpr']}) |"
+        )
+    for code, x in rows:
+        for name, q in x["qrs_norm"].items():
+            out.append(
+                f"| QRS {name} | {code} | {_dist_cells(q)} | >= 120 ms: {_pct(q['at_least_120'])} | | "
+                f"CLBBB/CRBBB {_pct(q['bbb_sensitivity'])} (n {q['n_bbb']}) |"
+            )
+    out += [
+        "",
+        "1AVB/LPR sensitivity at the PR threshold that flags a given share of NORM records (any threshold):",
+        "",
+    ]
+    for code, x in rows:
+        points = ", ".join(
+            f"NORM {_pct(p['norm_flagged'])}: {_pct(p['sensitivity'])} (> {p['threshold_ms']:.0f} ms)"
+            for p in x["pr_operating_points"]
+        )
+        out.append(f"- {code}: {points or 'n/a'}")
+    if baseline:
+        out += ["", "Baseline agreement on the same records:", ""]
+        out += [
+            f"- {row['check']}: {_pct(row['agreement'])}"
+            + (f"; {row['reference']} flagged {_pct(row['flagged_reference'])}" if row["reference"] else "")
+            for row in baseline["raw_agreement"]
+        ]
+    return out + [""]
 
 
 def main() -> None:
@@ -310,6 +557,12 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N records (by ecg_id) at 100 Hz")
     parser.add_argument("--hr-limit", type=int, default=500, help="first N records (by ecg_id) at 500 Hz; 0: none")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="git revision whose measurements.py is measured in the same run (agreement and CPU time per record)",
+    )
+    parser.add_argument("--timing-records", type=int, default=300, help="records per rate for the CPU-time ratio")
     parser.add_argument("--results-dir", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--report", type=Path, default=REPO / "benchmarks" / "reports" / "measurements.md")
     parser.add_argument("--report-only", type=Path, default=None, help="re-render the report from this JSON")
@@ -317,6 +570,8 @@ def main() -> None:
     if args.report_only:
         result = json.loads(args.report_only.read_text())
     else:
+        if args.baseline:
+            args.baseline_source = baseline_source(args.baseline)
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         path = args.results_dir / f"measurements-{stamp}.json"
@@ -325,12 +580,17 @@ def main() -> None:
             "git_commit": commit,
             "date": stamp,
             "cpus": os.cpu_count(),
+            "baseline_rev": args.baseline,
+            "seed": None,  # deterministic: nothing is drawn at random
             "json": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path),
         }
         with MeasurePool(args.workers) as pool:  # one pool for both sampling rates
-            result["datasets"] = [run(args, 100, args.limit, pool)]
+            low, low_ms = run(args, 100, args.limit, pool)
+            result["datasets"] = [low]
             if args.hr_limit:
-                result["datasets"].append(run(args, 500, args.hr_limit, pool))
+                high, high_ms = run(args, 500, args.hr_limit, pool)
+                result["datasets"].append(high)
+                result["rate_agreement"] = {code: rate_agreement(low_ms[code], high_ms[code]) for code in high_ms}
         args.results_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1))
     text = render(result)

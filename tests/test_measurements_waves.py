@@ -90,7 +90,7 @@ def test_long_p_like_deflection_in_an_irregular_rhythm_is_no_p_wave(ecg_id: int)
 
 def test_an_implausibly_long_p_wave_makes_pr_low_confidence() -> None:
     # CinC 2021 Georgia E07507 read at its 500 Hz: the P onset lands in the previous T wave (P "duration"
-    # near 300 ms, PR near 340 ms, where the same record at 100 Hz measures PR ~110 ms). Neither may be
+    # near 280 ms, PR above 320 ms, where the same record at 100 Hz measures PR ~110 ms). Neither may be
     # stated as fact.
     from esi.data.ecg_file import read_ecg_file
 

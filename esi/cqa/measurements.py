@@ -11,9 +11,11 @@ Method (as clinical ECG programs do it, not per-lead delineation):
 3. QRS onset/offset come from the summed absolute slope of all independent leads on the
    median beat; per-lead QRS bounds, combined across leads, check them (too few agreeing
    leads: low confidence). T end and P onset/offset are delineated per lead by the tangent
-   method and combined across leads as clinical programs do: the global onset is the earliest
-   lead that other leads agree with, the global offset the latest (a lead no other lead
-   confirms is an outlier and is ignored). The T-end search stops before the next beat's P
+   method and combined across leads as clinical programs do: the global offset is the latest
+   lead that other leads agree with (a lead no other lead confirms is an outlier and is
+   ignored); the P onset is the median lead of the earliest agreeing group, since that
+   group's earliest lead is its noisiest member. The P-onset tangent meets the level just
+   before the wave, not the baseline of the whole P window. The T-end search stops before the next beat's P
    wave and at a physiological QT limit for the measured RR, so it cannot run into the next
    beat. A P wave is present when the delineated wave is locked to the QRS beat after beat.
 4. Every interval carries a quality flag (``quality``: measured / low_confidence /
@@ -65,7 +67,11 @@ AGREE_QRS_S = 0.01  # per-lead QRS boundaries within this of each other agree
 P_MIN_MV = 0.03  # smaller median-beat P waves are not called present
 P_COHERENCE = 0.42  # P energy that survives averaging across beats, below: no consistent P
 ARTEFACT_ENERGY = 3.0  # a beat with more than this times a lead's median P-window energy is an artefact there
-P_ONSET_FRACTION = 0.2  # P onset: magnitude back to this fraction above its pre-P floor
+# P onset: the tangent meets the level of this stretch before the wave, not the chord's zero. The chord
+# joins the end of the previous T wave to the PR segment, which lies lower (atrial repolarisation), so
+# its zero sits below the level the P wave rises from and the tangent met it too early (PTB-XL NORM,
+# lead II: a median 0.012 mV below).
+P_LEVEL_S = 0.03
 T_MIN_MV = 0.05
 ST_OFFSET_S = 0.06
 P_LEAD_MIN_MV = 0.025  # a lead whose P wave is smaller takes no part in P delineation
@@ -103,8 +109,11 @@ class EcgMeasurements:
     rr_irregular: bool | None = None
     p_wave_absent: bool | None = None
     pr_interval_ms: float | None = None
-    p_duration_ms: float | None = None  # P onset to P offset (earliest to latest agreeing lead)
+    p_duration_ms: float | None = None  # P onset to P offset (earliest agreeing group to latest agreeing lead)
     qrs_duration_ms: float | None = None
+    # QRS duration by other ways of combining the leads (median lead; global: earliest confirmed onset to
+    # latest confirmed offset); diagnostic, not a column.
+    qrs_variants_ms: dict[str, float] | None = None
     qt_interval_ms: float | None = None
     qtc_bazett_ms: float | None = None
     qtc_fridericia_ms: float | None = None
@@ -135,7 +144,7 @@ class EcgMeasurements:
         """
         row: dict = {}
         for f in fields(self):
-            if f.name in ("st_deviation_mv", "missing", "low_confidence"):
+            if f.name in ("st_deviation_mv", "missing", "low_confidence", "qrs_variants_ms"):
                 continue
             row[f.name] = getattr(self, f.name)
         st = self.st_deviation_mv or {}
@@ -363,15 +372,26 @@ def _slope_extent(slope: np.ndarray, floor: float, lo: int, hi: int, gap: int) -
     return walk(-1, lo), walk(1, hi) + 1, float(slope[peak] - floor)  # slope[i] lies between samples i and i+1
 
 
-def _qrs_bounds(beat: np.ndarray, rate: float, r0: int) -> tuple[int, int, int] | None:
-    """QRS onset/offset (samples) and how many leads agree with each other on them.
+@dataclass
+class _QrsBounds:
+    onset: int  # sample where the summed slope of the independent leads starts
+    offset: int  # sample where it ends
+    agreeing: int  # leads in the smaller agreeing group of per-lead onsets or offsets
+    variants_ms: dict[str, float]  # QRS duration by other ways of combining the leads (diagnostic)
+
+
+def _qrs_bounds(beat: np.ndarray, rate: float, r0: int) -> _QrsBounds | None:
+    """QRS onset/offset (samples) of the median beat (leads, samples), and how far the leads agree on them.
 
     The bounds come from the summed absolute slope of the independent leads. Each independent lead
     is also delineated on its own slope and the per-lead bounds combined as clinical programs do
     (``combine_leads``: earliest confirmed onset, latest confirmed offset, unconfirmed leads are
     outliers); the size of the smaller agreeing group says how far the leads support the bounds.
-    The summed-slope bounds are kept as the value: the earliest/latest lead runs longer, while
-    the reference the values are checked against is the median lead.
+    The summed-slope bounds are kept as the value; the global (earliest confirmed onset to latest
+    confirmed offset) and median-lead durations are returned for comparison. On PTB-XL the global
+    onset moved with the sampling rate more (same recordings at 100 and 500 Hz) and the latest
+    confirmed offset missed terminal deflections that only two or three leads show (the terminal R'
+    of right bundle branch block in V1-V2).
     """
     width = max(1, int(0.008 * rate))
     kernel = np.ones(width) / width
@@ -388,9 +408,12 @@ def _qrs_bounds(beat: np.ndarray, rate: float, r0: int) -> tuple[int, int, int] 
     strongest = max(h for _, _, h in per_lead)
     leads = [(a, b) for a, b, h in per_lead if h >= QRS_LEAD_MIN_SLOPE * strongest]
     tol = AGREE_QRS_S * rate
-    on_agree = combine_leads([a for a, _ in leads], tol, latest=False)[1]
-    off_agree = combine_leads([b for _, b in leads], tol, latest=True)[1]
-    return onset, offset, min(on_agree, off_agree)
+    first, on_agree = combine_leads([a for a, _ in leads], tol, latest=False)
+    last, off_agree = combine_leads([b for _, b in leads], tol, latest=True)
+    variants = {"median_lead": float(np.median([b - a for a, b in leads])) * 1000.0 / rate}
+    if first is not None and last is not None:
+        variants["global"] = (last - first) * 1000.0 / rate
+    return _QrsBounds(onset, offset, min(on_agree, off_agree), variants)
 
 
 def _t_end(mag: np.ndarray, rate: float, start: int, stop: int) -> int | None:
@@ -424,12 +447,14 @@ def _t_end_area(mag: np.ndarray, rate: float, start: int, stop: int) -> int | No
     return int(candidates[np.argmax(area)])
 
 
-def _wave_bounds(x: np.ndarray, min_mv: float) -> tuple[float, float] | None:
+def _wave_bounds(x: np.ndarray, min_mv: float, onset_level: int = 0) -> tuple[float, float] | None:
     """(onset, offset) of the largest deflection in one lead's window, by the tangent method.
 
     The tangent at the steepest slope on each flank of the apex (the flank ends where the wave falls
-    to WAVE_FLANK of its apex) meets the baseline (0) at the boundary. None when the deflection is
-    too small, or a boundary falls outside the window (the wave is cut by it).
+    to WAVE_FLANK of its apex) meets the baseline at the boundary: 0, or for the onset with
+    ``onset_level`` > 0 the median level of that many samples before the rising flank (the level the
+    wave actually rises from). None when the deflection is too small, or a boundary falls outside
+    the window (the wave is cut by it).
     """
     if len(x) < 5:
         return None
@@ -445,7 +470,8 @@ def _wave_bounds(x: np.ndarray, min_mv: float) -> tuple[float, float] | None:
     fall = apex + int(np.argmin(d[apex:right]))
     if d[rise] <= 0 or d[fall] >= 0:
         return None
-    onset, offset = rise - y[rise] / d[rise], fall - y[fall] / d[fall]
+    level = min(float(np.median(y[max(0, left - onset_level) : left + 1])), y[rise]) if onset_level else 0.0
+    onset, offset = rise - (y[rise] - level) / d[rise], fall - y[fall] / d[fall]
     if onset < 0 or offset > len(y) - 1:
         return None
     return onset, offset
@@ -511,10 +537,12 @@ def _chord_detrend(segment: np.ndarray, rate: float) -> np.ndarray:
 @dataclass
 class _PWave:
     present: bool
-    onset: float | None = None  # global P onset (sample), None when no lead pair agrees
+    onset: float | None = None  # P onset (sample): median lead of the earliest agreeing group; None: no pair agrees
     offset: float | None = None  # global P offset (sample), likewise
     agreeing: int = 0  # leads in the largest agreeing group of onsets
     offset_agreeing: int = 0  # likewise for the offsets
+    # The onset lies within P_EDGE_S of the search start: the wave may begin earlier, in the previous T wave.
+    onset_at_window_start: bool = False
 
 
 def _coherence(segments: np.ndarray) -> float:
@@ -553,9 +581,15 @@ def _p_wave(
     if np.sqrt((detrended**2).sum(axis=0)).max() < P_MIN_MV:
         return _PWave(False)
     edge = P_EDGE_S * rate
-    found = [b for b in (_wave_bounds(x, P_LEAD_MIN_MV) for x in detrended) if b is not None]
+    level = int(P_LEVEL_S * rate)
+    found = [b for b in (_wave_bounds(x, P_LEAD_MIN_MV, level) for x in detrended) if b is not None]
     tol = AGREE_P_S * rate
-    first, agreeing = _combined([b[0] for b in found], tol, latest=False)
+    onsets = np.array([b[0] for b in found])
+    first, agreeing = _combined(onsets, tol, latest=False)
+    if first is not None:
+        # The earliest lead of the agreeing group is the noisiest estimate of where the group starts (the
+        # tangent of a broad, low P wave reaches far back): the group's median lead gives the onset.
+        first = float(np.median(onsets[(onsets >= first) & (onsets <= first + tol)]))
     last, offset_agreeing = _combined([b[1] for b in found], tol, latest=True)
     too_long = first is not None and last is not None and last - first > P_MAX_S * rate
     if too_long and irregular:
@@ -577,6 +611,7 @@ def _p_wave(
         None if last is None else start + last,
         agreeing,
         offset_agreeing,
+        first is not None and first < edge,
     )
 
 
@@ -592,7 +627,8 @@ def _morphology(beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float
     if bounds is None:
         out._mark_missing(_MORPHOLOGY_FIELDS, "QRS boundaries not found on the median beat")
         return
-    on, off, qrs_agreeing = bounds
+    on, off, qrs_agreeing = bounds.onset, bounds.offset, bounds.agreeing
+    out.qrs_variants_ms = bounds.variants_ms
     out.qrs_duration_ms = (off - on) / rate * 1000.0
     if out.qrs_duration_ms < 50:
         out.low_confidence["qrs_duration_ms"] = "a QRS shorter than 50 ms is implausible"
@@ -677,6 +713,11 @@ def _morphology(beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float
             out.low_confidence["pr_interval_ms"] = "a PR interval above 400 ms is implausible"
         elif p.agreeing < MIN_AGREEING:
             out.low_confidence["pr_interval_ms"] = f"P onset agrees in only {p.agreeing} lead(s)"
+        elif p.onset_at_window_start:
+            # The search starts after the previous T wave: a P wave fused with it is cut, its onset unknown.
+            out.low_confidence["pr_interval_ms"] = (
+                "P onset at the end of the previous T wave (the P wave may begin in it)"
+            )
     if p.present and p.onset is not None and p.offset is not None and p.offset > p.onset:
         out.p_duration_ms = (p.offset - p.onset) / rate * 1000.0
         if out.p_duration_ms > P_MAX_S * 1000.0:

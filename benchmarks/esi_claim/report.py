@@ -216,8 +216,8 @@ def pretrain_table(section: Section) -> str:
         section.pretrains, key=lambda r: (ORDER.index(r["arm"]), r["pretrain_steps"], r["pretrain_seed"])
     ):
         training = run["training"]
-        trained = training["steps"] - training.get("resumed_from_step", 0)
-        cpu = training.get("train_cpu_seconds")
+        trained = training["steps"]
+        cpu = training.get("train_cpu_seconds")  # over the whole run, resumed parts included
         per_1000 = f"{1000 * cpu / trained:.0f}" if cpu and trained else ""
         loss = (training.get("final_losses") or {}).get("loss")
         rows.append(

@@ -20,47 +20,16 @@ from pathlib import Path
 
 import datasets
 
-from esi.checksum import sha256_file
+from esi.checksum import weights_sha256
 from esi.cqa.dataset_card import write_dataset_card
 from esi.cqa.run import output_stats
 from esi.cqa.run_state import read_run_config
 from esi.hub import push_folder
-from esi.train.model_card import write_model_card
+from esi.train.model_card import results_for_model, write_model_card
 
 logger = logging.getLogger("esi.publish")
 # What a captions folder holds for users; its `.cqa/` journal is for resuming runs only.
 DATASET_FILES = ("README.md", "LICENSE.txt", "data")
-
-
-def weights_sha256(model_dir: Path) -> str:
-    """sha256 of the folder's `model.safetensors`: the identity result files name their model by."""
-    path = model_dir / "model.safetensors"
-    if not path.exists():
-        raise FileNotFoundError(f"{model_dir} has no model.safetensors to identify the model by")
-    return sha256_file(path)
-
-
-def results_for_model(downstream: dict | None, checksum: str) -> dict | None:
-    """Only the downstream results measured on this very model (`weights_sha256` equal to `checksum`).
-
-    A result without a checksum, or measured on other weights (another run, seed or checkpoint), is left
-    out and counted in a warning: a model card must not quote figures its model did not earn.
-    """
-    if not downstream:
-        return None
-    results = downstream.get("results", [])
-    kept = [r for r in results if r.get("weights_sha256") == checksum]
-    if len(kept) < len(results):
-        logger.warning(
-            "left %d of %d downstream results off the model card: their weights_sha256 is not %s",
-            len(results) - len(kept),
-            len(results),
-            checksum,
-        )
-    markdown = downstream.get("markdown") if downstream.get("weights_sha256") == checksum else None
-    if not kept and not markdown:
-        return None
-    return {"results": kept, "markdown": markdown or "", "weights_sha256": checksum}
 
 
 def assemble_model_folder(

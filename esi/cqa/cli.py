@@ -30,13 +30,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
 from esi.cqa.options import GenerationOptions
-from esi.cqa.run import generate_captions, merge_outputs, push_captions
-from esi.cqa.single_file import caption_ecg_file
-from esi.data.ecg_file import EcgFileError
-from esi.data.schema import RecordError
+from esi.extras import require_extra
 
 
 @dataclass
@@ -84,12 +79,17 @@ class CqaArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[CqaArguments, GenerationOptions]:
+    from transformers import HfArgumentParser
+
     parser = HfArgumentParser((CqaArguments, GenerationOptions), description=__doc__.split("\n\n")[0], epilog=__doc__)
     return parser.parse_args_into_dataclasses(args=argv)
 
 
 def run(args: CqaArguments, options: GenerationOptions) -> dict:
     """Generate (or merge), then optionally plot and push; returns the run summary. With --ecg_file: the caption."""
+    # The pipeline (measurements, retrieval, datasets) is imported here, not for `--help`.
+    from esi.cqa.run import generate_captions, merge_outputs, push_captions
+
     if args.ecg_file:
         return _caption_file(args, options)
     if args.merge:
@@ -114,6 +114,10 @@ def run(args: CqaArguments, options: GenerationOptions) -> dict:
 
 
 def _caption_file(args: CqaArguments, options: GenerationOptions) -> dict:
+    from esi.cqa.single_file import caption_ecg_file
+    from esi.data.ecg_file import EcgFileError
+    from esi.data.schema import RecordError
+
     try:
         result = caption_ecg_file(args.ecg_file, options, args.age, args.sex)
     except (EcgFileError, RecordError) as err:
@@ -129,8 +133,10 @@ def _caption_file(args: CqaArguments, options: GenerationOptions) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (its return value becomes the exit status, so it returns nothing; see `run`)."""
+    args = parse_args(argv)
+    require_extra("esi-cqa", "cqa")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    run(*parse_args(argv))
+    run(*args)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from esi.cqa.backends import BACKENDS, VLLM_PYTHON_ENV
-from esi.cqa.template_writer import TEXT_VARIANTS
+# Declared here, the lowest CQA module (plain Python), so that parsing options imports no model code.
+BACKENDS = ("template", "transformers", "vllm")
+TEXT_VARIANTS = ("full", "no_knowledge", "statements_only", "measurements_only")
+# The environment variable naming the interpreter that has vllm (the vllm backend's worker subprocess).
+VLLM_PYTHON_ENV = "ESI_VLLM_PYTHON"
 
 # Options that change what a unit contains: a resumed run or a merge must agree on all of them.
 IDENTITY_KEYS = (

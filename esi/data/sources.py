@@ -17,14 +17,14 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from esi.data.challenge import ChallengeSource
-from esi.data.mimic import MimicEcgSource
-from esi.data.prepare import Source, prepare_source
 from esi.data.prepare_ptbxl import add_prepare_arguments, options_from_args, report
-from esi.data.ptbxl import PtbxlSource
-from esi.data.schema import RecordError
-from esi.data.wfdb_folder import WfdbFolderSource
+from esi.extras import require_extra
+
+# The readers are imported when a preparation runs, not for `--help`.
+if TYPE_CHECKING:
+    from esi.data.prepare import Source
 
 SOURCES = ("ptbxl", "challenge", "mimic", "wfdb-folder")
 
@@ -33,6 +33,11 @@ def make_source(
     name: str, folder: Path, sampling_rate: int, labels: Path | None = None, limit: int | None = None
 ) -> Source:
     """The reader for source `name` over `folder`."""
+    from esi.data.challenge import ChallengeSource
+    from esi.data.mimic import MimicEcgSource
+    from esi.data.ptbxl import PtbxlSource
+    from esi.data.wfdb_folder import WfdbFolderSource
+
     if name == "ptbxl":
         return PtbxlSource(folder, sampling_rate, limit)
     if name == "challenge":
@@ -59,7 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    require_extra("esi-prepare-source", "data")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from esi.data.prepare import prepare_source
+    from esi.data.schema import RecordError
+
     try:
         source = make_source(args.source, args.input, args.sampling_rate, args.labels, args.limit)
         dataset_dict = prepare_source(source, args.output_dir, options_from_args(args))

@@ -5,6 +5,8 @@ model must carry them; that module is plain Python, so importing this one never 
 re-exports them for the rest of the package.
 """
 
+from pathlib import Path
+
 from modeling_esi.leads import PTBXL_LEAD_ORDER, map_leads_by_name
 
 # The 12 standard leads in PTB-XL order (I, II, III, aVR, aVL, aVF, V1-V6); other sources map by name.
@@ -19,4 +21,15 @@ PTBXL_AGE_OVER_89 = 300
 # PTB-XL's label tasks (the benchmark's statement groupings), in one order for every caller.
 TASKS: tuple[str, ...] = ("superdiagnostic", "subdiagnostic", "diagnostic", "form", "rhythm", "all")
 
-__all__ = ["PTBXL_AGE_OVER_89", "PTBXL_SAMPLING_RATES", "STANDARD_LEADS", "TASKS", "map_leads_by_name"]
+# The repository's encoder release (`esi-export-encoder`): the checkpoint beside its Hub card. Relative to the
+# repository root, where `make demo`, `esi-app` and a Space run.
+RELEASED_ENCODER_DIR = Path("model_cards") / "esi-ecg-encoder"
+
+__all__ = [
+    "PTBXL_AGE_OVER_89",
+    "PTBXL_SAMPLING_RATES",
+    "RELEASED_ENCODER_DIR",
+    "STANDARD_LEADS",
+    "TASKS",
+    "map_leads_by_name",
+]

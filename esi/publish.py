@@ -14,20 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shutil
 from pathlib import Path
 
-import datasets
-
 from esi.checksum import weights_sha256
-from esi.cqa.dataset_card import write_dataset_card
-from esi.cqa.run import output_stats
-from esi.cqa.run_state import read_run_config
+from esi.extras import require_extra
 from esi.hub import push_folder
-from esi.train.model_card import results_for_model, write_model_card
 
-logger = logging.getLogger("esi.publish")
 # What a captions folder holds for users; its `.cqa/` journal is for resuming runs only.
 DATASET_FILES = ("README.md", "LICENSE.txt", "data")
 
@@ -41,6 +34,8 @@ def assemble_model_folder(
 ) -> Path:
     """Copy an `esi-train` model folder and refill its card: repo id, caption dataset link, and the downstream
     results measured on this model's weights (see `results_for_model`)."""
+    from esi.train.model_card import results_for_model, write_model_card
+
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json)")
     downstream = results_for_model(downstream, weights_sha256(model_dir))
@@ -61,6 +56,12 @@ def assemble_dataset_folder(
     The card is rendered again for what the folder holds (the signals config, the model link), so its text and
     its `configs` always agree.
     """
+    import datasets
+
+    from esi.cqa.dataset_card import write_dataset_card
+    from esi.cqa.run import output_stats
+    from esi.cqa.run_state import read_run_config
+
     missing = [name for name in DATASET_FILES if not (captions_dir / name).exists()]
     if missing:
         raise FileNotFoundError(f"{captions_dir} lacks {missing}: is it a finished esi-cqa output?")
@@ -83,6 +84,21 @@ def assemble_dataset_folder(
     return output_dir
 
 
+def check_encoder_folder(folder: Path) -> Path:
+    """An encoder release folder (`esi-export-encoder`) as it must be pushed: weights matching `release.json`, and
+    the card its files generate. Raises `ValueError` naming what is out of date."""
+    from esi.train.model_card import encoder_card_text
+
+    if not (folder / "release.json").exists():
+        raise FileNotFoundError(f"{folder} has no release.json: export it with esi-export-encoder")
+    release = json.loads((folder / "release.json").read_text())
+    if weights_sha256(folder) != release["weights_sha256"]:
+        raise ValueError(f"{folder}/model.safetensors is not the file release.json names; export it again")
+    if (folder / "README.md").read_text() != encoder_card_text(folder):
+        raise ValueError(f"{folder}/README.md is out of date with the files beside it; export the folder again")
+    return folder
+
+
 def assemble_and_push(argv: list[str] | None = None) -> dict[str, Path]:
     """Parse `esi-publish` arguments, assemble the folders and push those given a repo id; returns the folders."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,16 +111,26 @@ def assemble_and_push(argv: list[str] | None = None) -> dict[str, Path]:
         help="downstream summary JSON (benchmarks.esi_claim.report --model-summary); only its results whose "
         "weights_sha256 matches --model-dir's model.safetensors reach the card",
     )
+    parser.add_argument(
+        "--encoder-dir",
+        type=Path,
+        help="an encoder release folder (esi-export-encoder output, e.g. model_cards/esi-ecg-encoder): pushed as it is",
+    )
+    parser.add_argument("--encoder-repo-id", default=None)
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/publish"))
     parser.add_argument("--model-repo-id", default=None)
     parser.add_argument("--dataset-repo-id", default=None)
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--token", default=None)
     args = parser.parse_args(argv)
-    if not (args.model_dir or args.captions_dir):
-        parser.error("give --model-dir and/or --captions-dir")
+    if not (args.model_dir or args.captions_dir or args.encoder_dir):
+        parser.error("give --model-dir, --captions-dir and/or --encoder-dir")
 
     folders: dict[str, Path] = {}
+    if args.encoder_dir:
+        folders["encoder"] = check_encoder_folder(args.encoder_dir)
+    if args.model_dir or args.captions_dir:
+        require_extra("esi-publish", "cqa")  # dataset folders, cards and their licences
     if args.model_dir:
         downstream = json.loads(args.downstream.read_text()) if args.downstream else None
         repo_id = args.model_repo_id or "ORG/esi"
@@ -115,9 +141,11 @@ def assemble_and_push(argv: list[str] | None = None) -> dict[str, Path]:
         folders["dataset"] = assemble_dataset_folder(
             args.captions_dir, args.output_dir / "dataset", args.signals_dir, args.model_repo_id
         )
-    for kind, repo_id in (("model", args.model_repo_id), ("dataset", args.dataset_repo_id)):
-        if repo_id and kind in folders:
-            print(f"pushed {kind}: {push_folder(folders[kind], repo_id, kind, args.private, args.token)}")
+    repo_ids = {"model": args.model_repo_id, "dataset": args.dataset_repo_id, "encoder": args.encoder_repo_id}
+    for kind, folder in folders.items():
+        if repo_ids[kind]:
+            repo_type = "dataset" if kind == "dataset" else "model"
+            print(f"pushed {kind}: {push_folder(folder, repo_ids[kind], repo_type, args.private, args.token)}")
     for kind, folder in folders.items():
         print(f"{kind} folder: {folder}")
     return folders

@@ -22,8 +22,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-# The repository's release folder: the encoder checkpoint beside its card (see model_cards/).
-RELEASE_DIR = Path("model_cards") / "esi-ecg-encoder"
+from esi.constants import RELEASED_ENCODER_DIR
+
 DTYPES = ("float32", "bfloat16")
 MAX_SIZE_BYTES = 20 * 1024 * 1024
 # The record whose embedding `release.json` stores: a user (and a test) can check a download against it.
@@ -122,7 +122,9 @@ def read_reference_record(path: str | os.PathLike = REFERENCE_RECORD) -> tuple:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, required=True, help="an esi-train output model folder")
-    parser.add_argument("--output-dir", type=Path, default=RELEASE_DIR, help=f"default: {RELEASE_DIR}")
+    parser.add_argument(
+        "--output-dir", type=Path, default=RELEASED_ENCODER_DIR, help=f"default: {RELEASED_ENCODER_DIR}"
+    )
     parser.add_argument(
         "--downstream",
         type=Path,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.check and stale:
         sys.exit("out of date (run python -m model_cards.build): " + ", ".join(str(p) for p in stale))
     for path in cards:
-        print(f"{'rewrote' if path in stale else 'up to date'}: {path.relative_to(CARDS_DIR.parent)}")
+        print(f"{'rewrote' if path in stale else 'up to date'}: {os.path.relpath(path)}")
 
 
 if __name__ == "__main__":

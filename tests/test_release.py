@@ -66,7 +66,9 @@ def tiny_release(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "weights_sha256": checksum,
     }
     folder = tmp_path_factory.mktemp("release") / "encoder"
-    return export_encoder(tiny_model, folder, downstream, reference_signal=read_reference_record(REPO / REFERENCE_RECORD))
+    return export_encoder(
+        tiny_model, folder, downstream, reference_signal=read_reference_record(REPO / REFERENCE_RECORD)
+    )
 
 
 def test_release_holds_the_ecg_tower_its_code_preprocessor_licence_and_card(tiny_release: Path):
@@ -74,7 +76,14 @@ def test_release_holds_the_ecg_tower_its_code_preprocessor_licence_and_card(tiny
         prefixes = {key.split(".")[0] for key in weights.keys()}
     assert prefixes == {"ecg_model", "ecg_projection"}  # no text tower, decoder, text projection or logit scale
     names = {path.name for path in tiny_release.iterdir()}
-    assert {"config.json", "preprocessor_config.json", "LICENSE", "README.md", "modeling_esi.py", "release.json"} <= names
+    assert {
+        "config.json",
+        "preprocessor_config.json",
+        "LICENSE",
+        "README.md",
+        "modeling_esi.py",
+        "release.json",
+    } <= names
     assert "Apache License" in (tiny_release / "LICENSE").read_text()
     release = json.loads((tiny_release / "release.json").read_text())
     assert release["weights_sha256"] == weights_sha256(tiny_release) and release["size_bytes"] <= MAX_SIZE_BYTES

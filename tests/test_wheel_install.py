@@ -14,11 +14,11 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import tomllib
 import venv
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from tests.conftest import save_tiny_esi
 

@@ -15,7 +15,7 @@ Examples:
     esi-cqa --dataset D --output_dir outputs/captions --backend template --resume
 
     # one clinical file (WFDB .hea, Philips XML, DICOM, CSV): the caption as JSON on stdout
-    esi-cqa --ecg_file ../shared/vendor-ecg/philips-xml/129DYPRG.XML --age 61 --sex female
+    esi-cqa --ecg_file ecg.xml --age 61 --sex female
 
 Options accept dashes or underscores (`--output-dir` = `--output_dir`). The output folder holds Parquet
 shards (`data/{split}-NNNNN-of-NNNNN.parquet`), a dataset card (README.md) and the source's licence, and

@@ -1,6 +1,6 @@
 """Turn a PTB-XL folder (PhysioNet layout) into the prepared dataset (a `save_to_disk` folder).
 
-    python dataset_scripts/prepare_ptbxl.py --ptbxl-dir ../shared/ptb-xl --output-dir outputs/ptbxl-100 \
+    esi-prepare --ptbxl-dir path/to/ptb-xl --output-dir outputs/ptbxl-100 \
         --sampling-rate 100
 
 Splits follow PTB-XL's recommendation: strat_fold 1-8 train, 9 validation, 10 test. Columns are

@@ -1,7 +1,7 @@
 """One command for every source: `python dataset_scripts/prepare.py --source NAME --input DIR --output-dir OUT`.
 
-    --source ptbxl        --input ../shared/ptb-xl-pretrain
-    --source challenge    --input ../shared/cinc2021-sample      (CinC 2020/2021: .hea + .mat, Dx codes)
+    --source ptbxl        --input path/to/ptb-xl
+    --source challenge    --input path/to/challenge-2021        (CinC 2020/2021: .hea + .mat, Dx codes)
     --source mimic        --input PATH/mimic-iv-ecg               (record_list.csv, machine_measurements.csv, files/)
     --source wfdb-folder  --input RECORDS_DIR --labels labels.csv
 

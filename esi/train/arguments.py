@@ -60,7 +60,7 @@ class DataArguments:
     evaluation_records: str | None = field(
         default=None,
         metadata={
-            "help": "prepared dataset folder the model will be evaluated on (e.g. ../shared/ptb-xl prepared): "
+            "help": "prepared dataset folder the model will be evaluated on (e.g. PTB-XL's evaluation records): "
             "records or patients shared with the pretraining split are reported loudly"
         },
     )

@@ -47,5 +47,7 @@ def test_snippet_runs(index: int, tiny_folders: dict[str, Path], tmp_path: Path)
     for name, folder in tiny_folders.items():
         code = code.replace(name, str(folder))
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, f"snippet {index}:\n{code}\n{result.stderr[-3000:]}"

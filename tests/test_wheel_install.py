@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 import textwrap
 import venv
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
+from benchmarks.bench_install import build_wheel
 from tests.conftest import save_tiny_esi
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -63,18 +62,7 @@ def _run(args: list, cwd: Path, timeout: int = 900, ok: bool = True) -> subproce
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel built from the working tree as it is (tracked and untracked files, no build outputs or venvs)."""
-    work = tmp_path_factory.mktemp("wheel")
-    source = work / "src"
-    tracked = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for name in tracked:
-        if (REPO_ROOT / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO_ROOT / name, source / name)
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", work / "dist", source], work)
-    (built,) = (work / "dist").glob("esi_ecg-*.whl")
-    return built
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 @pytest.fixture(scope="module")

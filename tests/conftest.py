@@ -119,16 +119,18 @@ def tiny_pretrained_model(
 
 def pretrain_in_process(argv: list[str]) -> Path:
     """`train.py ARGV` in this process; returns the saved model folder."""
-    from esi.train import pretrain
+    from esi.train.arguments import parse_args
+    from esi.train.pretrain import pretrain
 
-    return pretrain.pretrain(*pretrain.parse_args(argv))
+    return pretrain(*parse_args(argv))
 
 
 def finetune_in_process(argv: list[str]) -> dict:
     """`finetune.py ARGV` in this process; returns its results."""
-    from esi.eval import finetune
+    from esi.eval.arguments import parse_args
+    from esi.eval.finetune import run
 
-    return finetune.run(finetune.parse_args(argv))
+    return run(parse_args(argv))
 
 
 def copy_challenge_records(records: dict[Path, list[str]], folder: Path) -> Path:

@@ -89,7 +89,7 @@ def test_base_install_loads_a_checkpoint_and_fine_tunes_it_with_lora(installed: 
     seen = json.loads(_run([installed / "python", "-c", BASE_INSTALL_USER, folder], outside).stdout.splitlines()[-1])
     assert all(str(installed.parent) in path for path in seen["modules"]), seen["modules"]
     assert seen["embedding"] == [1, 32] and seen["licence"], seen
-    assert not {"datasets", "gradio", "pandas", "wfdb", "neurokit2", "accelerate"} & set(seen["installed"])
+    assert not {"datasets", "gradio", "pandas", "wfdb", "neurokit2", "scikit-learn"} & set(seen["installed"])
 
 
 @pytest.mark.slow

@@ -1045,7 +1045,10 @@ class EsiEcgModelWithProjection(EsiPreTrainedModel):
     """
 
     _keys_to_ignore_on_load_unexpected = [r"^text_model\.", r"^text_decoder\.", r"^text_projection\.", r"^logit_scale$"]
-    _custom_pipelines = {"ecg-feature-extraction": ESI_CUSTOM_PIPELINES["ecg-feature-extraction"]}
+    # The pipelines that need only the ECG side (the embedding), under every task name they are registered for.
+    _custom_pipelines = {
+        task: spec for task, spec in ESI_CUSTOM_PIPELINES.items() if spec["impl"].endswith("FeatureExtractionPipeline")
+    }
 
     def __init__(self, config: EsiConfig):
         super().__init__(config)

@@ -94,7 +94,7 @@ def test_release_holds_the_ecg_tower_its_code_preprocessor_licence_and_card(tiny
 
 def test_release_embeds_as_the_full_model_does_and_fine_tunes_with_lora(tiny_model: Path, tiny_release: Path):
     from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import AutoModel, AutoModelForSequenceClassification
+    from transformers import AutoModel, AutoModelForSequenceClassification, pipeline
 
     from modeling_esi import lora_target_modules
 
@@ -104,6 +104,12 @@ def test_release_embeds_as_the_full_model_does_and_fine_tunes_with_lora(tiny_mod
     ecg = torch.randn(2, 12, 1000)
     with torch.no_grad():
         assert torch.equal(encoder(input_values=ecg).ecg_embeds, full.get_ecg_features(ecg))
+    record = str(REPO / REFERENCE_RECORD)
+    released, trained = (
+        torch.tensor(pipeline("ecg-feature-extraction", model=str(folder), trust_remote_code=True)(record))
+        for folder in (tiny_release, tiny_model)
+    )
+    assert torch.allclose(released, trained, atol=1e-6)  # the pipeline runs without a tokenizer
     base = AutoModelForSequenceClassification.from_pretrained(
         tiny_release, trust_remote_code=True, num_labels=5, problem_type="multi_label_classification"
     )

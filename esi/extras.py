@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import sys
 from pathlib import Path
 
 DISTRIBUTION = "esi-ecg"
@@ -18,7 +19,7 @@ _EXTRA_MARKER = re.compile(r"""extra\s*==\s*["']([\w.-]+)["']""")
 def _declared_requirements(distribution: str) -> list[str]:
     """Every requirement line of the distribution, extras marked as in its metadata (`name; extra == "x"`)."""
     pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
-    if pyproject.is_file():
+    if pyproject.is_file() and sys.version_info >= (3, 11):  # tomllib; Python 3.10 reads the installed metadata
         import tomllib
 
         project = tomllib.loads(pyproject.read_text()).get("project", {})

@@ -91,6 +91,24 @@ def save_tiny_esi(folder: Path, classifier_labels: list[str] | None = None) -> P
 
 
 @pytest.fixture(scope="session")
+def torch_transformers_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with nothing but torch (the local CPU wheel) and transformers: what a user who only loads the
+    model has. Built once per session (installing torch is the slow part); tests must not install into it."""
+    import subprocess
+    import venv
+
+    env_dir = tmp_path_factory.mktemp("torch-transformers") / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    subprocess.run(
+        [env_dir / "bin" / "python", "-m", "pip", "install", "-q", "torch==2.13.0", "transformers>=5.0,<6"],
+        check=True,
+        capture_output=True,
+        timeout=1200,
+    )
+    return env_dir
+
+
+@pytest.fixture(scope="session")
 def tiny_esi(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny randomly initialised ESI model folder (see `save_tiny_esi`)."""
     return save_tiny_esi(tmp_path_factory.mktemp("tiny_esi") / "model")

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import textwrap
-import venv
 from pathlib import Path
 
 import pytest
@@ -152,27 +151,12 @@ def test_bfloat16_release_halves_the_weights(tiny_model: Path, tiny_release: Pat
     assert release["size_bytes"] < 0.6 * json.loads((tiny_release / "release.json").read_text())["size_bytes"]
 
 
-@pytest.fixture(scope="module")
-def torch_transformers_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """python of a fresh venv with nothing but torch (the local CPU wheel) and transformers."""
-    env_dir = tmp_path_factory.mktemp("torch-transformers") / "venv"
-    venv.EnvBuilder(with_pip=True).create(env_dir)
-    python = env_dir / "bin" / "python"
-    subprocess.run(
-        [python, "-m", "pip", "install", "-q", "torch==2.13.0", "transformers>=5.0,<6"],
-        check=True,
-        capture_output=True,
-        timeout=1200,
-    )
-    return python
-
-
-def _check_in_clean_venv(python: Path, folder: Path, tmp_path: Path) -> None:
+def _check_in_clean_venv(venv_dir: Path, folder: Path, tmp_path: Path) -> None:
     reference = json.loads((folder / "release.json").read_text())["reference_embedding"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     env.pop("PYTHONPATH", None)  # nothing of this repository or the dev venv
     result = subprocess.run(
-        [python, "-c", CLEAN_VENV_SCRIPT, str(folder), str(REPO / reference["record"])],
+        [venv_dir / "bin" / "python", "-c", CLEAN_VENV_SCRIPT, str(folder), str(REPO / reference["record"])],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -187,21 +171,21 @@ def _check_in_clean_venv(python: Path, folder: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_release_loads_and_embeds_in_a_torch_and_transformers_only_venv(
-    torch_transformers_python: Path, tiny_release: Path, tmp_path: Path
+    torch_transformers_venv: Path, tiny_release: Path, tmp_path: Path
 ):
-    _check_in_clean_venv(torch_transformers_python, tiny_release, tmp_path)
+    _check_in_clean_venv(torch_transformers_venv, tiny_release, tmp_path)
 
 
 @pytest.mark.slow
 # Until the trained encoder is exported (python -m model_cards.build --model-dir ...); delete this line with it.
 @pytest.mark.skip(reason="model_cards/esi-ecg-encoder/ is not committed yet")
 def test_the_committed_release_loads_and_embeds_its_reference_record_in_a_clean_venv(
-    torch_transformers_python: Path, tmp_path: Path
+    torch_transformers_venv: Path, tmp_path: Path
 ):
     folder = REPO / RELEASED_ENCODER_DIR
     assert (folder / "release.json").exists(), f"{folder} is missing: export it with python -m model_cards.build"
     assert weights_sha256(folder) == json.loads((folder / "release.json").read_text())["weights_sha256"]
-    _check_in_clean_venv(torch_transformers_python, folder, tmp_path)
+    _check_in_clean_venv(torch_transformers_venv, folder, tmp_path)
 
 
 @pytest.mark.slow

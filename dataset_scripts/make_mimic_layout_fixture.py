@@ -7,7 +7,7 @@ aVR, aVF, aVL, V1-V6). Signals are PTB-XL's (CC BY 4.0); ids are invented; repor
 PTB-XL record's own statements; interval values are placeholders that exercise parsing, not
 measurements of these signals.
 
-    python dataset_scripts/make_mimic_layout_fixture.py --ptbxl-dir ../shared/ptb-xl \
+    python dataset_scripts/make_mimic_layout_fixture.py --ptbxl-dir path/to/ptb-xl \
         --output-dir tests/fixtures/mimic_iv_ecg_layout
 """
 

@@ -6,7 +6,7 @@ records are taken round-robin over the five diagnostic superclasses plus a few
 rhythm/conduction statements the measurement checks need (AFIB, SBRAD, STACH,
 CLBBB, CRBBB, 1AVB); a handful of the records that have a 500 Hz file are added.
 
-    python dataset_scripts/make_sample.py --ptbxl-dir ../shared/ptb-xl --output-dir data/ptbxl_sample
+    python dataset_scripts/make_sample.py --ptbxl-dir path/to/ptb-xl --output-dir data/ptbxl_sample
 """
 
 from __future__ import annotations

@@ -26,3 +26,11 @@ def state_dict_sha256(state: Mapping[str, torch.Tensor]) -> str:
         digest.update(name.encode())
         digest.update(state[name].detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def weights_sha256(model_dir: str | Path) -> str:
+    """sha256 of the folder's `model.safetensors`: the identity result files name their model by."""
+    path = Path(model_dir) / "model.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"{model_dir} has no model.safetensors to identify the model by")
+    return sha256_file(path)

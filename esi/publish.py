@@ -14,24 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import datasets
-
-from esi.checksum import sha256_file
-from esi.cqa.dataset_card import write_dataset_card
-from esi.cqa.run import output_stats
-from esi.cqa.run_state import read_run_config
+from esi.checksum import weights_sha256
 from esi.disk_errors import exit_on_full_disk
+from esi.extras import require_extra
 from esi.hub import push_folder
-from esi.train.model_card import write_model_card
 
-logger = logging.getLogger("esi.publish")
 # What a captions folder holds for users; its `.cqa/` journal is for resuming runs only.
 DATASET_FILES = ("README.md", "LICENSE.txt", "data")
 # Left in every folder esi-publish writes (never uploaded): only a folder carrying it is ever replaced.
@@ -88,37 +81,6 @@ def staged_folder(output_dir: Path) -> Iterator[Path]:
     shutil.rmtree(previous, ignore_errors=True)
 
 
-def weights_sha256(model_dir: Path) -> str:
-    """sha256 of the folder's `model.safetensors`: the identity result files name their model by."""
-    path = model_dir / "model.safetensors"
-    if not path.exists():
-        raise FileNotFoundError(f"{model_dir} has no model.safetensors to identify the model by")
-    return sha256_file(path)
-
-
-def results_for_model(downstream: dict | None, checksum: str) -> dict | None:
-    """Only the downstream results measured on this very model (`weights_sha256` equal to `checksum`).
-
-    A result without a checksum, or measured on other weights (another run, seed or checkpoint), is left
-    out and counted in a warning: a model card must not quote figures its model did not earn.
-    """
-    if not downstream:
-        return None
-    results = downstream.get("results", [])
-    kept = [r for r in results if r.get("weights_sha256") == checksum]
-    if len(kept) < len(results):
-        logger.warning(
-            "left %d of %d downstream results off the model card: their weights_sha256 is not %s",
-            len(results) - len(kept),
-            len(results),
-            checksum,
-        )
-    markdown = downstream.get("markdown") if downstream.get("weights_sha256") == checksum else None
-    if not kept and not markdown:
-        return None
-    return {"results": kept, "markdown": markdown or "", "weights_sha256": checksum}
-
-
 def assemble_model_folder(
     model_dir: Path,
     output_dir: Path,
@@ -128,6 +90,8 @@ def assemble_model_folder(
 ) -> Path:
     """Copy an `esi-train` model folder and refill its card: repo id, caption dataset link, and the downstream
     results measured on this model's weights (see `results_for_model`)."""
+    from esi.train.model_card import results_for_model, write_model_card
+
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json)")
     refuse_overlap(output_dir, [model_dir])
@@ -149,6 +113,12 @@ def assemble_dataset_folder(
     The card is rendered again for what the folder holds (the signals config, the model link), so its text and
     its `configs` always agree.
     """
+    import datasets
+
+    from esi.cqa.dataset_card import write_dataset_card
+    from esi.cqa.run import output_stats
+    from esi.cqa.run_state import read_run_config
+
     missing = [name for name in DATASET_FILES if not (captions_dir / name).exists()]
     if missing:
         raise FileNotFoundError(f"{captions_dir} lacks {missing}: is it a finished esi-cqa output?")
@@ -171,6 +141,21 @@ def assemble_dataset_folder(
     return output_dir
 
 
+def check_encoder_folder(folder: Path) -> Path:
+    """An encoder release folder (`esi-export-encoder`) as it must be pushed: weights matching `release.json`, and
+    the card its files generate. Raises `ValueError` naming what is out of date."""
+    from esi.train.model_card import encoder_card_text
+
+    if not (folder / "release.json").exists():
+        raise FileNotFoundError(f"{folder} has no release.json: export it with esi-export-encoder")
+    release = json.loads((folder / "release.json").read_text())
+    if weights_sha256(folder) != release["weights_sha256"]:
+        raise ValueError(f"{folder}/model.safetensors is not the file release.json names; export it again")
+    if (folder / "README.md").read_text() != encoder_card_text(folder):
+        raise ValueError(f"{folder}/README.md is out of date with the files beside it; export the folder again")
+    return folder
+
+
 def assemble_and_push(argv: list[str] | None = None) -> dict[str, Path]:
     """Parse `esi-publish` arguments, assemble the folders and push those given a repo id; returns the folders."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -183,14 +168,20 @@ def assemble_and_push(argv: list[str] | None = None) -> dict[str, Path]:
         help="downstream summary JSON (benchmarks.esi_claim.report --model-summary); only its results whose "
         "weights_sha256 matches --model-dir's model.safetensors reach the card",
     )
+    parser.add_argument(
+        "--encoder-dir",
+        type=Path,
+        help="an encoder release folder (esi-export-encoder output, e.g. model_cards/esi-ecg-encoder): pushed as it is",
+    )
+    parser.add_argument("--encoder-repo-id", default=None)
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/publish"))
     parser.add_argument("--model-repo-id", default=None)
     parser.add_argument("--dataset-repo-id", default=None)
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--token", default=None)
     args = parser.parse_args(argv)
-    if not (args.model_dir or args.captions_dir):
-        parser.error("give --model-dir and/or --captions-dir")
+    if not (args.model_dir or args.captions_dir or args.encoder_dir):
+        parser.error("give --model-dir, --captions-dir and/or --encoder-dir")
 
     inputs = [args.model_dir, args.captions_dir, args.signals_dir, args.downstream]
     try:  # checked before anything is written: no input may be replaced, whichever folder comes first
@@ -198,6 +189,10 @@ def assemble_and_push(argv: list[str] | None = None) -> dict[str, Path]:
     except ValueError as error:
         parser.error(str(error))
     folders: dict[str, Path] = {}
+    if args.encoder_dir:
+        folders["encoder"] = check_encoder_folder(args.encoder_dir)
+    if args.model_dir or args.captions_dir:
+        require_extra("esi-publish", "cqa")  # dataset folders, cards and their licences
     if args.model_dir:
         downstream = json.loads(args.downstream.read_text()) if args.downstream else None
         repo_id = args.model_repo_id or "ORG/esi"
@@ -208,9 +203,13 @@ def assemble_and_push(argv: list[str] | None = None) -> dict[str, Path]:
         folders["dataset"] = assemble_dataset_folder(
             args.captions_dir, args.output_dir / "dataset", args.signals_dir, args.model_repo_id
         )
-    for kind, repo_id in (("model", args.model_repo_id), ("dataset", args.dataset_repo_id)):
-        if repo_id and kind in folders:
-            pushed = push_folder(folders[kind], repo_id, kind, args.private, args.token, ignore_patterns=[PUBLISH_MARK])
+    repo_ids = {"model": args.model_repo_id, "dataset": args.dataset_repo_id, "encoder": args.encoder_repo_id}
+    for kind, folder in folders.items():
+        if repo_ids[kind]:
+            repo_type = "dataset" if kind == "dataset" else "model"
+            pushed = push_folder(
+                folder, repo_ids[kind], repo_type, args.private, args.token, ignore_patterns=[PUBLISH_MARK]
+            )
             print(f"pushed {kind}: {pushed}")
     for kind, folder in folders.items():
         print(f"{kind} folder: {folder}")

@@ -4,6 +4,8 @@ import math
 
 from transformers import BertConfig, PreTrainedConfig
 
+from .leads import PTBXL_LEAD_ORDER
+
 # (depths, hidden_sizes) of the 1-D ConvNeXt-V2 stages, following the 2-D ConvNeXt-V2 family's names.
 ECG_ENCODER_PRESETS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
@@ -14,7 +16,6 @@ ECG_ENCODER_PRESETS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "base": ((3, 3, 27, 3), (128, 256, 512, 1024)),
 }
 ECG_ARCHITECTURES = ("convnextv2", "resnet1d")
-PTBXL_LEAD_ORDER = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 
 
 class EsiEcgConfig(PreTrainedConfig):

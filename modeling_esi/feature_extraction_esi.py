@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from transformers import BatchFeature, SequenceFeatureExtractor
 
-from .configuration_esi import PTBXL_LEAD_ORDER
+from .leads import PTBXL_LEAD_ORDER, map_leads_by_name
 
 # Bound on orig_rate * up in `resample_poly` (samples per second of the zero-stuffed signal).
 MAX_UPSAMPLED_HZ = 50_000
@@ -69,22 +69,6 @@ def bandpass(signal: np.ndarray, rate: float, low_hz: float, high_hz: float, ord
     lowpass = 1.0 / (1.0 + (freqs / high_hz) ** (2 * order))
     filtered = np.fft.irfft(np.fft.rfft(padded, axis=-1) * (highpass * lowpass), n=padded.shape[-1], axis=-1)
     return filtered[:, pad : pad + signal.shape[-1]]
-
-
-def map_leads_by_name(lead_names: Sequence[str], wanted: Sequence[str] = PTBXL_LEAD_ORDER) -> list[int | None]:
-    """For each lead in `wanted`, its row among `lead_names` (None when absent). Names match case-insensitively.
-
-    Raises `ValueError` for a name that is not among `wanted` or a name given twice: either would put a
-    lead's signal under another lead's name.
-    """
-    expected = {name.casefold() for name in wanted}
-    given = [str(name).strip().casefold() for name in lead_names]
-    unknown = [name for name, key in zip(lead_names, given, strict=True) if key not in expected]
-    if unknown:
-        raise ValueError(f"unknown lead name(s) {unknown}; expected names among {list(wanted)}")
-    if len(set(given)) != len(given):
-        raise ValueError(f"lead_names lists a lead twice: {list(lead_names)}")
-    return [given.index(name.casefold()) if name.casefold() in given else None for name in wanted]
 
 
 class EsiFeatureExtractor(SequenceFeatureExtractor):

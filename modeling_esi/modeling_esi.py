@@ -667,6 +667,9 @@ class EsiPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True  # the text tower and the caption decoder; the classifier has no attention
     _no_split_modules = ["EsiConvNextBlock", "EsiResNetBlock", "EsiDecoderLayer", "BertLayer"]
 
+    # The pipelines a saved folder registers (`custom_pipelines` in its config), where the class has them.
+    _custom_pipelines: dict | None = None
+
     def __init__(self, config: EsiConfig):
         super().__init__(config)
         # The towers follow the implementation resolved for the whole model unless one was asked for them
@@ -679,9 +682,10 @@ class EsiPreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         # All ESI heads share one config and one code file: list every Auto class in `auto_map`, so a
         # pretraining folder also loads with AutoModelForSequenceClassification (and a classifier with AutoModel).
+        # A class registered for AutoModel itself (the ECG-only model) then names itself there in `super()`.
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **ESI_AUTO_MAP}
-        if isinstance(self, EsiModel):
-            self.config.custom_pipelines = ESI_CUSTOM_PIPELINES
+        if self._custom_pipelines:
+            self.config.custom_pipelines = self._custom_pipelines
         super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -704,6 +708,13 @@ class EsiPreTrainedModel(PreTrainedModel):
         self, input_values: torch.Tensor, ecg_attention_mask: torch.Tensor | None, output_hidden_states: bool = False
     ) -> EsiEcgEncoderOutput:
         return self.ecg_model(input_values, ecg_attention_mask, output_hidden_states=output_hidden_states)
+
+
+class _BertModelWithoutPooler(BertModel):
+    """A BERT checkpoint's encoder without its pooler: ESI mean-pools the text tokens, so leaving a checkpoint's
+    pooler weights unused is expected and not reported as unexpected keys when loading."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^pooler\."]
 
 
 class EsiCaptionEmbeddingsMixin:
@@ -736,6 +747,7 @@ class EsiModel(EsiCaptionEmbeddingsMixin, EsiPreTrainedModel):
     """
 
     _tied_weights_keys = {"text_decoder.lm_head.weight": "text_decoder.embed_tokens.weight"}
+    _custom_pipelines = ESI_CUSTOM_PIPELINES
 
     def __init__(self, config: EsiConfig):
         super().__init__(config)
@@ -757,7 +769,7 @@ class EsiModel(EsiCaptionEmbeddingsMixin, EsiPreTrainedModel):
         config = config if config is not None else EsiConfig(**config_kwargs)
         config.text_config = BertConfig.from_pretrained(text_model_path)
         model = cls(config)
-        pretrained = BertModel.from_pretrained(text_model_path, add_pooling_layer=False)
+        pretrained = _BertModelWithoutPooler.from_pretrained(text_model_path, add_pooling_layer=False)
         model.text_model.load_state_dict(pretrained.state_dict())
         return model
 
@@ -1182,7 +1194,78 @@ class EsiForEcgClassification(EsiPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+@dataclass
+class EsiEcgModelOutput(ModelOutput):
+    """
+    Outputs of [`EsiEcgModelWithProjection`] (the ECG counterpart of CLIP's `CLIPVisionModelOutput`).
+
+    ecg_embeds (`(B, projection_dim)`): the projected embedding, not normalised (what `get_ecg_features` returns).
+    last_hidden_state (`(B, N, C)`), pooler_output (`(B, C)`), token_mask (`(B, N)`), hidden_states (`tuple`,
+        *optional*): the ECG encoder's outputs (see [`EsiEcgEncoderOutput`]).
+    """
+
+    ecg_embeds: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    token_mask: torch.BoolTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+class EsiEcgModelWithProjection(EsiPreTrainedModel):
+    r"""
+    The ECG side of [`EsiModel`]: ECG encoder and projection into the shared ECG-text space, without the text tower
+    and the caption decoder (like transformers' `CLIPVisionModelWithProjection`). This is what the released
+    encoder-only checkpoint holds; `AutoModel` loads it as this class and `AutoModelForSequenceClassification`
+    as [`EsiForEcgClassification`] (same `ecg_model` weights, new head).
+
+    Built from an `EsiModel` folder it keeps the ECG encoder and projection and drops the rest:
+    `EsiEcgModelWithProjection.from_pretrained(esi_folder).save_pretrained(encoder_folder)`.
+    """
+
+    _keys_to_ignore_on_load_unexpected = [r"^text_model\.", r"^text_decoder\.", r"^text_projection\.", r"^logit_scale$"]
+    # The pipelines that need only the ECG side (the embedding), under every task name they are registered for.
+    _custom_pipelines = {
+        task: spec for task, spec in ESI_CUSTOM_PIPELINES.items() if spec["impl"].endswith("FeatureExtractionPipeline")
+    }
+
+    def __init__(self, config: EsiConfig):
+        super().__init__(config)
+        self.ecg_model = EsiEcgEncoder(config.ecg_config)
+        self.ecg_projection = nn.Linear(config.ecg_config.hidden_sizes[-1], config.projection_dim, bias=False)
+        self.post_init()
+
+    # The very method of the full model, so both give the same embedding from the same weights.
+    get_ecg_features = EsiModel.get_ecg_features
+
+    def forward(
+        self,
+        input_values: torch.FloatTensor,
+        ecg_attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> EsiEcgModelOutput | tuple:
+        r"""
+        input_values (`(B, 12, T)`), ecg_attention_mask (`(B, T)`, 1 = real sample): the feature extractor's
+        outputs, so `model(**feature_extractor(ecg, ...))` works (other keys, e.g. `lead_mask`, are ignored).
+        """
+        output_hidden_states = bool(
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        ecg = self._encode_ecg(input_values, ecg_attention_mask, output_hidden_states)
+        output = EsiEcgModelOutput(
+            ecg_embeds=self.ecg_projection(ecg.pooler_output),
+            last_hidden_state=ecg.last_hidden_state,
+            pooler_output=ecg.pooler_output,
+            token_mask=ecg.token_mask,
+            hidden_states=ecg.hidden_states,
+        )
+        return output if return_dict else output.to_tuple()
+
+
 EsiModel.register_for_auto_class("AutoModel")
+EsiEcgModelWithProjection.register_for_auto_class("AutoModel")
 EsiForEcgClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
 __all__ = [
@@ -1192,6 +1275,8 @@ __all__ = [
     "EsiModel",
     "EsiForEcgCaptioning",
     "EsiForEcgClassification",
+    "EsiEcgModelWithProjection",
+    "EsiEcgModelOutput",
     "EsiOutput",
     "EsiCaptioningOutput",
     "EsiEcgEncoderOutput",

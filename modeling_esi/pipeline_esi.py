@@ -68,6 +68,8 @@ class _EcgPipeline(Pipeline):
 class EcgFeatureExtractionPipeline(_EcgPipeline):
     """ECG -> its ESI embedding (list of `projection_dim` floats, L2-normalised unless `normalize=False`)."""
 
+    _load_tokenizer = False  # no text: also runs on the released encoder, which has no tokenizer
+
     def _sanitize_parameters(self, sampling_rate=None, lead_names=None, normalize=None, **kwargs):
         preprocess, _, _ = super()._sanitize_parameters(sampling_rate, lead_names)
         return preprocess, {}, {"normalize": True if normalize is None else normalize}

@@ -95,6 +95,24 @@ def save_tiny_esi(folder: Path, classifier_labels: list[str] | None = None) -> P
 
 
 @pytest.fixture(scope="session")
+def torch_transformers_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with nothing but torch (the local CPU wheel) and transformers: what a user who only loads the
+    model has. Built once per session (installing torch is the slow part); tests must not install into it."""
+    import subprocess
+    import venv
+
+    env_dir = tmp_path_factory.mktemp("torch-transformers") / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    subprocess.run(
+        [env_dir / "bin" / "python", "-m", "pip", "install", "-q", "torch==2.13.0", "transformers>=5.0,<6"],
+        check=True,
+        capture_output=True,
+        timeout=1200,
+    )
+    return env_dir
+
+
+@pytest.fixture(scope="session")
 def tiny_esi(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny randomly initialised ESI model folder (see `save_tiny_esi`)."""
     return save_tiny_esi(tmp_path_factory.mktemp("tiny_esi") / "model")
@@ -123,16 +141,18 @@ def tiny_pretrained_model(
 
 def pretrain_in_process(argv: list[str]) -> Path:
     """`train.py ARGV` in this process; returns the saved model folder."""
-    from esi.train import pretrain
+    from esi.train.arguments import parse_args
+    from esi.train.pretrain import pretrain
 
-    return pretrain.pretrain(*pretrain.parse_args(argv))
+    return pretrain(*parse_args(argv))
 
 
 def finetune_in_process(argv: list[str]) -> dict:
     """`finetune.py ARGV` in this process; returns its results."""
-    from esi.eval import finetune
+    from esi.eval.arguments import parse_args
+    from esi.eval.finetune import run
 
-    return finetune.run(finetune.parse_args(argv))
+    return run(parse_args(argv))
 
 
 def copy_challenge_records(records: dict[Path, list[str]], folder: Path) -> Path:

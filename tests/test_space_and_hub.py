@@ -20,13 +20,13 @@ def test_readme_front_matter_makes_a_gradio_space_whose_app_file_serves_demo():
     app = REPO_ROOT / meta["app_file"]
     tree = ast.parse(app.read_text())
     assert any(isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "demo" for t in n.targets) for n in tree.body)
-    (gradio_spec,) = re.findall(r'^demo = \["(gradio[^"]*)"\]', (REPO_ROOT / "pyproject.toml").read_text(), re.M)
+    (gradio_spec,) = re.findall(r'^app = \[.*"(gradio[^"]*)"', (REPO_ROOT / "pyproject.toml").read_text(), re.M)
     major = int(str(meta["sdk_version"]).split(".")[0])
     assert f">={major}" in gradio_spec or f"<{major + 1}" in gradio_spec, (meta["sdk_version"], gradio_spec)
     requirements = [
         line for line in (REPO_ROOT / "requirements.txt").read_text().splitlines() if line and not line.startswith("#")
     ]
-    assert requirements == [".[demo]"]
+    assert requirements == [".[app]"]
 
 
 def test_a_hub_repo_id_resolves_to_its_cached_snapshot_offline(tmp_path):

@@ -14,6 +14,7 @@ from esi.plot import plot_ecg
 
 from .cqa_view import CqaDescriber
 from .inference import EsiPredictor, Predictions
+from .probe import SampleProbe
 from .records import EcgRecord, RecordError, SampleCatalogue, read_upload
 from .similar import Neighbour, SampleIndex
 
@@ -28,7 +29,7 @@ class Analysis:
     measurements: list[list[str]]
     description: str
     predictions: Predictions | None  # None without a model
-    caption: str | None
+    caption: str | None  # None when the model has no caption decoder (or there is no model)
     neighbours: list[Neighbour]
 
 
@@ -61,6 +62,8 @@ class Analyser:
         self.describer = CqaDescriber(samples_dir)
         self.predictor = EsiPredictor(model_dir) if model_dir is not None else None
         self.index = SampleIndex(self.predictor, self.catalogue, cache_dir) if self.predictor else None
+        needs_probe = self.predictor is not None and not self.predictor.predicts
+        self.probe = SampleProbe(self.index, self.catalogue) if needs_probe else None
 
     def analyse_upload(self, paths: list[str]) -> Analysis:
         return self.analyse(read_upload(paths))
@@ -75,9 +78,9 @@ class Analyser:
             predictions = caption = None
             neighbours: list[Neighbour] = []
             if self.predictor is not None:
-                predictions = self.predictor.predict(record)
                 caption = self.predictor.caption(record)
                 embedding = self.predictor.embed([record])[0]
+                predictions = self.probe.predict(embedding) if self.probe else self.predictor.predict(record)
                 neighbours = self.index.nearest(embedding, k=5, exclude=record.ecg_id)
             plot = render_plot(record, heading)
         except RecordError:

@@ -1,4 +1,7 @@
-"""The trained ESI model behind the app, loaded once: embeddings, class probabilities, generated captions."""
+"""The trained ESI model behind the app, loaded once: embeddings, class probabilities, generated captions.
+
+The released encoder (ECG tower only) gives embeddings; zero-shot probabilities and captions need a full model.
+"""
 
 from __future__ import annotations
 
@@ -53,7 +56,8 @@ class EsiPredictor:
         self.model_dir = Path(model_dir)
         self.model = AutoModel.from_pretrained(self.model_dir, trust_remote_code=True).eval()
         self.feature_extractor = AutoFeatureExtractor.from_pretrained(self.model_dir, trust_remote_code=True)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=True)
+        # A full ESI model has a text tower and a caption decoder; the released encoder has neither.
+        self.has_text = hasattr(self.model, "zero_shot_logits")
         self.hash = model_hash(self.model_dir)
         classifier_dir = find_classifier(self.model_dir)
         self.classifier = (
@@ -62,14 +66,21 @@ class EsiPredictor:
             else None
         )
         self.classifier_dir = classifier_dir
-        self.class_prompts, _ = class_prompts(SUPERCLASSES, load_knowledge_base())
-        self.class_tokens = self.tokenizer(
-            list(self.class_prompts.values()),
-            padding=True,
-            truncation=True,
-            max_length=PROMPT_MAX_TOKENS,
-            return_tensors="pt",
-        )
+        if self.has_text:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=True)
+            self.class_prompts, _ = class_prompts(SUPERCLASSES, load_knowledge_base())
+            self.class_tokens = self.tokenizer(
+                list(self.class_prompts.values()),
+                padding=True,
+                truncation=True,
+                max_length=PROMPT_MAX_TOKENS,
+                return_tensors="pt",
+            )
+
+    @property
+    def predicts(self) -> bool:
+        """Whether `predict` has a way to give probabilities (a classifier head, or zero-shot through the text)."""
+        return self.classifier is not None or self.has_text
 
     def inputs(self, records: list[EcgRecord]) -> dict[str, torch.Tensor]:
         """Model inputs for records sharing one sampling rate."""
@@ -90,7 +101,10 @@ class EsiPredictor:
         return torch.nn.functional.normalize(features, dim=-1).numpy()
 
     @torch.no_grad()
-    def predict(self, record: EcgRecord) -> Predictions:
+    def predict(self, record: EcgRecord) -> Predictions | None:
+        """The classifier's probabilities, else zero-shot ones; None for a model with neither (see `predicts`)."""
+        if not self.predicts:
+            return None
         inputs = self.inputs([record])
         if self.classifier is not None:
             logits = self.classifier(**inputs).logits[0]
@@ -113,7 +127,10 @@ class EsiPredictor:
         return Predictions(method, dict(zip(self.class_prompts, logits.softmax(-1).tolist(), strict=True)))
 
     @torch.no_grad()
-    def caption(self, record: EcgRecord, max_new_tokens: int = 96) -> str:
+    def caption(self, record: EcgRecord, max_new_tokens: int = 96) -> str | None:
+        """The model's own caption; None for a model without a caption decoder."""
+        if not self.has_text:
+            return None
         inputs = self.inputs([record])
         # The BOS token takes one of the decoder's positions; a small model cannot write 96 more.
         max_new_tokens = min(max_new_tokens, self.model.config.decoder_config.max_position_embeddings - 1)

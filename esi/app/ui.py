@@ -2,7 +2,7 @@
 sample) and see it on ECG paper with its measurements, the model's class probabilities, the CQA
 description, the model's own caption and the most similar sample ECGs. Research software, not a medical device.
 
-    esi-app                            # model from outputs/demo/pretraining/model (`make demo`)
+    esi-app                            # the released encoder (model_cards/esi-ecg-encoder), else `make demo`'s model
     ESI_MODEL=path/to/model ESI_SAMPLES=data/ptbxl_sample esi-app
 
 Importing this module builds nothing; `build_app_from_env()` builds the page. The repository's `app.py`
@@ -15,7 +15,6 @@ uploads are deleted after their analysis, after 10 minutes if never analysed, an
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import functools
 import html
@@ -38,11 +37,12 @@ from esi.app.uploads import (
     uploads_in_use,
 )
 from esi.app.workers import AnalysisTimeout, WorkerFailed, WorkerPool
+from esi.constants import RELEASED_ENCODER_DIR
 from esi.hub import resolve_model_dir
 
 logger = logging.getLogger("esi.app")
 # Relative to the working directory: where `make demo` leaves its model, and the embedded sample.
-DEFAULT_MODEL = Path("outputs") / "demo" / "pretraining" / "model"
+DEMO_MODEL = Path("outputs") / "demo" / "pretraining" / "model"
 DEFAULT_SAMPLES = Path("data") / "ptbxl_sample"
 DEFAULT_CACHE = Path("outputs") / "app_cache"
 
@@ -128,7 +128,10 @@ def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACH
         else:
             probabilities = analysis.predictions.probabilities
             method = f"**Method:** {analysis.predictions.method}."
-            caption = escape_markdown(analysis.caption or "") or "_(the model generated an empty caption)_"
+            if analysis.caption is None:
+                caption = "_(no caption decoder: the released encoder embeds ECGs; captions need a full ESI model)_"
+            else:
+                caption = escape_markdown(analysis.caption or "") or "_(the model generated an empty caption)_"
         return (
             analysis.plot,
             pd.DataFrame(analysis.measurements, columns=MEASUREMENT_HEADERS),
@@ -281,31 +284,19 @@ def launch(demo: gr.Blocks) -> None:
     demo.launch(**launch_options())
 
 
+def default_model() -> Path:
+    """The released encoder (trained on the patient-disjoint pool) when present, else the demo's model."""
+    return RELEASED_ENCODER_DIR if (RELEASED_ENCODER_DIR / "config.json").is_file() else DEMO_MODEL
+
+
 def build_app_from_env(model: str | None = None, samples: str | None = None, cache: str | None = None) -> gr.Blocks:
     """The page for a model folder or a Hub repo id at a pinned commit, a sample folder and a cache folder.
 
-    Each defaults to $ESI_MODEL, $ESI_SAMPLES and $ESI_CACHE, else to `make demo`'s outputs.
+    Each defaults to $ESI_MODEL, $ESI_SAMPLES and $ESI_CACHE; the model else to the released encoder when the
+    repository has it, else to `make demo`'s model.
     """
     return build_app(
-        resolve_model_dir(model or os.environ.get("ESI_MODEL", DEFAULT_MODEL)),
+        resolve_model_dir(model or os.environ.get("ESI_MODEL") or default_model()),
         Path(samples or os.environ.get("ESI_SAMPLES", DEFAULT_SAMPLES)),
         Path(cache or os.environ.get("ESI_CACHE", DEFAULT_CACHE)),
     )
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`esi-app`: build the page and serve it (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose the address)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model",
-        help="model folder, or Hub repo id at a pinned commit (org/name@<commit hash>); default: $ESI_MODEL, else "
-        "the demo's model",
-    )
-    parser.add_argument("--samples", help="PTB-XL-layout sample folder (default: $ESI_SAMPLES, else data/ptbxl_sample)")
-    parser.add_argument("--cache", help="where sample embeddings are cached (default: $ESI_CACHE)")
-    args = parser.parse_args(argv)
-    launch(build_app_from_env(args.model, args.samples, args.cache))
-
-
-if __name__ == "__main__":
-    main()

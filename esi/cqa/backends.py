@@ -20,11 +20,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
+from esi.cqa.options import BACKENDS, VLLM_PYTHON_ENV
 from esi.cqa.prompts import CaptionRequest
 from esi.cqa.template_writer import TemplateWriter
 
 WORKER_PATH = Path(__file__).resolve().parent / "vllm_worker.py"
-VLLM_PYTHON_ENV = "ESI_VLLM_PYTHON"
 TEMPLATE_MODEL_ID = "esi-cqa-template-v1"
 
 
@@ -227,8 +227,6 @@ class VllmBackend(_SamplingMixin, CaptionBackend):
             self._proc = None
         self._engine = None
 
-
-BACKENDS = ("template", "transformers", "vllm")
 
 
 def make_backend(

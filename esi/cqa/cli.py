@@ -15,7 +15,7 @@ Examples:
     esi-cqa --dataset D --output_dir outputs/captions --backend template --resume
 
     # one clinical file (WFDB .hea, Philips XML, DICOM, CSV): the caption as JSON on stdout
-    esi-cqa --ecg_file ../shared/vendor-ecg/philips-xml/129DYPRG.XML --age 61 --sex female
+    esi-cqa --ecg_file ecg.xml --age 61 --sex female
 
 Options accept dashes or underscores (`--output-dir` = `--output_dir`). The output folder holds Parquet
 shards (`data/{split}-NNNNN-of-NNNNN.parquet`), a dataset card (README.md) and the source's licence, and
@@ -30,14 +30,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
 from esi.cqa.options import GenerationOptions
-from esi.cqa.run import generate_captions, merge_outputs, push_captions
-from esi.cqa.single_file import caption_ecg_file
-from esi.data.ecg_file import EcgFileError
-from esi.data.schema import RecordError
 from esi.disk_errors import exit_on_full_disk
+from esi.extras import require_extra
 
 
 @dataclass
@@ -85,12 +80,17 @@ class CqaArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[CqaArguments, GenerationOptions]:
+    from transformers import HfArgumentParser
+
     parser = HfArgumentParser((CqaArguments, GenerationOptions), description=__doc__.split("\n\n")[0], epilog=__doc__)
     return parser.parse_args_into_dataclasses(args=argv)
 
 
 def run(args: CqaArguments, options: GenerationOptions) -> dict:
     """Generate (or merge), then optionally plot and push; returns the run summary. With --ecg_file: the caption."""
+    # The pipeline (measurements, retrieval, datasets) is imported here, not for `--help`.
+    from esi.cqa.run import generate_captions, merge_outputs, push_captions
+
     if args.ecg_file:
         return _caption_file(args, options)
     if args.merge:
@@ -115,6 +115,10 @@ def run(args: CqaArguments, options: GenerationOptions) -> dict:
 
 
 def _caption_file(args: CqaArguments, options: GenerationOptions) -> dict:
+    from esi.cqa.single_file import caption_ecg_file
+    from esi.data.ecg_file import EcgFileError
+    from esi.data.schema import RecordError
+
     try:
         result = caption_ecg_file(args.ecg_file, options, args.age, args.sex)
     except (EcgFileError, RecordError) as err:
@@ -130,9 +134,11 @@ def _caption_file(args: CqaArguments, options: GenerationOptions) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (its return value becomes the exit status, so it returns nothing; see `run`)."""
+    args = parse_args(argv)
+    require_extra("esi-cqa", "cqa")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with exit_on_full_disk("esi-cqa", "rerun the same command with --resume"):
-        run(*parse_args(argv))
+        run(*args)
 
 
 if __name__ == "__main__":

@@ -95,11 +95,15 @@ def _column_table() -> str:
     return "\n".join(rows)
 
 
-def _dataset_info(splits: Sequence[str], per_split: dict[str, int]) -> str:
-    """The card's `dataset_info` block: features and split sizes of the default config, as the Hub lists them."""
+def _dataset_info(splits: Sequence[str], stats: dict) -> str:
+    """The card's `dataset_info` block: features and split sizes of the default config, as the Hub lists them
+    (`num_bytes`: the split's Arrow data in memory; `download_size`: its Parquet files)."""
+    per_split, num_bytes = stats["rows_per_split"], stats.get("bytes_per_split", {})
     info = {
         "features": [{"name": name, **_feature_yaml(feature)} for name, feature in output_features().items()],
-        "splits": [{"name": s, "num_examples": per_split[s]} for s in splits],
+        "splits": [{"name": s, "num_bytes": num_bytes.get(s, 0), "num_examples": per_split[s]} for s in splits],
+        "download_size": sum(stats.get("parquet_bytes_per_split", {}).get(s, 0) for s in splits),
+        "dataset_size": sum(num_bytes.get(s, 0) for s in splits),
     }
     return yaml.safe_dump({"dataset_info": info}, sort_keys=False).rstrip()
 
@@ -160,7 +164,7 @@ def render_dataset_card(
         ),
         "column_table": _column_table(),
         "extra_configs": _signals_config(signal_splits),
-        "dataset_info": _dataset_info(splits, per_split),
+        "dataset_info": _dataset_info(splits, stats),
         "signals_note": SIGNALS_NOTE if signal_splits else NO_SIGNALS_NOTE,
         "model_note": _model_note(model_repo_id),
     }

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from esi.cqa.backends import BACKENDS, VLLM_PYTHON_ENV
-from esi.cqa.retrieval import DEFAULT_K
-from esi.cqa.template_writer import TEXT_VARIANTS
+# Declared here, the lowest CQA module (plain Python), so that parsing options imports no model code.
+BACKENDS = ("template", "transformers", "vllm")
+TEXT_VARIANTS = ("full", "no_knowledge", "statements_only", "measurements_only")
+# The environment variable naming the interpreter that has vllm (the vllm backend's worker subprocess).
+VLLM_PYTHON_ENV = "ESI_VLLM_PYTHON"
+# Most passages per record: a record states up to nine statements (PTB-XL); eight keep every statement's own
+# passage for all but a handful of records, and fewer are returned whenever fewer fit.
+DEFAULT_K = 8
 
 # Options that change what a unit contains: a resumed run or a merge must agree on all of them.
 IDENTITY_KEYS = (

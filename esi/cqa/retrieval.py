@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from esi.cqa.options import DEFAULT_K
 from esi.knowledge import KnowledgeEntry, RecordFacts
 from esi.text_encoder import default_text_model_path
 from modeling_esi.modeling_esi import masked_mean
@@ -36,9 +37,6 @@ logger = logging.getLogger(__name__)
 # (1-based) in a ranking gains 1 / (RRF_K + r). 60 damps the gap between the very
 # top ranks so neither ranker alone decides the order, and is the usual default.
 RRF_K = 60
-# Most passages per record: a record states up to nine statements (PTB-XL); eight keep every statement's own
-# passage for all but a handful of records, and fewer are returned whenever fewer fit.
-DEFAULT_K = 8
 # Keep one-letter tokens: "P wave", "T wave" and "Q wave" matter in ECG text.
 _TOKEN_PATTERN = r"(?u)\b\w+\b"
 _MAX_SEQ_LEN = 256  # all-MiniLM-L6-v2 was trained with 256 word pieces at most

@@ -198,19 +198,31 @@ def _output_table(rows: list[dict]) -> datasets.Dataset:
 
 
 def output_stats(output_dir: Path, dataset_dir: str | os.PathLike | None = None) -> dict:
-    """Rows per split and faithfulness outcomes, read back from the committed Parquet files; with `dataset_dir`
-    (the prepared dataset captioned), also the sources of the captioned records (for the card's licence)."""
+    """Rows, bytes (in memory, as `datasets` counts a split's `num_bytes`, and as Parquet files) per split and
+    faithfulness outcomes, read back from the committed Parquet files; with `dataset_dir` (the prepared dataset
+    captioned), also the sources of the captioned records (for the card's licence)."""
     import pyarrow.parquet as pq
 
     per_split: Counter[str] = Counter()
+    num_bytes: Counter[str] = Counter()
+    file_bytes: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
     ecg_ids: list[int] = []
     for path in sorted((output_dir / "data").glob("*.parquet")):
-        table = pq.read_table(path, columns=["ecg_id", "split", "faithfulness"])
-        per_split.update(table.column("split").to_pylist())
+        table = pq.read_table(path)
+        splits = table.column("split").to_pylist()
+        per_split.update(splits)
+        if splits:  # a shard holds one split (`{split}-NNNNN-of-NNNNN.parquet`)
+            num_bytes[splits[0]] += table.nbytes
+            file_bytes[splits[0]] += path.stat().st_size
         outcomes.update(table.column("faithfulness").to_pylist())
         ecg_ids += table.column("ecg_id").to_pylist()
-    stats = {"rows_per_split": dict(per_split), "faithfulness": {k: outcomes.get(k, 0) for k in FAITHFULNESS_OUTCOMES}}
+    stats = {
+        "rows_per_split": dict(per_split),
+        "bytes_per_split": dict(num_bytes),
+        "parquet_bytes_per_split": dict(file_bytes),
+        "faithfulness": {k: outcomes.get(k, 0) for k in FAITHFULNESS_OUTCOMES},
+    }
     if dataset_dir is not None:
         stats["sources"] = dataset_sources(dataset_dir, ecg_ids)
     return stats

@@ -20,6 +20,7 @@ from functools import lru_cache
 
 from esi.cqa.faithfulness import ADVICE_RE, STATEMENT_NAMES, FaithfulnessChecker, stated_numbers
 from esi.cqa.measurements import reliable_value
+from esi.cqa.options import TEXT_VARIANTS
 from esi.cqa.prompts import (
     SCP_ECG,
     VOLTAGE_FIELDS,
@@ -63,7 +64,6 @@ def _join(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-TEXT_VARIANTS = ("full", "no_knowledge", "statements_only", "measurements_only")
 DISCLAIMER = "Automatic research estimates, not a diagnosis."
 
 

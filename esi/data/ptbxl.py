@@ -25,6 +25,7 @@ import wfdb
 from datasets import DatasetDict, Features
 
 from esi.constants import PTBXL_AGE_OVER_89, TASKS
+from esi.constants import PTBXL_SAMPLING_RATES as SAMPLING_RATES
 from esi.data.prepare import RowTable
 from esi.data.schema import LEAD_NAMES, RecordError, bounded_cell, prepared_features, refuse_duplicate_ids
 from esi.data.wfdb_record import (
@@ -38,7 +39,6 @@ from esi.data.wfdb_record import (
 )
 
 DURATION_S = 10
-SAMPLING_RATES = (100, 500)
 SEX_NAMES = {0: "male", 1: "female"}
 DATABASE_COLUMNS = (
     "ecg_id",

@@ -1,7 +1,7 @@
 """One command for every source: `python dataset_scripts/prepare.py --source NAME --input DIR --output-dir OUT`.
 
-    --source ptbxl        --input ../shared/ptb-xl-pretrain
-    --source challenge    --input ../shared/cinc2021-sample      (CinC 2020/2021: .hea + .mat, Dx codes)
+    --source ptbxl        --input path/to/ptb-xl
+    --source challenge    --input path/to/challenge-2021        (CinC 2020/2021: .hea + .mat, Dx codes)
     --source mimic        --input PATH/mimic-iv-ecg               (record_list.csv, machine_measurements.csv, files/)
     --source wfdb-folder  --input RECORDS_DIR --labels labels.csv
 
@@ -17,15 +17,15 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from esi.data.challenge import ChallengeSource
-from esi.data.mimic import MimicEcgSource
-from esi.data.prepare import Source, prepare_source
 from esi.data.prepare_ptbxl import add_prepare_arguments, options_from_args, report
-from esi.data.ptbxl import PtbxlSource
-from esi.data.schema import RecordError
-from esi.data.wfdb_folder import WfdbFolderSource
 from esi.disk_errors import exit_on_full_disk
+from esi.extras import require_extra
+
+# The readers are imported when a preparation runs, not for `--help`.
+if TYPE_CHECKING:
+    from esi.data.prepare import Source
 
 SOURCES = ("ptbxl", "challenge", "mimic", "wfdb-folder")
 
@@ -34,6 +34,11 @@ def make_source(
     name: str, folder: Path, sampling_rate: int, labels: Path | None = None, limit: int | None = None
 ) -> Source:
     """The reader for source `name` over `folder`."""
+    from esi.data.challenge import ChallengeSource
+    from esi.data.mimic import MimicEcgSource
+    from esi.data.ptbxl import PtbxlSource
+    from esi.data.wfdb_folder import WfdbFolderSource
+
     if name == "ptbxl":
         return PtbxlSource(folder, sampling_rate, limit)
     if name == "challenge":
@@ -60,7 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    require_extra("esi-prepare-source", "data")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from esi.data.prepare import prepare_source
+    from esi.data.schema import RecordError
+
     try:
         source = make_source(args.source, args.input, args.sampling_rate, args.labels, args.limit)
         with exit_on_full_disk("esi-prepare-source", "rerun the same command with --resume"):

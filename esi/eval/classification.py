@@ -29,11 +29,11 @@ from tqdm.auto import tqdm
 from esi.data.ptbxl import multi_hot
 from esi.data.torch_dataset import EcgCollator, EcgDataset, EcgWindows, load_dataset_folder
 from esi.data.windows import mean_by_record
+from esi.eval.arguments import METHODS
 from esi.eval.probe import EarlyStopping, TrainConfig, choose_thresholds, fit_linear_probe
 from esi.eval.stats import macro_auroc
 from modeling_esi import EsiConfig, EsiFeatureExtractor, EsiForEcgClassification, lora_target_modules
 
-METHODS = ("linear_probe", "lora", "full", "supervised_scratch")
 SPLITS = ("train", "validation", "test")
 # Local `evaluate` modules, shipped as package data (the Hub metrics cannot be downloaded offline).
 METRICS_DIR = Path(str(importlib.resources.files("esi.eval") / "metrics"))

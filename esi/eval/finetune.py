@@ -1,34 +1,4 @@
-"""Downstream evaluation of an ESI model on a prepared PTB-XL dataset (folds 1-8 train, 9 validation, 10 test).
-
-Classification (macro AUROC on the test fold, early stopping on validation macro AUROC):
-
-    python finetune.py --model MODEL --dataset PREPARED_DIR --task superdiagnostic --method linear_probe \
-        --label-fraction 0.1 --seed 0 --output-dir OUT
-
-  --method linear_probe        frozen encoder, embeddings computed once, linear head trained
-  --method lora                PEFT LoRA on the encoder's Linear and ungrouped Conv1d layers, head in full
-  --method full                every weight trained
-  --method supervised_scratch  `full` from a randomly initialised encoder (same architecture)
-  --random-init                randomly initialised encoder under any method (the baseline)
-
-Other evaluations:
-
-  --method subject_id   patients with >= 2 records (all splits): earliest record as gallery, the others as
-                        probes; top-1 / top-5 accuracy by cosine similarity of encoder embeddings
-  --method zero_shot    class prompts from the CQA knowledge base (esi/knowledge), macro AUROC on test
-  --method captioning   captions generated from test ECGs, scored against the CQA captions (--captions DIR)
-                        with token F1 and ROUGE-L
-
-Label fractions are whole patients sampled from the training folds, stratified over their label sets
-(iterative stratification), seeded, with at least one positive patient per class. Classes with no
-positive record in train or test are dropped and listed in the results.
-
-Outputs in OUT: results.json, results.md, and depending on the method roc.png, test_scores.npz,
-model/ (linear_probe, full, supervised_scratch) or adapter/ (lora: a PEFT sequence-classification adapter whose
-README.md gives the `AutoPeftModelForSequenceClassification.from_pretrained` call that reloads it with its labels).
-
-Research software, not a diagnostic device.
-"""
+"""Downstream evaluation of an ESI model: `run(FinetuneArguments(...))`; the command is `esi.eval.cli`."""
 
 from __future__ import annotations
 
@@ -36,20 +6,15 @@ import dataclasses
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import evaluate
 import numpy as np
-from transformers import HfArgumentParser
 
-from esi.constants import TASKS
 from esi.data.torch_dataset import join_captions, load_dataset_folder
 from esi.data.windows import parse_window_count
-from esi.disk_errors import exit_on_full_disk
+from esi.eval.arguments import FinetuneArguments
 from esi.eval.classification import (
-    METHODS,
     METRICS_DIR,
     TrainConfig,
     encoder_features,
@@ -66,7 +31,6 @@ from esi.eval.zero_shot import class_prompts, generate_captions, zero_shot_score
 from modeling_esi import EsiFeatureExtractor
 
 logger = logging.getLogger("esi.finetune")
-OTHER_METHODS = ("subject_id", "zero_shot", "captioning")
 # Per-method defaults; a linear head on fixed embeddings needs many cheap epochs.
 DEFAULTS = {
     "linear_probe": dict(epochs=200, batch_size=64, lr=3e-3, patience=20),
@@ -74,65 +38,6 @@ DEFAULTS = {
     "full": dict(epochs=15, batch_size=32, lr=3e-4, patience=4),
     "supervised_scratch": dict(epochs=15, batch_size=32, lr=1e-3, patience=4),
 }
-
-
-@dataclass
-class FinetuneArguments:
-    """finetune.py's options, each declared once (parsed by `HfArgumentParser`; call `run(FinetuneArguments(...))`
-    from Python)."""
-
-    model: str = field(metadata={"help": "ESI model folder (train.py output) or Hub id"})
-    dataset: str = field(metadata={"help": "prepared dataset folder (dataset_scripts/prepare_ptbxl.py)"})
-    output_dir: str
-    task: Literal[TASKS] = "superdiagnostic"
-    method: Literal[METHODS + OTHER_METHODS] = "linear_probe"
-    label_fraction: float = field(default=1.0, metadata={"help": "share of training patients: 0.01, 0.1, 1.0"})
-    random_init: bool = field(default=False, metadata={"help": "randomly initialised encoder (baseline)"})
-    train_window: Literal["random", "first"] = field(
-        default="random",
-        metadata={
-            "help": "the window of the model's input length a training record gives: 'random' (a new seeded start "
-            "each epoch; the linear probe draws once) or 'first'. Shorter records are padded and masked"
-        },
-    )
-    eval_windows: str = field(
-        default="all",
-        metadata={
-            "help": "windows per validation/test record: 'all' (covering the record) or N (at most N, evenly "
-            "spaced; 1 = the first only); the record's prediction is the mean of the windows' probabilities "
-            "(embeddings for subject_id, similarities for zero_shot; captioning reads the first window)"
-        },
-    )
-    seed: int = 0
-    epochs: int | None = field(default=None, metadata={"help": "maximum epochs (default depends on --method)"})
-    batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float = 1e-4
-    patience: int | None = field(default=None, metadata={"help": "epochs without validation improvement"})
-    eval_batch_size: int = 64
-    bootstrap_samples: int = field(default=200, metadata={"help": "resamples for confidence intervals"})
-    captions: str | None = field(
-        default=None, metadata={"help": "captioning: CQA captions folder (cqa_generate.py output)"}
-    )
-    max_records: int | None = field(default=None, metadata={"help": "captioning: caption only the first N test ECGs"})
-    max_new_tokens: int = 64
-    num_beams: int = 1
-
-    def __post_init__(self) -> None:
-        if not 0 < self.label_fraction <= 1:
-            raise ValueError(f"--label-fraction must be in (0, 1], got {self.label_fraction}")
-        parse_window_count(self.eval_windows)
-        if self.method == "captioning" and not self.captions:
-            raise ValueError("--method captioning needs --captions")
-
-
-def parse_args(argv: list[str] | None = None) -> FinetuneArguments:
-    parser = HfArgumentParser(FinetuneArguments, description=__doc__)
-    try:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as error:  # __post_init__'s checks, reported as argparse reports a bad option
-        parser.error(str(error))
-    return args
 
 
 def train_config(args: FinetuneArguments) -> TrainConfig:
@@ -341,13 +246,3 @@ def run(args: FinetuneArguments) -> dict:
     write_json(out / "results.json", result)
     logger.info("%s: %s", args.method, {k: v for k, v in result.items() if isinstance(v, float)})
     return result
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point (`esi-finetune`, `finetune.py`); programmatic callers use `run(parse_args(argv))`."""
-    with exit_on_full_disk("esi-finetune"):
-        run(parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

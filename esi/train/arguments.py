@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from transformers import HfArgumentParser
-
 from esi.data.windows import parse_window_count
 
 # Chosen by measurement (benchmarks/bench_train.py --pool, `caption_tokens_cut_by_max_text_length` in its
@@ -60,7 +58,7 @@ class DataArguments:
     evaluation_records: str | None = field(
         default=None,
         metadata={
-            "help": "prepared dataset folder the model will be evaluated on (e.g. ../shared/ptb-xl prepared): "
+            "help": "prepared dataset folder the model will be evaluated on (e.g. PTB-XL's evaluation records): "
             "records or patients shared with the pretraining split are reported loudly"
         },
     )
@@ -161,6 +159,8 @@ ARGUMENT_CLASSES = (DataArguments, ModelArguments, OptimizationArguments, RunArg
 def parse_args(
     argv: list[str] | None = None, description: str | None = None
 ) -> tuple[DataArguments, ModelArguments, OptimizationArguments, RunArguments]:
+    from transformers import HfArgumentParser  # here, so that importing the dataclasses stays light
+
     parser = HfArgumentParser(ARGUMENT_CLASSES, description=description or __doc__)
     data, model, optim, run = parser.parse_args_into_dataclasses(args=argv)
     try:

@@ -87,7 +87,7 @@ def evaluation_overlap(train: datasets.Dataset, evaluation_dir: str | None) -> d
         logger.warning(
             "WARNING: PRETRAINING ON EVALUATION DATA: %d record(s) and %d patient(s) of the pretraining split are "
             "also in %s (e.g. ecg_id %s). Their captions carry their labels, so downstream results on that dataset "
-            "are not a clean measure. Pretrain on ../shared/ptb-xl-pretrain to evaluate on ../shared/ptb-xl.",
+            "are not a clean measure. Pretrain on records of patients the evaluation set does not hold.",
             len(shared_ids),
             len(shared_patients),
             evaluation_dir,

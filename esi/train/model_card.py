@@ -3,13 +3,38 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from string import Template
 
 from modeling_esi.configuration_esi import EsiEcgConfig
 from modeling_esi.modeling_esi import lora_target_modules
 
+logger = logging.getLogger(__name__)
 TEMPLATE = Path(__file__).with_name("model_card.md")
+
+
+def results_for_model(downstream: dict | None, checksum: str) -> dict | None:
+    """Only the downstream results measured on this very model (`weights_sha256` equal to `checksum`).
+
+    A result without a checksum, or measured on other weights (another run, seed or checkpoint), is left
+    out and counted in a warning: a model card must not quote figures its model did not earn.
+    """
+    if not downstream:
+        return None
+    results = downstream.get("results", [])
+    kept = [r for r in results if r.get("weights_sha256") == checksum]
+    if len(kept) < len(results):
+        logger.warning(
+            "left %d of %d downstream results off the model card: their weights_sha256 is not %s",
+            len(results) - len(kept),
+            len(results),
+            checksum,
+        )
+    markdown = downstream.get("markdown") if downstream.get("weights_sha256") == checksum else None
+    if not kept and not markdown:
+        return None
+    return {"results": kept, "markdown": markdown or "", "weights_sha256": checksum}
 
 
 def _name(path: str | None) -> str | None:
@@ -78,18 +103,68 @@ def _evaluation_section(summary: dict, downstream: dict | None) -> str:
     return "\n\n".join(parts) or "Not evaluated yet."
 
 
-def _model_index(downstream: dict | None) -> str:
+# Hub ids the card metadata uses: the task of every figure is embedding quality measured by a probe (the Hub's
+# `feature-extraction`); PTB-XL has no Hub dataset id, so the evaluation data is named by its PhysioNet slug.
+MODEL_INDEX_TASK = "feature-extraction"
+EVALUATION_DATASET = {"type": "physionet/ptb-xl", "name": "PTB-XL (PhysioNet 1.0.3)"}
+# The text tower `esi-train` starts from by default (`--text-model default`), as its Hub id.
+DEFAULT_TEXT_TOWER_ID = "sentence-transformers/all-MiniLM-L6-v2"
+COMMON = Path(__file__).with_name("card_common.md")
+ENCODER_TEMPLATE = Path(__file__).with_name("encoder_card.md")
+
+
+def _model_index(name: str, downstream: dict | None) -> str:
+    """The card's `model-index` (one entry per result, each naming the weights it was measured on)."""
     if not downstream or not downstream.get("results"):
         return ""
     entries = [
         {
-            "task": {"type": "ecg-classification", "name": result["name"]},
-            "dataset": {"type": "ptb-xl", "name": result.get("dataset", "PTB-XL"), "split": "fold 10"},
-            "metrics": [{"type": "roc_auc", "name": "macro AUROC", "value": round(result["value"], 4)}],
+            "task": {"type": MODEL_INDEX_TASK, "name": result["name"]},
+            "dataset": {**EVALUATION_DATASET, "split": result.get("split", "test")},
+            "metrics": [
+                {
+                    "type": "roc_auc",
+                    "name": "macro AUROC",
+                    "value": round(result["value"], 4),
+                    "verified": False,
+                    "args": {"weights_sha256": result["weights_sha256"]},
+                }
+            ],
         }
         for result in downstream["results"]
     ]
-    return "model-index:\n- name: ESI\n  results:\n" + "\n".join("  - " + json.dumps(entry) for entry in entries)
+    return f"model-index:\n- name: {name}\n  results:\n" + "\n".join("  - " + json.dumps(e) for e in entries) + "\n"
+
+
+def _datasets(dataset_repo_id: str | None) -> str:
+    return f"datasets:\n- {dataset_repo_id}\n" if dataset_repo_id else ""
+
+
+def _base_model(summary: dict) -> str:
+    """`base_model` where the text tower started from a Hub model (the default), else nothing."""
+    args = summary.get("args", {})
+    if args.get("text_model", "default") == "default" and not args.get("random_text_tower"):
+        return f"base_model: {DEFAULT_TEXT_TOWER_ID}\n"
+    return ""
+
+
+def _shared_values(
+    summary: dict, config: dict, repo_id: str, downstream: dict | None, dataset_repo_id: str | None
+) -> dict[str, str]:
+    """What the full model's and the encoder's cards fill in alike."""
+    ecg = config.get("ecg_config", {})
+    return {
+        "datasets": _datasets(dataset_repo_id),
+        "encoder_size": ecg.get("size", "custom"),
+        "repo_id": repo_id,
+        "projection_dim": config.get("projection_dim"),
+        "sampling_rate": ecg.get("sampling_rate"),
+        "duration_s": ecg.get("duration_s"),
+        "lora_targets": f'r"{lora_target_modules(EsiEcgConfig(**ecg))}"',
+        "training": _training_section(summary),
+        "evaluation": _evaluation_section(summary, downstream),
+        "common": COMMON.read_text(),
+    }
 
 
 def render_model_card(
@@ -99,20 +174,32 @@ def render_model_card(
     downstream: dict | None = None,
     dataset_repo_id: str | None = None,
 ) -> str:
-    """Card text; `dataset_repo_id` links the caption dataset the model was pretrained on (Hub `datasets:`)."""
-    ecg = config.get("ecg_config", {})
-    datasets = [dataset_repo_id] if dataset_repo_id else ["ptb-xl"]
+    """Card text of a full ESI model; `dataset_repo_id` links the caption dataset it was pretrained on."""
     return Template(TEMPLATE.read_text()).substitute(
-        datasets="\n".join(f"- {name}" for name in datasets),
-        model_index=_model_index(downstream),
-        encoder_size=ecg.get("size", "custom"),
-        repo_id=repo_id,
-        projection_dim=config.get("projection_dim"),
-        sampling_rate=ecg.get("sampling_rate"),
-        duration_s=ecg.get("duration_s"),
-        lora_targets=f'r"{lora_target_modules(EsiEcgConfig(**ecg))}"',
-        training=_training_section(summary),
-        evaluation=_evaluation_section(summary, downstream),
+        _shared_values(summary, config, repo_id, downstream, dataset_repo_id),
+        base_model=_base_model(summary),
+        model_index=_model_index("ESI", downstream),
+    )
+
+
+def render_encoder_card(
+    release: dict,
+    summary: dict,
+    config: dict,
+    repo_id: str = "ORG/esi-ecg-encoder",
+    downstream: dict | None = None,
+    dataset_repo_id: str | None = None,
+) -> str:
+    """Card text of the encoder-only release (`esi.release`); `release` is its `release.json` (weights, dtype,
+    the checksum of the model it was exported from, on which `downstream` results were measured)."""
+    return Template(ENCODER_TEMPLATE.read_text()).substitute(
+        _shared_values(summary, config, repo_id, downstream, dataset_repo_id),
+        model_index=_model_index("ESI ECG encoder", downstream),
+        parameters=f"{release['parameters']:,}",
+        dtype=release["dtype"],
+        size_mb=f"{release['size_bytes'] / 1e6:.1f}",
+        weights_sha256=release["weights_sha256"],
+        source_weights_sha256=release["source_weights_sha256"],
     )
 
 
@@ -127,4 +214,29 @@ def write_model_card(
     config = json.loads((folder / "config.json").read_text())
     path = folder / "README.md"
     path.write_text(render_model_card(summary, config, repo_id, downstream, dataset_repo_id))
+    return path
+
+
+def _json_or_none(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def encoder_card_text(folder: str | Path) -> str:
+    """The card an encoder release folder (`esi.release`) should carry, from the files in it: `release.json`,
+    `config.json`, `training_summary.json` and, when present, `eval_results.json`."""
+    folder = Path(folder)
+    release = json.loads((folder / "release.json").read_text())
+    return render_encoder_card(
+        release,
+        _json_or_none(folder / "training_summary.json") or {},
+        json.loads((folder / "config.json").read_text()),
+        release["repo_id"],
+        _json_or_none(folder / "eval_results.json"),
+        release.get("dataset_repo_id"),
+    )
+
+
+def write_encoder_card(folder: str | Path) -> Path:
+    path = Path(folder) / "README.md"
+    path.write_text(encoder_card_text(folder))
     return path

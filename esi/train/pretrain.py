@@ -1,21 +1,6 @@
-"""Pretrain ESI on ECG-caption pairs with a contrastive + captioning loss.
+"""The pretraining loop of ESI (contrastive + captioning loss): `pretrain(data, model, optim, run)`.
 
-Runs unchanged on one CPU, several CPU processes (gloo), one or many GPUs and nodes:
-
-    python train.py --signals PREPARED_DIR --captions CAPTIONS_DIR --output-dir OUT --max-steps 100
-    accelerate launch --multi_gpu --num_processes 2 train.py --signals ... --captions ... --output-dir OUT
-
-(without CUDA, those processes train on CPUs and talk over gloo). From Python, build the argument
-dataclasses of `esi.train.arguments` and call `pretrain(data, model, optim, run)`.
-
-Pretrain on `../shared/ptb-xl-pretrain` (prepared) and evaluate on `../shared/ptb-xl`: the two share no
-patient. Pass `--evaluation-records PREPARED_EVAL_DIR` and the run checks that, warning loudly (log,
-training_summary.json, model card) when the pretraining split holds evaluation records or patients.
-
-The contrastive loss gathers embeddings from every process, so the number of negatives
-per ECG is `per_device_batch_size x num_processes - 1`. Gradient accumulation does NOT
-add negatives: each micro-batch is contrasted only with itself (and its peers on other
-processes); it only averages gradients over micro-batches.
+The command (`esi-train`, `train.py`) and what it does are described in `esi.train.cli`.
 """
 
 from __future__ import annotations
@@ -39,14 +24,13 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, BertConfig
 
 from esi.checksum import state_dict_sha256
-from esi.disk_errors import exit_on_full_disk
+from esi.licence import write_licence
 from esi.text_encoder import default_text_model_path
 from esi.train.arguments import (
     DataArguments,
     ModelArguments,
     OptimizationArguments,
     RunArguments,
-    parse_args,
 )
 from esi.train.checkpoints import (
     load_checkpoint,
@@ -449,17 +433,5 @@ def save_model_folder(model: EsiModel, feature_extractor, tokenizer, folder: Pat
     EsiProcessor(feature_extractor, tokenizer, max_text_length=max_text_length).save_pretrained(folder)
     (folder / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     write_model_card(folder, summary)
+    write_licence(folder)
     logger.info("saved model to %s", folder)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point (`esi-train`, `train.py`); its return value would become the exit status.
-
-    Programmatic callers use `pretrain(*parse_args(argv))`, which returns the saved model folder.
-    """
-    with exit_on_full_disk("esi-train", "rerun the same command with --resume-from-checkpoint latest"):
-        pretrain(*parse_args(argv, description=__doc__))
-
-
-if __name__ == "__main__":
-    main()

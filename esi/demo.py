@@ -26,7 +26,7 @@ from esi.constants import RELEASED_ENCODER_DIR
 from esi.extras import require_extra
 from esi.train.arguments import DEFAULT_MAX_TEXT_LENGTH
 
-DEMO_STEPS = 12  # 1.6 passes over the sample's 240 training records: the losses visibly fall; see docs/pretraining.md
+DEMO_STEPS = 12  # 1.6 passes over the sample's 240 training records: the losses visibly fall; see docs/training.md
 DEMO_BATCH_SIZE = 32
 
 

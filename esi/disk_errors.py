@@ -49,6 +49,6 @@ def exit_on_full_disk(tool: str, rerun: str = "run the same command again") -> I
         if problem is None:
             raise
         sys.exit(
-            f"error: {tool} stopped: {problem} ({type(error).__name__}: {str(error)[:200]}). Free some space (or raise "
+            f"error: {tool} stopped: {problem} ({type(error).__name__}: {str(error)[:800]}). Free some space (or raise "
             f"the limit) and {rerun}: work already committed is kept and not redone."
         )

@@ -3,9 +3,10 @@
     python -m tests.clean_venv_check WORKDIR   # from the repository root
 
 Builds the wheel from the working tree and installs it, without network, into a fresh venv that sees only the
-wheel's base dependencies (and theirs), linked from this environment: no extras, no editable install, not this
-repository. There it prepares the PTB-XL sample and trains a LoRA adapter with `esi-finetune`; then a fresh
-process that imports only torch, numpy, transformers and peft checks, on a saved ESI folder loaded as remote code:
+wheel's base dependencies and the `[data]` and `[train]` extras its two commands need (and theirs), linked from
+this environment: no other extra, no editable install, not this repository. There it prepares the PTB-XL
+sample and trains a LoRA adapter with `esi-finetune`; then a fresh process that imports only torch, numpy,
+transformers and peft checks, on a saved ESI folder loaded as remote code:
 
 - features: `get_ecg_features` / `get_text_features` return a `BaseModelOutputWithPooling` whose
   `pooler_output` is the projected embedding (CLIP's transformers-5 contract), `return_dict=False` a tuple;
@@ -152,9 +153,14 @@ def build_wheel(work: Path) -> Path:
     return next((work / "dist").glob("esi_ecg-*.whl"))
 
 
-def dependency_closure(requirements: list[str]) -> set[str]:
-    """Installed distributions that `requirements` need, recursively (environment markers honoured, no extras)."""
-    names, pending = set(), [Requirement(text) for text in requirements]
+def dependency_closure(requirements: list[str], extras: tuple[str, ...] = ()) -> set[str]:
+    """Installed distributions that `requirements` need, recursively (environment markers honoured; of the
+    top-level requirements' extras only `extras`, of their dependencies' none)."""
+    pending = [Requirement(text) for text in requirements]
+    pending = [r for r in pending if r.marker is None or any(r.marker.evaluate({"extra": e}) for e in ("", *extras))]
+    for requirement in pending:
+        requirement.marker = None  # chosen above; below, markers judge only their dependencies' requirements
+    names: set[str] = set()
     while pending:
         requirement = pending.pop()
         if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
@@ -186,7 +192,8 @@ def clean_venv(work: Path, wheel: Path) -> Path:
     run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", wheel], work)
     wheel_requirements = metadata.PathDistribution(next(Path(sysconfig_purelib(env_dir)).glob("esi_ecg-*.dist-info")))
     requirements = [*(wheel_requirements.requires or []), *USER_PACKAGES]
-    link_distributions(dependency_closure(requirements), Path(sysconfig_purelib(env_dir)))
+    closure = dependency_closure(requirements, extras=("data", "train"))  # esi-prepare and esi-finetune
+    link_distributions(closure, Path(sysconfig_purelib(env_dir)))
     return env_dir / "bin"
 
 

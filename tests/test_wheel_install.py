@@ -43,7 +43,7 @@ BASE_INSTALL_USER = textwrap.dedent(
     files = [str(f) for f in importlib.metadata.distribution("esi-ecg").files]
     print(json.dumps({
         "modules": [esi.__file__, modeling_esi.__file__],
-        "embedding": list(model.get_ecg_features(torch.randn(1, 12, 1000)).shape),
+        "embedding": list(model.get_ecg_features(torch.randn(1, 12, 1000)).pooler_output.shape),
         "licence": [f for f in files if f.endswith("LICENSE")],
         "installed": sorted(d.metadata["Name"].lower() for d in importlib.metadata.distributions()),
     }))

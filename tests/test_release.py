@@ -177,8 +177,6 @@ def test_release_loads_and_embeds_in_a_torch_and_transformers_only_venv(
 
 
 @pytest.mark.slow
-# Until the trained encoder is exported (python -m model_cards.build --model-dir ...); delete this line with it.
-@pytest.mark.skip(reason="model_cards/esi-ecg-encoder/ is not committed yet")
 def test_the_committed_release_loads_and_embeds_its_reference_record_in_a_clean_venv(
     torch_transformers_venv: Path, tmp_path: Path
 ):

@@ -30,6 +30,18 @@ MAX_SIZE_BYTES = 20 * 1024 * 1024
 REFERENCE_RECORD = "data/ptbxl_sample/records100/00000/00001_lr"
 
 
+def without_local_paths(value: object) -> object:
+    """`value` with every absolute path string cut to its last component: a released folder names no folder of the
+    machine that trained it (e.g. where the text tower was read from)."""
+    if isinstance(value, dict):
+        return {key: without_local_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_local_paths(item) for item in value]
+    if isinstance(value, str) and value.startswith("/") and "\n" not in value:
+        return Path(value).name
+    return value
+
+
 def export_encoder(
     model_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -70,7 +82,7 @@ def export_encoder(
         feature_extractor.save_pretrained(staging)
         write_licence(staging)
         summary_path = model_dir / "training_summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        summary = without_local_paths(json.loads(summary_path.read_text()) if summary_path.exists() else {})
         (staging / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         results = results_for_model(downstream, source_checksum)
         if results:

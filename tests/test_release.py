@@ -195,3 +195,12 @@ def test_app_on_the_released_encoder_probes_and_finds_similar_records(tiny_relea
     assert analysis.predictions.method.startswith("Linear probe")
     assert set(analysis.predictions.probabilities) == {"CD", "HYP", "MI", "NORM", "STTC"}
     assert analysis.caption is None and len(analysis.neighbours) == 5
+
+
+def test_a_release_names_no_folder_of_the_training_machine():
+    from esi.release import without_local_paths
+
+    summary = {"text_model": "/home/me/venv/site-packages/minilm/model", "runs": ["/data/x.json", "rel/y"], "steps": 3}
+    assert without_local_paths(summary) == {"text_model": "model", "runs": ["x.json", "rel/y"], "steps": 3}
+    shipped = (REPO / RELEASED_ENCODER_DIR / "training_summary.json").read_text()
+    assert '": "/' not in shipped and '"/' not in shipped

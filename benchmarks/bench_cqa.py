@@ -183,6 +183,12 @@ def _measure_only_seconds(prepared: Path, num_workers: int) -> float:
     return time.perf_counter() - started
 
 
+def run_provenance() -> tuple[str, str]:
+    """(HEAD commit, UTC timestamp) for a caption benchmark's result file and its name."""
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+    return commit, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
 def caption_benchmark_parser(description: str) -> argparse.ArgumentParser:
     """The options every caption benchmark shares: PTB-XL folder, cache of its prepared copy, workers, results."""
     parser = argparse.ArgumentParser(description=description)
@@ -226,8 +232,7 @@ def main() -> None:
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     print(f"baseline: measuring alone {n / measure_only:.1f} records/s; end to end / measuring alone: "
           f"{wall / measure_only:.2f} x the time")  # fmt: skip
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    commit, stamp = run_provenance()
     result = {
         "command": "python -m benchmarks.bench_cqa " + " ".join(sys.argv[1:]),
         "git_commit": commit,

@@ -24,16 +24,14 @@ from __future__ import annotations
 import ast
 import json
 import os
-import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench_cqa import REPO_ROOT, caption_benchmark_parser, prepared_dataset
+from benchmarks.bench_cqa import caption_benchmark_parser, prepared_dataset, run_provenance
 from esi.cqa.retrieval import HybridRetriever, RetrievedPassage
 from esi.knowledge import KnowledgeEntry, RecordFacts
 
@@ -216,8 +214,7 @@ def main() -> None:
         inputs = [x for _, rows, measured in blocks for x in captioner.inputs(rows, measured)]
         selections[arm] = {"k": k, **label_passages(inputs, by_id)}
     fitting, filling = min(seconds["fitting"]), min(seconds["filling"])
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    commit, stamp = run_provenance()
     result = {
         "command": "python -m benchmarks.bench_retrieval " + " ".join(sys.argv[1:]),
         "git_commit": commit,

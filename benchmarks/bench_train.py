@@ -61,7 +61,7 @@ TEXT_LENGTHS = (128, 192, 256, 320, 384, 448, 512)
 
 def prepare_slice(source: Path, records: int, cache: Path) -> tuple[Path, Path]:
     """The first `records` rows of a PTB-XL-layout folder, prepared at 100 Hz and captioned; built once."""
-    from esi.cqa.cli import generate_captions
+    from esi.cqa.run import generate_captions
     from esi.data.prepare_ptbxl import prepare_ptbxl
 
     prepared = cache / f"prepared-100hz-{source.name}-{records}"

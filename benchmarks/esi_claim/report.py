@@ -17,7 +17,7 @@ import json
 import shlex
 import sys
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import numpy as np
 
 from benchmarks.esi_claim.crossfit import STANDARD_TEST_FOLD
 from benchmarks.esi_claim.paired import ArmScores, holm, paired_difference
+from benchmarks.esi_claim.pretraining import ARMS
 from benchmarks.esi_claim.profiles import (
     CLAIM_BASELINES,
     CLAIM_FRACTIONS,
@@ -77,11 +78,16 @@ def interval(ci: list[float]) -> str:
     return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
+ARM_TEXT = {arm.name: arm.variant for arm in ARMS if arm.kind == "esi"}  # the text variant each text arm reads
+
+
 class Section:
     """One profile folder's runs, grouped for paired comparisons."""
 
     def __init__(self, name: str, runs: list[dict], samples: int):
-        self.name, self.runs, self.samples = name, runs, samples
+        checks = [r for r in runs if r["kind"] == "data_checks"]
+        self.data_checks = checks[0] if checks else None
+        self.name, self.runs, self.samples = name, [r for r in runs if r["kind"] != "data_checks"], samples
         self.pretrains = [r for r in runs if r["kind"] == "pretrain"]
         self.probes = [r for r in runs if r["kind"] == "probe"]
         self.smoke = any(r.get("smoke") for r in runs)
@@ -233,6 +239,85 @@ def pretrain_table(section: Section) -> str:
     return table(header, rows)
 
 
+def claim_answer(section: Section) -> str:
+    """The claim table in one sentence per baseline: how many cells got each verdict, and the largest gain."""
+    sentences = []
+    for baseline in CLAIM_BASELINES:
+        results = [
+            r
+            for task in TASKS
+            for fraction in CLAIM_FRACTIONS
+            if (r := section.compare(CLAIM_ARM, baseline, task, fraction)) is not None
+        ]
+        if not results:
+            continue
+        counts = Counter(r["verdict"] for r in results)
+        seeds = sorted({len(r["seeds"]) for r in results})
+        best = max(results, key=lambda r: r["ci95"][0])
+        margin_met = [r for r in results if r["ci95"][0] >= EQUIVALENCE_MARGIN]
+        tally = ", ".join(f"{verdict}: {counts[verdict]}" for verdict in sorted(counts, key=counts.get, reverse=True))
+        sentences.append(
+            f"{CLAIM_ARM} against {baseline} ({len(results)} cells, {'/'.join(map(str, seeds))} paired seed(s)), "
+            f"verdicts {tally}; a gain of at least +{EQUIVALENCE_MARGIN} (the paper's hoped-for margin) is "
+            + (
+                f"shown in {len(margin_met)} cell(s)."
+                if margin_met
+                else f"shown in no cell (the highest lower bound is {signed(best['ci95'][0])})."
+            )
+        )
+    return " ".join(sentences) or "No claim cell has results yet."
+
+
+def data_checks(section: Section) -> str:
+    """Overlap of pool and evaluation records, and what each text variant can teach (data_checks.py)."""
+    checks = section.data_checks
+    if checks is None:
+        return "No data checks: run `python -m benchmarks.esi_claim.data_checks`."
+    o = checks["overlap"]
+    lines = [
+        f"Pretraining pool: {o['pool_records']:,} records of {o['pool_patients']:,} patients; evaluation: "
+        f"{o['evaluation_records']:,} records of {o['evaluation_patients']:,} patients; shared: "
+        f"{o['shared_records']} records, {o['shared_patients']} patients (`{checks['command']}`).",
+        "",
+        table(
+            ["text variant", "distinct texts", "most common text's share of the pool", "text embedding effective rank"],
+            [
+                [
+                    name,
+                    f"{v['distinct_texts']:,}",
+                    f"{v['most_common_text_share']:.1%}",
+                    f"{v['text_embedding_effective_rank']:.1f}",
+                ]
+                for name, v in checks["text_variants"].items()
+            ],
+        ),  # fmt: skip
+    ]
+    return "\n".join(lines)
+
+
+def low_rank_note(section: Section) -> str:
+    """The pretrained encoders whose evaluation embeddings spread over fewer than 8 directions, beside the facts
+    of the text they were aligned with (data_checks.py); the report states them, it does not claim a cause."""
+    low = sorted(
+        {(r["arm"], r["pretrain_steps"]) for r in section.pretrains
+         if r["pretrain_steps"] and r["embedding"]["effective_rank"] < 8}
+    )  # fmt: skip
+    if not low:
+        return "Every pretrained encoder's evaluation embedding has an effective rank of at least 8."
+    variants = (section.data_checks or {}).get("text_variants", {})
+    parts = []
+    for arm, steps in low:
+        v = variants.get(ARM_TEXT.get(arm))
+        texts = (
+            f"its texts: {v['distinct_texts']:,} distinct, the most common {v['most_common_text_share']:.1%} of the "
+            f"pool, text-embedding effective rank {v['text_embedding_effective_rank']:.1f}"
+            if v
+            else "no text target"
+        )
+        parts.append(f"{arm} at {steps} steps ({texts})")
+    return "Effective rank below 8 (the target): " + "; ".join(parts) + "."
+
+
 def pairing_check(section: Section) -> str:
     lines = []
     for seed in sorted({r["pretrain_seed"] for r in section.pretrains}):
@@ -326,6 +411,8 @@ def render_section(section: Section, plot_path: Path) -> str:
         f"## Profile `{section.name}`" + (" (SMOKE RUN: seconds of compute, no evidence)" if section.smoke else ""),
         f"{len(section.runs)} result files; commits {', '.join(f'`{c[:12]}`' for c in commits)}; grid step count "
         f"{section.grid_steps}. Commands: " + "; ".join(f"`{c}`" for c in sorted({r["command"] for r in section.runs})),
+        "### The answer",
+        claim_answer(section),
         "### The claim (pre-declared cells)",
         f"esi_full against each baseline at {section.grid_steps} pretraining steps, paired by pretraining seed. "
         f"Verdict: 'better' / 'worse' when the 95% interval excludes 0; 'equivalent within {EQUIVALENCE_MARGIN}' "
@@ -333,6 +420,8 @@ def render_section(section: Section, plot_path: Path) -> str:
         "'too noisy to say'. SE fold 10 only: the same comparison on the fold-10 records alone (the former "
         "protocol's test set), and how many times larger its standard error is.",
         claim_table(section),
+        "### Data",
+        data_checks(section),
         "### Pairing",
         pairing_check(section),
         "### Exploratory comparisons (not pre-declared; Holm-adjusted over this table)",
@@ -341,6 +430,7 @@ def render_section(section: Section, plot_path: Path) -> str:
         arm_table(section),
         "### Pretraining runs: effective rank, loss, cost, pairing digests",
         pretrain_table(section),
+        low_rank_note(section),
         f"Grid wall time: {wall_time(section)}.",
         "### Learning curve (first seed)",
         learning_curve(section, plot_path),

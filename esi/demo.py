@@ -47,7 +47,9 @@ def pretraining_arguments(
 
     return (
         DataArguments(signals=str(prepared_dir), captions=str(captions_dir), max_text_length=max_text_length),
-        ModelArguments(freeze_text_tower=True, cache_text_embeddings=True),
+        # The caption decoder over the tokens the sample's captions use (esi-train --trim-vocabulary, as the
+        # claim benchmark trains): the output layer over the whole 30,522-token vocabulary was most of a step.
+        ModelArguments(freeze_text_tower=True, cache_text_embeddings=True, trim_vocabulary=True),
         OptimizationArguments(per_device_batch_size=batch_size, warmup_steps=5, max_steps=steps),
         RunArguments(
             output_dir=str(output_dir), checkpointing_steps=max(steps // 2, 1), resume_from_checkpoint="latest"

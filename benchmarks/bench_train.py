@@ -340,8 +340,9 @@ def timed_run(tree: Path, spec: dict) -> dict:
     }
 
 
-# The demo's recipe before it trained a smaller caption decoder over the trimmed vocabulary (the baseline's one).
-PREVIOUS_DEMO = "demo, previous recipe (full vocabulary, esi-train's 4 x 256 decoder)"
+# The demo's recipe before it trained a smaller caption decoder over the trimmed vocabulary (the baseline's one):
+# esi-train's 4-layer, 256-wide decoder over the whole vocabulary.
+PREVIOUS_DEMO = "demo (previous recipe)"
 
 
 def previous_demo_model(model_args):
@@ -402,7 +403,7 @@ def time_demo(args: argparse.Namespace) -> dict:
 
 # What --speedup times: per comparison, its arms (code version, recipe), and its ratios (numerator arm, denominator
 # arm). A code-only ratio compares two code versions on one recipe, so its fixed-batch losses must agree; the
-# recipe change trains another softmax (a smaller vocabulary), so it is a separate figure, never loss-identical.
+# recipe change trains another model (a smaller decoder and softmax), so it is a separate figure, never loss-identical.
 COMPARISONS = {
     "demo": {
         "arms": {

@@ -160,7 +160,9 @@ def breakdown(events, steps: int) -> dict[str, dict]:
         else:
             part = "backward: " + (forward_label.get(root.sequence_nr) or "unlabelled")
         seconds[part] += event.self_cpu_time_total / 1e6 / steps
-        operators[part][event.name] += event.self_cpu_time_total / 1e6 / steps
+        # A labelled range's own self time is the Python that ran between its operators.
+        operator = "(Python between operators)" if event.name.startswith(LABEL) else event.name
+        operators[part][operator] += event.self_cpu_time_total / 1e6 / steps
     total = sum(seconds.values())
     return {
         part: {

@@ -5,15 +5,17 @@
     python -m benchmarks.bench_train --pool [--records 320] [--steps 6]
     python -m benchmarks.bench_train [--steps 150] [--config atto]
 
-`--speedup`: samples/s of two recipes run through `esi.train.pretrain` (the code behind `esi-train`), by this
+`--speedup`: samples/s of pretraining runs through `esi.train.pretrain` (the code behind `esi-train`), by this
 checkout and by the code of commit `--baseline` (its `esi/` and `modeling_esi/`, extracted with `git archive`),
-each run in a fresh process and the two alternated `--rounds` times so that load drifts hit both alike:
-the demo's recipe (`esi.demo.pretraining_arguments` on the embedded sample) and the claim benchmark's caption
-arm (esi_full's losses at the claim cpu profile's sizes, on the pool slice). One more step per code version
-without augmentations sees the same seed, initial weights and batch in both, so its losses are compared too
-(`fixed_batch_losses`). `--time-demo` also
-times `python -m esi.demo` end to end (fresh output folder). Writes benchmarks/results/bench_train_speedup-<time>.json
-(command, git commit, seed, load averages, figures).
+each run in a fresh process, the arms of a comparison alternated `--rounds` times so that load drifts hit all
+alike (`COMPARISONS`). The demo: the baseline code and this code on the demo's previous recipe (esi-train's
+4 x 256 caption decoder over the whole vocabulary), and this code on the demo's recipe
+(`esi.demo.pretraining_arguments` on the embedded sample), giving the code-only ratio, the recipe change's and
+both together. The claim benchmark's caption arm (esi_full's losses at the claim cpu profile's sizes, on the pool
+slice): both code versions. One more step per arm without augmentations sees the same seed, initial weights and
+batch, so the losses of two code versions on one recipe are compared too (`fixed_batch_losses`). `--time-demo`
+also times `python -m esi.demo` end to end (fresh output folder). Writes
+benchmarks/results/bench_train_speedup-<time>.json (command, git commit, seed, load averages, figures).
 
 `--profile-step`: where a step of one of those recipes spends its time, by part of the step (data, each part
 of the model forward and backward, optimizer) and by operator, through torch.profiler (`benchmarks.train_profile`).

@@ -638,7 +638,7 @@ class TargetCrossEntropy(torch.autograd.Function):
 
     The backward is `(softmax(logits) - one_hot(targets)) / K` computed from the saved log-probabilities in one
     pass, where `F.cross_entropy`'s fills a (K, V) zero gradient for the NLL and then runs the log-softmax
-    backward over it: with a 30,522-token vocabulary that fill and pass were a tenth of a CPU pretraining step
+    backward over it, which with a 30,522-token vocabulary was a large share of a CPU pretraining step
     (`python -m benchmarks.bench_train --profile-step`). Not twice differentiable."""
 
     @staticmethod

@@ -1,18 +1,25 @@
 """Pretraining benchmarks: throughput of the training recipes on the pool, and a short real pretraining run.
 
     python -m benchmarks.bench_train --speedup [--baseline REV] [--rounds 2] [--steps 4] [--time-demo]
+    python -m benchmarks.bench_train --profile-step [--profile-recipe demo] [--steps 3] [--threads N]
     python -m benchmarks.bench_train --pool [--records 320] [--steps 6]
     python -m benchmarks.bench_train [--steps 150] [--config atto]
 
-`--speedup`: samples/s of two recipes run through `esi.train.pretrain` (the code behind `esi-train`), by this
+`--speedup`: samples/s of pretraining runs through `esi.train.pretrain` (the code behind `esi-train`), by this
 checkout and by the code of commit `--baseline` (its `esi/` and `modeling_esi/`, extracted with `git archive`),
-each run in a fresh process and the two alternated `--rounds` times so that load drifts hit both alike:
-the demo's recipe (`esi.demo.pretraining_arguments` on the embedded sample) and the claim benchmark's caption
-arm (esi_full's losses at the claim cpu profile's sizes, on the pool slice). One more step per code version
-without augmentations sees the same seed, initial weights and batch in both, so its losses are compared too
-(`fixed_batch_losses`). `--time-demo` also
-times `python -m esi.demo` end to end (fresh output folder). Writes benchmarks/results/bench_train_speedup-<time>.json
-(command, git commit, seed, load averages, figures).
+each run in a fresh process, the arms of a comparison alternated `--rounds` times so that load drifts hit all
+alike (`COMPARISONS`). The demo: the baseline code and this code on the demo's previous recipe (esi-train's
+4 x 256 caption decoder over the whole vocabulary), and this code on the demo's recipe
+(`esi.demo.pretraining_arguments` on the embedded sample), giving the code-only ratio, the recipe change's and
+both together. The claim benchmark's caption arm (esi_full's losses at the claim cpu profile's sizes, on the pool
+slice): both code versions. One more step per arm without augmentations sees the same seed, initial weights and
+batch, so the losses of two code versions on one recipe are compared too (`fixed_batch_losses`). `--time-demo`
+also times `python -m esi.demo` end to end (fresh output folder). Writes
+benchmarks/results/bench_train_speedup-<time>.json (command, git commit, seed, load averages, figures).
+
+`--profile-step`: where a step of one of those recipes spends its time, by part of the step (data, each part
+of the model forward and backward, optimizer) and by operator, through torch.profiler (`benchmarks.train_profile`).
+Writes benchmarks/results/bench_train_profile-<time>.json.
 
 `--pool`: prepares the first `--records` records of the pretraining pool (../shared/ptb-xl-pretrain) at
 100 Hz, captions them with the template backend, and runs train.py's default recipe three ways, each in
@@ -335,8 +342,25 @@ def timed_run(tree: Path, spec: dict) -> dict:
     }
 
 
+# The demo's recipe before it trained a smaller caption decoder over the trimmed vocabulary (the baseline's one):
+# esi-train's 4-layer, 256-wide decoder over the whole vocabulary.
+PREVIOUS_DEMO = "demo (previous recipe)"
+
+
+def previous_demo_model(model_args):
+    """The demo's model arguments as they were before: esi-train's default caption decoder, whole vocabulary."""
+    defaults = type(model_args)()
+    return replace(
+        model_args,
+        trim_vocabulary=False,
+        decoder_layers=defaults.decoder_layers,
+        decoder_width=defaults.decoder_width,
+    )
+
+
 def speedup_recipes(args: argparse.Namespace) -> dict[str, tuple]:
-    """The timed recipes: the demo's, and the claim benchmark's caption arm through esi-train."""
+    """The timed recipes: the demo's (today's and its previous one, `PREVIOUS_DEMO`), and the
+    claim benchmark's caption arm through esi-train."""
     from benchmarks.esi_claim.profiles import PROFILES
     from esi.demo import pretraining_arguments
     from esi.train.arguments import DataArguments, ModelArguments, OptimizationArguments, RunArguments
@@ -344,8 +368,10 @@ def speedup_recipes(args: argparse.Namespace) -> dict[str, tuple]:
     sample, sample_captions = prepare_slice(args.sample_dir, 10**9, args.cache_dir)
     pool, pool_captions = prepare_slice(args.pool_dir, args.records, args.cache_dir)
     claim = PROFILES["cpu"]
+    demo = pretraining_arguments(sample, sample_captions, args.cache_dir / "unused")
     return {
-        "demo": pretraining_arguments(sample, sample_captions, args.cache_dir / "unused"),
+        "demo": demo,
+        PREVIOUS_DEMO: (demo[0], previous_demo_model(demo[1]), *demo[2:]),
         "claim caption arm": (
             DataArguments(signals=str(pool), captions=str(pool_captions), max_text_length=claim.max_text_length),
             ModelArguments(
@@ -377,40 +403,82 @@ def time_demo(args: argparse.Namespace) -> dict:
     }
 
 
+# What --speedup times: per comparison, its arms (code version, recipe), and its ratios (numerator arm, denominator
+# arm). A code-only ratio compares two code versions on one recipe, so its fixed-batch losses must agree; the
+# recipe change trains another model (a smaller decoder and softmax), so it is a separate figure, never loss-identical.
+COMPARISONS = {
+    "demo": {
+        "arms": {
+            "baseline code, previous recipe": ("baseline", PREVIOUS_DEMO),
+            "this code, previous recipe": ("this checkout", PREVIOUS_DEMO),
+            "this code, demo recipe": ("this checkout", "demo"),
+        },
+        "speedups": {
+            "code only (previous recipe)": ("this code, previous recipe", "baseline code, previous recipe"),
+            "recipe change (this code)": ("this code, demo recipe", "this code, previous recipe"),
+            "code and recipe change": ("this code, demo recipe", "baseline code, previous recipe"),
+        },
+    },
+    "claim caption arm": {
+        "arms": {
+            "baseline code": ("baseline", "claim caption arm"),
+            "this code": ("this checkout", "claim caption arm"),
+        },
+        "speedups": {"code only": ("this code", "baseline code")},
+    },
+}
+
+
+def compare(args: argparse.Namespace, comparison: dict, recipes: dict, trees: dict, run_root: Path) -> dict:
+    """Alternated timed runs of a comparison's arms, their fixed-batch losses, and its ratios."""
+    arms = comparison["arms"]
+    runs = {arm: [] for arm in arms}
+    for round_index in range(args.rounds):  # alternated: a load change hits every arm alike
+        for arm, (code, recipe) in arms.items():
+            out = run_root / f"{arm}-{round_index}".replace(" ", "_").replace(",", "")
+            runs[arm].append(timed_run(trees[code], timing_spec(recipes[recipe], args.steps + 1, args.seed, out)))
+            print(f"{arm} / round {round_index}: {json.dumps(runs[arm][-1])}", flush=True)
+    rate = {arm: statistics.median(r["samples_per_s"] for r in rs) for arm, rs in runs.items()}
+    # One more step per arm without augmentations (the baseline's include a time stretch the current code no
+    # longer draws): the same seed, initial weights and batch, before any update.
+    first_loss = {}
+    for arm, (code, recipe) in arms.items():
+        out = run_root / f"{arm}-loss".replace(" ", "_").replace(",", "")
+        first_loss[arm] = timed_run(trees[code], timing_spec(recipes[recipe], 1, args.seed, out, False))[
+            "first_step_losses"
+        ]
+    code_only = {
+        f"{new} vs {old}": {k: abs(first_loss[new][k] - first_loss[old][k]) for k in first_loss[old]}
+        for new, old in comparison["speedups"].values()
+        if arms[new][1] == arms[old][1]
+    }
+    return {
+        "arms": {arm: {"code": code, "recipe": recipe} for arm, (code, recipe) in arms.items()},
+        "recipes": {
+            recipe: timing_spec(recipes[recipe], args.steps + 1, args.seed, run_root) for _, recipe in arms.values()
+        },
+        "median_samples_per_s": rate,
+        "speedups": {name: round(rate[new] / rate[old], 3) for name, (new, old) in comparison["speedups"].items()},
+        "per_round_speedups": {
+            name: [round(n["samples_per_s"] / o["samples_per_s"], 3) for o, n in zip(runs[old], runs[new], strict=True)]
+            for name, (new, old) in comparison["speedups"].items()
+        },
+        "fixed_batch_losses": first_loss,
+        "fixed_batch_loss_abs_difference": code_only,
+        "runs": runs,
+    }
+
+
 def speedup_benchmark(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     load_before = [round(x, 2) for x in os.getloadavg()]
     trees = {"baseline": baseline_tree(args.baseline, args.cache_dir), "this checkout": REPO}
     run_root = args.cache_dir / f"speedup-{time.strftime('%Y%m%d-%H%M%S')}"
-    recipes = {}
-    for name, arguments in speedup_recipes(args).items():
-        runs = {code: [] for code in trees}
-        for round_index in range(args.rounds):  # alternated: a load change hits both code versions
-            for code, tree in trees.items():
-                out = run_root / f"{name}-{code}-{round_index}".replace(" ", "_")
-                runs[code].append(timed_run(tree, timing_spec(arguments, args.steps + 1, args.seed, out)))
-                print(f"{name} / {code} / round {round_index}: {json.dumps(runs[code][-1])}", flush=True)
-        rate = {code: statistics.median(r["samples_per_s"] for r in rs) for code, rs in runs.items()}
-        # One more step per code version without augmentations (the baseline's include a time stretch the
-        # current code no longer draws): the same seed, initial weights and batch, before any update.
-        first_loss = {}
-        for code, tree in trees.items():
-            out = run_root / f"{name}-{code}-loss".replace(" ", "_")
-            first_loss[code] = timed_run(tree, timing_spec(arguments, 1, args.seed, out, False))["first_step_losses"]
-        recipes[name] = {
-            "recipe": timing_spec(arguments, args.steps + 1, args.seed, run_root),
-            "median_samples_per_s": rate,
-            "speedup": round(rate["this checkout"] / rate["baseline"], 3),
-            "per_round_speedup": [
-                round(new["samples_per_s"] / old["samples_per_s"], 3)
-                for old, new in zip(runs["baseline"], runs["this checkout"], strict=True)
-            ],
-            "fixed_batch_losses": first_loss,
-            "fixed_batch_loss_abs_difference": {
-                k: abs(first_loss["this checkout"][k] - first_loss["baseline"][k]) for k in first_loss["baseline"]
-            },
-            "runs": runs,
-        }
+    recipes = speedup_recipes(args)
+    comparisons = {
+        name: compare(args, comparison, recipes, trees, run_root / name.replace(" ", "_"))
+        for name, comparison in COMPARISONS.items()
+    }
     result = {
         "benchmark": "bench_train --speedup",
         "command": "python -m benchmarks.bench_train " + shlex.join(sys.argv[1:]),
@@ -420,9 +488,12 @@ def speedup_benchmark(args: argparse.Namespace) -> dict:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "note": (
             f"samples/s over {args.steps} steps after one warm-up step, median of {args.rounds} alternated runs "
-            "per code version, each in a fresh process; speedup = ratio of those medians (same run, same machine)"
+            "per arm, each in a fresh process; a speedup is a ratio of those medians (same run, same machine). "
+            "'code only' compares two code versions on one recipe (fixed-batch losses must agree); 'recipe change' "
+            "trains a smaller caption decoder (2 x 128, the CPU claim profile's) over the trimmed vocabulary: another "
+            "model and a smaller softmax, so its losses differ by design"
         ),
-        "recipes": recipes,
+        "comparisons": comparisons,
         "demo": time_demo(args) if args.time_demo else None,
         "wall_seconds": round(time.perf_counter() - started, 1),
         # Other jobs share this CPU: the ratios are same-run, but absolute rates depend on the load.
@@ -431,8 +502,47 @@ def speedup_benchmark(args: argparse.Namespace) -> dict:
     }
     out = REPO / "benchmarks" / "results" / f"bench_train_speedup-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({name: {k: r[k] for k in ("median_samples_per_s", "speedup", "fixed_batch_losses")}
-                      for name, r in recipes.items()}, indent=2))  # fmt: skip
+    print(json.dumps({name: {k: c[k] for k in ("median_samples_per_s", "speedups", "fixed_batch_loss_abs_difference")}
+                      for name, c in comparisons.items()}, indent=2))  # fmt: skip
+    print(f"wrote {out}")
+    return result
+
+
+def profile_benchmark(args: argparse.Namespace) -> dict:
+    from benchmarks.train_profile import profile_pretraining
+
+    started = time.perf_counter()
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    arguments = speedup_recipes(args)[args.profile_recipe]
+    output_dir = args.cache_dir / f"profile-{time.strftime('%Y%m%d-%H%M%S')}"
+    spec = timing_spec(arguments, args.steps + 1, args.seed, output_dir)
+    groups = tuple(type(group)(**spec[type(group).__name__]) for group in arguments)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    profile = profile_pretraining(groups, args.steps)
+    summary = json.loads((Path(profile.pop("model_dir")) / "training_summary.json").read_text())
+    result = {
+        "benchmark": "bench_train --profile-step",
+        "command": "python -m benchmarks.bench_train " + shlex.join(sys.argv[1:]),
+        "git": git_state(),
+        "seed": args.seed,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "recipe_name": args.profile_recipe,
+        "recipe": spec,
+        "note": (
+            "seconds per step are profiled wall time (the profiler's own cost and other processes' load included), "
+            "steps 2..N+1 of one run; compare the shares, and samples/s only through --speedup"
+        ),
+        **profile,
+        "caption_vocabulary": summary["caption_vocabulary"],
+        "text_cache_seconds": summary["text_cache_seconds"],
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "load_average_1_5_15_min_before": load_before,
+        "load_average_1_5_15_min_at_end": [round(x, 2) for x in os.getloadavg()],
+    }
+    out = REPO / "benchmarks" / "results" / f"bench_train_profile-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["by_part"], indent=1))
     print(f"wrote {out}")
     return result
 
@@ -443,6 +553,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--speedup", action="store_true", help="this checkout's samples/s against --baseline's")
     p.add_argument("--baseline", default=BASELINE_REV, help="commit whose code is the baseline (--speedup)")
     p.add_argument("--rounds", type=int, default=2, help="alternated runs per code version (--speedup)")
+    p.add_argument("--profile-step", action="store_true", help="profile --steps steps of --profile-recipe")
+    p.add_argument("--profile-recipe", default="demo", help="which --speedup recipe --profile-step profiles")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads for --profile-step (default: torch's choice)"
+    )
     p.add_argument("--time-demo", action="store_true", help="also time `python -m esi.demo` (--speedup)")
     p.add_argument("--sample-dir", type=Path, default=REPO / "data" / "ptbxl_sample", help="the demo's PTB-XL sample")
     p.add_argument("--pool-dir", type=Path, default=REPO.parent / "shared" / "ptb-xl-pretrain")
@@ -455,6 +570,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.speedup:
         return speedup_benchmark(args)
+    if args.profile_step:
+        return profile_benchmark(args)
     if not args.pool:
         return retrieval_benchmark(args)
     result = pool_benchmark(args)

@@ -633,6 +633,29 @@ def caption_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     return labels
 
 
+class TargetCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of logits (K, V) at their target ids (K,): the value of `F.cross_entropy(logits, targets)`.
+
+    The backward is `(softmax(logits) - one_hot(targets)) / K` computed from the saved log-probabilities in one
+    pass, where `F.cross_entropy`'s fills a (K, V) zero gradient for the NLL and then runs the log-softmax
+    backward over it, which with a 30,522-token vocabulary was a large share of a CPU pretraining step
+    (`python -m benchmarks.bench_train --profile-step`). Not twice differentiable."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        log_probs = logits.log_softmax(dim=-1)
+        ctx.save_for_backward(log_probs, targets)
+        return -log_probs.gather(1, targets[:, None]).mean()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        log_probs, targets = ctx.saved_tensors
+        gradient = log_probs.exp()  # not in place: the saved tensor must survive a backward with retain_graph
+        gradient[torch.arange(len(targets), device=targets.device), targets] -= 1
+        return gradient.mul_(grad / len(targets)), None
+
+
 def caption_loss(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy, with the output layer applied only where there is a target.
 
@@ -643,7 +666,7 @@ def caption_loss(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor)
     """
     targets = labels != -100
     logits = lm_head(hidden[targets])
-    return F.cross_entropy(logits.float(), labels[targets])
+    return TargetCrossEntropy.apply(logits.float(), labels[targets])
 
 
 # ---------------------------------------------------------------------------------------------------------------

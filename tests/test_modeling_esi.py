@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer, BertModel
 
 from modeling_esi import EsiConfig, EsiEcgConfig, EsiForEcgClassification, EsiModel, EsiOutput
-from modeling_esi.modeling_esi import contrastive_loss, text_identity
+from modeling_esi.modeling_esi import TargetCrossEntropy, contrastive_loss, text_identity
 
 T = 1000  # 100 Hz x 10 s
 
@@ -360,3 +360,20 @@ def test_generate_with_a_deeper_decoder_than_text_encoder(ecg: torch.Tensor):
     assert config.get_text_config() is config.text_config
     captions = EsiModel(config).eval().generate_caption(ecg[:2], max_new_tokens=4, num_beams=2)
     assert captions.shape == (2, 5) and (captions[:, 0] == 101).all()
+
+
+def test_target_cross_entropy_matches_torch_in_value_and_gradient():
+    torch.manual_seed(0)
+    logits = (torch.randn(37, 501) * 8).requires_grad_()
+    targets = torch.randint(0, 501, (37,))
+    reference = logits.detach().clone().requires_grad_()
+    expected = F.cross_entropy(reference, targets)
+    expected.backward()
+    loss = TargetCrossEntropy.apply(logits, targets)
+    loss.backward(retain_graph=True)
+    assert abs(loss.item() - expected.item()) <= 1e-6
+    torch.testing.assert_close(logits.grad, reference.grad, rtol=0, atol=1e-7)
+    # A second backward through the same graph sees the same saved log-probabilities.
+    first = logits.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(logits.grad, 2 * first)

@@ -327,13 +327,19 @@ def _align(sig: np.ndarray, fiducials: np.ndarray, rate: float) -> np.ndarray:
     return kept + np.argmax(score, axis=1) - shift
 
 
-def _median_beat(sig: np.ndarray, peaks: np.ndarray, rate: float) -> tuple[np.ndarray | None, np.ndarray, str]:
-    """Median beat (leads, samples) of the dominant morphology, the aligned beats used, or (None, _, reason)."""
+@dataclass
+class _MedianBeat:
+    beat: np.ndarray  # (leads, samples): median of the dominant beats
+    beats: np.ndarray  # (beats, leads, samples): the aligned dominant beats
+
+
+def _median_beat(sig: np.ndarray, peaks: np.ndarray, rate: float) -> tuple[_MedianBeat | None, str]:
+    """Median beat of the dominant morphology and the aligned beats used, or (None, reason)."""
     pre, post = int(BEAT_PRE_S * rate), int(BEAT_POST_S * rate)
     fid = np.unique(_align(sig, peaks, rate))
     beats, _ = _beats(sig, fid, pre, post)
     if len(beats) < MIN_BEATS:
-        return None, beats, f"only {len(beats)} complete beats in the record"
+        return None, f"only {len(beats)} complete beats in the record"
     qrs = slice(pre - int(0.1 * rate), pre + int(0.1 * rate))
     flat = beats[:, :, qrs].reshape(len(beats), -1)
     template = np.median(flat, axis=0)
@@ -341,10 +347,10 @@ def _median_beat(sig: np.ndarray, peaks: np.ndarray, rate: float) -> tuple[np.nd
     centred, centred_template = flat - flat.mean(axis=1, keepdims=True), template - template.mean()
     norm = np.sqrt((centred**2).sum(axis=1) * (centred_template**2).sum())
     corr = np.divide(centred @ centred_template, norm, out=np.zeros(len(flat)), where=norm > 0)
-    dominant = beats[corr >= DOMINANT_CORR]
-    if len(dominant) < MIN_BEATS or len(dominant) < 0.5 * len(beats):
-        return None, beats, f"no consistent beat morphology ({len(dominant)} of {len(beats)} beats alike)"
-    return np.median(dominant, axis=0), dominant, ""
+    dominant = corr >= DOMINANT_CORR
+    if dominant.sum() < MIN_BEATS or dominant.sum() < 0.5 * len(beats):
+        return None, f"no consistent beat morphology ({dominant.sum()} of {len(beats)} beats alike)"
+    return _MedianBeat(np.median(beats[dominant], axis=0), beats[dominant]), ""
 
 
 def _slope_extent(slope: np.ndarray, floor: float, lo: int, hi: int, gap: int) -> tuple[int, int, float]:
@@ -620,26 +626,38 @@ def _qt_limit(mean_rr: float, qrs_s: float) -> float:
     return QT_LIMIT_S * math.sqrt(mean_rr) + QT_LIMIT_WIDE_QRS * max(0.0, qrs_s - 0.12)
 
 
-def _morphology(beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float, out: EcgMeasurements) -> None:
-    """Fill interval, axis, voltage and ST fields from the median beat (leads, samples) at ``rate``."""
-    r0 = int(BEAT_PRE_S * rate)
-    bounds = _qrs_bounds(beat, rate, r0)
+def _morphology(median: _MedianBeat, rate: float, mean_rr: float, out: EcgMeasurements) -> None:
+    """Fill interval, axis, voltage and ST fields from the median beat at ``rate``."""
+    bounds = _qrs_fields(median.beat, rate, out)
+    if bounds is None:
+        return
+    on, off = bounds.onset, bounds.offset
+    # PR-segment baseline: the isoelectric reference for every amplitude below.
+    pr_segment = slice(on - int(0.025 * rate), on - int(0.005 * rate))
+    beat = median.beat - median.beat[:, pr_segment].mean(axis=1, keepdims=True)
+    beats = median.beats - median.beats[:, :, pr_segment].mean(axis=2, keepdims=True)
+    _amplitude_fields(beat[:, on:off], beat[:, off + int(ST_OFFSET_S * rate)], out)
+    t_end = _qt_fields(beat, beats, rate, mean_rr, (on, off), out)
+    _pr_fields(beat, beats, rate, mean_rr, on, t_end, out)
+
+
+def _qrs_fields(beat: np.ndarray, rate: float, out: EcgMeasurements) -> _QrsBounds | None:
+    """QRS duration and its quality from the median beat (leads, samples); None (fields missing) without bounds."""
+    bounds = _qrs_bounds(beat, rate, int(BEAT_PRE_S * rate))
     if bounds is None:
         out._mark_missing(_MORPHOLOGY_FIELDS, "QRS boundaries not found on the median beat")
-        return
-    on, off, qrs_agreeing = bounds.onset, bounds.offset, bounds.agreeing
+        return None
     out.qrs_variants_ms = bounds.variants_ms
-    out.qrs_duration_ms = (off - on) / rate * 1000.0
+    out.qrs_duration_ms = (bounds.offset - bounds.onset) / rate * 1000.0
     if out.qrs_duration_ms < 50:
         out.low_confidence["qrs_duration_ms"] = "a QRS shorter than 50 ms is implausible"
-    elif qrs_agreeing < MIN_AGREEING:
-        out.low_confidence["qrs_duration_ms"] = f"QRS onset/offset agree in only {qrs_agreeing} lead(s)"
-    # PR-segment baseline: the isoelectric reference for every amplitude below.
-    iso = beat[:, on - int(0.025 * rate) : on - int(0.005 * rate)].mean(axis=1, keepdims=True)
-    beats = beats - beats[:, :, on - int(0.025 * rate) : on - int(0.005 * rate)].mean(axis=2, keepdims=True)
-    beat = beat - iso
-    qrs = beat[:, on:off]
+    elif bounds.agreeing < MIN_AGREEING:
+        out.low_confidence["qrs_duration_ms"] = f"QRS onset/offset agree in only {bounds.agreeing} lead(s)"
+    return bounds
 
+
+def _amplitude_fields(qrs: np.ndarray, st: np.ndarray, out: EcgMeasurements) -> None:
+    """Axis, voltage criteria and ST deviation from the QRS (leads, samples) and the ST level (leads,) in mV."""
     r_amp, s_amp = np.clip(qrs.max(axis=1), 0, None), np.clip(-qrs.min(axis=1), 0, None)
     # Axis from the net QRS deflection (R - S) in I (0 deg) and aVF (+90 deg); it matched PTB-XL's
     # cardiologists better than net area on folds 1-9 (93% vs 92%).
@@ -649,17 +667,23 @@ def _morphology(beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float
         out.qrs_axis_category = _axis_category_american(out.qrs_axis_deg)
     else:
         out._mark_missing(["qrs_axis_deg", "qrs_axis_category"], "net QRS deflection in I and aVF is ~0")
-
     out.sokolow_lyon_mv = float(s_amp[6] + max(r_amp[10], r_amp[11]))
     out.cornell_mv = float(r_amp[4] + s_amp[8])
     out.low_voltage = bool(np.all(np.ptp(qrs[_LIMB], axis=1) < 0.5))
+    out.st_deviation_mv = {lead: float(st[i]) for i, lead in enumerate(STANDARD_LEADS)}
 
-    st = off + int(ST_OFFSET_S * rate)
-    out.st_deviation_mv = {lead: float(beat[i, st]) for i, lead in enumerate(STANDARD_LEADS)}
 
+def _qt_fields(
+    beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float, qrs: tuple[int, int], out: EcgMeasurements
+) -> int | None:
+    """QT and QTc with their quality from the median beat (leads, samples) and its aligned beats (beats, leads,
+    samples), both on the PR-segment baseline; returns the T end (sample) or None.
+
+    The T-end search stops at the physiological QT limit for this RR and before the next beat's P wave
+    (this beat's P onset one RR later), so it cannot take the next P for the T wave.
+    """
+    on, off = qrs
     rr = int(mean_rr * rate)
-    # The T-end search stops at the physiological QT limit for this RR and before the next beat's
-    # P wave (this beat's P onset one RR later), so it cannot take the next P for the T wave.
     first_p = _p_wave(beats, beat, rate, on, on - int(min(0.3, 0.45 * mean_rr) * rate))
     t_stop = min(beat.shape[1] - 1, on + int(_qt_limit(mean_rr, (off - on) / rate) * rate))
     if first_p.onset is not None:
@@ -672,40 +696,46 @@ def _morphology(beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float
     t_end, agreeing = _t_end_leads(beat, rate, t_start, t_stop, tp)
     mag = np.sqrt((beat[_INDEPENDENT] ** 2).sum(axis=0))
     qt_names = ["qt_interval_ms", "qtc_bazett_ms", "qtc_fridericia_ms"]
-    qt_doubt = ""
     if t_end is None:
         t_end = _t_end(mag, rate, t_start, t_stop)
     if t_end is not None and t_end >= t_stop - BOUND_MARGIN_S * rate:
         out._mark_missing(qt_names, "T end not found before the search bound (next P wave or QT limit)")
-        t_end = None
-    elif t_end is not None and 0.2 * rate <= t_end - on:
-        qt = (t_end - on) / rate
-        out.qt_interval_ms = qt * 1000.0
-        out.qtc_bazett_ms = qt / math.sqrt(mean_rr) * 1000.0
-        out.qtc_fridericia_ms = qt / mean_rr ** (1 / 3) * 1000.0
-        sinus_normal_rate = first_p.present and out.rr_irregular is False and 50 <= out.heart_rate_bpm <= 100
-        implausible = out.qtc_bazett_ms > 600 and sinus_normal_rate
-        if agreeing < MIN_AGREEING or implausible:  # weak or implausible: re-check with the area method
-            area_end = _t_end_area(mag, rate, t_start, t_stop)
-            if area_end is None or abs(area_end - t_end) > RECHECK_AGREE_S * rate:
-                qt_doubt = (
-                    "QTc above 600 ms in a regular rhythm with P waves at normal rate"
-                    if implausible
-                    else f"T end agrees in only {agreeing} lead(s)"
-                ) + ", not confirmed by the area method"
-        if qt_doubt:
-            out.low_confidence.update(dict.fromkeys(qt_names, qt_doubt))
-    else:
+        return None
+    if t_end is None or t_end - on < 0.2 * rate:
         out._mark_missing(qt_names, "T-wave end not found")
-        t_end = None
+        return None
+    qt = (t_end - on) / rate
+    out.qt_interval_ms = qt * 1000.0
+    out.qtc_bazett_ms = qt / math.sqrt(mean_rr) * 1000.0
+    out.qtc_fridericia_ms = qt / mean_rr ** (1 / 3) * 1000.0
+    sinus_normal_rate = first_p.present and out.rr_irregular is False and 50 <= out.heart_rate_bpm <= 100
+    implausible = out.qtc_bazett_ms > 600 and sinus_normal_rate
+    if agreeing < MIN_AGREEING or implausible:  # weak or implausible: re-check with the area method
+        area_end = _t_end_area(mag, rate, t_start, t_stop)
+        if area_end is None or abs(area_end - t_end) > RECHECK_AGREE_S * rate:
+            doubt = (
+                "QTc above 600 ms in a regular rhythm with P waves at normal rate"
+                if implausible
+                else f"T end agrees in only {agreeing} lead(s)"
+            ) + ", not confirmed by the area method"
+            out.low_confidence.update(dict.fromkeys(qt_names, doubt))
+    return t_end
 
+
+def _pr_fields(
+    beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float, on: int, t_end: int | None, out: EcgMeasurements
+) -> None:
+    """P presence, PR and P duration with their quality; ``on``: QRS onset, ``t_end``: T end (samples)."""
+    rr = int(mean_rr * rate)
     # P window: from after the previous beat's T wave (or P_SEARCH_S before the QRS) to the QRS.
     prev_t_end = (t_end if t_end is not None else on + int(0.3 * rate)) - rr + int(0.02 * rate)
-    p = _p_wave(beats, beat, rate, on, max(on - int(P_SEARCH_S * rate), int(prev_t_end)), bool(out.rr_irregular))
+    start = max(on - int(P_SEARCH_S * rate), int(prev_t_end))
+    p = _p_wave(beats, beat, rate, on, start, bool(out.rr_irregular))
     out.p_wave_absent = not p.present
     if not p.present:
-        out._mark_missing(["pr_interval_ms"], "no consistent P wave")
-    elif p.onset is None:
+        out._mark_missing(["pr_interval_ms", "p_duration_ms"], "no consistent P wave")
+        return
+    if p.onset is None:
         out._mark_missing(["pr_interval_ms"], f"P onset agrees in only {p.agreeing} lead(s)")
     else:
         out.pr_interval_ms = (on - p.onset) / rate * 1000.0
@@ -718,22 +748,25 @@ def _morphology(beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float
             out.low_confidence["pr_interval_ms"] = (
                 "P onset at the end of the previous T wave (the P wave may begin in it)"
             )
-    if p.present and p.onset is not None and p.offset is not None and p.offset > p.onset:
-        out.p_duration_ms = (p.offset - p.onset) / rate * 1000.0
-        if out.p_duration_ms > P_MAX_S * 1000.0:
-            # No atrial depolarisation lasts this long: the onset sits in the previous T wave or in noise,
-            # so the PR measured from it is as doubtful as the P wave itself.
-            doubt = f"a P wave longer than {P_MAX_S * 1000:.0f} ms is implausible"
-            out.low_confidence["p_duration_ms"] = doubt
-            out.low_confidence.setdefault("pr_interval_ms", doubt)
-        elif min(p.agreeing, p.offset_agreeing) < MIN_AGREEING:
-            out.low_confidence["p_duration_ms"] = (
-                f"P onset/offset agree in only {min(p.agreeing, p.offset_agreeing)} lead(s)"
-            )
-    elif p.present:
+    _p_duration_fields(p, rate, out)
+
+
+def _p_duration_fields(p: _PWave, rate: float, out: EcgMeasurements) -> None:
+    """P duration of a present P wave and its quality (an implausible one makes the PR doubtful too)."""
+    if p.onset is None or p.offset is None or p.offset <= p.onset:
         out._mark_missing(["p_duration_ms"], "P onset or offset not found in enough leads")
-    else:
-        out._mark_missing(["p_duration_ms"], "no consistent P wave")
+        return
+    out.p_duration_ms = (p.offset - p.onset) / rate * 1000.0
+    if out.p_duration_ms > P_MAX_S * 1000.0:
+        # No atrial depolarisation lasts this long: the onset sits in the previous T wave or in noise,
+        # so the PR measured from it is as doubtful as the P wave itself.
+        doubt = f"a P wave longer than {P_MAX_S * 1000:.0f} ms is implausible"
+        out.low_confidence["p_duration_ms"] = doubt
+        out.low_confidence.setdefault("pr_interval_ms", doubt)
+    elif min(p.agreeing, p.offset_agreeing) < MIN_AGREEING:
+        out.low_confidence["p_duration_ms"] = (
+            f"P onset/offset agree in only {min(p.agreeing, p.offset_agreeing)} lead(s)"
+        )
 
 
 def measure_ecg(
@@ -761,11 +794,11 @@ def measure_ecg(
         clean = resample_poly(clean, ratio.numerator, ratio.denominator, axis=1)
         peaks = np.round(peaks * ratio.numerator / ratio.denominator).astype(int)
         rate = rate * ratio.numerator / ratio.denominator
-    beat, beats, reason = _median_beat(clean, peaks, rate)
-    if beat is None:
+    median, reason = _median_beat(clean, peaks, rate)
+    if median is None:
         out._mark_missing(_MORPHOLOGY_FIELDS, reason)
         return out
-    _morphology(beat, beats, rate, mean_rr, out)
+    _morphology(median, rate, mean_rr, out)
     return out
 
 

@@ -87,6 +87,7 @@ BOUND_MARGIN_S = 0.02  # a T end closer than this to its search bound was cut by
 NEXT_P_MARGIN_S = 0.02
 WAVE_FLANK = 0.2
 RECHECK_AGREE_S = 0.04  # the area-method re-check must agree within this to confirm a value
+PR_WAYS_MS = 2000.0 * AGREE_P_S  # twice the P-boundary agreement, in ms: a median-lead PR further off is low confidence
 
 INTERVAL_NAMES = (
     "heart_rate_bpm",
@@ -114,6 +115,9 @@ class EcgMeasurements:
     # QRS duration by other ways of combining the leads (median lead; global: earliest confirmed onset to
     # latest confirmed offset); diagnostic, not a column.
     qrs_variants_ms: dict[str, float] | None = None
+    # PR likewise (global: earliest confirmed P onset to earliest confirmed QRS onset, as the standards
+    # define it; median lead: each of I, II, V1, V2 from its own P onset to its own QRS onset); diagnostic.
+    pr_variants_ms: dict[str, float] | None = None
     qt_interval_ms: float | None = None
     qtc_bazett_ms: float | None = None
     qtc_fridericia_ms: float | None = None
@@ -144,7 +148,7 @@ class EcgMeasurements:
         """
         row: dict = {}
         for f in fields(self):
-            if f.name in ("st_deviation_mv", "missing", "low_confidence", "qrs_variants_ms"):
+            if f.name in ("st_deviation_mv", "missing", "low_confidence", "qrs_variants_ms", "pr_variants_ms"):
                 continue
             row[f.name] = getattr(self, f.name)
         st = self.st_deviation_mv or {}
@@ -384,6 +388,8 @@ class _QrsBounds:
     offset: int  # sample where it ends
     agreeing: int  # leads in the smaller agreeing group of per-lead onsets or offsets
     variants_ms: dict[str, float]  # QRS duration by other ways of combining the leads (diagnostic)
+    earliest_onset: float | None  # earliest per-lead onset other leads confirm (None: none confirmed)
+    lead_onsets: np.ndarray  # (independent leads,) each lead's own onset; NaN for a lead too weak to take part
 
 
 def _qrs_bounds(beat: np.ndarray, rate: float, r0: int) -> _QrsBounds | None:
@@ -412,14 +418,16 @@ def _qrs_bounds(beat: np.ndarray, rate: float, r0: int) -> _QrsBounds | None:
     per_lead = [_slope_extent(s, float(f), lo, hi, gap) for s, f in zip(slopes, floors, strict=True)]
     # A lead whose QRS slope is small against the others' is mostly noise: it takes no part.
     strongest = max(h for _, _, h in per_lead)
-    leads = [(a, b) for a, b, h in per_lead if h >= QRS_LEAD_MIN_SLOPE * strongest]
+    strong = np.array([h >= QRS_LEAD_MIN_SLOPE * strongest for _, _, h in per_lead])
+    leads = [(a, b) for (a, b, _), keep in zip(per_lead, strong, strict=True) if keep]
     tol = AGREE_QRS_S * rate
     first, on_agree = combine_leads([a for a, _ in leads], tol, latest=False)
     last, off_agree = combine_leads([b for _, b in leads], tol, latest=True)
     variants = {"median_lead": float(np.median([b - a for a, b in leads])) * 1000.0 / rate}
     if first is not None and last is not None:
         variants["global"] = (last - first) * 1000.0 / rate
-    return _QrsBounds(onset, offset, min(on_agree, off_agree), variants)
+    lead_onsets = np.where(strong, [float(a) for a, _, _ in per_lead], np.nan)
+    return _QrsBounds(onset, offset, min(on_agree, off_agree), variants, first, lead_onsets)
 
 
 def _t_end(mag: np.ndarray, rate: float, start: int, stop: int) -> int | None:
@@ -549,6 +557,8 @@ class _PWave:
     offset_agreeing: int = 0  # likewise for the offsets
     # The onset lies within P_EDGE_S of the search start: the wave may begin earlier, in the previous T wave.
     onset_at_window_start: bool = False
+    earliest_onset: float | None = None  # earliest onset other leads confirm (sample), the standards' global onset
+    lead_onsets: np.ndarray | None = None  # (P leads,) each lead's own onset (sample); NaN where not delineated
 
 
 def _coherence(segments: np.ndarray) -> float:
@@ -588,10 +598,12 @@ def _p_wave(
         return _PWave(False)
     edge = P_EDGE_S * rate
     level = int(P_LEVEL_S * rate)
-    found = [b for b in (_wave_bounds(x, P_LEAD_MIN_MV, level) for x in detrended) if b is not None]
+    per_lead = [_wave_bounds(x, P_LEAD_MIN_MV, level) for x in detrended]
+    found = [b for b in per_lead if b is not None]
     tol = AGREE_P_S * rate
     onsets = np.array([b[0] for b in found])
     first, agreeing = _combined(onsets, tol, latest=False)
+    earliest = None if first is None else start + first
     if first is not None:
         # The earliest lead of the agreeing group is the noisiest estimate of where the group starts (the
         # tangent of a broad, low P wave reaches far back): the group's median lead gives the onset.
@@ -618,6 +630,8 @@ def _p_wave(
         agreeing,
         offset_agreeing,
         first is not None and first < edge,
+        earliest,
+        np.array([np.nan if b is None else start + b[0] for b in per_lead]),
     )
 
 
@@ -638,7 +652,7 @@ def _morphology(median: _MedianBeat, rate: float, mean_rr: float, out: EcgMeasur
     beats = median.beats - median.beats[:, :, pr_segment].mean(axis=2, keepdims=True)
     _amplitude_fields(beat[:, on:off], beat[:, off + int(ST_OFFSET_S * rate)], out)
     t_end = _qt_fields(beat, beats, rate, mean_rr, (on, off), out)
-    _pr_fields(beat, beats, rate, mean_rr, on, t_end, out)
+    _pr_fields(beat, beats, rate, mean_rr, bounds, t_end, out)
 
 
 def _qrs_fields(beat: np.ndarray, rate: float, out: EcgMeasurements) -> _QrsBounds | None:
@@ -723,10 +737,16 @@ def _qt_fields(
 
 
 def _pr_fields(
-    beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float, on: int, t_end: int | None, out: EcgMeasurements
+    beat: np.ndarray,
+    beats: np.ndarray,
+    rate: float,
+    mean_rr: float,
+    qrs: _QrsBounds,
+    t_end: int | None,
+    out: EcgMeasurements,
 ) -> None:
-    """P presence, PR and P duration with their quality; ``on``: QRS onset, ``t_end``: T end (samples)."""
-    rr = int(mean_rr * rate)
+    """P presence, PR and P duration with their quality; ``t_end``: T end (sample) or None."""
+    rr, on = int(mean_rr * rate), qrs.onset
     # P window: from after the previous beat's T wave (or P_SEARCH_S before the QRS) to the QRS.
     prev_t_end = (t_end if t_end is not None else on + int(0.3 * rate)) - rr + int(0.02 * rate)
     start = max(on - int(P_SEARCH_S * rate), int(prev_t_end))
@@ -739,6 +759,7 @@ def _pr_fields(
         out._mark_missing(["pr_interval_ms"], f"P onset agrees in only {p.agreeing} lead(s)")
     else:
         out.pr_interval_ms = (on - p.onset) / rate * 1000.0
+        out.pr_variants_ms = _pr_variants(p, qrs, rate)
         if out.pr_interval_ms > 400:
             out.low_confidence["pr_interval_ms"] = "a PR interval above 400 ms is implausible"
         elif p.agreeing < MIN_AGREEING:
@@ -748,7 +769,26 @@ def _pr_fields(
             out.low_confidence["pr_interval_ms"] = (
                 "P onset at the end of the previous T wave (the P wave may begin in it)"
             )
+        elif abs(out.pr_variants_ms.get("median_lead", out.pr_interval_ms) - out.pr_interval_ms) > PR_WAYS_MS:
+            # The leads' own P-to-QRS intervals tell another story than the combined boundaries: either
+            # boundary may sit on the wrong deflection, so the value is not stated.
+            out.low_confidence["pr_interval_ms"] = (
+                f"the leads' own PR (median {out.pr_variants_ms['median_lead']:.0f} ms) differs from the "
+                f"combined PR by more than {PR_WAYS_MS:.0f} ms"
+            )
     _p_duration_fields(p, rate, out)
+
+
+def _pr_variants(p: _PWave, qrs: _QrsBounds, rate: float) -> dict[str, float]:
+    """PR (ms) by other ways of combining the leads than the shipped one, for comparison (see EcgMeasurements)."""
+    variants = {}
+    if p.earliest_onset is not None and qrs.earliest_onset is not None:
+        variants["global"] = (qrs.earliest_onset - p.earliest_onset) * 1000.0 / rate
+    both = [(i, _INDEPENDENT.index(lead)) for i, lead in enumerate(_P_LEADS) if lead in _INDEPENDENT]
+    per_lead = np.array([qrs.lead_onsets[q] - p.lead_onsets[i] for i, q in both])
+    if not np.isnan(per_lead).all():
+        variants["median_lead"] = float(np.nanmedian(per_lead)) * 1000.0 / rate
+    return variants
 
 
 def _p_duration_fields(p: _PWave, rate: float, out: EcgMeasurements) -> None:

@@ -21,8 +21,9 @@ Method (as clinical ECG programs do it, not per-lead delineation):
 4. Every interval carries a quality flag (``quality``: measured / low_confidence /
    not_measurable) with its reason; physiologically implausible values (QTc > 600 ms in a
    regular rhythm with P waves at normal rate, PR > 400 ms, QRS < 50 ms) are re-checked and
-   flagged low confidence unless the re-check confirms them. Writers state only ``measured``
-   values as fact (``reliable_value``).
+   flagged low confidence unless the re-check confirms them; so is a PR that the leads' own
+   P-to-QRS intervals (median of I, II, V1, V2) put more than 40 ms away. Writers state only
+   ``measured`` values as fact (``reliable_value``).
 Each field is either measured or None with the reason in ``missing``; nothing is guessed.
 """
 

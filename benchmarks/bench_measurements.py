@@ -64,6 +64,8 @@ WINDOW_BINS_MS = (0, 20, 35, 100)  # distance of the T end from the end of its s
 # Published adult normal ranges (ms) the NORM distributions are held against.
 PR_NORMAL_MS, QRS_NORMAL_MS = (120.0, 200.0), (80.0, 110.0)
 PERCENTILES = (5, 25, 50, 75, 95)
+# Statements of slowed ventricular conduction: 1AVB/LPR records carrying one are reported apart.
+CONDUCTION_DISEASE = ("CLBBB", "CRBBB", "ILBBB", "IRBBB", "LAFB", "LPFB", "IVCD")
 ROC_FALSE_POSITIVES = (0.02, 0.04, 0.06, 0.08, 0.10)  # NORM shares at which the 1AVB/LPR sensitivity is read
 
 
@@ -153,31 +155,44 @@ def _statement(db: pd.DataFrame, *codes: str) -> np.ndarray:
     return db.codes.apply(lambda c: any(code in c for code in codes)).to_numpy()
 
 
+def _variants(ms: list[EcgMeasurements], name: str, other_ways: str) -> dict[str, np.ndarray]:
+    """The shipped value of ``name`` and the same interval by each other way of combining the leads."""
+    out = {"shipped": _values(ms, name)}
+    for way in sorted({k for m in ms for k in (getattr(m, other_ways) or {})}):
+        out[way] = np.array([(getattr(m, other_ways) or {}).get(way, np.nan) for m in ms])
+    return out
+
+
 def norm_intervals(db: pd.DataFrame, ms: list[EcgMeasurements]) -> dict:
     """PR and QRS of NORM records against the adult normal ranges, with the statement checks beside them.
 
     PR: NORM records without 1AVB/LPR; QRS: NORM records without CLBBB/CRBBB. Shares of records over a
-    limit count a missing value as not over it (as the agreement table does). QRS is given for the shipped
-    value and for each way of combining the leads (summed slope, median lead, global onset to offset).
+    limit count a missing value as not over it (as the agreement table does). PR and QRS are given for the
+    shipped value and for each other way of combining the leads (median lead; global: earliest onset to
+    earliest onset for PR, earliest onset to latest offset for QRS). The 1AVB/LPR sensitivity is also given
+    apart for records with and without a conduction-disease statement (bundle branch or fascicular block).
     """
     avb, bbb = _statement(db, "1AVB", "LPR"), _statement(db, "CLBBB", "CRBBB")
-    norm = _statement(db, "NORM")
-    pr = _values(ms, "pr_interval_ms")
+    norm, conduction = _statement(db, "NORM"), _statement(db, *CONDUCTION_DISEASE)
     stated_pr = np.array([m.quality("pr_interval_ms")[0] == "measured" for m in ms])
     ref = norm & ~avb
-    out = {
-        "pr_norm": {
+    out: dict = {"pr_variants": {}}
+    for name, pr in _variants(ms, "pr_interval_ms", "pr_variants_ms").items():
+        out["pr_variants"][name] = {
             **_distribution(pr[ref], PR_NORMAL_MS),
             "over_200": _share(pr[ref] > 200),
-            "over_200_stated": _share((pr > 200)[ref & stated_pr]),
             "avb_lpr_sensitivity": _share(pr[avb] > 200),
             "n_avb_lpr": int(avb.sum()),
-        },
-        "pr_operating_points": pr_operating_points(pr[ref], pr[avb]),
-    }
-    variants = {"shipped": _values(ms, "qrs_duration_ms")}
-    for name in sorted({k for m in ms for k in (m.qrs_variants_ms or {})}):
-        variants[name] = np.array([(m.qrs_variants_ms or {}).get(name, np.nan) for m in ms])
+            "avb_lpr_sensitivity_conduction_disease": _share(pr[avb & conduction] > 200),
+            "n_avb_lpr_conduction_disease": int((avb & conduction).sum()),
+            "avb_lpr_sensitivity_no_conduction_disease": _share(pr[avb & ~conduction] > 200),
+            "operating_points": pr_operating_points(pr[ref], pr[avb]),
+        }
+    shipped = out["pr_variants"]["shipped"]
+    pr = _values(ms, "pr_interval_ms")
+    out["pr_norm"] = {k: v for k, v in shipped.items() if k != "operating_points"}
+    out["pr_norm"]["over_200_stated"] = _share((pr > 200)[ref & stated_pr])
+    out["pr_operating_points"] = shipped["operating_points"]
     ref = norm & ~bbb
     out["qrs_norm"] = {
         name: {
@@ -186,7 +201,7 @@ def norm_intervals(db: pd.DataFrame, ms: list[EcgMeasurements]) -> dict:
             "bbb_sensitivity": _share(q[bbb] >= 120),
             "n_bbb": int(bbb.sum()),
         }
-        for name, q in variants.items()
+        for name, q in _variants(ms, "qrs_duration_ms", "qrs_variants_ms").items()
     }
     return out
 
@@ -420,70 +435,8 @@ def render(result: dict) -> str:
     for ds in result["datasets"]:
         out += [f"## {ds['rate_hz']} Hz: {ds['records']} records (ecg_id {ds['first_ecg_id']}-{ds['last_ecg_id']})", ""]
         for split, r in ds["splits"].items():
-            out += [
-                f"### {split}: {r['n']} records",
-                "",
-                "| check | agreement | n | flagged reference | n reference | flagged incl. labelled | target |",
-                "| --- | --- | --- | --- | --- | --- | --- |",
-            ]
-            for row in r["raw_agreement"]:
-                out.append(
-                    f"| {row['check']} | {_pct(row['agreement'])} | {row['n']} | "
-                    f"{_pct(row['flagged_reference']) if row['reference'] else ''} | "
-                    f"{str(row['n_reference']) + ' ' + row['reference'] if row['reference'] else ''} | "
-                    f"{_pct(row.get('flagged_reference_incl_positive')) if row['reference'] else ''} | "
-                    f"{row['target']} |"
-                )
-            w, p = r["qt_window"], r["plausibility"]
-            out += [
-                "",
-                f"QT vs its search window: {w['measured']} measured; distance of the T end from the window "
-                f"end: "
-                + ", ".join(f"{k}: {v}" for k, v in w["gap_to_window_end"].items())
-                + f"; within 35 ms: {w['within_35_ms']}; rejected at the bound (not measurable): "
-                f"{w['rejected_at_bound']}.",
-                "",
-                f"Plausibility: QTc (Bazett) > 600 ms in {p['qtc_over_600']} records "
-                f"({p['qtc_over_600_with_long_qt_or_wide_qrs_statement']} with a long-QT or wide-QRS statement, "
-                f"{p['qtc_over_600_without_such_statement']} without, "
-                f"{p['qtc_over_600_sinus_statement']} with a sinus-rhythm statement, "
-                f"{p['qtc_over_600_called_p_absent']} called P-absent); stated as fact in captions: "
-                f"{p['qtc_over_600_stated']} ({p['qtc_over_600_stated_without_such_statement']} without such a "
-                f"statement). PR > 400 ms: {p['pr_over_400']} (stated {p['pr_over_400_stated']}). QRS < 50 ms: "
-                f"{p['qrs_under_50']} (stated {p['qrs_under_50_stated']}). P called absent in "
-                f"{_pct(p['p_absent_in_sinus'])} of {p['n_sinus']} sinus-rhythm records.",
-                "",
-                "Quality flags: "
-                + "; ".join(
-                    f"{name}: " + ", ".join(f"{k} {v}" for k, v in sorted(q.items()))
-                    for name, q in r["quality"].items()
-                )
-                + ".",
-                "",
-                "Reconciliation (separate step, captions of labelled records only): "
-                f"{r['reconciliation']['records_changed']} records get a withheld flag; "
-                f"AFIB flagged after it: {_pct(r['reconciliation']['afib_flagged_after'])}.",
-                "",
-            ]
-            if "norm_intervals" in r:
-                out += _render_norm_intervals(r["norm_intervals"], ds.get("baseline", {}).get("splits", {}).get(split))
-        s = ds["speed"]
-        out += [
-            f"Speed: measure_batch with {s['workers']} worker processes, {ds['records']} records in "
-            f"{s['measure_s']:.1f} s = **{s['records_per_s']:.1f} records/s** (reading WFDB not included: "
-            f"{s['read_s']:.1f} s); load average before/after: {s.get('load_average_before', float('nan')):.1f}/"
-            f"{s['load_average_after']:.1f} (shared machine).",
-            "",
-        ]
-        if "baseline" in ds:
-            t = ds["baseline"]["timing"]
-            out += [
-                f"CPU time per record, same run, one process, {t['records']} records x {t['rounds']} alternating "
-                f"rounds: this code {t['cpu_ms_per_record']['this']:.1f} ms, baseline `{ds['baseline']['rev']}` "
-                f"{t['cpu_ms_per_record']['baseline']:.1f} ms: ratio **{t['ratio_this_to_baseline']:.2f}** "
-                f"(load average {t['load_average_before']:.1f}/{t['load_average_after']:.1f}).",
-                "",
-            ]
+            out += _render_split(split, r, ds.get("baseline", {}).get("splits", {}).get(split))
+        out += _render_speed(ds)
     for code, r in result.get("rate_agreement", {}).items():
         out.append(
             f"Same recordings at 100 and 500 Hz ({r['records']} records), {code} code, difference 100 - 500 Hz: "
@@ -498,6 +451,79 @@ def render(result: dict) -> str:
     return "\n".join(out)
 
 
+def _render_split(split: str, r: dict, baseline: dict | None) -> list[str]:
+    """One split's agreement table, QT window, plausibility, quality flags and NORM intervals."""
+    out = [
+        f"### {split}: {r['n']} records",
+        "",
+        "| check | agreement | n | flagged reference | n reference | flagged incl. labelled | target |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in r["raw_agreement"]:
+        out.append(
+            f"| {row['check']} | {_pct(row['agreement'])} | {row['n']} | "
+            f"{_pct(row['flagged_reference']) if row['reference'] else ''} | "
+            f"{str(row['n_reference']) + ' ' + row['reference'] if row['reference'] else ''} | "
+            f"{_pct(row.get('flagged_reference_incl_positive')) if row['reference'] else ''} | "
+            f"{row['target']} |"
+        )
+    w, p = r["qt_window"], r["plausibility"]
+    out += [
+        "",
+        f"QT vs its search window: {w['measured']} measured; distance of the T end from the window "
+        f"end: "
+        + ", ".join(f"{k}: {v}" for k, v in w["gap_to_window_end"].items())
+        + f"; within 35 ms: {w['within_35_ms']}; rejected at the bound (not measurable): "
+        f"{w['rejected_at_bound']}.",
+        "",
+        f"Plausibility: QTc (Bazett) > 600 ms in {p['qtc_over_600']} records "
+        f"({p['qtc_over_600_with_long_qt_or_wide_qrs_statement']} with a long-QT or wide-QRS statement, "
+        f"{p['qtc_over_600_without_such_statement']} without, "
+        f"{p['qtc_over_600_sinus_statement']} with a sinus-rhythm statement, "
+        f"{p['qtc_over_600_called_p_absent']} called P-absent); stated as fact in captions: "
+        f"{p['qtc_over_600_stated']} ({p['qtc_over_600_stated_without_such_statement']} without such a "
+        f"statement). PR > 400 ms: {p['pr_over_400']} (stated {p['pr_over_400_stated']}). QRS < 50 ms: "
+        f"{p['qrs_under_50']} (stated {p['qrs_under_50_stated']}). P called absent in "
+        f"{_pct(p['p_absent_in_sinus'])} of {p['n_sinus']} sinus-rhythm records.",
+        "",
+        "Quality flags: "
+        + "; ".join(
+            f"{name}: " + ", ".join(f"{k} {v}" for k, v in sorted(q.items())) for name, q in r["quality"].items()
+        )
+        + ".",
+        "",
+        "Reconciliation (separate step, captions of labelled records only): "
+        f"{r['reconciliation']['records_changed']} records get a withheld flag; "
+        f"AFIB flagged after it: {_pct(r['reconciliation']['afib_flagged_after'])}.",
+        "",
+    ]
+    if "norm_intervals" in r:
+        out += _render_norm_intervals(r["norm_intervals"], baseline)
+    return out
+
+
+def _render_speed(ds: dict) -> list[str]:
+    """Throughput of one sampling rate and, with a baseline, the same-run CPU time ratio."""
+    s = ds["speed"]
+    out = [
+        f"Speed: measure_batch with {s['workers']} worker processes, {ds['records']} records in "
+        f"{s['measure_s']:.1f} s = **{s['records_per_s']:.1f} records/s** (reading WFDB not included: "
+        f"{s['read_s']:.1f} s); load average before/after: {s.get('load_average_before', float('nan')):.1f}/"
+        f"{s['load_average_after']:.1f} (shared machine).",
+        "",
+    ]
+    if "baseline" in ds:
+        t = ds["baseline"]["timing"]
+        out += [
+            f"CPU time per record, same run, one process, {t['records']} records x {t['rounds']} alternating "
+            f"rounds: this code {t['cpu_ms_per_record']['this']:.1f} ms, baseline `{ds['baseline']['rev']}` "
+            f"{t['cpu_ms_per_record']['baseline']:.1f} ms: ratio **{t['ratio_this_to_baseline']:.2f}** "
+            f"(load average {t['load_average_before']:.1f}/{t['load_average_after']:.1f}).",
+            "",
+        ]
+    return out
+
+
 def _dist_cells(d: dict) -> str:
     p = d.get("percentiles_ms", {})
     pct = " / ".join(f"{p[str(q)]:.0f}" for q in PERCENTILES) if p else "n/a"
@@ -506,7 +532,7 @@ def _dist_cells(d: dict) -> str:
 
 
 def _render_norm_intervals(r: dict, baseline: dict | None) -> list[str]:
-    """NORM PR/QRS distributions, the 1AVB/LPR operating points and the QRS variants (with the baseline's)."""
+    """NORM PR/QRS distributions, the 1AVB/LPR operating points and the PR/QRS variants (with the baseline's)."""
     rows = [("this code", r)] + ([("baseline", baseline["norm_intervals"])] if baseline else [])
     pcts = "/".join(map(str, PERCENTILES))
     out = [
@@ -523,6 +549,12 @@ def _render_norm_intervals(r: dict, baseline: dict | None) -> list[str]:
             f"| PR | {code} | {_dist_cells(pr)} | > 200 ms: {_pct(pr['over_200'])} | {_pct(pr['over_200_stated'])} | "
             f"1AVB/LPR {_pct(pr['avb_lpr_sensitivity'])} (n {pr['n_avb_lpr']}) |"
         )
+        for name, v in x.get("pr_variants", {}).items():
+            if name != "shipped":
+                out.append(
+                    f"| PR {name} | {code} | {_dist_cells(v)} | > 200 ms: {_pct(v['over_200'])} | | "
+                    f"1AVB/LPR {_pct(v['avb_lpr_sensitivity'])} (n {v['n_avb_lpr']}) |"
+                )
     for code, x in rows:
         for name, q in x["qrs_norm"].items():
             out.append(
@@ -535,11 +567,14 @@ def _render_norm_intervals(r: dict, baseline: dict | None) -> list[str]:
         "",
     ]
     for code, x in rows:
-        points = ", ".join(
-            f"NORM {_pct(p['norm_flagged'])}: {_pct(p['sensitivity'])} (> {p['threshold_ms']:.0f} ms)"
-            for p in x["pr_operating_points"]
-        )
-        out.append(f"- {code}: {points or 'n/a'}")
+        ways = x.get("pr_variants") or {"shipped": {"operating_points": x["pr_operating_points"]}}
+        for name, v in ways.items():
+            points = ", ".join(
+                f"NORM {_pct(p['norm_flagged'])}: {_pct(p['sensitivity'])} (> {p['threshold_ms']:.0f} ms)"
+                for p in v["operating_points"]
+            )
+            out.append(f"- {code}, PR {name}: {points or 'n/a'}")
+    out += _render_conduction(rows)
     if baseline:
         out += ["", "Baseline agreement on the same records:", ""]
         out += [
@@ -548,6 +583,20 @@ def _render_norm_intervals(r: dict, baseline: dict | None) -> list[str]:
             for row in baseline["raw_agreement"]
         ]
     return out + [""]
+
+
+def _render_conduction(rows: list[tuple[str, dict]]) -> list[str]:
+    """1AVB/LPR sensitivity of each PR variant apart for records with and without a conduction-disease statement."""
+    lines = [
+        f"- {code}, PR {name}: with {_pct(v['avb_lpr_sensitivity_conduction_disease'])} "
+        f"(n {v['n_avb_lpr_conduction_disease']}), without {_pct(v['avb_lpr_sensitivity_no_conduction_disease'])} "
+        f"(n {v['n_avb_lpr'] - v['n_avb_lpr_conduction_disease']})"
+        for code, x in rows
+        for name, v in x.get("pr_variants", {}).items()
+    ]
+    if not lines:
+        return []
+    return ["", "1AVB/LPR with PR > 200 ms, records with and without a conduction-disease statement:", "", *lines]
 
 
 def main() -> None:

@@ -45,3 +45,23 @@ def test_qrs_variants_bracket_the_summed_slope_duration() -> None:
     assert variants["median_lead"] <= m.qrs_duration_ms <= variants["global"]
     assert 80 <= m.qrs_duration_ms <= 110
     assert not any(key.startswith("qrs_variants") for key in m.to_columns())
+
+
+def test_pr_variants_hold_the_standards_global_pr_and_the_median_lead() -> None:
+    signal, leads = read(141)  # 1AVB: every way of combining the leads finds a long PR
+    m = measure_ecg(signal, 100, leads, 141)
+    assert set(m.pr_variants_ms) == {"global", "median_lead"}
+    assert all(value > 250 for value in m.pr_variants_ms.values()), m.pr_variants_ms
+    assert not any(key.startswith("pr_variants") for key in m.to_columns())
+
+
+# NORM, sinus rhythm; the PR was stated as fact though the leads' own P-to-QRS intervals disagreed with it by
+# more than 40 ms: 10396 (215 ms, a first-degree AV block's PR; the leads' own median 170 ms) and 443 (95 ms,
+# a pre-excitation's short PR; the leads' own median 190 ms).
+@pytest.mark.parametrize("ecg_id", [10396, 443])
+def test_pr_the_leads_disagree_on_is_not_stated(ecg_id: int) -> None:
+    signal, leads = read(ecg_id)
+    m = measure_ecg(signal, 100, leads, ecg_id)
+    flag, reason = m.quality("pr_interval_ms")
+    assert flag == "low_confidence" and "leads' own PR" in reason, (m.pr_interval_ms, reason)
+    assert abs(m.pr_variants_ms["median_lead"] - m.pr_interval_ms) > 40

@@ -21,8 +21,9 @@ Method (as clinical ECG programs do it, not per-lead delineation):
 4. Every interval carries a quality flag (``quality``: measured / low_confidence /
    not_measurable) with its reason; physiologically implausible values (QTc > 600 ms in a
    regular rhythm with P waves at normal rate, PR > 400 ms, QRS < 50 ms) are re-checked and
-   flagged low confidence unless the re-check confirms them. Writers state only ``measured``
-   values as fact (``reliable_value``).
+   flagged low confidence unless the re-check confirms them; so is a PR that the leads' own
+   P-to-QRS intervals (median of I, II, V1, V2) put more than 40 ms away. Writers state only
+   ``measured`` values as fact (``reliable_value``).
 Each field is either measured or None with the reason in ``missing``; nothing is guessed.
 """
 
@@ -87,6 +88,7 @@ BOUND_MARGIN_S = 0.02  # a T end closer than this to its search bound was cut by
 NEXT_P_MARGIN_S = 0.02
 WAVE_FLANK = 0.2
 RECHECK_AGREE_S = 0.04  # the area-method re-check must agree within this to confirm a value
+PR_WAYS_MS = 2000.0 * AGREE_P_S  # twice the P-boundary agreement, in ms: a median-lead PR further off is low confidence
 
 INTERVAL_NAMES = (
     "heart_rate_bpm",
@@ -114,6 +116,9 @@ class EcgMeasurements:
     # QRS duration by other ways of combining the leads (median lead; global: earliest confirmed onset to
     # latest confirmed offset); diagnostic, not a column.
     qrs_variants_ms: dict[str, float] | None = None
+    # PR likewise (global: earliest confirmed P onset to earliest confirmed QRS onset, as the standards
+    # define it; median lead: each of I, II, V1, V2 from its own P onset to its own QRS onset); diagnostic.
+    pr_variants_ms: dict[str, float] | None = None
     qt_interval_ms: float | None = None
     qtc_bazett_ms: float | None = None
     qtc_fridericia_ms: float | None = None
@@ -144,7 +149,7 @@ class EcgMeasurements:
         """
         row: dict = {}
         for f in fields(self):
-            if f.name in ("st_deviation_mv", "missing", "low_confidence", "qrs_variants_ms"):
+            if f.name in ("st_deviation_mv", "missing", "low_confidence", "qrs_variants_ms", "pr_variants_ms"):
                 continue
             row[f.name] = getattr(self, f.name)
         st = self.st_deviation_mv or {}
@@ -327,13 +332,19 @@ def _align(sig: np.ndarray, fiducials: np.ndarray, rate: float) -> np.ndarray:
     return kept + np.argmax(score, axis=1) - shift
 
 
-def _median_beat(sig: np.ndarray, peaks: np.ndarray, rate: float) -> tuple[np.ndarray | None, np.ndarray, str]:
-    """Median beat (leads, samples) of the dominant morphology, the aligned beats used, or (None, _, reason)."""
+@dataclass
+class _MedianBeat:
+    beat: np.ndarray  # (leads, samples): median of the dominant beats
+    beats: np.ndarray  # (beats, leads, samples): the aligned dominant beats
+
+
+def _median_beat(sig: np.ndarray, peaks: np.ndarray, rate: float) -> tuple[_MedianBeat | None, str]:
+    """Median beat of the dominant morphology and the aligned beats used, or (None, reason)."""
     pre, post = int(BEAT_PRE_S * rate), int(BEAT_POST_S * rate)
     fid = np.unique(_align(sig, peaks, rate))
     beats, _ = _beats(sig, fid, pre, post)
     if len(beats) < MIN_BEATS:
-        return None, beats, f"only {len(beats)} complete beats in the record"
+        return None, f"only {len(beats)} complete beats in the record"
     qrs = slice(pre - int(0.1 * rate), pre + int(0.1 * rate))
     flat = beats[:, :, qrs].reshape(len(beats), -1)
     template = np.median(flat, axis=0)
@@ -341,10 +352,10 @@ def _median_beat(sig: np.ndarray, peaks: np.ndarray, rate: float) -> tuple[np.nd
     centred, centred_template = flat - flat.mean(axis=1, keepdims=True), template - template.mean()
     norm = np.sqrt((centred**2).sum(axis=1) * (centred_template**2).sum())
     corr = np.divide(centred @ centred_template, norm, out=np.zeros(len(flat)), where=norm > 0)
-    dominant = beats[corr >= DOMINANT_CORR]
-    if len(dominant) < MIN_BEATS or len(dominant) < 0.5 * len(beats):
-        return None, beats, f"no consistent beat morphology ({len(dominant)} of {len(beats)} beats alike)"
-    return np.median(dominant, axis=0), dominant, ""
+    dominant = corr >= DOMINANT_CORR
+    if dominant.sum() < MIN_BEATS or dominant.sum() < 0.5 * len(beats):
+        return None, f"no consistent beat morphology ({dominant.sum()} of {len(beats)} beats alike)"
+    return _MedianBeat(np.median(beats[dominant], axis=0), beats[dominant]), ""
 
 
 def _slope_extent(slope: np.ndarray, floor: float, lo: int, hi: int, gap: int) -> tuple[int, int, float]:
@@ -378,6 +389,8 @@ class _QrsBounds:
     offset: int  # sample where it ends
     agreeing: int  # leads in the smaller agreeing group of per-lead onsets or offsets
     variants_ms: dict[str, float]  # QRS duration by other ways of combining the leads (diagnostic)
+    earliest_onset: float | None  # earliest per-lead onset other leads confirm (None: none confirmed)
+    lead_onsets: np.ndarray  # (independent leads,) each lead's own onset; NaN for a lead too weak to take part
 
 
 def _qrs_bounds(beat: np.ndarray, rate: float, r0: int) -> _QrsBounds | None:
@@ -406,14 +419,16 @@ def _qrs_bounds(beat: np.ndarray, rate: float, r0: int) -> _QrsBounds | None:
     per_lead = [_slope_extent(s, float(f), lo, hi, gap) for s, f in zip(slopes, floors, strict=True)]
     # A lead whose QRS slope is small against the others' is mostly noise: it takes no part.
     strongest = max(h for _, _, h in per_lead)
-    leads = [(a, b) for a, b, h in per_lead if h >= QRS_LEAD_MIN_SLOPE * strongest]
+    strong = np.array([h >= QRS_LEAD_MIN_SLOPE * strongest for _, _, h in per_lead])
+    leads = [(a, b) for (a, b, _), keep in zip(per_lead, strong, strict=True) if keep]
     tol = AGREE_QRS_S * rate
     first, on_agree = combine_leads([a for a, _ in leads], tol, latest=False)
     last, off_agree = combine_leads([b for _, b in leads], tol, latest=True)
     variants = {"median_lead": float(np.median([b - a for a, b in leads])) * 1000.0 / rate}
     if first is not None and last is not None:
         variants["global"] = (last - first) * 1000.0 / rate
-    return _QrsBounds(onset, offset, min(on_agree, off_agree), variants)
+    lead_onsets = np.where(strong, [float(a) for a, _, _ in per_lead], np.nan)
+    return _QrsBounds(onset, offset, min(on_agree, off_agree), variants, first, lead_onsets)
 
 
 def _t_end(mag: np.ndarray, rate: float, start: int, stop: int) -> int | None:
@@ -543,6 +558,8 @@ class _PWave:
     offset_agreeing: int = 0  # likewise for the offsets
     # The onset lies within P_EDGE_S of the search start: the wave may begin earlier, in the previous T wave.
     onset_at_window_start: bool = False
+    earliest_onset: float | None = None  # earliest onset other leads confirm (sample), the standards' global onset
+    lead_onsets: np.ndarray | None = None  # (P leads,) each lead's own onset (sample); NaN where not delineated
 
 
 def _coherence(segments: np.ndarray) -> float:
@@ -582,10 +599,12 @@ def _p_wave(
         return _PWave(False)
     edge = P_EDGE_S * rate
     level = int(P_LEVEL_S * rate)
-    found = [b for b in (_wave_bounds(x, P_LEAD_MIN_MV, level) for x in detrended) if b is not None]
+    per_lead = [_wave_bounds(x, P_LEAD_MIN_MV, level) for x in detrended]
+    found = [b for b in per_lead if b is not None]
     tol = AGREE_P_S * rate
     onsets = np.array([b[0] for b in found])
     first, agreeing = _combined(onsets, tol, latest=False)
+    earliest = None if first is None else start + first
     if first is not None:
         # The earliest lead of the agreeing group is the noisiest estimate of where the group starts (the
         # tangent of a broad, low P wave reaches far back): the group's median lead gives the onset.
@@ -612,6 +631,8 @@ def _p_wave(
         agreeing,
         offset_agreeing,
         first is not None and first < edge,
+        earliest,
+        np.array([np.nan if b is None else start + b[0] for b in per_lead]),
     )
 
 
@@ -620,26 +641,38 @@ def _qt_limit(mean_rr: float, qrs_s: float) -> float:
     return QT_LIMIT_S * math.sqrt(mean_rr) + QT_LIMIT_WIDE_QRS * max(0.0, qrs_s - 0.12)
 
 
-def _morphology(beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float, out: EcgMeasurements) -> None:
-    """Fill interval, axis, voltage and ST fields from the median beat (leads, samples) at ``rate``."""
-    r0 = int(BEAT_PRE_S * rate)
-    bounds = _qrs_bounds(beat, rate, r0)
+def _morphology(median: _MedianBeat, rate: float, mean_rr: float, out: EcgMeasurements) -> None:
+    """Fill interval, axis, voltage and ST fields from the median beat at ``rate``."""
+    bounds = _qrs_fields(median.beat, rate, out)
+    if bounds is None:
+        return
+    on, off = bounds.onset, bounds.offset
+    # PR-segment baseline: the isoelectric reference for every amplitude below.
+    pr_segment = slice(on - int(0.025 * rate), on - int(0.005 * rate))
+    beat = median.beat - median.beat[:, pr_segment].mean(axis=1, keepdims=True)
+    beats = median.beats - median.beats[:, :, pr_segment].mean(axis=2, keepdims=True)
+    _amplitude_fields(beat[:, on:off], beat[:, off + int(ST_OFFSET_S * rate)], out)
+    t_end = _qt_fields(beat, beats, rate, mean_rr, (on, off), out)
+    _pr_fields(beat, beats, rate, mean_rr, bounds, t_end, out)
+
+
+def _qrs_fields(beat: np.ndarray, rate: float, out: EcgMeasurements) -> _QrsBounds | None:
+    """QRS duration and its quality from the median beat (leads, samples); None (fields missing) without bounds."""
+    bounds = _qrs_bounds(beat, rate, int(BEAT_PRE_S * rate))
     if bounds is None:
         out._mark_missing(_MORPHOLOGY_FIELDS, "QRS boundaries not found on the median beat")
-        return
-    on, off, qrs_agreeing = bounds.onset, bounds.offset, bounds.agreeing
+        return None
     out.qrs_variants_ms = bounds.variants_ms
-    out.qrs_duration_ms = (off - on) / rate * 1000.0
+    out.qrs_duration_ms = (bounds.offset - bounds.onset) / rate * 1000.0
     if out.qrs_duration_ms < 50:
         out.low_confidence["qrs_duration_ms"] = "a QRS shorter than 50 ms is implausible"
-    elif qrs_agreeing < MIN_AGREEING:
-        out.low_confidence["qrs_duration_ms"] = f"QRS onset/offset agree in only {qrs_agreeing} lead(s)"
-    # PR-segment baseline: the isoelectric reference for every amplitude below.
-    iso = beat[:, on - int(0.025 * rate) : on - int(0.005 * rate)].mean(axis=1, keepdims=True)
-    beats = beats - beats[:, :, on - int(0.025 * rate) : on - int(0.005 * rate)].mean(axis=2, keepdims=True)
-    beat = beat - iso
-    qrs = beat[:, on:off]
+    elif bounds.agreeing < MIN_AGREEING:
+        out.low_confidence["qrs_duration_ms"] = f"QRS onset/offset agree in only {bounds.agreeing} lead(s)"
+    return bounds
 
+
+def _amplitude_fields(qrs: np.ndarray, st: np.ndarray, out: EcgMeasurements) -> None:
+    """Axis, voltage criteria and ST deviation from the QRS (leads, samples) and the ST level (leads,) in mV."""
     r_amp, s_amp = np.clip(qrs.max(axis=1), 0, None), np.clip(-qrs.min(axis=1), 0, None)
     # Axis from the net QRS deflection (R - S) in I (0 deg) and aVF (+90 deg); it matched PTB-XL's
     # cardiologists better than net area on folds 1-9 (93% vs 92%).
@@ -649,17 +682,23 @@ def _morphology(beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float
         out.qrs_axis_category = _axis_category_american(out.qrs_axis_deg)
     else:
         out._mark_missing(["qrs_axis_deg", "qrs_axis_category"], "net QRS deflection in I and aVF is ~0")
-
     out.sokolow_lyon_mv = float(s_amp[6] + max(r_amp[10], r_amp[11]))
     out.cornell_mv = float(r_amp[4] + s_amp[8])
     out.low_voltage = bool(np.all(np.ptp(qrs[_LIMB], axis=1) < 0.5))
+    out.st_deviation_mv = {lead: float(st[i]) for i, lead in enumerate(STANDARD_LEADS)}
 
-    st = off + int(ST_OFFSET_S * rate)
-    out.st_deviation_mv = {lead: float(beat[i, st]) for i, lead in enumerate(STANDARD_LEADS)}
 
+def _qt_fields(
+    beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float, qrs: tuple[int, int], out: EcgMeasurements
+) -> int | None:
+    """QT and QTc with their quality from the median beat (leads, samples) and its aligned beats (beats, leads,
+    samples), both on the PR-segment baseline; returns the T end (sample) or None.
+
+    The T-end search stops at the physiological QT limit for this RR and before the next beat's P wave
+    (this beat's P onset one RR later), so it cannot take the next P for the T wave.
+    """
+    on, off = qrs
     rr = int(mean_rr * rate)
-    # The T-end search stops at the physiological QT limit for this RR and before the next beat's
-    # P wave (this beat's P onset one RR later), so it cannot take the next P for the T wave.
     first_p = _p_wave(beats, beat, rate, on, on - int(min(0.3, 0.45 * mean_rr) * rate))
     t_stop = min(beat.shape[1] - 1, on + int(_qt_limit(mean_rr, (off - on) / rate) * rate))
     if first_p.onset is not None:
@@ -672,43 +711,56 @@ def _morphology(beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float
     t_end, agreeing = _t_end_leads(beat, rate, t_start, t_stop, tp)
     mag = np.sqrt((beat[_INDEPENDENT] ** 2).sum(axis=0))
     qt_names = ["qt_interval_ms", "qtc_bazett_ms", "qtc_fridericia_ms"]
-    qt_doubt = ""
     if t_end is None:
         t_end = _t_end(mag, rate, t_start, t_stop)
     if t_end is not None and t_end >= t_stop - BOUND_MARGIN_S * rate:
         out._mark_missing(qt_names, "T end not found before the search bound (next P wave or QT limit)")
-        t_end = None
-    elif t_end is not None and 0.2 * rate <= t_end - on:
-        qt = (t_end - on) / rate
-        out.qt_interval_ms = qt * 1000.0
-        out.qtc_bazett_ms = qt / math.sqrt(mean_rr) * 1000.0
-        out.qtc_fridericia_ms = qt / mean_rr ** (1 / 3) * 1000.0
-        sinus_normal_rate = first_p.present and out.rr_irregular is False and 50 <= out.heart_rate_bpm <= 100
-        implausible = out.qtc_bazett_ms > 600 and sinus_normal_rate
-        if agreeing < MIN_AGREEING or implausible:  # weak or implausible: re-check with the area method
-            area_end = _t_end_area(mag, rate, t_start, t_stop)
-            if area_end is None or abs(area_end - t_end) > RECHECK_AGREE_S * rate:
-                qt_doubt = (
-                    "QTc above 600 ms in a regular rhythm with P waves at normal rate"
-                    if implausible
-                    else f"T end agrees in only {agreeing} lead(s)"
-                ) + ", not confirmed by the area method"
-        if qt_doubt:
-            out.low_confidence.update(dict.fromkeys(qt_names, qt_doubt))
-    else:
+        return None
+    if t_end is None or t_end - on < 0.2 * rate:
         out._mark_missing(qt_names, "T-wave end not found")
-        t_end = None
+        return None
+    qt = (t_end - on) / rate
+    out.qt_interval_ms = qt * 1000.0
+    out.qtc_bazett_ms = qt / math.sqrt(mean_rr) * 1000.0
+    out.qtc_fridericia_ms = qt / mean_rr ** (1 / 3) * 1000.0
+    sinus_normal_rate = first_p.present and out.rr_irregular is False and 50 <= out.heart_rate_bpm <= 100
+    implausible = out.qtc_bazett_ms > 600 and sinus_normal_rate
+    if agreeing < MIN_AGREEING or implausible:  # weak or implausible: re-check with the area method
+        area_end = _t_end_area(mag, rate, t_start, t_stop)
+        if area_end is None or abs(area_end - t_end) > RECHECK_AGREE_S * rate:
+            doubt = (
+                "QTc above 600 ms in a regular rhythm with P waves at normal rate"
+                if implausible
+                else f"T end agrees in only {agreeing} lead(s)"
+            ) + ", not confirmed by the area method"
+            out.low_confidence.update(dict.fromkeys(qt_names, doubt))
+    return t_end
 
+
+def _pr_fields(
+    beat: np.ndarray,
+    beats: np.ndarray,
+    rate: float,
+    mean_rr: float,
+    qrs: _QrsBounds,
+    t_end: int | None,
+    out: EcgMeasurements,
+) -> None:
+    """P presence, PR and P duration with their quality; ``t_end``: T end (sample) or None."""
+    rr, on = int(mean_rr * rate), qrs.onset
     # P window: from after the previous beat's T wave (or P_SEARCH_S before the QRS) to the QRS.
     prev_t_end = (t_end if t_end is not None else on + int(0.3 * rate)) - rr + int(0.02 * rate)
-    p = _p_wave(beats, beat, rate, on, max(on - int(P_SEARCH_S * rate), int(prev_t_end)), bool(out.rr_irregular))
+    start = max(on - int(P_SEARCH_S * rate), int(prev_t_end))
+    p = _p_wave(beats, beat, rate, on, start, bool(out.rr_irregular))
     out.p_wave_absent = not p.present
     if not p.present:
-        out._mark_missing(["pr_interval_ms"], "no consistent P wave")
-    elif p.onset is None:
+        out._mark_missing(["pr_interval_ms", "p_duration_ms"], "no consistent P wave")
+        return
+    if p.onset is None:
         out._mark_missing(["pr_interval_ms"], f"P onset agrees in only {p.agreeing} lead(s)")
     else:
         out.pr_interval_ms = (on - p.onset) / rate * 1000.0
+        out.pr_variants_ms = _pr_variants(p, qrs, rate)
         if out.pr_interval_ms > 400:
             out.low_confidence["pr_interval_ms"] = "a PR interval above 400 ms is implausible"
         elif p.agreeing < MIN_AGREEING:
@@ -718,22 +770,44 @@ def _morphology(beat: np.ndarray, beats: np.ndarray, rate: float, mean_rr: float
             out.low_confidence["pr_interval_ms"] = (
                 "P onset at the end of the previous T wave (the P wave may begin in it)"
             )
-    if p.present and p.onset is not None and p.offset is not None and p.offset > p.onset:
-        out.p_duration_ms = (p.offset - p.onset) / rate * 1000.0
-        if out.p_duration_ms > P_MAX_S * 1000.0:
-            # No atrial depolarisation lasts this long: the onset sits in the previous T wave or in noise,
-            # so the PR measured from it is as doubtful as the P wave itself.
-            doubt = f"a P wave longer than {P_MAX_S * 1000:.0f} ms is implausible"
-            out.low_confidence["p_duration_ms"] = doubt
-            out.low_confidence.setdefault("pr_interval_ms", doubt)
-        elif min(p.agreeing, p.offset_agreeing) < MIN_AGREEING:
-            out.low_confidence["p_duration_ms"] = (
-                f"P onset/offset agree in only {min(p.agreeing, p.offset_agreeing)} lead(s)"
+        elif abs(out.pr_variants_ms.get("median_lead", out.pr_interval_ms) - out.pr_interval_ms) > PR_WAYS_MS:
+            # The leads' own P-to-QRS intervals tell another story than the combined boundaries: either
+            # boundary may sit on the wrong deflection, so the value is not stated.
+            out.low_confidence["pr_interval_ms"] = (
+                f"the leads' own PR (median {out.pr_variants_ms['median_lead']:.0f} ms) differs from the "
+                f"combined PR by more than {PR_WAYS_MS:.0f} ms"
             )
-    elif p.present:
+    _p_duration_fields(p, rate, out)
+
+
+def _pr_variants(p: _PWave, qrs: _QrsBounds, rate: float) -> dict[str, float]:
+    """PR (ms) by other ways of combining the leads than the shipped one, for comparison (see EcgMeasurements)."""
+    variants = {}
+    if p.earliest_onset is not None and qrs.earliest_onset is not None:
+        variants["global"] = (qrs.earliest_onset - p.earliest_onset) * 1000.0 / rate
+    both = [(i, _INDEPENDENT.index(lead)) for i, lead in enumerate(_P_LEADS) if lead in _INDEPENDENT]
+    per_lead = np.array([qrs.lead_onsets[q] - p.lead_onsets[i] for i, q in both])
+    if not np.isnan(per_lead).all():
+        variants["median_lead"] = float(np.nanmedian(per_lead)) * 1000.0 / rate
+    return variants
+
+
+def _p_duration_fields(p: _PWave, rate: float, out: EcgMeasurements) -> None:
+    """P duration of a present P wave and its quality (an implausible one makes the PR doubtful too)."""
+    if p.onset is None or p.offset is None or p.offset <= p.onset:
         out._mark_missing(["p_duration_ms"], "P onset or offset not found in enough leads")
-    else:
-        out._mark_missing(["p_duration_ms"], "no consistent P wave")
+        return
+    out.p_duration_ms = (p.offset - p.onset) / rate * 1000.0
+    if out.p_duration_ms > P_MAX_S * 1000.0:
+        # No atrial depolarisation lasts this long: the onset sits in the previous T wave or in noise,
+        # so the PR measured from it is as doubtful as the P wave itself.
+        doubt = f"a P wave longer than {P_MAX_S * 1000:.0f} ms is implausible"
+        out.low_confidence["p_duration_ms"] = doubt
+        out.low_confidence.setdefault("pr_interval_ms", doubt)
+    elif min(p.agreeing, p.offset_agreeing) < MIN_AGREEING:
+        out.low_confidence["p_duration_ms"] = (
+            f"P onset/offset agree in only {min(p.agreeing, p.offset_agreeing)} lead(s)"
+        )
 
 
 def measure_ecg(
@@ -761,11 +835,11 @@ def measure_ecg(
         clean = resample_poly(clean, ratio.numerator, ratio.denominator, axis=1)
         peaks = np.round(peaks * ratio.numerator / ratio.denominator).astype(int)
         rate = rate * ratio.numerator / ratio.denominator
-    beat, beats, reason = _median_beat(clean, peaks, rate)
-    if beat is None:
+    median, reason = _median_beat(clean, peaks, rate)
+    if median is None:
         out._mark_missing(_MORPHOLOGY_FIELDS, reason)
         return out
-    _morphology(beat, beats, rate, mean_rr, out)
+    _morphology(median, rate, mean_rr, out)
     return out
 
 

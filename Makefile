@@ -44,7 +44,8 @@ browser:
 demo: $(VENV)/.installed-base
 	$(PY) -m esi.demo --ptbxl-dir $(SAMPLE) --output-dir $(OUT)
 
-test: $(VENV)/.installed-dev vllm-venv browser
+# Lint first: a style or import error fails in seconds, before the suite's minutes.
+test: lint vllm-venv browser
 	$(PY) -m pytest -q -ra --durations=30
 
 app: $(VENV)/.installed-base
@@ -70,8 +71,10 @@ bench-claim: $(VENV)/.installed-base
 	$(PY) -m benchmarks.esi_claim.run --profile $(PROFILE)
 	$(PY) -m benchmarks.esi_claim.report
 
+# ruff's settings (rules, line length) are in pyproject.toml.
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 clean:
 	rm -rf $(OUT)

@@ -28,6 +28,8 @@ import psutil
 import pydicom.examples
 from gradio_client import Client, handle_file
 
+from benchmarks.provenance import git_commit, utc_timestamp
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 PTBXL_RECORDS = REPO / "data" / "ptbxl_sample" / "records100"
@@ -187,10 +189,6 @@ def run_load(requests: int = 20, workers: int = 2, model: Path | None = None, ti
     return result
 
 
-def git_commit() -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20)
@@ -204,7 +202,7 @@ def main() -> None:
     summary = {
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.bench_app_load", *sys.argv[1:]]),
         "git_commit": commit,
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "date_utc": utc_timestamp(),
         "seed": None,  # no randomness: fixed real files
         "model_checksum": None if args.model is None else "see the app log (sha256 shown on the page)",
         **asdict(result),

@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,8 @@ import numpy as np
 from benchmarks.esi_claim.crossfit import crossfit_probe
 from benchmarks.esi_claim.pretraining import ARMS, ARMS_BY_NAME, pretrain_arm, write_train_inputs
 from benchmarks.esi_claim.profiles import MULTI_SEED_ARMS, PROFILES
-from benchmarks.esi_claim.run import Pack, git_commit
+from benchmarks.esi_claim.run import Pack
+from benchmarks.provenance import git_commit, utc_timestamp
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MEASURED = ("esi_full", "statements_only", "supervised_pool", "ssl_two_views")
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> Path:
         "command": shlex.join(["python", "-m", "benchmarks.bench_claim_step", *sys.argv[1:]]),
         "git_commit": git_commit(),
         "seed": args.seed,
-        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date_utc": utc_timestamp(),
         "load_average": list(os.getloadavg()),
         "cpu_count": os.cpu_count(),
         "profile": profile.name,

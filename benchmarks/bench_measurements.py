@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from datetime import datetime, timezone
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import numpy as np
 import pandas as pd
 import wfdb
 
+from benchmarks.provenance import git_commit, utc_timestamp
 from esi.cqa.consistency import reconcile_with_statements
 from esi.cqa.measurements import (
     INTERVAL_NAMES,
@@ -621,12 +621,11 @@ def main() -> None:
     else:
         if args.baseline:
             args.baseline_source = baseline_source(args.baseline)
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = utc_timestamp(for_file_name=True)
         path = args.results_dir / f"measurements-{stamp}.json"
         result = {
             "command": "python -m benchmarks.bench_measurements " + " ".join(sys.argv[1:]),
-            "git_commit": commit,
+            "git_commit": git_commit(),
             "date": stamp,
             "cpus": os.cpu_count(),
             "baseline_rev": args.baseline,

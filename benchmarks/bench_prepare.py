@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.provenance import git_commit, utc_timestamp
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = REPO_ROOT.parent / "shared"
 RUNS = ("pool", "pool-x4", "cinc2021", "cpsc2018")
@@ -111,17 +113,14 @@ def main() -> None:
         summary["peak_rss_ratio_x4_over_pool"] = round(ratio, 3)
         summary["x4_within_20_percent"] = ratio <= 1.2
     print(json.dumps(summary))
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True).stdout)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
         json.dumps(
             {
                 "command": "python -m benchmarks.bench_prepare " + " ".join(sys.argv[1:]),
-                "git_commit": commit,
-                "git_dirty": dirty,
+                "git_commit": git_commit(),
                 "cpus": os.cpu_count(),
-                "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "date_utc": utc_timestamp(),
                 "results": results,
                 "summary": summary,
             },

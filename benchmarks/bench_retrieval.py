@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench_cqa import caption_benchmark_parser, prepared_dataset, run_provenance
+from benchmarks.bench_cqa import caption_benchmark_parser, prepared_dataset
+from benchmarks.provenance import git_commit, utc_timestamp
 from esi.cqa.retrieval import HybridRetriever, RetrievedPassage
 from esi.knowledge import KnowledgeEntry, RecordFacts
 
@@ -214,10 +215,10 @@ def main() -> None:
         inputs = [x for _, rows, measured in blocks for x in captioner.inputs(rows, measured)]
         selections[arm] = {"k": k, **label_passages(inputs, by_id)}
     fitting, filling = min(seconds["fitting"]), min(seconds["filling"])
-    commit, stamp = run_provenance()
+    stamp = utc_timestamp(for_file_name=True)
     result = {
         "command": "python -m benchmarks.bench_retrieval " + " ".join(sys.argv[1:]),
-        "git_commit": commit,
+        "git_commit": git_commit(),
         "date": stamp,
         "seed": None,  # nothing is random: retrieval and the template writer are deterministic
         "cpus": len(os.sched_getaffinity(0)),

@@ -37,6 +37,8 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.provenance import git_commit, utc_timestamp
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = REPO_ROOT.parent / "shared"
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "streaming.json"
@@ -150,10 +152,6 @@ def measure(mode: str, prepared: Path, captions: Path) -> dict:
     }
 
 
-def git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
-
-
 def summarise(runs: list[dict], sizes: dict[str, int]) -> dict:
     """Medians per corpus and mode; throughput ratios as the median over repeats of the ratio within one
     repeat (its two runs ran back to back, so a load change on the machine hits both)."""
@@ -235,9 +233,8 @@ def main() -> None:
     result = {
         "benchmark": "bench_streaming",
         "command": "python -m benchmarks.bench_streaming " + " ".join(sys.argv[1:]),
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain")),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "git_commit": git_commit(),
+        "date_utc": utc_timestamp(),
         "seed": SEED,
         "cpus": os.cpu_count(),
         "corpus": "first N records of ../shared/ptb-xl-pretrain at 100 Hz; 4N = the same rows x4 under new ids",

@@ -56,6 +56,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.provenance import changed_files, git_commit, resolve_commit
+
 REPO = Path(__file__).resolve().parent.parent
 POOL_RECORDS = 6000
 RECIPES = {
@@ -78,13 +80,6 @@ def prepare_slice(source: Path, records: int, cache: Path) -> tuple[Path, Path]:
     if not any(captions.glob("**/*.parquet")):
         generate_captions(prepared, captions, backend="template")
     return prepared, captions
-
-
-def git_state() -> dict:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty_files": git("status", "--porcelain").splitlines()}
 
 
 def run_recipe(arguments: tuple) -> dict:
@@ -181,7 +176,7 @@ def pool_benchmark(args: argparse.Namespace) -> dict:
     return {
         "benchmark": "bench_train --pool",
         "command": "python -m benchmarks.bench_train " + shlex.join(sys.argv[1:]),
-        "git": git_state(),
+        "git": {"commit": git_commit(), "dirty_files": changed_files()},
         "seed": args.seed,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "pool": str(args.pool_dir),
@@ -309,8 +304,7 @@ def timing_spec(arguments: tuple, steps: int, seed: int, output_dir: Path, augme
 
 def baseline_tree(rev: str, cache: Path) -> Path:
     """The `esi` and `modeling_esi` packages of commit `rev`, extracted once under `cache`."""
-    commit = subprocess.run(["git", "rev-parse", rev], cwd=REPO, capture_output=True, text=True, check=True)
-    tree = cache / f"baseline-{commit.stdout.strip()[:12]}"
+    tree = cache / f"baseline-{resolve_commit(rev)[:12]}"
     if not (tree / "esi").exists():
         tree.mkdir(parents=True, exist_ok=True)
         packages = ["git", "archive", rev, "esi", "modeling_esi"]
@@ -482,7 +476,7 @@ def speedup_benchmark(args: argparse.Namespace) -> dict:
     result = {
         "benchmark": "bench_train --speedup",
         "command": "python -m benchmarks.bench_train " + shlex.join(sys.argv[1:]),
-        "git": git_state(),
+        "git": {"commit": git_commit(), "dirty_files": changed_files()},
         "baseline": {"rev": args.baseline, "tree": str(trees["baseline"])},
         "seed": args.seed,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",

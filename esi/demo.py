@@ -88,16 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     prepared = prepare_ptbxl(args.ptbxl_dir, output_dir=prepared_dir, sampling_rate=args.sampling_rate)
     print(summarize(prepared))
 
-    from esi.cqa.run import generate_captions
-
-    banner("2/5 Cardio Query Assistant captions (template backend)")
     captions_dir = out / "captions"
-    generate_captions(prepared_dir, captions_dir, backend="template", resume=True)
-    from esi.data.torch_dataset import load_dataset_folder
-
-    captions = load_dataset_folder(captions_dir)
-    example = captions["train"][0]
-    print(f"{sum(len(s) for s in captions.values())} captions; ecg_id {example['ecg_id']}:\n  {example['caption']}")
+    caption_with_template(prepared_dir, captions_dir)
 
     from esi.train.pretrain import pretrain
 
@@ -114,20 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     )
 
-    banner("4/5 reload with AutoModel + AutoFeatureExtractor (trust_remote_code)")
-    from transformers import AutoFeatureExtractor, AutoModel
-
-    model = AutoModel.from_pretrained(model_dir, trust_remote_code=True).eval()
-    feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir, trust_remote_code=True)
-    row = prepared["test"].with_format("numpy")[0]
-    inputs = feature_extractor(
-        row["signal"], sampling_rate=int(row["sampling_rate"]), lead_names=list(row["lead_names"]), return_tensors="pt"
-    )
-    import torch
-
-    with torch.no_grad():
-        embedding = model.get_ecg_features(inputs["input_values"]).pooler_output[0].numpy()
-    print(f"ecg_id {row['ecg_id']} -> embedding of {embedding.shape[0]} dims, norm {np.linalg.norm(embedding):.3f}")
+    embed_with_auto_classes(model_dir, prepared)
     similar_with_released_encoder(prepared)
 
     banner(f"done in {time.perf_counter() - started:.0f} s; outputs")
@@ -139,6 +118,35 @@ def main(argv: list[str] | None = None) -> None:
     ]:
         print(f"  {name:32s} {path}")
     print("Research software: not a medical device.")
+
+
+def caption_with_template(prepared_dir: Path, captions_dir: Path) -> None:
+    """Step 2: the Cardio Query Assistant captions the prepared sample (template backend); one caption is shown."""
+    from esi.cqa.run import generate_captions
+    from esi.data.torch_dataset import load_dataset_folder
+
+    banner("2/5 Cardio Query Assistant captions (template backend)")
+    generate_captions(prepared_dir, captions_dir, backend="template", resume=True)
+    captions = load_dataset_folder(captions_dir)
+    example = captions["train"][0]
+    print(f"{sum(len(s) for s in captions.values())} captions; ecg_id {example['ecg_id']}:\n  {example['caption']}")
+
+
+def embed_with_auto_classes(model_dir: Path, prepared) -> None:
+    """Step 4: the pretrained folder reloads as a user loads it (remote code) and embeds one test record."""
+    banner("4/5 reload with AutoModel + AutoFeatureExtractor (trust_remote_code)")
+    import torch
+    from transformers import AutoFeatureExtractor, AutoModel
+
+    model = AutoModel.from_pretrained(model_dir, trust_remote_code=True).eval()
+    feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir, trust_remote_code=True)
+    row = prepared["test"].with_format("numpy")[0]
+    inputs = feature_extractor(
+        row["signal"], sampling_rate=int(row["sampling_rate"]), lead_names=list(row["lead_names"]), return_tensors="pt"
+    )
+    with torch.no_grad():
+        embedding = model.get_ecg_features(inputs["input_values"]).pooler_output[0].numpy()
+    print(f"ecg_id {row['ecg_id']} -> embedding of {embedding.shape[0]} dims, norm {np.linalg.norm(embedding):.3f}")
 
 
 def similar_with_released_encoder(prepared, k: int = 3) -> None:
@@ -163,6 +171,7 @@ def similar_with_released_encoder(prepared, k: int = 3) -> None:
         )
         with torch.no_grad():
             embeddings[split] = torch.nn.functional.normalize(model(**inputs).ecg_embeds, dim=-1).numpy()
+
     def named(row) -> str:
         return f"ecg_id {row['ecg_id']} ({', '.join(s['text'] for s in row['statements'])})"
 

@@ -57,7 +57,6 @@ def export_encoder(
     `model_dir`'s weights reach the card. `reference_signal`: (signal (12, T) mV, sampling rate, lead names) whose
     embedding is stored in `release.json`. Raises `ValueError` when the weights exceed 20 MB (use bfloat16).
     """
-    import torch
 
     from esi.checksum import weights_sha256
     from esi.licence import write_licence
@@ -72,21 +71,10 @@ def export_encoder(
     feature_extractor = EsiFeatureExtractor.from_pretrained(model_dir)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=output_dir.parent if output_dir.parent.exists() else None))
     try:
-        model.to(getattr(torch, dtype)).save_pretrained(staging)
-        size = (staging / "model.safetensors").stat().st_size
-        if size > MAX_SIZE_BYTES:
-            raise ValueError(
-                f"{model_dir}: the encoder's weights take {size / 1e6:.1f} MB in {dtype}, over the release's "
-                f"{MAX_SIZE_BYTES / 1e6:.0f} MB; export with --dtype bfloat16"
-            )
+        size = _save_weights(model, dtype, staging, model_dir)
         feature_extractor.save_pretrained(staging)
         write_licence(staging)
-        summary_path = model_dir / "training_summary.json"
-        summary = without_local_paths(json.loads(summary_path.read_text()) if summary_path.exists() else {})
-        (staging / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        results = results_for_model(downstream, source_checksum)
-        if results:
-            (staging / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        _copy_model_records(model_dir, staging, results_for_model(downstream, source_checksum))
         release = {
             "dtype": dtype,
             "parameters": sum(p.numel() for p in model.parameters()),
@@ -106,6 +94,29 @@ def export_encoder(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output_dir
+
+
+def _save_weights(model, dtype: str, staging: Path, model_dir: Path) -> int:
+    """Save the encoder in `dtype`; its size in bytes, or `ValueError` when it is over the release's limit."""
+    import torch
+
+    model.to(getattr(torch, dtype)).save_pretrained(staging)
+    size = (staging / "model.safetensors").stat().st_size
+    if size > MAX_SIZE_BYTES:
+        raise ValueError(
+            f"{model_dir}: the encoder's weights take {size / 1e6:.1f} MB in {dtype}, over the release's "
+            f"{MAX_SIZE_BYTES / 1e6:.0f} MB; export with --dtype bfloat16"
+        )
+    return size
+
+
+def _copy_model_records(model_dir: Path, staging: Path, results: dict | None) -> None:
+    """The model's training summary (without the training machine's paths) and its downstream results, if any."""
+    summary_path = model_dir / "training_summary.json"
+    summary = without_local_paths(json.loads(summary_path.read_text()) if summary_path.exists() else {})
+    (staging / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if results:
+        (staging / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 def _reference_embedding(folder: Path, signal, sampling_rate: int, lead_names) -> dict:

@@ -10,8 +10,23 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-DOCUMENTS = [REPO / "README.md", REPO / "benchmarks" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-DOTTED_NAME = re.compile(r"`((?:esi|modeling_esi)(?:\.\w+)+)`")
+DOCUMENTS = [
+    REPO / "README.md",
+    REPO / "benchmarks" / "README.md",
+    *sorted((REPO / "docs").glob("*.md")),
+    *sorted((REPO / "model_cards").glob("*/README.md")),
+]
+# `esi.x.y` or `esi.x.y(arguments)` in backticks, and `from esi.x import a, b` in a code block.
+DOTTED_NAME = re.compile(r"`((?:esi|modeling_esi)(?:\.\w+)+)(?:\([^`]*\))?`")
+FROM_IMPORT = re.compile(r"^\s*from ((?:esi|modeling_esi)(?:\.\w+)*) import \(?([\w, ]+)\)?", re.MULTILINE)
+
+
+def named_in(text: str) -> set[str]:
+    """Every name of this package that `text` mentions, dotted: `esi.x.y`, and `esi.x.y` for `from esi.x import y`."""
+    names = set(DOTTED_NAME.findall(text))
+    for module, imported in FROM_IMPORT.findall(text):
+        names.update(f"{module}.{name.split(' as ')[0].strip()}" for name in imported.split(",") if name.strip())
+    return names
 
 
 def test_readme_is_at_most_200_lines_and_links_every_docs_page():
@@ -37,10 +52,20 @@ def _resolves(dotted: str) -> bool:
     return False
 
 
+def test_names_are_found_with_call_syntax_and_in_imports():
+    text = "`esi.data.windows.random_start(samples, L, rng)`\n```python\nfrom esi.eval.stats import macro_auroc, nope\n"
+    assert named_in(text) == {
+        "esi.data.windows.random_start",
+        "esi.eval.stats.macro_auroc",
+        "esi.eval.stats.nope",
+    }
+    assert not _resolves("esi.eval.stats.nope") and _resolves("esi.data.windows.random_start")
+
+
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(REPO)))
 def test_documents_name_only_what_exists_and_nothing_of_this_workplace(document: Path):
     text = document.read_text()
-    unknown = sorted({name for name in DOTTED_NAME.findall(text) if not _resolves(name)})
+    unknown = sorted(name for name in named_in(text) if not _resolves(name))
     assert not unknown, f"{document.name} names {unknown}, which do not exist"
     assert "../shared" not in text
     assert not re.search(r"\bissue \d+", text, flags=re.I), "issue numbers mean nothing to users"

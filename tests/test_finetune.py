@@ -14,7 +14,7 @@ import yaml
 
 from esi.eval.classification import METHODS, choose_thresholds, load_task, lora_target_modules
 from esi.eval.subject_id import gallery_and_probes, subject_identification
-from esi.eval.zero_shot import class_prompts
+from esi.knowledge.prompts import class_prompts
 from modeling_esi import EsiFeatureExtractor, EsiForEcgClassification
 from tests.conftest import finetune_in_process
 

@@ -132,8 +132,8 @@ def pack(profile: Profile, work_dir: Path, pool_dir: Path, eval_dir: Path, num_p
     from transformers import AutoConfig, AutoTokenizer
 
     from esi.data.torch_dataset import load_dataset_folder
-    from esi.eval.zero_shot import class_prompts
     from esi.knowledge import load_knowledge_base
+    from esi.knowledge.prompts import class_prompts
     from esi.text_encoder import default_text_model_path
 
     out = work_dir / "pack"

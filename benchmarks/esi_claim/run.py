@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from benchmarks.esi_claim.codec import LEADS, decode
 from benchmarks.esi_claim.crossfit import crossfit_probe
 from benchmarks.esi_claim.pretraining import ARMS, ARMS_BY_NAME, Arm, initial_model, pretrain_arm, write_train_inputs
 from benchmarks.esi_claim.profiles import MULTI_SEED_ARMS, PROFILES, PROTOCOL, RESULTS_ROOT, Profile
+from benchmarks.provenance import git_commit, utc_timestamp
 from esi.checksum import sha256_file, state_dict_sha256
 from esi.data.augment import EcgAugmentConfig, augment_ecg
 from esi.eval.probe import choose_thresholds
@@ -232,19 +232,6 @@ def subject_id(features: np.ndarray, pack: Pack) -> dict:
 # ---------------------------------------------------------------- provenance and the grid
 
 
-def git_commit() -> str:
-    """HEAD (with -dirty for uncommitted changes); ESI_GIT_COMMIT names it where the tree has no .git
-    (the accelerator machine receives a copy of the working tree)."""
-    if os.environ.get("ESI_GIT_COMMIT"):
-        return os.environ["ESI_GIT_COMMIT"]
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 class Grid:
     def __init__(self, profile: Profile, pack: Pack, results: Path, work: Path, device: torch.device):
         self.profile, self.pack, self.results, self.work, self.device = profile, pack, results, work, device
@@ -269,7 +256,7 @@ class Grid:
             "profile": self.profile.name,
             "command": self.command,
             "git_commit": self.commit,
-            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "date_utc": utc_timestamp(),
             "load_average": list(os.getloadavg()),
             "config": {k: v for k, v in vars(self.profile).items()},
             "pack": {

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from esi.eval.zero_shot import first_sentence
+from esi.knowledge.prompts import first_sentence
 
 VARIANTS = ("full", "no_knowledge", "statements", "measurements")
 

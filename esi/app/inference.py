@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from transformers import AutoFeatureExtractor, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from esi.eval.zero_shot import class_prompts
 from esi.knowledge import load_knowledge_base
+from esi.knowledge.prompts import class_prompts
 
 from .records import EcgRecord
 

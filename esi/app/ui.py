@@ -96,35 +96,17 @@ def similar_table(analysis: Analysis) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SIMILAR_HEADERS)
 
 
-def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACHE) -> gr.Blocks:
-    """The demo UI; heavy objects (model, retriever, sample index) are loaded here, once."""
-    has_model = (model_dir / "config.json").is_file()
-    if has_model:
-        logger.warning("loading %s with trust_remote_code: %s", model_dir, REMOTE_CODE_NOTE)
-    start_sweeper(private_upload_folder())
-    # Built here once for the sample list and to fill the embedding cache the workers then read.
-    analyser = Analyser(samples_dir, model_dir if has_model else None, cache_dir)
-    predictor = analyser.predictor
-    workers = int(os.environ.get("ESI_APP_WORKERS", "2"))
-    pool = WorkerPool(
-        functools.partial(Analyser, samples_dir, model_dir if has_model else None, cache_dir),
-        count=workers,
-        timeout_s=float(os.environ.get("ESI_ANALYSIS_TIMEOUT_S", "60")),
-    )
-    atexit.register(pool.close)
-    empty = (
-        None,
-        pd.DataFrame(columns=MEASUREMENT_HEADERS),
-        None,
-        "",
-        "",
-        "",
-        pd.DataFrame(columns=SIMILAR_HEADERS),
-    )
+class PageActions:
+    """The page's two actions: an analysis runs in a worker, and its result (or the refusal) becomes the outputs."""
 
-    def show(analysis: Analysis) -> tuple:
-        if predictor is None:
-            probabilities, method, caption = None, no_model_message(model_dir), ""
+    def __init__(self, pool: WorkerPool, model_dir: Path, has_predictor: bool):
+        self.pool, self.model_dir, self.has_predictor = pool, model_dir, has_predictor
+        empty_tables = (pd.DataFrame(columns=MEASUREMENT_HEADERS), pd.DataFrame(columns=SIMILAR_HEADERS))
+        self.empty = (None, empty_tables[0], None, "", "", "", empty_tables[1])
+
+    def show(self, analysis: Analysis) -> tuple:
+        if not self.has_predictor:
+            probabilities, method, caption = None, no_model_message(self.model_dir), ""
         else:
             probabilities = analysis.predictions.probabilities
             method = f"**Method:** {analysis.predictions.method}."
@@ -142,112 +124,157 @@ def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACH
             similar_table(analysis),
         )
 
-    def run(method: str, argument) -> tuple:
+    def run(self, method: str, argument) -> tuple:
         try:
-            analysis = pool.call(method, argument)
+            analysis = self.pool.call(method, argument)
         except ValueError as error:  # a refusal: one sentence naming the file and the problem
             gr.Warning(escape_markdown(str(error)))
-            return (refusal_status(str(error)), *empty)
+            return (refusal_status(str(error)), *self.empty)
         except AnalysisTimeout as error:
             gr.Warning(str(error))
-            return (f"**Could not analyse this record:** {error}.", *empty)
+            return (f"**Could not analyse this record:** {error}.", *self.empty)
         except WorkerFailed:  # the UI boundary: the traceback is in the log, the user gets a sentence
             logger.exception("analysis failed")
             gr.Warning("The analysis failed unexpectedly; the details are in the server log.")
-            return ("**The analysis failed unexpectedly.** The details are in the server log.", *empty)
-        return (f"**Showing:** {escape_markdown(analysis.heading)}", *show(analysis))
+            return ("**The analysis failed unexpectedly.** The details are in the server log.", *self.empty)
+        return (f"**Showing:** {escape_markdown(analysis.heading)}", *self.show(analysis))
 
-    def analyse_upload(files: list[str] | None) -> tuple:
+    def analyse_upload(self, files: list[str] | None) -> tuple:
         with uploads_in_use(files):
             gone = [Path(f).name for f in files or [] if not Path(f).is_file()]
             if gone:  # Gradio keeps one copy per content: an identical upload was analysed and deleted
                 return (refusal_status(f"{', '.join(gone)} is no longer on the server (an identical upload was "
-                                       "analysed and deleted meanwhile); upload it again."), *empty)  # fmt: skip
-            return run("analyse_upload", files)
+                                       "analysed and deleted meanwhile); upload it again."), *self.empty)  # fmt: skip
+            return self.run("analyse_upload", files)
 
-    def analyse_sample(ecg_id: int | None) -> tuple:
+    def analyse_sample(self, ecg_id: int | None) -> tuple:
         if ecg_id is None:
-            return ("Choose a sample ECG.", *empty)
-        return run("analyse_sample", int(ecg_id))
+            return ("Choose a sample ECG.", *self.empty)
+        return self.run("analyse_sample", int(ecg_id))
 
-    catalogue = analyser.catalogue
+
+def _header(model_dir: Path, has_model: bool) -> None:
+    gr.HTML(
+        "<div class='esi-header'><h1>ESI: ECG Semantic Integrator</h1>"
+        "<p>A 12-lead ECG foundation model pretrained against cardiology text. Paper: "
+        "<a href='https://arxiv.org/abs/2405.19366' target='_blank'>arXiv 2405.19366</a></p></div>"
+    )
+    gr.HTML(f"<div class='esi-disclaimer' id='disclaimer'>{DISCLAIMER}</div>")
+    if not has_model:
+        gr.Markdown(no_model_message(model_dir), elem_classes="esi-alert", elem_id="no-model")
+
+
+def _inputs(catalogue) -> tuple[gr.File, gr.Button, gr.Dropdown]:
+    """The upload box, its button and the sample list."""
+    with gr.Row(equal_height=False):
+        upload = gr.File(
+            label="Upload an ECG: WFDB .hea + .dat/.mat, Philips XML, DICOM (.dcm) or CSV (max 20 MB)",
+            file_count="multiple",
+            height=150,
+            scale=3,
+            elem_id="upload",
+        )
+        with gr.Column(scale=2, min_width=300):
+            upload_button = gr.Button("Analyse upload", variant="primary", elem_id="analyse-upload")
+            sample = gr.Dropdown(
+                choices=[(catalogue.label(i), i) for i in catalogue.ecg_ids],
+                value=None,
+                label=f"…or pick one of the {len(catalogue.ecg_ids)} embedded PTB-XL samples",
+                elem_id="sample",
+            )
+    return upload, upload_button, sample
+
+
+def _measurements_and_predictions() -> tuple[gr.Dataframe, gr.Label, gr.Markdown]:
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1):
+            measurements = gr.Dataframe(
+                headers=MEASUREMENT_HEADERS,
+                label="Measurements (automated, from the signal)",
+                interactive=False,
+                wrap=True,
+                max_height=800,
+                column_widths=["55%", "45%"],
+                elem_id="measurements",
+            )
+        with gr.Column(scale=1):
+            predictions = gr.Label(
+                num_top_classes=5,
+                label="Model: PTB-XL diagnostic superclasses",
+                show_heading=False,  # no headline class: these are research scores, not a diagnosis
+                elem_id="predictions",
+            )
+            method = gr.Markdown(elem_id="method")
+    return measurements, predictions, method
+
+
+def _text_panel(title: str, note: str, elem_id: str) -> gr.Markdown:
+    """A titled panel with a note on where its text comes from; the Markdown component the text goes in."""
+    with gr.Column(scale=1, elem_classes="esi-panel"):
+        gr.Markdown(f"#### {title}\n<small>{note}</small>")
+        return gr.Markdown(elem_id=elem_id)
+
+
+def _texts_and_similar() -> tuple[gr.Markdown, gr.Markdown, gr.Dataframe]:
+    """The CQA description and the model's caption side by side, then the most similar sample ECGs."""
+    with gr.Row(equal_height=False):
+        description = _text_panel(
+            "CQA description (template backend)",
+            "Measurements, PTB-XL statements and knowledge-base passages, phrased by the Cardio Query Assistant's "
+            "template writer and faithfulness-checked.",
+            elem_id="cqa-description",
+        )
+        caption = _text_panel(
+            "Caption generated by the ESI model",
+            "Greedy decoding by the model's own caption decoder; its quality depends entirely on how long the model "
+            "was trained.",
+            elem_id="model-caption",
+        )
+    similar = gr.Dataframe(
+        headers=SIMILAR_HEADERS,
+        label="Most similar ECGs in the embedded sample (cosine similarity of ESI embeddings)",
+        interactive=False,
+        wrap=True,
+        column_widths=["6%", "9%", "12%", "73%"],
+        elem_id="similar",
+    )
+    return description, caption, similar
+
+
+def _start_workers(
+    model_dir: Path | None, samples_dir: Path, cache_dir: Path, workers: int
+) -> tuple[Analyser, WorkerPool]:
+    """The analyser built here once (for the sample list, and to fill the embedding cache the workers then read),
+    and the worker processes that run the analyses."""
+    start_sweeper(private_upload_folder())
+    analyser = Analyser(samples_dir, model_dir, cache_dir)
+    pool = WorkerPool(
+        functools.partial(Analyser, samples_dir, model_dir, cache_dir),
+        count=workers,
+        timeout_s=float(os.environ.get("ESI_ANALYSIS_TIMEOUT_S", "60")),
+    )
+    atexit.register(pool.close)
+    return analyser, pool
+
+
+def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACHE) -> gr.Blocks:
+    """The demo UI; heavy objects (model, retriever, sample index) are loaded here, once."""
+    has_model = (model_dir / "config.json").is_file()
+    if has_model:
+        logger.warning("loading %s with trust_remote_code: %s", model_dir, REMOTE_CODE_NOTE)
+    workers = int(os.environ.get("ESI_APP_WORKERS", "2"))
+    analyser, pool = _start_workers(model_dir if has_model else None, samples_dir, cache_dir, workers)
+    predictor, catalogue = analyser.predictor, analyser.catalogue
+    actions = PageActions(pool, model_dir, has_predictor=predictor is not None)
     # Uploads Gradio still knows of are removed every 10 minutes once an hour old, and all at shutdown.
     with gr.Blocks(title="ESI: ECG Semantic Integrator", delete_cache=(600, 3600)) as demo:
-        gr.HTML(
-            "<div class='esi-header'><h1>ESI: ECG Semantic Integrator</h1>"
-            "<p>A 12-lead ECG foundation model pretrained against cardiology text. Paper: "
-            "<a href='https://arxiv.org/abs/2405.19366' target='_blank'>arXiv 2405.19366</a></p></div>"
-        )
-        gr.HTML(f"<div class='esi-disclaimer' id='disclaimer'>{DISCLAIMER}</div>")
-        if not has_model:
-            gr.Markdown(no_model_message(model_dir), elem_classes="esi-alert", elem_id="no-model")
-        with gr.Row(equal_height=False):
-            upload = gr.File(
-                label="Upload an ECG: WFDB .hea + .dat/.mat, Philips XML, DICOM (.dcm) or CSV (max 20 MB)",
-                file_count="multiple",
-                height=150,
-                scale=3,
-                elem_id="upload",
-            )
-            with gr.Column(scale=2, min_width=300):
-                upload_button = gr.Button("Analyse upload", variant="primary", elem_id="analyse-upload")
-                sample = gr.Dropdown(
-                    choices=[(catalogue.label(i), i) for i in catalogue.ecg_ids],
-                    value=None,
-                    label=f"…or pick one of the {len(catalogue.ecg_ids)} embedded PTB-XL samples",
-                    elem_id="sample",
-                )
+        _header(model_dir, has_model)
+        upload, upload_button, sample = _inputs(catalogue)
         status = gr.Markdown("Upload a record or pick a sample.", elem_id="status")
         gr.Markdown("#### 12-lead ECG on ECG paper: 25 mm/s, 10 mm/mV, 1 mm minor and 5 mm major grid")
-        plot = gr.Image(
-            show_label=False,
-            type="pil",
-            format="png",
-            interactive=False,
-            elem_id="ecg-plot",
-        )
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1):
-                measurements = gr.Dataframe(
-                    headers=MEASUREMENT_HEADERS,
-                    label="Measurements (automated, from the signal)",
-                    interactive=False,
-                    wrap=True,
-                    max_height=800,
-                    column_widths=["55%", "45%"],
-                    elem_id="measurements",
-                )
-            with gr.Column(scale=1):
-                predictions = gr.Label(
-                    num_top_classes=5,
-                    label="Model: PTB-XL diagnostic superclasses",
-                    show_heading=False,  # no headline class: these are research scores, not a diagnosis
-                    elem_id="predictions",
-                )
-                method = gr.Markdown(elem_id="method")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, elem_classes="esi-panel"):
-                gr.Markdown(
-                    "#### CQA description (template backend)\n"
-                    "<small>Measurements, PTB-XL statements and knowledge-base passages, phrased by the Cardio "
-                    "Query Assistant's template writer and faithfulness-checked.</small>"
-                )
-                description = gr.Markdown(elem_id="cqa-description")
-            with gr.Column(scale=1, elem_classes="esi-panel"):
-                gr.Markdown(
-                    "#### Caption generated by the ESI model\n"
-                    "<small>Greedy decoding by the model's own caption decoder; its quality depends entirely on "
-                    "how long the model was trained.</small>"
-                )
-                caption = gr.Markdown(elem_id="model-caption")
-        similar = gr.Dataframe(
-            headers=SIMILAR_HEADERS,
-            label="Most similar ECGs in the embedded sample (cosine similarity of ESI embeddings)",
-            interactive=False,
-            wrap=True,
-            column_widths=["6%", "9%", "12%", "73%"],
-            elem_id="similar",
-        )
+        plot = gr.Image(show_label=False, type="pil", format="png", interactive=False, elem_id="ecg-plot")
+        measurements, predictions, method = _measurements_and_predictions()
+        description, caption, similar = _texts_and_similar()
         if predictor is not None:
             gr.Markdown(
                 f"Model {escape_markdown(model_dir)} (sha256 {predictor.hash[:12]}), {len(catalogue.ecg_ids)} sample "
@@ -256,8 +283,8 @@ def build_app(model_dir: Path, samples_dir: Path, cache_dir: Path = DEFAULT_CACH
             )
         outputs = [status, plot, measurements, predictions, method, description, caption, similar]
         # As many analyses at once as there are workers; the rest wait in Gradio's queue.
-        upload_button.click(analyse_upload, inputs=upload, outputs=outputs, concurrency_limit=workers)
-        sample.input(analyse_sample, inputs=sample, outputs=outputs, concurrency_limit=workers)
+        upload_button.click(actions.analyse_upload, inputs=upload, outputs=outputs, concurrency_limit=workers)
+        sample.input(actions.analyse_sample, inputs=sample, outputs=outputs, concurrency_limit=workers)
     demo.queue(max_size=64)
     demo.worker_pids = pool.pids  # for benchmarks and tests that measure the server's memory
     return demo

@@ -285,6 +285,84 @@ class ClassificationRun:
     scores: dict[str, np.ndarray]
 
 
+@dataclass
+class _Training:
+    """What every method trains from: the task, the sampled training rows, the validation and test loaders."""
+
+    data: TaskData
+    rows: np.ndarray
+    feature_extractor: EsiFeatureExtractor
+    loaders: dict[str, torch.utils.data.DataLoader]
+    config: TrainConfig
+    train_window: str
+
+
+def _train_linear_probe(
+    model: EsiForEcgClassification, training: _Training, batch_size: int
+) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Embed each split once with the frozen encoder (`batch_size` records at a time) and fit the linear head;
+    (history, per-record scores)."""
+    data, rows, loaders, config = training.data, training.rows, training.loaders, training.config
+    model.freeze_encoder()
+    train_loader = make_loader(
+        data.splits["train"],
+        training.feature_extractor,
+        batch_size,
+        rows=rows,
+        seed=config.seed,
+        window=training.train_window,
+    )
+    features = {"train": encoder_features(model, train_loader)}
+    features |= {s: encoder_features(model, loaders[s]) for s in loaders}
+    history = fit_linear_probe(
+        model.classifier,
+        features["train"],
+        data.labels["train"][rows],
+        features["validation"],
+        data.labels["validation"],
+        config,
+        val_records=loaders["validation"].dataset.records,
+    )
+    with torch.no_grad():
+        scores = {
+            s: per_record(torch.sigmoid(model.classifier(torch.from_numpy(features[s]).float())).numpy(), loaders[s])
+            for s in loaders
+        }
+    return history, scores
+
+
+def _train_network(model: nn.Module, training: _Training) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Train the network (LoRA adapters, or every weight) with early stopping; (history, per-record scores)."""
+    data, rows, loaders, config = training.data, training.rows, training.loaders, training.config
+    train_loader = make_loader(
+        data.splits["train"],
+        training.feature_extractor,
+        config.batch_size,
+        data.labels["train"],
+        rows,
+        shuffle=True,
+        seed=config.seed,
+        window=training.train_window,
+    )
+    history = fit_network(model, train_loader, loaders["validation"], data.labels["validation"], config)
+    return history, {s: predict(model, loaders[s]) for s in loaders}
+
+
+def _training_summary(data: TaskData, rows: np.ndarray, history: list[dict], config: TrainConfig) -> dict:
+    """What a run trained on and for how long: records, patients, classes, epochs and the configuration."""
+    best = max(history, key=lambda h: h["val_macro_auroc"])
+    return {
+        "train_records": int(len(rows)),
+        "train_patients": int(len(np.unique(data.patient_ids("train")[rows]))),
+        "test_records": int(len(data.labels["test"])),
+        "classes": data.class_names,
+        "dropped_classes": data.dropped,
+        "epochs_run": len(history),
+        "best_epoch": best["epoch"],
+        "config": {k: v for k, v in vars(config).items() if k != "history"},
+    }
+
+
 def run_classification(
     model_path: str | Path,
     data: TaskData,
@@ -316,44 +394,12 @@ def run_classification(
         s: make_window_loader(data.splits[s], feature_extractor, eval_batch_size, eval_windows)
         for s in ("validation", "test")
     }
+    training = _Training(data, rows, feature_extractor, loaders, config, train_window)
     if method == "linear_probe":
-        model.freeze_encoder()
-        train_loader = make_loader(
-            data.splits["train"], feature_extractor, eval_batch_size, rows=rows, seed=config.seed, window=train_window
-        )
-        features = {"train": encoder_features(model, train_loader)}
-        features |= {s: encoder_features(model, loaders[s]) for s in loaders}
-        history = fit_linear_probe(
-            model.classifier,
-            features["train"],
-            train_y[rows],
-            features["validation"],
-            data.labels["validation"],
-            config,
-            val_records=loaders["validation"].dataset.records,
-        )
-        with torch.no_grad():
-            scores = {
-                s: per_record(
-                    torch.sigmoid(model.classifier(torch.from_numpy(features[s]).float())).numpy(), loaders[s]
-                )
-                for s in loaders
-            }
+        history, scores = _train_linear_probe(model, training, eval_batch_size)
     else:
-        if method == "lora":
-            model = add_lora(model)
-        train_loader = make_loader(
-            data.splits["train"],
-            feature_extractor,
-            config.batch_size,
-            train_y,
-            rows,
-            shuffle=True,
-            seed=config.seed,
-            window=train_window,
-        )
-        history = fit_network(model, train_loader, loaders["validation"], data.labels["validation"], config)
-        scores = {s: predict(model, loaders[s]) for s in loaders}
+        model = add_lora(model) if method == "lora" else model
+        history, scores = _train_network(model, training)
     metrics = score_predictions(
         data.labels["validation"],
         scores["validation"],
@@ -363,21 +409,13 @@ def run_classification(
         bootstrap_samples,
         config.seed,
     )
-    best = max(history, key=lambda h: h["val_macro_auroc"])
     result = {
         "task": data.task,
         "method": method,
         "random_init": random_init,
         "label_fraction": label_fraction,
         "seed": config.seed,
-        "train_records": int(len(rows)),
-        "train_patients": int(len(np.unique(data.patient_ids("train")[rows]))),
-        "test_records": int(len(data.labels["test"])),
-        "classes": data.class_names,
-        "dropped_classes": data.dropped,
-        "epochs_run": len(history),
-        "best_epoch": best["epoch"],
-        "config": {k: v for k, v in vars(config).items() if k != "history"},
+        **_training_summary(data, rows, history, config),
         **metrics,
         "history": history,
     }

@@ -9,8 +9,16 @@ among the k most similar gallery entries. Ties count against the probe.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+
+from esi.data.torch_dataset import load_dataset_folder
+from esi.data.windows import parse_window_count
+from esi.eval.arguments import FinetuneArguments
+from esi.eval.classification import encoder_features, load_classifier, make_window_loader, per_record
+from esi.eval.report import DISCLAIMER, markdown_table
+from modeling_esi import EsiFeatureExtractor
 
 
 def gallery_and_probes(patient_ids: Sequence[int], ecg_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -47,4 +55,30 @@ def subject_identification(
     result: dict[str, float | int] = {"patients": int(len(gallery)), "probes": int(len(rank))}
     for k in ks:
         result[f"top{k}_accuracy"] = float((rank < k).mean())
+    return result
+
+
+def run_subject_id(args: FinetuneArguments, out: Path) -> dict:
+    """Identify patients across every split of the dataset by encoder embeddings; writes OUT/results.md."""
+    data = load_dataset_folder(args.dataset)
+    model = load_classifier(args.model, 1, args.random_init, args.seed)
+    feature_extractor = EsiFeatureExtractor.from_pretrained(args.model)
+    embeddings, patients, ecg_ids = [], [], []
+    for split in data.values():
+        loader = make_window_loader(
+            split, feature_extractor, args.eval_batch_size, parse_window_count(args.eval_windows)
+        )
+        embeddings.append(per_record(encoder_features(model, loader), loader))
+        patients.extend(split["patient_id"])
+        ecg_ids.extend(split["ecg_id"])
+    result = {
+        "method": "subject_id",
+        "random_init": args.random_init,
+        **subject_identification(np.concatenate(embeddings), patients, ecg_ids),
+    }
+    table = markdown_table(
+        ["patients (>= 2 records)", "probes", "top-1", "top-5"],
+        [[result["patients"], result["probes"], f"{result['top1_accuracy']:.3f}", f"{result['top5_accuracy']:.3f}"]],
+    )
+    (out / "results.md").write_text(f"Subject identification (all splits).\n\n{table}\n\n{DISCLAIMER}\n")
     return result

@@ -1,42 +1,22 @@
-"""Text-side evaluation of a pretrained ESI model: zero-shot classification and caption generation."""
+"""Zero-shot classification with a pretrained ESI model: each ECG scored against a text prompt per class
+(`esi.knowledge.prompts`), macro AUROC on the test split (`esi-finetune --method zero_shot`)."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
-_FIRST_SENTENCE = re.compile(r"^(.+?[.!?])(\s|$)")
-
-
-def first_sentence(text: str) -> str:
-    match = _FIRST_SENTENCE.match(text.strip())
-    return match.group(1) if match else text.strip()
-
-
-def class_prompts(class_names: Sequence[str], entries: Iterable) -> tuple[dict[str, str], list[str]]:
-    """A prompt per class from the CQA knowledge base, and the classes it has nothing for.
-
-    A class that is an SCP statement uses its entry `scp:CODE`: title plus first sentence. A PTB-XL
-    superclass or subclass (e.g. `MI`, `LAFB/LPFB`) uses the titles of the statement entries tagged
-    `class:NAME` or `subclass:NAME`.
-    """
-    entries = list(entries)
-    by_id = {entry.id: entry for entry in entries}
-    prompts, missing = {}, []
-    for name in class_names:
-        entry = by_id.get(f"scp:{name}")
-        if entry is not None:
-            prompts[name] = f"{entry.title}. {first_sentence(entry.text)}"
-            continue
-        members = [e.title for e in entries if f"class:{name}" in e.tags or f"subclass:{name}" in e.tags]
-        if members:
-            prompts[name] = "; ".join(members) + "."
-        else:
-            missing.append(name)
-    return prompts, missing
+from esi.data.windows import parse_window_count
+from esi.eval.arguments import FinetuneArguments
+from esi.eval.classification import load_task, make_window_loader, per_record, score_predictions
+from esi.eval.report import DISCLAIMER, fmt_ci, markdown_table, plot_roc
+from esi.eval.text_model import load_pretrained
+from esi.knowledge import load_knowledge_base
+from esi.knowledge.prompts import class_prompts
+from modeling_esi import EsiFeatureExtractor
 
 
 @torch.no_grad()
@@ -55,17 +35,50 @@ def zero_shot_scores(model, tokenizer, prompts: Sequence[str], loader, max_lengt
     return np.concatenate(parts)
 
 
-@torch.no_grad()
-def generate_captions(model, tokenizer, loader, max_new_tokens: int = 64, num_beams: int = 1) -> list[str]:
-    """Captions generated from each ECG of `loader`, decoded without special tokens."""
-    model.eval()
-    captions = []
-    for batch in loader:
-        ids = model.generate_caption(
-            batch["input_values"],
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            ecg_attention_mask=batch["ecg_attention_mask"],
-        )
-        captions.extend(tokenizer.batch_decode(ids, skip_special_tokens=True))
-    return captions
+def run_zero_shot(args: FinetuneArguments, out: Path) -> dict:
+    """Score the test split against the class prompts; writes OUT/roc.png and OUT/results.md."""
+    data = load_task(args.dataset, args.task)
+    prompts, missing = class_prompts(data.class_names, load_knowledge_base())
+    if not prompts:
+        raise ValueError(f"the knowledge base has no entry for any class of '{args.task}' ({data.class_names})")
+    keep = [k for k, name in enumerate(data.class_names) if name in prompts]
+    names = [data.class_names[k] for k in keep]
+    model, tokenizer = load_pretrained(args.model)
+    feature_extractor = EsiFeatureExtractor.from_pretrained(args.model)
+    count = parse_window_count(args.eval_windows)
+    loaders = {
+        split: make_window_loader(data.splits[split], feature_extractor, args.eval_batch_size, count)
+        for split in ("validation", "test")
+    }
+    scores = {
+        split: per_record(zero_shot_scores(model, tokenizer, [prompts[n] for n in names], loader), loader)
+        for split, loader in loaders.items()
+    }
+    labels = {split: data.labels[split][:, keep] for split in scores}
+    metrics = score_predictions(
+        labels["validation"],
+        scores["validation"],
+        labels["test"],
+        scores["test"],
+        names,
+        args.bootstrap_samples,
+        args.seed,
+    )
+    plot_roc(out / "roc.png", {"zero-shot": (labels["test"], scores["test"])}, names, f"{args.task}, zero-shot")
+    result = {
+        "method": "zero_shot",
+        "task": args.task,
+        "classes": names,
+        "dropped_classes": {**data.dropped, **{n: "no knowledge-base entry for a prompt" for n in missing}},
+        "prompts": prompts,
+        **metrics,
+    }
+    table = markdown_table(
+        ["class", "AUROC", "prompt"],
+        [[n, f"{metrics['per_class_auroc'][n]:.3f}", prompts[n]] for n in names],
+    )
+    (out / "results.md").write_text(
+        f"Zero-shot **{args.task}** on the test split: macro AUROC "
+        f"{fmt_ci(metrics['macro_auroc'], metrics['macro_auroc_ci'])}.\n\n{table}\n\n{DISCLAIMER}\n"
+    )
+    return result

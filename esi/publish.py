@@ -117,7 +117,7 @@ def assemble_dataset_folder(
 
     from esi.cqa.dataset_card import write_dataset_card
     from esi.cqa.run import output_stats
-    from esi.cqa.run_state import read_run_config
+    from esi.cqa.run_state import caption_folder
 
     missing = [name for name in DATASET_FILES if not (captions_dir / name).exists()]
     if missing:
@@ -135,7 +135,7 @@ def assemble_dataset_folder(
             for split, part in signals.items():
                 part.to_parquet(str(staging / "signals" / f"{split}-00000-of-00001.parquet"))
             signal_splits = list(signals)
-        config = read_run_config(captions_dir)
+        config = caption_folder(captions_dir).read_config()
         stats = output_stats(staging, config["dataset_dir"])
         write_dataset_card(staging, config, stats, signal_splits, model_repo_id)
     return output_dir

@@ -128,7 +128,7 @@ def test_killed_run_resumes_without_duplicates_or_gaps(full_run, prepared_sample
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its measurement workers, mid-run
         proc.wait()
-    committed = [json.loads(line)["file"] for line in journal.read_text().splitlines()]
+    committed = [json.loads(line)["unit"] for line in journal.read_text().splitlines()]
     assert 1 <= len(committed) < 14 and not (out / "README.md").exists()
 
     summary = generate_captions(prepared_sample, out, records_per_file=25, resume=True)

@@ -3,12 +3,16 @@
     python -m benchmarks.call_path [--num-samples 4]
 
 Prepares the first 40 records of the embedded sample, then runs `esi.cqa.cli:main` (template backend,
-`--num_samples` records per split) under `sys.setprofile`. A *stop* is a call of a function of `esi` that
-receives the output folder: as an argument (a path equal to it or inside it) or as the `output_dir` field of an
-argument (the parsed command line). Consecutive stops in one module are one *entry* into it; a *re-entry* is
-an entry into a module the walk has already left once. Resumed generators (a context manager's exit) are not
-new calls. Writes benchmarks/results/call_path-<UTC stamp>.json: the command, git commit, date, load average,
-the stops in order, entries per module and the total of re-entries.
+`--num_samples` records per split, 3 units) under `sys.setprofile`. A *stop* is a call of a function of `esi`
+that receives the output folder: as an argument (a path equal to it or inside it) or as an attribute of an
+argument (the parsed command line, an object holding the folder). Consecutive stops in one module are one
+*entry* into it; a *re-entry* is an entry into a module the walk has already left once. Resumed generators (a
+context manager's exit) are not new calls. Counted twice: over every stop (`trace`: a loop over units repeats
+its stops), and over the *call path* (`path`: each function at its first stop only, the code a reader follows).
+
+Writes benchmarks/results/call_path-<UTC stamp>.json: the command, git commit, date, load average, the stops in
+order, entries per module and re-entries of both counts. To measure another checkout's code (the code before a
+change), run this file with that checkout first on PYTHONPATH: `PYTHONPATH=OTHER python benchmarks/call_path.py`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ from benchmarks.bench_cqa import run_provenance
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = REPO_ROOT / "data" / "ptbxl_sample"
-PACKAGE_DIR = str(REPO_ROOT / "esi") + os.sep
 
 
 def _is_under(value: object, root: str) -> bool:
@@ -37,14 +40,22 @@ def _is_under(value: object, root: str) -> bool:
     return path == root or path.startswith(root + os.sep)
 
 
-def trace_stops(run, output_dir: Path) -> list[str]:
-    """`module:function` of every call of an `esi` function that receives `output_dir`, in call order."""
+def _carries(value: object, root: str) -> bool:
+    """Whether `value` is the folder (or a path inside it) or holds it as an attribute."""
+    if _is_under(value, root):
+        return True
+    fields = getattr(value, "__dict__", None)
+    return isinstance(fields, dict) and not isinstance(value, type) and any(_is_under(v, root) for v in fields.values())
+
+
+def trace_stops(run, output_dir: Path, package_dir: str) -> list[str]:
+    """`module:function` of every call of a function under `package_dir` that receives `output_dir`, in order."""
     root = os.path.abspath(output_dir)
     stops: list[str] = []
     started: list = []  # generator frames already called (kept alive so that their ids stay theirs)
 
     def profile(frame, event, arg):
-        if event != "call" or not frame.f_code.co_filename.startswith(PACKAGE_DIR):
+        if event != "call" or not frame.f_code.co_filename.startswith(package_dir):
             return
         code = frame.f_code
         if code.co_flags & (inspect.CO_GENERATOR | inspect.CO_COROUTINE):
@@ -53,7 +64,7 @@ def trace_stops(run, output_dir: Path) -> list[str]:
             started.append(frame)
         names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
         values = [frame.f_locals.get(n) for n in names]
-        if any(_is_under(v, root) or _is_under(getattr(v, "output_dir", None), root) for v in values):
+        if any(_carries(v, root) for v in values):
             stops.append(f"{frame.f_globals.get('__name__')}:{code.co_qualname}")
 
     sys.setprofile(profile)
@@ -69,12 +80,23 @@ def entries(stops: list[str]) -> Counter[str]:
     return Counter(module for module, _ in groupby(s.split(":")[0] for s in stops))
 
 
+def counts(stops: list[str]) -> dict:
+    per_module = entries(stops)
+    return {
+        "num_stops": len(stops),
+        "entries_per_module": dict(per_module.most_common()),
+        "most_entries": max(per_module.values(), default=0),
+        "re_entries": sum(per_module.values()) - len(per_module),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-samples", type=int, default=4, help="records captioned per split")
     parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
+    import esi
     from esi.cqa.cli import main as cqa_main
     from esi.data.prepare_ptbxl import prepare_ptbxl
 
@@ -83,8 +105,8 @@ def main() -> None:
         prepare_ptbxl(SAMPLE, prepared, sampling_rate=100, num_proc=1, limit=40)
         argv = ["--dataset", str(prepared), "--output_dir", str(output_dir), "--backend", "template"]
         argv += ["--num_samples", str(args.num_samples), "--num_workers", "1", "--encoder_path", "none"]
-        stops = trace_stops(lambda: cqa_main(argv), output_dir)
-    per_module = entries(stops)
+        stops = trace_stops(lambda: cqa_main(argv), output_dir, str(Path(esi.__file__).parent) + os.sep)
+    path = list(dict.fromkeys(stops))
     commit, stamp = run_provenance()
     result = {
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.call_path", *sys.argv[1:]]),
@@ -93,19 +115,19 @@ def main() -> None:
         "load_average": os.getloadavg()[0],
         "seed": None,  # a deterministic walk (template backend)
         "cqa_argv": argv,
+        "esi_imported_from": str(Path(esi.__file__).parent),
         "stops": stops,
-        "num_stops": len(stops),
-        "entries_per_module": dict(per_module.most_common()),
-        "most_entries": max(per_module.values(), default=0),
-        "re_entries": sum(per_module.values()) - len(per_module),
+        "trace": counts(stops),
+        "path": counts(path),
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    path = args.results_dir / f"call_path-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(
-        f"{len(stops)} stops; entries per module {dict(per_module.most_common())}; "
-        f"{result['re_entries']} re-entries; wrote {path}"
-    )
+    out = args.results_dir / f"call_path-{stamp}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    for name in ("trace", "path"):
+        found = result[name]
+        print(f"{name}: {found['num_stops']} stops, entries {found['entries_per_module']}, ", end="")
+        print(f"{found['re_entries']} re-entries")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[CqaArguments, GenerationO
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def run(args: CqaArguments, options: GenerationOptions) -> dict:
+def run_command(args: CqaArguments, options: GenerationOptions) -> dict:
     """Generate (or merge), then optionally plot and push; returns the run summary. With --ecg_file: the caption."""
     # The pipeline (measurements, retrieval, datasets) is imported here, not for `--help`.
     from esi.cqa.run import generate_captions, merge_outputs, push_captions
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     require_extra("esi-cqa", "cqa")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with exit_on_full_disk("esi-cqa", "rerun the same command with --resume"):
-        run(*args)
+        run_command(*args)
 
 
 if __name__ == "__main__":

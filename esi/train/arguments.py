@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from esi.data.windows import parse_window_count
+from esi.data.windows import WindowArguments
 
 # Chosen by measurement (benchmarks/bench_train.py --pool, `caption_tokens_cut_by_max_text_length` in its
 # result file): the shortest measured length that reads >= 95% of the pool's template caption tokens
@@ -20,7 +20,7 @@ TRUNCATION_WARNING_SHARE = 0.05
 
 
 @dataclass
-class DataArguments:
+class DataArguments(WindowArguments):
     _argument_group_name = "data"
 
     signals: str = field(metadata={"help": "prepared ECG dataset folder (dataset_scripts/prepare_ptbxl.py)"})
@@ -33,21 +33,6 @@ class DataArguments:
     )
     augment: bool = field(default=True, metadata={"help": "ECG augmentations (--no-augment turns them off)"})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
-    train_window: Literal["random", "first"] = field(
-        default="random",
-        metadata={
-            "help": "which window of the model's input length (its feature extractor's duration_s) a training "
-            "record gives: 'random' (a new seeded start each epoch) or 'first' (always its start). Shorter "
-            "records are padded and masked"
-        },
-    )
-    eval_windows: str = field(
-        default="all",
-        metadata={
-            "help": "evaluation windows per record: 'all' (windows covering the whole record) or N (at most N, "
-            "evenly spaced; 1 = the first window only). Embeddings are averaged per record"
-        },
-    )
     keep_in_memory: bool = field(
         default=False,
         metadata={
@@ -162,10 +147,9 @@ def parse_args(
     from transformers import HfArgumentParser  # here, so that importing the dataclasses stays light
 
     parser = HfArgumentParser(ARGUMENT_CLASSES, description=description or __doc__)
-    data, model, optim, run = parser.parse_args_into_dataclasses(args=argv)
     try:
-        parse_window_count(data.eval_windows)
-    except ValueError as error:
+        data, model, optim, run = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as error:  # __post_init__'s checks, reported as argparse reports a bad option
         parser.error(str(error))
     if model.cache_text_embeddings and not model.freeze_text_tower:
         parser.error("--cache-text-embeddings needs --freeze-text-tower (a trained tower changes its embeddings)")

@@ -522,7 +522,7 @@ def test_a_file_size_limit_ends_prepare_with_a_sentence(tmp_path):
     def limit_file_size() -> None:  # EFBIG the moment a shard passes 64 KB (Python ignores SIGXFSZ)
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 2**10, 64 * 2**10))
 
-    command = [sys.executable, "-m", "esi.data.prepare_ptbxl", "--ptbxl-dir", str(SAMPLE), "--output-dir",
+    command = [sys.executable, "-m", "esi.data.cli", "--ptbxl-dir", str(SAMPLE), "--output-dir",
                str(tmp_path / "prepared"), "--limit", "40", "--num-proc", "1"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, preexec_fn=limit_file_size)
     assert done.returncode == 1

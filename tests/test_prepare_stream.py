@@ -35,7 +35,7 @@ def _start(out: Path, resume: bool = False) -> subprocess.Popen:
     args = [
         sys.executable,
         "-m",
-        "esi.data.prepare_ptbxl",
+        "esi.data.cli",
         "--ptbxl-dir",
         str(POOL),
         "--output-dir",

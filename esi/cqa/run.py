@@ -30,7 +30,7 @@ from esi.cqa.options import IDENTITY_KEYS, GenerationOptions
 from esi.cqa.provenance import dataset_sources, licence_file_text
 from esi.cqa.run_state import STATE_DIR, WorkUnit, caption_folder, plan_units, shard_units
 from esi.cqa.schema import FAITHFULNESS_OUTCOMES, output_features
-from esi.data.prepare import default_num_proc
+from esi.data.options import default_num_proc
 from esi.hub import push_folder
 from esi.run_folder import RunFolder
 

@@ -27,7 +27,6 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +35,7 @@ from datasets import DatasetDict, Features, load_from_disk
 from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
 
+from esi.data.options import PrepareOptions, default_num_proc
 from esi.data.schema import SPLIT_FOLDS, RecordError, split_of
 from esi.run_folder import RunFolder, temporary_path, write_json_atomic
 
@@ -45,7 +45,6 @@ STATE_DIR = ".prepare"
 # The files a unit commits (`RunFolder` refuses a journal naming anything else).
 UNIT_FILE_RE = re.compile(rf"({'|'.join(SPLIT_FOLDS)})/unit-\d{{5}}\.arrow")
 SKIPPED_REPORT = "skipped.jsonl"
-UNIT_SIZE = 256
 # Examples buffered per Arrow record batch: bounds a worker's memory (60 s at 500 Hz: 1.4 MB each).
 WRITE_BATCH = 32
 
@@ -86,22 +85,6 @@ class RowTable(Sequence):
         n = len(self.frame)
         records = self.frame.iloc[[i % n for i in positions]].to_dict("records")
         return [{**row, "_line": i % n + 2, "_replica": i // n} for i, row in zip(positions, records, strict=True)]
-
-
-@dataclass(frozen=True)
-class PrepareOptions:
-    num_proc: int = 1
-    unit_size: int = UNIT_SIZE
-    skip_missing: bool = False
-    skip_invalid: bool = False
-    resume: bool = False
-    num_shards: int = 1
-    shard_index: int = 0
-
-
-def default_num_proc() -> int:
-    """CPUs this process may run on (the affinity mask where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def skip_entry(err: RecordError) -> dict:
@@ -237,17 +220,18 @@ def _run_units(
 ) -> Iterator[dict]:
     """Commits of `todo` as they finish; at most 2 units per process in flight (bounded memory)."""
     args = (options.skip_missing, options.skip_invalid)
-    if options.num_proc <= 1:
+    num_proc = options.num_proc or default_num_proc()
+    if num_proc <= 1:
         _init_worker(source)
         for index, rows in todo:
             yield _write_unit(str(out), index, rows, *args)
         return
-    with ProcessPoolExecutor(options.num_proc, initializer=_init_worker, initargs=(source,)) as pool:
+    with ProcessPoolExecutor(num_proc, initializer=_init_worker, initargs=(source,)) as pool:
         queue = iter(todo)
         pending = set()
         try:
             while True:
-                while len(pending) < 2 * options.num_proc:
+                while len(pending) < 2 * num_proc:
                     item = next(queue, None)
                     if item is None:
                         break
@@ -268,8 +252,6 @@ def prepare_source(source: Source, output_dir: str | os.PathLike | None, options
     Raises:
         RecordError: naming the record and the problem, for a record no skip flag covers.
     """
-    if not 0 <= options.shard_index < options.num_shards:
-        raise ValueError(f"shard_index must be in 0..{options.num_shards - 1}, got {options.shard_index}")
     if output_dir is None:
         with tempfile.TemporaryDirectory(prefix=f".prepare-{source.name}-") as scratch:
             prepare_source(source, Path(scratch) / "prepared", options)

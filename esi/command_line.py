@@ -14,13 +14,17 @@ from collections.abc import Sequence
 
 
 def parse_command_line(
-    dataclass_types: Sequence[type], argv: Sequence[str] | None = None, description: str | None = None
+    dataclass_types: Sequence[type],
+    argv: Sequence[str] | None = None,
+    description: str | None = None,
+    epilog: str | None = None,
 ) -> tuple:
-    """One instance of each of `dataclass_types`, from `argv` (default: `sys.argv[1:]`)."""
+    """One instance of each of `dataclass_types`, from `argv` (default: `sys.argv[1:]`); `--help` shows
+    `description` above the options and `epilog` below them."""
     from transformers import HfArgumentParser  # here, so that importing a command's options stays light
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(list(dataclass_types), description=description)
+    parser = HfArgumentParser(list(dataclass_types), description=description, epilog=epilog)
     try:
         if len(argv) == 1 and argv[0].endswith(".json"):
             return parser.parse_json_file(json_file=argv[0])

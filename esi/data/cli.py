@@ -53,7 +53,8 @@ def report(output_dir: Path, num_records: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args, options = parse_command_line((SourceArguments, PrepareOptions), argv, __doc__.split("\n\n")[0])
+    description, epilog = __doc__.split("\n\n", 1)
+    args, options = parse_command_line((SourceArguments, PrepareOptions), argv, description, epilog)
     require_extra("esi-prepare", "data")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from esi.data.prepare import prepare_source

@@ -19,7 +19,7 @@ class FinetuneArguments(WindowArguments):
     from Python)."""
 
     model: str = field(metadata={"help": "ESI model folder (train.py output) or Hub id"})
-    dataset: str = field(metadata={"help": "prepared dataset folder (dataset_scripts/prepare_ptbxl.py)"})
+    dataset: str = field(metadata={"help": "prepared dataset folder (esi-prepare)"})
     output_dir: str
     task: Literal[TASKS] = "superdiagnostic"
     method: Literal[METHODS + OTHER_METHODS] = "linear_probe"

@@ -23,7 +23,7 @@ TRUNCATION_WARNING_SHARE = 0.05
 class DataArguments(WindowArguments):
     _argument_group_name = "data"
 
-    signals: str = field(metadata={"help": "prepared ECG dataset folder (dataset_scripts/prepare_ptbxl.py)"})
+    signals: str = field(metadata={"help": "prepared ECG dataset folder (esi-prepare)"})
     captions: str = field(metadata={"help": "captioned dataset folder (cqa_generate.py), joined on ecg_id"})
     train_split: str = "train"
     eval_split: str = field(default="validation", metadata={"help": "'none' to skip retrieval evaluation"})

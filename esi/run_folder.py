@@ -12,8 +12,8 @@ killed run must be able to continue without losing or duplicating work. They sha
 - ``STATE/lock`` is held (``flock``) while the folder is written and names the holder (host, pid, start time);
   the kernel releases it when the holder dies, so a killed run never leaves a stale lock.
 
-Every JSON file goes through `write_json_atomic` (temporary file, fsync, rename): a crash leaves the old
-file or the new one, never half of one.
+Every JSON file goes through `write_json_atomic` (temporary file, fsync, rename: `write_text_atomic`): a crash
+leaves the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -42,14 +42,19 @@ class RunFolderError(RuntimeError):
     """The folder's run state cannot be used as it is; the message says what to do."""
 
 
-def write_json_atomic(path: str | os.PathLike, obj: object, **dump_options) -> None:
-    """Write `obj` as JSON (`json.dump` with `dump_options`) to a temporary file, fsync it, rename it over `path`."""
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to a temporary file, fsync it, rename it over `path`: a crash leaves the old file or the new."""
     tmp = temporary_path(path)
     with open(tmp, "w") as f:
-        json.dump(obj, f, **dump_options)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: object, **dump_options) -> None:
+    """`write_text_atomic` of `obj` as JSON (`json.dumps` with `dump_options`)."""
+    write_text_atomic(path, json.dumps(obj, **dump_options))
 
 
 def temporary_path(path: str | os.PathLike) -> Path:
@@ -111,7 +116,11 @@ class RunFolder:
 
     @contextmanager
     def run(
-        self, config: dict, resume: bool, compare: Iterable[str] | None = None, expected: Collection[str] = ()
+        self,
+        config: dict,
+        resume: bool,
+        compare: Iterable[str] | None = None,
+        expected: Collection[str] | None = None,
     ) -> Iterator[dict[str, dict]]:
         """Hold the folder for a run with options `config`; yields the units already done (`journal`).
 
@@ -167,9 +176,11 @@ class RunFolder:
             try:
                 entry = json.loads(line)
                 unit, files = entry["unit"], entry["files"]
+                if not isinstance(unit, str) or not isinstance(files, dict):
+                    raise TypeError(entry)
                 if not all(isinstance(n, str) and self.file_pattern.fullmatch(n) for n in files):
                     raise TypeError(files)
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            except (json.JSONDecodeError, KeyError, TypeError):
                 logger.warning("%s line %d is damaged; the unit it recorded will be redone", path, number)
                 continue
             damaged = [
@@ -177,7 +188,9 @@ class RunFolder:
             ]
             if damaged:
                 if any((self.root / n).is_file() for n in damaged):
-                    logger.warning("%s do(es) not match the journal's checksum; redone", damaged)
+                    logger.warning(
+                        "%s: not the file(s) the journal recorded (damaged); unit %s is redone", damaged, unit
+                    )
                 done.pop(unit, None)
                 continue
             done[unit] = entry
@@ -188,9 +201,9 @@ class RunFolder:
             if self.state not in stale.parents and stale.is_file():
                 stale.unlink()
 
-    def refuse_stray_files(self, expected: Collection[str]) -> None:
+    def refuse_stray_files(self, expected: Collection[str] | None) -> None:
         """Raise if a file that `data_glob` matches is none of `expected` (a loader would read it as data)."""
-        if self.data_glob is None:
+        if self.data_glob is None or expected is None:
             return
         stray = sorted({str(p.relative_to(self.root)) for p in self.root.glob(self.data_glob)} - set(expected))
         if stray:

@@ -85,7 +85,7 @@ def test_full_run_loads_with_datasets_and_has_a_card(full_run, input_ids):
 def test_refuses_non_empty_output_and_changed_options(full_run, prepared_sample):
     with pytest.raises(FileExistsError, match="not empty; pass --resume"):
         generate_captions(prepared_sample, full_run)
-    with pytest.raises(ValueError, match="records_per_file: 100 -> 50"):
+    with pytest.raises(ValueError, match="different options: records_per_file was 100, now 50"):
         generate_captions(prepared_sample, full_run, records_per_file=50, resume=True)
 
 

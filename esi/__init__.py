@@ -11,5 +11,5 @@ Layers (nothing imports upward; nothing imports a command-line entry module):
 
 `tests/test_package_layers.py` enforces it.
 
-Research software, not a medical device.
+Research software, not a diagnostic device.
 """

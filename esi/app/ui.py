@@ -1,6 +1,6 @@
 """ESI demo: upload a 12-lead ECG file (WFDB, Philips XML, DICOM or CSV; or pick an embedded PTB-XL
 sample) and see it on ECG paper with its measurements, the model's class probabilities, the CQA
-description, the model's own caption and the most similar sample ECGs. Research software, not a medical device.
+description, the model's own caption and the most similar sample ECGs. Research software, not a diagnostic device.
 
     esi-app                            # the released encoder (model_cards/esi-ecg-encoder), else `make demo`'s model
     ESI_MODEL=path/to/model ESI_SAMPLES=data/ptbxl_sample esi-app

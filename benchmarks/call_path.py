@@ -109,7 +109,7 @@ def main() -> None:
     path = list(dict.fromkeys(stops))
     commit, stamp = run_provenance()
     result = {
-        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.call_path", *sys.argv[1:]]),
+        "command": " ".join([f"PYTHONPATH={os.environ.get('PYTHONPATH', '')}", Path(sys.executable).name, *sys.argv]),
         "git_commit": commit,
         "date": stamp,
         "load_average": os.getloadavg()[0],

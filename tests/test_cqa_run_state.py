@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from esi.cqa.cli import main as cqa_main
 from esi.cqa.run import generate_captions
 from esi.cqa.run_state import STATE_DIR, caption_folder
 from esi.run_folder import RunFolderError
@@ -59,6 +60,10 @@ def test_damaged_journal_line_is_redone_and_damaged_run_config_is_named(prepared
 def test_resume_with_other_options_names_each_change(prepared_sample, finished):
     with pytest.raises(ValueError, match=r"cannot resume .*: records_per_file was 2, now 3\. Rerun with the earlier"):
         generate_captions(prepared_sample, finished, resume=True, **{**FEW, "records_per_file": 3})
+    command = ["--dataset", str(prepared_sample), "--output_dir", str(finished), "--resume", "--num_samples", "4"]
+    command += ["--splits", "test", "--records_per_file", "3", "--num_workers", "1", "--encoder_path", "none"]
+    with pytest.raises(SystemExit, match=r"^error: cannot resume .*: records_per_file was 2, now 3\."):
+        cqa_main(command)  # the command says it in one line, no traceback
 
 
 def test_a_second_run_on_a_locked_folder_says_who_holds_it(prepared_sample, finished):

@@ -132,12 +132,17 @@ def _caption_file(args: CqaArguments, options: GenerationOptions) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point (its return value becomes the exit status, so it returns nothing; see `run`)."""
+    """Console entry point (its return value becomes the exit status, so it returns nothing; see `run_command`)."""
     args = parse_args(argv)
     require_extra("esi-cqa", "cqa")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from esi.run_folder import RunFolderError
+
     with exit_on_full_disk("esi-cqa", "rerun the same command with --resume"):
-        run_command(*args)
+        try:
+            run_command(*args)
+        except (RunFolderError, FileExistsError, ValueError) as err:  # the folder or options cannot take this run
+            raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

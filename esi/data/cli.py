@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     from esi.data.prepare import prepare_source
     from esi.data.schema import RecordError
     from esi.data.sources import make_source
+    from esi.run_folder import RunFolderError
 
     output_dir = Path(args.output_dir)
     labels = Path(args.labels) if args.labels else None
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         source = make_source(args.source, Path(args.input), args.sampling_rate, labels, args.limit)
         with exit_on_full_disk("esi-prepare", "rerun the same command with --resume"):
             dataset_dict = prepare_source(source, output_dir, options)
-    except (RecordError, FileExistsError, FileNotFoundError, ValueError) as err:
+    except (RecordError, RunFolderError, FileExistsError, FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")
     print(report(output_dir, sum(d.num_rows for d in dataset_dict.values())))
 

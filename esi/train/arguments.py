@@ -2,7 +2,8 @@
 
 Each option is declared once, here. Scripts that start a pretraining run from Python build these
 objects and call `esi.train.pretrain.pretrain(...)`; `python train.py --help` lists the same fields
-(underscores and dashes both accepted: `--max-text-length` = `--max_text_length`).
+(underscores and dashes both accepted: `--max-text-length` = `--max_text_length`), or reads them from one
+JSON file (`python train.py options.json`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from esi.command_line import parse_command_line
 from esi.data.windows import WindowArguments
 
 # Chosen by measurement (benchmarks/bench_train.py --pool, `caption_tokens_cut_by_max_text_length` in its
@@ -100,6 +102,15 @@ class ModelArguments:
         },
     )
 
+    def __post_init__(self) -> None:
+        # A trained tower changes its embeddings: cached or precomputed ones would go stale.
+        if self.cache_text_embeddings and not self.freeze_text_tower:
+            raise ValueError(
+                "--cache-text-embeddings needs --freeze-text-tower (a trained tower changes its embeddings)"
+            )
+        if self.text_embeddings and not self.freeze_text_tower:
+            raise ValueError("--text-embeddings needs --freeze-text-tower (a trained tower changes its embeddings)")
+
 
 @dataclass
 class OptimizationArguments:
@@ -144,15 +155,5 @@ ARGUMENT_CLASSES = (DataArguments, ModelArguments, OptimizationArguments, RunArg
 def parse_args(
     argv: list[str] | None = None, description: str | None = None
 ) -> tuple[DataArguments, ModelArguments, OptimizationArguments, RunArguments]:
-    from transformers import HfArgumentParser  # here, so that importing the dataclasses stays light
-
-    parser = HfArgumentParser(ARGUMENT_CLASSES, description=description or __doc__)
-    try:
-        data, model, optim, run = parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as error:  # __post_init__'s checks, reported as argparse reports a bad option
-        parser.error(str(error))
-    if model.cache_text_embeddings and not model.freeze_text_tower:
-        parser.error("--cache-text-embeddings needs --freeze-text-tower (a trained tower changes its embeddings)")
-    if model.text_embeddings and not model.freeze_text_tower:
-        parser.error("--text-embeddings needs --freeze-text-tower (a trained tower changes its embeddings)")
-    return data, model, optim, run
+    """train.py's options from `argv`, or from one JSON file (`train.py options.json`)."""
+    return parse_command_line(ARGUMENT_CLASSES, argv, description or __doc__)

@@ -1,9 +1,9 @@
 """train.py's options: one dataclass per concern, parsed by `transformers.HfArgumentParser`.
 
 Each option is declared once, here. Scripts that start a pretraining run from Python build these
-objects and call `esi.train.pretrain.pretrain(...)`; `python train.py --help` lists the same fields
-(underscores and dashes both accepted: `--max-text-length` = `--max_text_length`), or reads them from one
-JSON file (`python train.py options.json`).
+objects and call `esi.train.pretrain.pretrain(...)`; `python train.py` takes the same fields as flags
+(underscores and dashes both accepted: `--max-text-length` = `--max_text_length`; `--help` lists them) or
+from one JSON file (`python train.py options.json`).
 """
 
 from __future__ import annotations

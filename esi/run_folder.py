@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -128,7 +129,7 @@ class RunFolder:
         agree, default all). Files left half-written by a killed run are deleted. With `expected` (the run's
         files), a file matching `data_glob` that is none of them is refused: a loader would read it as data.
         """
-        if self.root.exists() and any(self.root.iterdir()):
+        if self._occupied():
             if not resume:
                 raise FileExistsError(
                     f"output directory {self.root} is not empty; pass --resume to continue the run there, "
@@ -147,6 +148,22 @@ class RunFolder:
             self.refuse_stray_files(expected)
             self.done = self.journal()
             yield self.done
+
+    def _occupied(self) -> bool:
+        """Whether the folder holds anything but its lock file (all that `clear` leaves)."""
+        if not self.root.is_dir():
+            return False
+        inside = [*self.root.iterdir(), *(self.state.iterdir() if self.state.is_dir() else [])]
+        return any(p not in (self.state, self.state / LOCK) for p in inside)
+
+    def clear(self) -> None:
+        """Empty the folder for a fresh run (all but the lock file), unless another run is writing it."""
+        self.state.mkdir(parents=True, exist_ok=True)
+        with self.lock():
+            for child in [*self.root.iterdir(), *self.state.iterdir()]:
+                if child == self.state or child == self.state / LOCK:
+                    continue
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
 
     def commit_all(self, units: Iterable[tuple[str, Mapping[str, Callable[[str], object]], dict]]) -> None:
         """Commit each `(unit, {file: write}, entry)` as it comes: `write(tmp_path)` writes the file."""

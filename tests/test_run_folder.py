@@ -69,7 +69,12 @@ def test_the_lock_names_its_holder_and_is_released(tmp_path):
         with pytest.raises(RunFolderError, match=rf"is being written by {holder} \(lock "):
             with second.run({}, resume=True):
                 pass
+        with pytest.raises(RunFolderError, match=rf"is being written by {holder}"):
+            second.clear()  # a fresh run does not empty a folder another run is writing
     with second.run({}, resume=True):
+        pass
+    second.clear()
+    with second.run({"new": 1}, resume=False):  # a cleared folder takes a fresh run
         pass
 
 

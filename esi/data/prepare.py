@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -175,8 +174,9 @@ def _write_unit(output_dir: str, index: int, rows: list[dict], skip_missing: boo
             tmp.unlink(missing_ok=True)
 
 
-def _clear_for_run(out: Path, resume: bool) -> None:
-    """Check that `out` may hold this run; a fresh run empties an earlier prepared dataset, as save_to_disk does."""
+def _clear_for_run(folder: RunFolder, resume: bool) -> None:
+    """Check that the folder may hold this run; a fresh run empties an earlier prepared dataset (as save_to_disk)."""
+    out = folder.root
     if not (out.exists() and any(out.iterdir())):
         return
     resumable = (out / STATE_DIR).is_dir()
@@ -185,8 +185,7 @@ def _clear_for_run(out: Path, resume: bool) -> None:
     if resume and not resumable:
         raise FileExistsError(f"{out} holds a finished dataset without a resumable run; run without --resume")
     if not resume:
-        for child in out.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        folder.clear()
 
 
 def _finalize(out: Path, features: Features, commits: dict[int, dict], config: dict) -> None:
@@ -268,8 +267,8 @@ def prepare_source(source: Source, output_dir: str | os.PathLike | None, options
         "shard_index": options.shard_index,
         "num_rows": len(rows),
     }
-    _clear_for_run(out, options.resume)
     folder = RunFolder(out, STATE_DIR, UNIT_FILE_RE)
+    _clear_for_run(folder, options.resume)
     mine = [i for i in range(len(bounds)) if i % options.num_shards == options.shard_index]
     with folder.run(config, options.resume) as done:
         (out / "dataset_dict.json").unlink(missing_ok=True)  # loadable only once every unit is committed

@@ -169,7 +169,7 @@ def main() -> None:
     from esi.cqa.captioner import Captioner
     from esi.cqa.measurements import MeasurePool, measure_batch
     from esi.cqa.options import GenerationOptions
-    from esi.data.prepare import default_num_proc
+    from esi.data.options import default_num_proc
     from esi.knowledge import load_knowledge_base
 
     load_start = os.getloadavg()[0]

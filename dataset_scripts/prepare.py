@@ -1,6 +1,6 @@
-"""Prepare any supported ECG source as a datasets folder; see `esi.data.sources` (installed as `esi-prepare-source`)."""
+"""Prepare any supported ECG source as a datasets folder; see `esi.data.cli` (installed as `esi-prepare`)."""
 
-from esi.data.sources import main
+from esi.data.cli import main
 
 if __name__ == "__main__":
     main()

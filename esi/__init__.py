@@ -2,7 +2,7 @@
 
 Layers (nothing imports upward; nothing imports a command-line entry module):
 
-    modeling_esi  <-  esi.constants, esi.text_encoder, esi.hub
+    modeling_esi  <-  esi.constants, esi.run_folder, esi.command_line, esi.checksum, esi.text_encoder, esi.hub
                   <-  esi.data, esi.knowledge
                   <-  esi.plot
                   <-  esi.cqa | esi.train | esi.eval   (siblings: they do not import each other)
@@ -11,5 +11,5 @@ Layers (nothing imports upward; nothing imports a command-line entry module):
 
 `tests/test_package_layers.py` enforces it.
 
-Research software, not a medical device.
+Research software, not a diagnostic device.
 """

@@ -21,11 +21,19 @@ PTBXL_AGE_OVER_89 = 300
 # PTB-XL's label tasks (the benchmark's statement groupings), in one order for every caller.
 TASKS: tuple[str, ...] = ("superdiagnostic", "subdiagnostic", "diagnostic", "form", "rhythm", "all")
 
+# What every user-facing output (reports, the app, cards) says about the software, in these words.
+DISCLAIMER = "Research software, not a diagnostic device."
+
+# Shortest record the software measures or accepts (seconds): below two beats at 60 bpm no interval is measured.
+MIN_SECONDS = 2.0
+
 # The repository's encoder release (`esi-export-encoder`): the checkpoint beside its Hub card. Relative to the
 # repository root, where `make demo`, `esi-app` and a Space run.
 RELEASED_ENCODER_DIR = Path("model_cards") / "esi-ecg-encoder"
 
 __all__ = [
+    "DISCLAIMER",
+    "MIN_SECONDS",
     "PTBXL_AGE_OVER_89",
     "PTBXL_SAMPLING_RATES",
     "RELEASED_ENCODER_DIR",

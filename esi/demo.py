@@ -1,6 +1,6 @@
 """The main job end to end on a PTB-XL folder (by default the embedded 300-record sample).
 
-    python -m esi.demo --ptbxl-dir data/ptbxl_sample --output-dir outputs/demo
+    esi-demo --ptbxl_dir data/ptbxl_sample --output_dir outputs/demo
 
 1. prepare the PTB-XL folder into a `datasets` folder (signals, metadata, labels);
 2. write a CQA caption for every ECG (template backend: measured, retrieval-grounded,
@@ -16,13 +16,14 @@ Each step's output folder is printed; every step can be rerun alone with its own
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from esi.constants import RELEASED_ENCODER_DIR
+from esi.command_line import parse_command_line
+from esi.constants import DISCLAIMER, RELEASED_ENCODER_DIR
 from esi.extras import require_extra
 from esi.train.arguments import DEFAULT_MAX_TEXT_LENGTH
 
@@ -64,19 +65,28 @@ def pretraining_arguments(
     )
 
 
+@dataclass
+class DemoArguments:
+    """The PTB-XL folder the demo runs on, where it writes, and the size of its pretraining."""
+
+    ptbxl_dir: str = field(default="data/ptbxl_sample", metadata={"help": "PTB-XL folder in PhysioNet's layout"})
+    output_dir: str = field(default="outputs/demo", metadata={"help": "where every step writes its folder"})
+    sampling_rate: int = field(default=100, metadata={"help": "rate of the prepared signals (Hz)"})
+    pretrain_steps: int = field(default=DEMO_STEPS, metadata={"help": "optimizer steps of the pretraining"})
+    batch_size: int = field(default=DEMO_BATCH_SIZE, metadata={"help": "ECG-caption pairs per step"})
+    max_text_length: int = field(default=DEFAULT_MAX_TEXT_LENGTH, metadata={"help": "caption tokens read"})
+
+    def __post_init__(self) -> None:
+        if not (Path(self.ptbxl_dir) / "ptbxl_database.csv").is_file():
+            raise ValueError(
+                f"no PTB-XL folder at {self.ptbxl_dir}: run from a checkout of the repository or pass --ptbxl-dir"
+            )
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ptbxl-dir", default="data/ptbxl_sample")
-    parser.add_argument("--output-dir", default="outputs/demo")
-    parser.add_argument("--sampling-rate", type=int, default=100)
-    parser.add_argument("--pretrain-steps", type=int, default=DEMO_STEPS)
-    parser.add_argument("--batch-size", type=int, default=DEMO_BATCH_SIZE)
-    parser.add_argument("--max-text-length", type=int, default=DEFAULT_MAX_TEXT_LENGTH, help="caption tokens read")
-    args = parser.parse_args(argv)
+    (args,) = parse_command_line((DemoArguments,), argv, __doc__.split("\n\n")[0])
     require_extra("esi-demo", "cqa")
     require_extra("esi-demo", "train")
-    if not (Path(args.ptbxl_dir) / "ptbxl_database.csv").is_file():
-        parser.error(f"no PTB-XL folder at {args.ptbxl_dir}: run from a checkout of the repository or pass --ptbxl-dir")
     out = Path(args.output_dir)
     started = time.perf_counter()
 
@@ -117,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         ("model folder (Hub-ready)", model_dir),
     ]:
         print(f"  {name:32s} {path}")
-    print("Research software: not a medical device.")
+    print(DISCLAIMER)
 
 
 def caption_with_template(prepared_dir: Path, captions_dir: Path) -> None:

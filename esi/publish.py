@@ -1,9 +1,9 @@
 """Assemble the model and dataset folders exactly as they are uploaded, and push them.
 
-    python -m esi.publish --model-dir outputs/demo/pretraining/model \\
-        --captions-dir outputs/demo/captions --signals-dir outputs/demo/prepared \\
-        --downstream outputs/esi_claim/model_summary.json --output-dir outputs/publish \\
-        [--model-repo-id you/esi-atto --dataset-repo-id you/esi-ptbxl-captions --token hf_...]
+    esi-publish --model_dir outputs/demo/pretraining/model \\
+        --captions_dir outputs/demo/captions --signals_dir outputs/demo/prepared \\
+        --downstream outputs/esi_claim/model_summary.json --output_dir outputs/publish \\
+        [--model_repo_id you/esi-atto --dataset_repo_id you/esi-ptbxl-captions --hub_token hf_...]
 
 Without repo ids nothing leaves the machine: the folders under --output-dir are what would be
 uploaded, and they load offline with `AutoModel.from_pretrained(folder, trust_remote_code=True)`
@@ -12,15 +12,16 @@ and `datasets.load_dataset(folder)`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from esi.checksum import weights_sha256
+from esi.command_line import parse_command_line
 from esi.disk_errors import exit_on_full_disk
 from esi.extras import require_extra
 from esi.hub import push_folder
@@ -117,7 +118,7 @@ def assemble_dataset_folder(
 
     from esi.cqa.dataset_card import write_dataset_card
     from esi.cqa.run import output_stats
-    from esi.cqa.run_state import read_run_config
+    from esi.cqa.run_state import caption_folder
 
     missing = [name for name in DATASET_FILES if not (captions_dir / name).exists()]
     if missing:
@@ -135,7 +136,7 @@ def assemble_dataset_folder(
             for split, part in signals.items():
                 part.to_parquet(str(staging / "signals" / f"{split}-00000-of-00001.parquet"))
             signal_splits = list(signals)
-        config = read_run_config(captions_dir)
+        config = caption_folder(captions_dir).read_config()
         stats = output_stats(staging, config["dataset_dir"])
         write_dataset_card(staging, config, stats, signal_splits, model_repo_id)
     return output_dir
@@ -156,38 +157,54 @@ def check_encoder_folder(folder: Path) -> Path:
     return folder
 
 
+@dataclass
+class PublishArguments:
+    """What `esi-publish` assembles, where, and the Hub repos it pushes to (none: nothing leaves the machine)."""
+
+    model_dir: Path | None = field(default=None, metadata={"help": "a train.py output model folder"})
+    captions_dir: Path | None = field(default=None, metadata={"help": "a cqa_generate.py output folder"})
+    signals_dir: Path | None = field(
+        default=None, metadata={"help": "the prepared dataset, published as the 'signals' config"}
+    )
+    downstream: Path | None = field(
+        default=None,
+        metadata={
+            "help": "downstream summary JSON (benchmarks.esi_claim.report --model-summary); only its results whose "
+            "weights_sha256 matches --model-dir's model.safetensors reach the card"
+        },
+    )
+    encoder_dir: Path | None = field(
+        default=None,
+        metadata={
+            "help": "an encoder release folder (esi-export-encoder output, e.g. model_cards/esi-ecg-encoder): "
+            "pushed as it is"
+        },
+    )
+    output_dir: Path = field(default=Path("outputs/publish"), metadata={"help": "where the folders are assembled"})
+    model_repo_id: str | None = field(default=None, metadata={"help": "Hub model repo for --model-dir's folder"})
+    dataset_repo_id: str | None = field(default=None, metadata={"help": "Hub dataset repo for --captions-dir's"})
+    encoder_repo_id: str | None = field(default=None, metadata={"help": "Hub model repo for --encoder-dir"})
+    hub_private_repo: bool = field(
+        default=False, metadata={"help": "create the Hub repos as private", "aliases": ["--private"]}
+    )
+    hub_token: str | None = field(
+        default=None,
+        metadata={"help": "Hub token (default: the environment's, or `hf auth login`'s)", "aliases": ["--token"]},
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("model_dir", "captions_dir", "signals_dir", "downstream", "encoder_dir", "output_dir"):
+            if getattr(self, name) is not None:  # a JSON options file gives text
+                setattr(self, name, Path(getattr(self, name)))
+        if not (self.model_dir or self.captions_dir or self.encoder_dir):
+            raise ValueError("give --model-dir, --captions-dir and/or --encoder-dir")
+        # Checked before anything is written: no input may be replaced, whichever folder comes first.
+        refuse_overlap(self.output_dir, [self.model_dir, self.captions_dir, self.signals_dir, self.downstream])
+
+
 def assemble_and_push(argv: list[str] | None = None) -> dict[str, Path]:
     """Parse `esi-publish` arguments, assemble the folders and push those given a repo id; returns the folders."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, help="a train.py output model folder")
-    parser.add_argument("--captions-dir", type=Path, help="a cqa_generate.py output folder")
-    parser.add_argument("--signals-dir", type=Path, help="the prepared dataset, published as the 'signals' config")
-    parser.add_argument(
-        "--downstream",
-        type=Path,
-        help="downstream summary JSON (benchmarks.esi_claim.report --model-summary); only its results whose "
-        "weights_sha256 matches --model-dir's model.safetensors reach the card",
-    )
-    parser.add_argument(
-        "--encoder-dir",
-        type=Path,
-        help="an encoder release folder (esi-export-encoder output, e.g. model_cards/esi-ecg-encoder): pushed as it is",
-    )
-    parser.add_argument("--encoder-repo-id", default=None)
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs/publish"))
-    parser.add_argument("--model-repo-id", default=None)
-    parser.add_argument("--dataset-repo-id", default=None)
-    parser.add_argument("--private", action="store_true")
-    parser.add_argument("--token", default=None)
-    args = parser.parse_args(argv)
-    if not (args.model_dir or args.captions_dir or args.encoder_dir):
-        parser.error("give --model-dir, --captions-dir and/or --encoder-dir")
-
-    inputs = [args.model_dir, args.captions_dir, args.signals_dir, args.downstream]
-    try:  # checked before anything is written: no input may be replaced, whichever folder comes first
-        refuse_overlap(args.output_dir, inputs)
-    except ValueError as error:
-        parser.error(str(error))
+    (args,) = parse_command_line((PublishArguments,), argv, __doc__.split("\n\n")[0])
     folders: dict[str, Path] = {}
     if args.encoder_dir:
         folders["encoder"] = check_encoder_folder(args.encoder_dir)
@@ -208,7 +225,7 @@ def assemble_and_push(argv: list[str] | None = None) -> dict[str, Path]:
         if repo_ids[kind]:
             repo_type = "dataset" if kind == "dataset" else "model"
             pushed = push_folder(
-                folder, repo_ids[kind], repo_type, args.private, args.token, ignore_patterns=[PUBLISH_MARK]
+                folder, repo_ids[kind], repo_type, args.hub_private_repo, args.hub_token, ignore_patterns=[PUBLISH_MARK]
             )
             print(f"pushed {kind}: {pushed}")
     for kind, folder in folders.items():

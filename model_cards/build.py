@@ -79,9 +79,9 @@ def expected_cards() -> dict[Path, str]:
 def record_captions(captions_dir: Path) -> None:
     """Card inputs of a finished esi-cqa output folder (its run config and what its Parquet files hold)."""
     from esi.cqa.run import output_stats
-    from esi.cqa.run_state import read_run_config
+    from esi.cqa.run_state import caption_folder
 
-    config = read_run_config(captions_dir)
+    config = caption_folder(captions_dir).read_config()
     _write_inputs(DATASET_DIR, {"config": config, "stats": output_stats(captions_dir, config["dataset_dir"])})
 
 

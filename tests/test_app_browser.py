@@ -20,6 +20,7 @@ import pydicom.examples
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from esi.constants import DISCLAIMER
 from tests.test_app_model import build_tiny_model
 
 pytestmark = pytest.mark.browser
@@ -117,7 +118,7 @@ def test_upload_shows_ecg_measurements_predictions_and_neighbours(page, app_url)
     upload_and_analyse(page, app_url, [RECORD.with_suffix(".hea"), RECORD.with_suffix(".dat")])
     expect(page.locator("#status")).to_contain_text("Showing: Uploaded record 00547_lr", timeout=ANALYSIS_TIMEOUT_MS)
 
-    expect(page.locator("#disclaimer")).to_contain_text("not a medical device")
+    expect(page.locator("#disclaimer")).to_contain_text(DISCLAIMER)
     plot = page.locator("#ecg-plot img")
     expect(plot).to_be_visible()
     assert page.evaluate("img => img.naturalWidth", plot.element_handle()) > 1000

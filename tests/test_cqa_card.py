@@ -10,7 +10,7 @@ import yaml
 from esi.cqa.dataset_card import render_dataset_card
 from esi.cqa.provenance import dataset_sources, licence_front_matter, licence_section
 from esi.cqa.run import generate_captions, output_stats
-from esi.cqa.run_state import read_run_config
+from esi.cqa.run_state import caption_folder
 from esi.data.challenge import ChallengeSource
 from esi.data.mimic import MimicEcgSource
 from esi.data.prepare import PrepareOptions, prepare_source
@@ -91,9 +91,9 @@ def test_mimic_card_is_odbl_share_alike_and_cites_gow(mimic_run):
 def test_mixed_card_is_other_with_every_licence(challenge_run, mimic_run):
     sources = {}
     for run in (challenge_run, mimic_run):
-        sources |= output_stats(run, read_run_config(run)["dataset_dir"])["sources"]
+        sources |= output_stats(run, caption_folder(run).read_config()["dataset_dir"])["sources"]
     assert set(sources) == {"challenge", "mimic-iv-ecg"}
-    card = render_dataset_card(read_run_config(mimic_run), {**_stats(7), "sources": sources})
+    card = render_dataset_card(caption_folder(mimic_run).read_config(), {**_stats(7), "sources": sources})
     meta = _front_matter(card)
     assert meta["license"] == "other" and meta["license_name"] == "cc-by-4.0 + odbl"
     assert meta["license_link"] == [

@@ -85,7 +85,7 @@ def test_full_run_loads_with_datasets_and_has_a_card(full_run, input_ids):
 def test_refuses_non_empty_output_and_changed_options(full_run, prepared_sample):
     with pytest.raises(FileExistsError, match="not empty; pass --resume"):
         generate_captions(prepared_sample, full_run)
-    with pytest.raises(ValueError, match="records_per_file: 100 -> 50"):
+    with pytest.raises(ValueError, match="different options: records_per_file was 100, now 50"):
         generate_captions(prepared_sample, full_run, records_per_file=50, resume=True)
 
 
@@ -128,7 +128,7 @@ def test_killed_run_resumes_without_duplicates_or_gaps(full_run, prepared_sample
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its measurement workers, mid-run
         proc.wait()
-    committed = [json.loads(line)["file"] for line in journal.read_text().splitlines()]
+    committed = [json.loads(line)["unit"] for line in journal.read_text().splitlines()]
     assert 1 <= len(committed) < 14 and not (out / "README.md").exists()
 
     summary = generate_captions(prepared_sample, out, records_per_file=25, resume=True)

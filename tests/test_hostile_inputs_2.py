@@ -408,16 +408,16 @@ def test_a_hub_model_without_a_pinned_commit_is_refused(spec):
 
 def test_merge_never_writes_a_unit_outside_the_output_folder(tmp_path):
     from esi.cqa.run import merge_outputs
-    from esi.cqa.run_state import RunStateError
+    from esi.run_folder import RunFolderError
 
     shard = tmp_path / "jobs" / "shard0"
     (shard / ".cqa").mkdir(parents=True)
     escaped = "../../escaped.parquet"
     (shard / ".cqa" / "run.json").write_text(json.dumps({"units": [escaped], "num_shards": 1}))
-    (shard / ".cqa" / "journal.jsonl").write_text(json.dumps({"file": escaped}) + "\n")
+    (shard / ".cqa" / "journal.jsonl").write_text(json.dumps({"unit": escaped, "files": {escaped: "0" * 64}}) + "\n")
     (tmp_path / "escaped.parquet").write_bytes(b"PAR1 not a unit")  # where the name points from the shard
     output = tmp_path / "jobs" / "merged" / "out"
-    with pytest.raises(RunStateError, match=r"unit '\.\./\.\./escaped\.parquet' is not a data/<split>-NNNNN"):
+    with pytest.raises(RunFolderError, match=r"unit '\.\./\.\./escaped\.parquet' is not a data/<split>-NNNNN"):
         merge_outputs([shard], output)
     assert not (tmp_path / "jobs" / "escaped.parquet").exists() and not (output.parent / "escaped.parquet").exists()
 
@@ -522,7 +522,7 @@ def test_a_file_size_limit_ends_prepare_with_a_sentence(tmp_path):
     def limit_file_size() -> None:  # EFBIG the moment a shard passes 64 KB (Python ignores SIGXFSZ)
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 2**10, 64 * 2**10))
 
-    command = [sys.executable, "-m", "esi.data.prepare_ptbxl", "--ptbxl-dir", str(SAMPLE), "--output-dir",
+    command = [sys.executable, "-m", "esi.data.cli", "--ptbxl-dir", str(SAMPLE), "--output-dir",
                str(tmp_path / "prepared"), "--limit", "40", "--num-proc", "1"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, preexec_fn=limit_file_size)
     assert done.returncode == 1

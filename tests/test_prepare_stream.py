@@ -35,7 +35,7 @@ def _start(out: Path, resume: bool = False) -> subprocess.Popen:
     args = [
         sys.executable,
         "-m",
-        "esi.data.prepare_ptbxl",
+        "esi.data.cli",
         "--ptbxl-dir",
         str(POOL),
         "--output-dir",
@@ -58,7 +58,8 @@ def _kill_after(process: subprocess.Popen, out: Path, units: int, timeout: float
     deadline = time.monotonic() + timeout
     committed = 0
     while time.monotonic() < deadline and process.poll() is None:
-        committed = len(list((out / ".prepare" / "units").glob("*.json")))
+        journal = out / ".prepare" / "journal.jsonl"
+        committed = journal.read_text().count("\n") if journal.exists() else 0
         if committed >= units:
             break
         time.sleep(0.05)
@@ -92,7 +93,7 @@ def test_resume_redoes_a_damaged_unit_and_refuses_other_options(tmp_path):
     prepared = prepare_ptbxl(POOL, out, num_proc=1, limit=60, unit_size=20, resume=True)
     assert _ids(prepared) == sorted(pd.read_csv(POOL / "ptbxl_database.csv", nrows=60)["ecg_id"].tolist())
     assert not stray.exists()
-    with pytest.raises(ValueError, match=r"cannot resume .*num_rows: 60 -> 61.*source: "):
+    with pytest.raises(ValueError, match=r"cannot resume .*: num_rows was 60, now 61; source was "):
         prepare_ptbxl(POOL, out, num_proc=1, limit=61, unit_size=20, resume=True)
 
 

@@ -97,7 +97,7 @@ def test_500hz_missing_files_raise_or_are_reported(ptbxl_sample_dir, tmp_path):
     np.testing.assert_array_equal(row["signal"], expected.T.astype(np.float32))
 
 
-@pytest.mark.parametrize("entry", [["dataset_scripts/prepare_ptbxl.py"], ["-m", "esi.data.prepare_ptbxl"]])
+@pytest.mark.parametrize("entry", [["dataset_scripts/prepare.py"], ["-m", "esi.data.cli"]])
 def test_cli_runs_as_file_and_module(ptbxl_sample_dir, tmp_path, entry):
     out = tmp_path / "cli"
     args = [sys.executable, *entry, "--ptbxl-dir", str(ptbxl_sample_dir), "--output-dir", str(out), "--limit", "12"]

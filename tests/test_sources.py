@@ -13,11 +13,11 @@ import wfdb
 from datasets import Array2D, List
 
 from esi.data.challenge import ChallengeSource
+from esi.data.cli import main as prepare_main
 from esi.data.mimic import MimicEcgSource
 from esi.data.prepare import PrepareOptions, prepare_source
 from esi.data.ptbxl import task_class_names
 from esi.data.schema import LEAD_NAMES, RecordError
-from esi.data.sources import main as prepare_main
 from esi.data.wfdb_folder import WfdbFolderSource
 from tests.conftest import REPO_ROOT
 
@@ -243,6 +243,19 @@ def test_one_command_per_source(tmp_path, capsys):
     assert "wrote 3 records" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="needs --labels"):
         prepare_main(["--source", "wfdb-folder", "--input", str(CPSC), "--output-dir", str(tmp_path / "w")])
+
+
+def test_prepare_reads_its_options_from_one_json_file_and_refuses_a_bad_shard(tmp_path, capsys):
+    config = tmp_path / "prepare.json"
+    options = {"source": "mimic", "input": str(MIMIC), "output_dir": str(tmp_path / "m"), "num_proc": 1}
+    config.write_text(json.dumps(options))
+    prepare_main([str(config)])
+    assert "wrote 3 records" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:
+        prepare_main(
+            ["--input", str(MIMIC), "--output_dir", str(tmp_path / "s"), "--num_shards", "2", "--shard_index", "2"]
+        )
+    assert refused.value.code == 2 and "shard_index must be in 0..1, got 2" in capsys.readouterr().err
 
 
 @pytest.mark.slow

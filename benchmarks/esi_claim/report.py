@@ -34,8 +34,8 @@ from benchmarks.esi_claim.profiles import (
     RESULTS_ROOT,
     TASKS,
 )
+from esi.constants import DISCLAIMER
 
-DISCLAIMER = "Research software, not a diagnostic device."
 CLAIM_ARM = "esi_full"
 ORDER = (
     "esi_full",

@@ -1,4 +1,4 @@
 """The parts behind the Gradio demo (`app.py`): reading records, running the model, the sample index.
 
-Research software, not a medical device.
+Research software, not a diagnostic device.
 """

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from esi.constants import PTBXL_AGE_OVER_89, STANDARD_LEADS
+from esi.constants import MIN_SECONDS, PTBXL_AGE_OVER_89, STANDARD_LEADS
 from esi.data.challenge import header_statements, statement_scp_codes
 from esi.data.ecg_file import SUPPORTED_FORMATS, EcgFileError, ReadLimits, read_ecg_file
 from esi.data.ptbxl import (
@@ -26,9 +26,10 @@ from esi.data.ptbxl import (
     parse_scp_codes,
     record_path,
 )
+from modeling_esi.configuration_esi import EsiEcgConfig
 
-MAX_SECONDS = 10.0  # the model reads 10 s; longer records are cut
-MIN_SECONDS = 2.0
+# The model reads this many seconds (its configuration's default); longer records are cut.
+MAX_SECONDS = EsiEcgConfig.duration_s
 MIN_RATE_HZ = 100
 # An upload may be at most this large in all (Gradio refuses larger files before they reach the app).
 MAX_UPLOAD_BYTES = 20 * 2**20

@@ -1,6 +1,6 @@
 """ESI demo: upload a 12-lead ECG file (WFDB, Philips XML, DICOM or CSV; or pick an embedded PTB-XL
 sample) and see it on ECG paper with its measurements, the model's class probabilities, the CQA
-description, the model's own caption and the most similar sample ECGs. Research software, not a medical device.
+description, the model's own caption and the most similar sample ECGs. Research software, not a diagnostic device.
 
     esi-app                            # the released encoder (model_cards/esi-ecg-encoder), else `make demo`'s model
     ESI_MODEL=path/to/model ESI_SAMPLES=data/ptbxl_sample esi-app
@@ -37,6 +37,7 @@ from esi.app.uploads import (
     uploads_in_use,
 )
 from esi.app.workers import AnalysisTimeout, WorkerFailed, WorkerPool
+from esi.constants import DISCLAIMER as SOFTWARE_DISCLAIMER
 from esi.constants import RELEASED_ENCODER_DIR
 from esi.hub import resolve_model_dir
 
@@ -48,8 +49,9 @@ DEFAULT_CACHE = Path("outputs") / "app_cache"
 
 MEASUREMENT_HEADERS = ["Measurement", "Value"]
 SIMILAR_HEADERS = ["Rank", "ecg_id", "Cosine similarity", "PTB-XL statements"]
+# The page's notice: the package's one disclaimer, then what it means on this page.
 DISCLAIMER = (
-    "<strong>Research software, not a medical device.</strong> Every number and sentence on this page is an "
+    f"<strong>{SOFTWARE_DISCLAIMER}</strong> Every number and sentence on this page is an "
     "automated estimate from an experimental model trained on a small public sample. None of it is clinically "
     "validated; do not use it to diagnose, treat or make any decision about a person."
 )

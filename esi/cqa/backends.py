@@ -20,7 +20,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
-from esi.cqa.options import BACKENDS, VLLM_PYTHON_ENV
+from esi.cqa.options import (
+    BACKENDS,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    VLLM_PYTHON_ENV,
+)
 from esi.cqa.prompts import CaptionRequest
 from esi.cqa.template_writer import TemplateWriter
 
@@ -76,10 +82,10 @@ class TransformersBackend(_SamplingMixin, CaptionBackend):
         self,
         model_path: str | os.PathLike,
         batch_size: int = 8,
-        max_new_tokens: int = 384,
-        temperature: float = 0.7,
-        top_p: float = 0.95,
-        retry_temperature: float = 0.7,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        temperature: float = DEFAULT_TEMPERATURE,
+        top_p: float = DEFAULT_TOP_P,
+        retry_temperature: float = DEFAULT_TEMPERATURE,
         device: str | None = None,
         model_id: str | None = None,
     ) -> None:
@@ -141,10 +147,10 @@ class VllmBackend(_SamplingMixin, CaptionBackend):
         self,
         model_path: str | os.PathLike,
         tensor_parallel_size: int = 1,
-        max_new_tokens: int = 384,
-        temperature: float = 0.7,
-        top_p: float = 0.95,
-        retry_temperature: float = 0.7,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        temperature: float = DEFAULT_TEMPERATURE,
+        top_p: float = DEFAULT_TOP_P,
+        retry_temperature: float = DEFAULT_TEMPERATURE,
         max_model_len: int = 4096,
         python: str | None = None,
         model_id: str | None = None,
@@ -226,7 +232,6 @@ class VllmBackend(_SamplingMixin, CaptionBackend):
                 self._proc.wait()
             self._proc = None
         self._engine = None
-
 
 
 def make_backend(

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -24,11 +23,10 @@ from esi.cqa.prompts import SCP_ECG, CaptionInputs, CaptionRequest, Statement, b
 from esi.cqa.retrieval import HybridRetriever, build_query
 from esi.cqa.template_writer import TemplateWriter
 from esi.data.challenge import scp_equivalent, scp_label
+from esi.data.ptbxl import PTBXL_RESOURCES
 from esi.data.record_text import MAX_REPORT_CHARS, clean_record_text, without_invisible
 from esi.knowledge import load_knowledge_base
 
-# PTB-XL's statement table and licence ship as package data (CC BY 4.0, see the folder's README).
-PTBXL_RESOURCES = Path(str(importlib.resources.files("esi.data") / "resources" / "ptbxl"))
 DEFAULT_SCP_STATEMENTS = PTBXL_RESOURCES / "scp_statements.csv"
 DEFAULT_PTBXL_LICENSE = PTBXL_RESOURCES / "LICENSE.txt"
 

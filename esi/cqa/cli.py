@@ -17,7 +17,8 @@ Examples:
     # one clinical file (WFDB .hea, Philips XML, DICOM, CSV): the caption as JSON on stdout
     esi-cqa --ecg_file ecg.xml --age 61 --sex female
 
-Options accept dashes or underscores (`--output-dir` = `--output_dir`). The output folder holds Parquet
+Options accept dashes or underscores (`--output-dir` = `--output_dir`), or come from one JSON file
+(`esi-cqa options.json`). The output folder holds Parquet
 shards (`data/{split}-NNNNN-of-NNNNN.parquet`), a dataset card (README.md) and the source's licence, and
 loads with `datasets.load_dataset(OUTPUT_DIR)`. Research software: the captions are machine-generated and
 not diagnoses.
@@ -30,6 +31,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from esi.command_line import parse_command_line
 from esi.cqa.options import GenerationOptions
 from esi.disk_errors import exit_on_full_disk
 from esi.extras import require_extra
@@ -80,13 +82,10 @@ class CqaArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[CqaArguments, GenerationOptions]:
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser((CqaArguments, GenerationOptions), description=__doc__.split("\n\n")[0], epilog=__doc__)
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_command_line((CqaArguments, GenerationOptions), argv, __doc__.split("\n\n")[0], epilog=__doc__)
 
 
-def run(args: CqaArguments, options: GenerationOptions) -> dict:
+def run_command(args: CqaArguments, options: GenerationOptions) -> dict:
     """Generate (or merge), then optionally plot and push; returns the run summary. With --ecg_file: the caption."""
     # The pipeline (measurements, retrieval, datasets) is imported here, not for `--help`.
     from esi.cqa.run import generate_captions, merge_outputs, push_captions
@@ -133,12 +132,17 @@ def _caption_file(args: CqaArguments, options: GenerationOptions) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point (its return value becomes the exit status, so it returns nothing; see `run`)."""
+    """Console entry point (its return value becomes the exit status, so it returns nothing; see `run_command`)."""
     args = parse_args(argv)
     require_extra("esi-cqa", "cqa")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from esi.run_folder import RunFolderError
+
     with exit_on_full_disk("esi-cqa", "rerun the same command with --resume"):
-        run(*args)
+        try:
+            run_command(*args)
+        except (RunFolderError, FileExistsError, ValueError) as err:  # the folder or options cannot take this run
+            raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

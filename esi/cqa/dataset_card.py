@@ -19,6 +19,7 @@ from esi.cqa.faithfulness import TOLERANCES
 from esi.cqa.provenance import LEGACY_SOURCE, SOURCE_NAMES, licence_front_matter, licence_section, sources_title
 from esi.cqa.schema import output_features
 from esi.knowledge import load_knowledge_base
+from esi.run_folder import write_text_atomic
 
 TEMPLATE = Path(__file__).with_name("dataset_card.md")
 NO_SIGNALS_NOTE = "The signals are not repeated here: join on `ecg_id` with the prepared dataset (or the source files)."
@@ -206,7 +207,5 @@ def write_dataset_card(
     model_repo_id: str | None = None,
 ) -> Path:
     path = Path(output_dir) / "README.md"
-    tmp = path.with_name("README.md.tmp")
-    tmp.write_text(render_dataset_card(config, stats, signal_splits, model_repo_id))
-    os.replace(tmp, path)
+    write_text_atomic(path, render_dataset_card(config, stats, signal_splits, model_repo_id))
     return path

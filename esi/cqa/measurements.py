@@ -44,7 +44,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.signal import butter, filtfilt, resample_poly, sosfiltfilt
 
-from esi.constants import STANDARD_LEADS, map_leads_by_name
+from esi.constants import MIN_SECONDS, STANDARD_LEADS, map_leads_by_name
 
 # The other four limb leads are linear combinations of I and II; slopes use independent leads only.
 _INDEPENDENT = [0, 1, 6, 7, 8, 9, 10, 11]
@@ -53,7 +53,6 @@ _P_LEADS = [0, 1, 2, 5, 6, 7]  # I, II, III, aVF, V1, V2: where atrial activity 
 
 WORK_RATE = 500.0
 MIN_RATE = 100.0
-MIN_SECONDS = 2.0
 FLAT_MV = 0.02  # peak-to-peak below this: no signal in the lead
 PEAK_MATCH_S = 0.08  # R peaks of two leads closer than this are the same beat
 BEAT_PRE_S, BEAT_POST_S = 0.5, 0.7  # median-beat window around the R fiducial

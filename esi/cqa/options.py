@@ -12,6 +12,11 @@ VLLM_PYTHON_ENV = "ESI_VLLM_PYTHON"
 # Most passages per record: a record states up to nine statements (PTB-XL); eight keep every statement's own
 # passage for all but a handful of records, and fewer are returned whenever fewer fit.
 DEFAULT_K = 8
+# Sampling of the LLM backends: the options' defaults and the backends' own (a retry after a greedy pass samples
+# at DEFAULT_TEMPERATURE).
+DEFAULT_MAX_NEW_TOKENS = 384
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 0.95
 
 # Options that change what a unit contains: a resumed run or a merge must agree on all of them.
 IDENTITY_KEYS = (
@@ -48,9 +53,11 @@ class GenerationOptions:
     num_samples: int | None = field(default=None, metadata={"help": "caption only the first N records of each split"})
     records_per_file: int = field(default=500, metadata={"help": "records per Parquet shard (one unit of work)"})
     batch_size: int = field(default=64, metadata={"help": "prompts per backend call"})
-    max_new_tokens: int = field(default=384, metadata={"help": "LLM backends: tokens per caption at most"})
-    temperature: float = field(default=0.7, metadata={"help": "LLM backends: 0 for greedy decoding"})
-    top_p: float = field(default=0.95, metadata={"help": "LLM backends: nucleus sampling mass"})
+    max_new_tokens: int = field(
+        default=DEFAULT_MAX_NEW_TOKENS, metadata={"help": "LLM backends: tokens per caption at most"}
+    )
+    temperature: float = field(default=DEFAULT_TEMPERATURE, metadata={"help": "LLM backends: 0 for greedy decoding"})
+    top_p: float = field(default=DEFAULT_TOP_P, metadata={"help": "LLM backends: nucleus sampling mass"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vllm only: GPUs per engine"})
     max_model_len: int = field(default=4096, metadata={"help": "vllm only: context length"})
     vllm_python: str | None = field(

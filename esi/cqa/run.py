@@ -1,19 +1,21 @@
 """A prepared ECG dataset -> a captioned dataset (Parquet shards + dataset card), resumable and shardable.
 
-See `esi.cqa.run_state` for how work is cut into units and committed. `generate_captions` runs (or resumes)
-this job's share of the units; `merge_outputs` gathers the shares of a scale-out run; `push_captions` uploads
-a finished folder.
+See `esi.cqa.run_state` for how work is cut into units and `esi.run_folder` for how they are committed.
+`generate_captions` runs (or resumes) this job's share of the units; `merge_outputs` gathers the shares of a
+scale-out run; `push_captions` uploads a finished folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from pathlib import Path
 
 import datasets
@@ -26,50 +28,13 @@ from esi.cqa.dataset_card import write_dataset_card
 from esi.cqa.measurements import EcgMeasurements, MeasurePool
 from esi.cqa.options import IDENTITY_KEYS, GenerationOptions
 from esi.cqa.provenance import dataset_sources, licence_file_text
-from esi.cqa.run_state import (
-    RUN_CONFIG,
-    STATE_DIR,
-    RunStateError,
-    WorkUnit,
-    commit_file,
-    plan_units,
-    read_journal,
-    read_run_config,
-    remove_interrupted_writes,
-    run_lock,
-    shard_units,
-    stray_shards,
-    write_json_atomic,
-)
+from esi.cqa.run_state import STATE_DIR, WorkUnit, caption_folder, plan_units, shard_units
 from esi.cqa.schema import FAITHFULNESS_OUTCOMES, output_features
-from esi.data.prepare import default_num_proc
+from esi.data.options import default_num_proc
 from esi.hub import push_folder
+from esi.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
-
-
-def _check_resumable(output_dir: Path, config: dict, resume: bool) -> None:
-    if not (output_dir.exists() and any(output_dir.iterdir())):
-        return
-    if not resume:
-        raise FileExistsError(
-            f"output directory {output_dir} is not empty; pass --resume to continue the run there, "
-            "or choose an empty directory"
-        )
-    previous = read_run_config(output_dir)
-    changed = [k for k in IDENTITY_KEYS + ("shard_index",) if previous.get(k) != config.get(k)]
-    if changed:
-        details = ", ".join(f"{k}: {previous.get(k)!r} -> {config.get(k)!r}" for k in changed)
-        raise ValueError(f"cannot resume {output_dir} with different options ({details})")
-
-
-def _refuse_stray_shards(output_dir: Path, units: Sequence[str]) -> None:
-    stray = stray_shards(output_dir, units)
-    if stray:
-        raise RunStateError(
-            f"{output_dir} holds Parquet file(s) that are no unit of this run: {stray[:5]}; they would be loaded as "
-            "extra rows. Move them out of data/ and run again"
-        )
 
 
 def _dataset_identity(dataset_dict: datasets.DatasetDict, splits: Sequence[str]) -> dict:
@@ -106,16 +71,17 @@ def generate_captions(
     config |= {"dataset": _dataset_identity(dataset_dict, splits), "splits": splits}
     config["units"] = [u.filename for u in all_units]
     config["dataset_dir"] = str(dataset_dir.resolve())
-    _check_resumable(output_dir, config, opts.resume)
-    (output_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
-    with run_lock(output_dir):
-        write_json_atomic(output_dir / STATE_DIR / RUN_CONFIG, config)
-        remove_interrupted_writes(output_dir)
-        _refuse_stray_shards(output_dir, config["units"])
-        done = read_journal(output_dir)
+    folder = caption_folder(output_dir)
+    # A resumed job must cut and write its units as the first one did; its own shard_index must match too.
+    with folder.run(config, opts.resume, compare=IDENTITY_KEYS + ("shard_index",), expected=config["units"]) as done:
         todo = [u for u in my_units if u.filename not in done]
-        written, counts, elapsed = _caption_units(dataset_dir, dataset_dict, splits, todo, my_units, output_dir, opts)
-        complete = finalize_output(output_dir)
+        started = time.perf_counter()
+        with closing(_captioned_units(dataset_dir, dataset_dict, splits, todo, my_units, opts)) as captioned:
+            folder.commit_all(captioned)
+        elapsed = time.perf_counter() - started if todo else 0.0
+        complete = finalize_output(folder, config)
+    written = sum(done[u.filename]["rows"] for u in todo)
+    counts = sum((Counter(done[u.filename]["faithfulness"]) for u in todo), Counter())
     return {
         "output_dir": str(output_dir),
         "rows_written": written,
@@ -126,21 +92,18 @@ def generate_captions(
     }
 
 
-def _caption_units(
+def _captioned_units(
     dataset_dir: Path,
     dataset_dict: datasets.DatasetDict,
     splits: Sequence[str],
     todo: Sequence[WorkUnit],
     my_units: Sequence[WorkUnit],
-    output_dir: Path,
     opts: GenerationOptions,
-) -> tuple[int, Counter[str], float]:
-    """Caption and commit `todo`, measuring the next unit in the pool while the current one is captioned."""
-    counts: Counter[str] = Counter()
-    written = 0
-    started = time.perf_counter()
+) -> Iterator[tuple[str, dict, dict]]:
+    """`(unit, {file: write}, journal entry)` for each unit of `todo`, measuring the next unit in the pool while the
+    current one is captioned (`RunFolder.commit_all` writes and commits them)."""
     if not todo:
-        return written, counts, 0.0
+        return
     total = sum(u.stop - u.start for u in my_units)
     measurer, threads = MeasurePool(opts.num_workers), torch.get_num_threads()
     captioner: Captioner | None = None
@@ -173,14 +136,9 @@ def _caption_units(
                     dataset_dir,
                 )
                 out_rows = []
-            commit_file(
-                output_dir,
-                unit.filename,
-                lambda tmp, r=out_rows: _output_table(r).to_parquet(str(tmp)),
-                {"split": unit.split, "index": unit.index, "rows": len(out_rows)},
-            )
-            counts.update(r["faithfulness"] for r in out_rows)
-            written += len(out_rows)
+            outcomes = Counter(r["faithfulness"] for r in out_rows)
+            entry = {"split": unit.split, "index": unit.index, "rows": len(out_rows), "faithfulness": dict(outcomes)}
+            yield unit.filename, {unit.filename: _output_table(out_rows).to_parquet}, entry
             bar.update(len(out_rows))
     finally:
         bar.close()
@@ -188,7 +146,6 @@ def _caption_units(
         torch.set_num_threads(threads)
         if captioner is not None:
             captioner.close()
-    return written, counts, time.perf_counter() - started
 
 
 def _output_table(rows: list[dict]) -> datasets.Dataset:
@@ -228,14 +185,14 @@ def output_stats(output_dir: Path, dataset_dir: str | os.PathLike | None = None)
     return stats
 
 
-def finalize_output(output_dir: str | os.PathLike) -> bool:
-    """Write the dataset card and licence once every unit is present and intact; returns whether it is complete."""
-    output_dir = Path(output_dir)
-    config = read_run_config(output_dir)
-    done = read_journal(output_dir)
-    if any(name not in done for name in config["units"]):
+def finalize_output(folder: RunFolder, config: dict) -> bool:
+    """Write the dataset card and licence once every unit is present and intact; returns whether it is complete.
+
+    `folder` is held for the run with options `config` (`RunFolder.run`), so its journal is the run's.
+    """
+    output_dir = folder.root
+    if any(name not in folder.done for name in config["units"]):
         return False
-    _refuse_stray_shards(output_dir, config["units"])
     stats = output_stats(output_dir, config["dataset_dir"])
     if set(stats["sources"]) == {"ptb-xl"}:
         license_src = Path(config.get("ptbxl_license") or DEFAULT_PTBXL_LICENSE)
@@ -254,33 +211,31 @@ def merge_outputs(input_dirs: Sequence[str | os.PathLike], output_dir: str | os.
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
         raise FileExistsError(f"merge output directory {output_dir} is not empty")
-    configs = [read_run_config(Path(d)) for d in input_dirs]
+    shards = [caption_folder(d) for d in input_dirs]
+    configs = [shard.read_config() for shard in shards]
     first = configs[0]
     for d, config in zip(input_dirs, configs, strict=True):
         changed = [k for k in IDENTITY_KEYS + ("units",) if config.get(k) != first.get(k)]
         if changed:
             raise ValueError(f"{d} was made with different options ({', '.join(changed)}) than {input_dirs[0]}")
     sources: dict[str, Path] = {}
-    for d in map(Path, input_dirs):
-        for name in read_journal(d):
+    for shard in shards:
+        for name in shard.journal():
             if name in sources:
-                raise ValueError(f"{name} is in both {sources[name]} and {d}: overlapping shards")
-            sources[name] = d
+                raise ValueError(f"{name} is in both {sources[name]} and {shard.root}: overlapping shards")
+            sources[name] = shard.root
     missing = [name for name in first["units"] if name not in sources]
     if missing:
         raise ValueError(f"merge is incomplete: {len(missing)} unit(s) missing or damaged, e.g. {missing[:3]}")
-    (output_dir / "data").mkdir(parents=True, exist_ok=True)
-    (output_dir / STATE_DIR).mkdir(exist_ok=True)
     merged = {**first, "num_shards": 1, "shard_index": 0, "merged_from": [str(Path(d).resolve()) for d in input_dirs]}
-    write_json_atomic(output_dir / STATE_DIR / RUN_CONFIG, merged)
-    for name in first["units"]:
-        commit_file(
-            output_dir,
-            name,
-            lambda tmp, n=name: shutil.copyfile(sources[n] / n, tmp),
-            {"merged_from": str(sources[name])},
+    folder = caption_folder(output_dir)
+    with folder.run(merged, resume=False, expected=merged["units"]):
+        copies = (
+            (n, {n: functools.partial(shutil.copyfile, sources[n] / n)}, {"merged_from": str(sources[n])})
+            for n in first["units"]
         )
-    finalize_output(output_dir)
+        folder.commit_all(copies)
+        finalize_output(folder, merged)
     return {"output_dir": str(output_dir), **output_stats(output_dir)}
 
 

@@ -64,6 +64,8 @@ def _join(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
+# Every caption's closing sentence: it is part of the published captions' text (and of their token budget), so it
+# speaks of the caption's values; the package's own disclaimer is `esi.constants.DISCLAIMER`.
 DISCLAIMER = "Automatic research estimates, not a diagnosis."
 
 

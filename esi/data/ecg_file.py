@@ -6,7 +6,7 @@ whatever demographics the file carries) or raises `EcgFileError` with one senten
 problem. Every format passes the same bounds (`ReadLimits`) before its samples are decoded, so a hostile
 file (a huge header, 10^5 signals, a 99,991 Hz rate, a record hours long) is refused cheaply, and the same
 checks after decoding (duplicated lead names, NaN, implausible amplitudes). Research software, not a
-medical device.
+diagnostic device.
 """
 
 from __future__ import annotations

@@ -8,18 +8,15 @@ adds no label.
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import math
 from functools import cache
-from pathlib import Path
 
 from esi.constants import TASKS
-from esi.data.ptbxl import PtbxlLabeler, load_statements, task_class_names
+from esi.data.ptbxl import PTBXL_RESOURCES, PtbxlLabeler, load_statements, task_class_names
 from esi.data.schema import LEAD_NAMES, RecordError
 from esi.data.wfdb_record import WfdbSignal
 
-PTBXL_RESOURCES = Path(str(importlib.resources.files("esi.data") / "resources" / "ptbxl"))
 MISSING_TEXT = {"", "nan", "none", "unknown", "n/a", "na", "-"}
 SEX_WORDS = {"male": "male", "m": "male", "female": "female", "f": "female"}
 

@@ -3,12 +3,12 @@
 A source (PTB-XL, Challenge, MIMIC-IV-ECG, WFDB folder) lists light rows (metadata, no signals)
 and turns one row into one example. The rows are cut into units of `unit_size` records; each
 worker process reads a unit's records and streams them into one Arrow file per split
-(`OUTPUT/{split}/unit-NNNNN.arrow`, written under a temporary name and renamed when complete),
-then commits the unit with `OUTPUT/.prepare/units/NNNNN.json` (rows per split, skipped records).
-A killed run is resumed with `resume=True`: committed units are kept, half-written files are
-deleted and redone, so no record is lost or written twice. Once every unit is committed the
-folder gets `datasets`' `save_to_disk` metadata (`dataset_dict.json`, per-split `state.json`)
-and loads with `datasets.load_from_disk` (memory-mapped) and `esi.data.torch_dataset`.
+(`OUTPUT/{split}/unit-NNNNN.arrow`, written under a temporary name and renamed when complete);
+the unit is then journaled in `OUTPUT/.prepare/` (rows per split, skipped records, each file's sha256)
+by `esi.run_folder.RunFolder`. A killed run is resumed with `resume=True`: committed units are kept,
+half-written or damaged files are deleted and redone, so no record is lost or written twice. Once
+every unit is committed the folder gets `datasets`' `save_to_disk` metadata (`dataset_dict.json`,
+per-split `state.json`) and loads with `datasets.load_from_disk` (memory-mapped) and `esi.data.torch_dataset`.
 
 `num_shards` / `shard_index` split a corpus across machines: shard k prepares units k, k + n, ...
 into its own complete folder.
@@ -22,11 +22,10 @@ import hashlib
 import json
 import logging
 import os
-import shutil
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -35,14 +34,16 @@ from datasets import DatasetDict, Features, load_from_disk
 from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
 
+from esi.data.options import PrepareOptions, default_num_proc
 from esi.data.schema import SPLIT_FOLDS, RecordError, split_of
+from esi.run_folder import RunFolder, temporary_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 STATE_DIR = ".prepare"
-RUN_CONFIG = "run.json"
+# The files a unit commits (`RunFolder` refuses a journal naming anything else).
+UNIT_FILE_RE = re.compile(rf"({'|'.join(SPLIT_FOLDS)})/unit-\d{{5}}\.arrow")
 SKIPPED_REPORT = "skipped.jsonl"
-UNIT_SIZE = 256
 # Examples buffered per Arrow record batch: bounds a worker's memory (60 s at 500 Hz: 1.4 MB each).
 WRITE_BATCH = 32
 
@@ -85,22 +86,6 @@ class RowTable(Sequence):
         return [{**row, "_line": i % n + 2, "_replica": i // n} for i, row in zip(positions, records, strict=True)]
 
 
-@dataclass(frozen=True)
-class PrepareOptions:
-    num_proc: int = 1
-    unit_size: int = UNIT_SIZE
-    skip_missing: bool = False
-    skip_invalid: bool = False
-    resume: bool = False
-    num_shards: int = 1
-    shard_index: int = 0
-
-
-def default_num_proc() -> int:
-    """CPUs this process may run on (the affinity mask where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def skip_entry(err: RecordError) -> dict:
     ecg_id = getattr(
         err, "ecg_id", err.record if isinstance(err, RecordError) and isinstance(err.record, int) else None
@@ -138,21 +123,18 @@ def _init_worker(source: Source) -> None:
     _SOURCE = source
 
 
-def _atomic_json(path: Path, obj: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _unit_file(index: int) -> str:
     return f"unit-{index:05d}.arrow"
 
 
+def _unit_key(index: int) -> str:
+    return f"{index:05d}"
+
+
 def _write_unit(output_dir: str, index: int, rows: list[dict], skip_missing: bool, skip_invalid: bool) -> dict:
-    """Worker: read a unit's records, stream them to per-split Arrow files, commit. Returns the commit."""
+    """Worker: read a unit's records, stream them to per-split Arrow files moved into place when complete.
+
+    Returns what the journal records (the main process commits it), or `{"index", "error"}`."""
     source = _SOURCE
     out = Path(output_dir)
     features = source.features()
@@ -171,7 +153,7 @@ def _write_unit(output_dir: str, index: int, rows: list[dict], skip_missing: boo
                 continue
             split = split_of(example["strat_fold"])
             if split not in writers:
-                tmp_paths[split] = out / split / f".{_unit_file(index)}.tmp-{os.getpid()}"
+                tmp_paths[split] = temporary_path(out / split / _unit_file(index))
                 writers[split] = ArrowWriter(
                     features=features, path=str(tmp_paths[split]), writer_batch_size=WRITE_BATCH
                 )
@@ -183,14 +165,7 @@ def _write_unit(output_dir: str, index: int, rows: list[dict], skip_missing: boo
             closed.add(split)
         for split, tmp in tmp_paths.items():
             os.replace(tmp, out / split / _unit_file(index))
-        commit = {
-            "index": index,
-            "rows": counts,
-            "skipped": skipped,
-            "bytes": {s: (out / s / _unit_file(index)).stat().st_size for s in counts},
-        }
-        _atomic_json(out / STATE_DIR / "units" / f"{index:05d}.json", commit)
-        return commit
+        return {"index": index, "rows": counts, "skipped": skipped}
     finally:
         for split, writer in writers.items():
             if split not in closed:
@@ -199,51 +174,18 @@ def _write_unit(output_dir: str, index: int, rows: list[dict], skip_missing: boo
             tmp.unlink(missing_ok=True)
 
 
-def _committed(out: Path, unit_count: int) -> dict[int, dict]:
-    """Units whose commit file is readable and whose Arrow files exist with the committed sizes."""
-    done = {}
-    for path in (out / STATE_DIR / "units").glob("[0-9]*.json"):
-        try:
-            commit = json.loads(path.read_text())
-        except (json.JSONDecodeError, OSError):
-            continue
-        index = commit.get("index")
-        files_ok = all(
-            (out / s / _unit_file(index)).is_file() and (out / s / _unit_file(index)).stat().st_size == size
-            for s, size in commit.get("bytes", {}).items()
-        )
-        if isinstance(index, int) and 0 <= index < unit_count and files_ok:
-            done[index] = commit
-        else:
-            path.unlink()  # damaged or foreign: redo the unit
-    return done
-
-
-def _prepare_output(out: Path, config: dict, resume: bool) -> None:
-    state = out / STATE_DIR
-    if out.exists() and any(out.iterdir()):
-        ours = (state / RUN_CONFIG).is_file() or (out / "dataset_dict.json").is_file()
-        if not ours:
-            raise FileExistsError(f"{out} is not empty and holds no prepared dataset; choose an empty directory")
-        if resume:
-            if not (state / RUN_CONFIG).is_file():
-                raise FileExistsError(f"{out} holds a finished dataset without a resumable run; run without --resume")
-            previous = json.loads((state / RUN_CONFIG).read_text())
-            changed = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k))
-            if changed:
-                details = ", ".join(f"{k}: {previous.get(k)!r} -> {config.get(k)!r}" for k in changed)
-                raise ValueError(f"cannot resume {out} with different options ({details}); use a new directory")
-        else:
-            # A fresh run replaces an earlier prepared dataset, as save_to_disk does.
-            for child in out.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-    (state / "units").mkdir(parents=True, exist_ok=True)
-    for split in SPLIT_FOLDS:
-        (out / split).mkdir(exist_ok=True)
-        for stale in (out / split).glob(".unit-*.tmp-*"):
-            stale.unlink()  # a unit interrupted while being written
-    (out / "dataset_dict.json").unlink(missing_ok=True)
-    _atomic_json(state / RUN_CONFIG, config)
+def _clear_for_run(folder: RunFolder, resume: bool) -> None:
+    """Check that the folder may hold this run; a fresh run empties an earlier prepared dataset (as save_to_disk)."""
+    out = folder.root
+    if not (out.exists() and any(out.iterdir())):
+        return
+    resumable = (out / STATE_DIR).is_dir()
+    if not resumable and not (out / "dataset_dict.json").is_file():
+        raise FileExistsError(f"{out} is not empty and holds no prepared dataset; choose an empty directory")
+    if resume and not resumable:
+        raise FileExistsError(f"{out} holds a finished dataset without a resumable run; run without --resume")
+    if not resume:
+        folder.clear()
 
 
 def _finalize(out: Path, features: Features, commits: dict[int, dict], config: dict) -> None:
@@ -264,12 +206,12 @@ def _finalize(out: Path, features: Features, commits: dict[int, dict], config: d
             "_output_all_columns": False,
             "_split": None,
         }
-        _atomic_json(out / split / "state.json", state)
-        _atomic_json(out / split / "dataset_info.json", {"features": features.to_dict()})
+        write_json_atomic(out / split / "state.json", state)
+        write_json_atomic(out / split / "dataset_info.json", {"features": features.to_dict()})
     skipped = sorted((e for c in commits.values() for e in c["skipped"]), key=lambda e: (str(e["ecg_id"]), e["record"]))
     with open(out / SKIPPED_REPORT, "w") as f:
         f.writelines(json.dumps(entry) + "\n" for entry in skipped)
-    _atomic_json(out / "dataset_dict.json", {"splits": list(SPLIT_FOLDS)})
+    write_json_atomic(out / "dataset_dict.json", {"splits": list(SPLIT_FOLDS)})
 
 
 def _run_units(
@@ -277,17 +219,18 @@ def _run_units(
 ) -> Iterator[dict]:
     """Commits of `todo` as they finish; at most 2 units per process in flight (bounded memory)."""
     args = (options.skip_missing, options.skip_invalid)
-    if options.num_proc <= 1:
+    num_proc = options.num_proc or default_num_proc()
+    if num_proc <= 1:
         _init_worker(source)
         for index, rows in todo:
             yield _write_unit(str(out), index, rows, *args)
         return
-    with ProcessPoolExecutor(options.num_proc, initializer=_init_worker, initargs=(source,)) as pool:
+    with ProcessPoolExecutor(num_proc, initializer=_init_worker, initargs=(source,)) as pool:
         queue = iter(todo)
         pending = set()
         try:
             while True:
-                while len(pending) < 2 * options.num_proc:
+                while len(pending) < 2 * num_proc:
                     item = next(queue, None)
                     if item is None:
                         break
@@ -308,8 +251,6 @@ def prepare_source(source: Source, output_dir: str | os.PathLike | None, options
     Raises:
         RecordError: naming the record and the problem, for a record no skip flag covers.
     """
-    if not 0 <= options.shard_index < options.num_shards:
-        raise ValueError(f"shard_index must be in 0..{options.num_shards - 1}, got {options.shard_index}")
     if output_dir is None:
         with tempfile.TemporaryDirectory(prefix=f".prepare-{source.name}-") as scratch:
             prepare_source(source, Path(scratch) / "prepared", options)
@@ -326,20 +267,27 @@ def prepare_source(source: Source, output_dir: str | os.PathLike | None, options
         "shard_index": options.shard_index,
         "num_rows": len(rows),
     }
-    _prepare_output(out, config, options.resume)
+    folder = RunFolder(out, STATE_DIR, UNIT_FILE_RE)
+    _clear_for_run(folder, options.resume)
     mine = [i for i in range(len(bounds)) if i % options.num_shards == options.shard_index]
-    commits = {i: c for i, c in _committed(out, len(bounds)).items() if i in mine}
-    pending = [i for i in mine if i not in commits]
-    todo = ((i, rows[slice(*bounds[i])]) for i in pending)
-    total = sum(bounds[i][1] - bounds[i][0] for i in mine)
-    done = total - sum(bounds[i][1] - bounds[i][0] for i in pending)
-    with tqdm(total=total, initial=done, unit="rec", desc=source.name) as bar:
-        for commit in _run_units(source, out, todo, options):
-            if "error" in commit:
-                raise commit["error"]
-            commits[commit["index"]] = commit
-            bar.update(sum(commit["rows"].values()) + len(commit["skipped"]))
-    _finalize(out, source.features(), commits, config)
+    with folder.run(config, options.resume) as done:
+        (out / "dataset_dict.json").unlink(missing_ok=True)  # loadable only once every unit is committed
+        for split in SPLIT_FOLDS:
+            (out / split).mkdir(exist_ok=True)
+        commits = {i: done[_unit_key(i)] for i in mine if _unit_key(i) in done}
+        pending = [i for i in mine if i not in commits]
+        todo = ((i, rows[slice(*bounds[i])]) for i in pending)
+        total = sum(bounds[i][1] - bounds[i][0] for i in mine)
+        initial = total - sum(bounds[i][1] - bounds[i][0] for i in pending)
+        with tqdm(total=total, initial=initial, unit="rec", desc=source.name) as bar:
+            for commit in _run_units(source, out, todo, options):
+                if "error" in commit:
+                    raise commit["error"]
+                index = commit["index"]
+                folder.record(_unit_key(index), [f"{s}/{_unit_file(index)}" for s in commit["rows"]], commit)
+                commits[index] = commit
+                bar.update(sum(commit["rows"].values()) + len(commit["skipped"]))
+        _finalize(out, source.features(), commits, config)
     skipped = sum(len(c["skipped"]) for c in commits.values())
     if skipped:
         logger.warning("skipped %d of %d records; listed in %s", skipped, total, out / SKIPPED_REPORT)

@@ -12,6 +12,7 @@ Research software, not a diagnostic device.
 from __future__ import annotations
 
 import ast
+import importlib.resources
 import json
 import math
 import os
@@ -39,6 +40,8 @@ from esi.data.wfdb_record import (
 )
 
 DURATION_S = 10
+# PTB-XL's statement table and licence ship as package data (CC BY 4.0, see the folder's README).
+PTBXL_RESOURCES = Path(str(importlib.resources.files("esi.data") / "resources" / "ptbxl"))
 SEX_NAMES = {0: "male", 1: "female"}
 DATABASE_COLUMNS = (
     "ecg_id",

@@ -12,7 +12,8 @@ window, which the feature extractor pads with zeros and marks as padding in `ecg
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -66,6 +67,32 @@ def parse_window_count(value: str | int) -> int | None:
     if count < 1:
         raise ValueError(f"--eval-windows must be 'all' or a positive integer, got {value!r}")
     return count
+
+
+# Keyword-only, so that the commands' dataclasses can inherit these fields after their own required ones.
+@dataclass(kw_only=True)
+class WindowArguments:
+    """Which windows a record gives: `esi-train` and `esi-finetune` share these options (`HfArgumentParser`)."""
+
+    train_window: Literal["random", "first"] = field(
+        default="random",
+        metadata={
+            "help": "which window of the model's input length (its feature extractor's duration_s) a training "
+            "record gives: 'random' (a new seeded start each epoch; the linear probe draws once) or 'first' "
+            "(always its start). Shorter records are padded and masked"
+        },
+    )
+    eval_windows: str = field(
+        default="all",
+        metadata={
+            "help": "windows per evaluation record: 'all' (windows covering the whole record) or N (at most N, "
+            "evenly spaced; 1 = the first window only). A record's result is the mean over its windows "
+            "(embeddings, probabilities or similarities; captioning reads the first window)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        parse_window_count(self.eval_windows)
 
 
 def signal_lengths(signals: datasets.Dataset, batch_size: int = 4096) -> np.ndarray:

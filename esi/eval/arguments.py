@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from esi.constants import TASKS
-from esi.data.windows import parse_window_count
+from esi.data.windows import WindowArguments
 
 # Classification methods (`esi.eval.classification`) and the other evaluations.
 METHODS = ("linear_probe", "lora", "full", "supervised_scratch")
@@ -14,32 +14,17 @@ OTHER_METHODS = ("subject_id", "zero_shot", "captioning")
 
 
 @dataclass
-class FinetuneArguments:
+class FinetuneArguments(WindowArguments):
     """finetune.py's options, each declared once (parsed by `HfArgumentParser`; call `run(FinetuneArguments(...))`
     from Python)."""
 
     model: str = field(metadata={"help": "ESI model folder (train.py output) or Hub id"})
-    dataset: str = field(metadata={"help": "prepared dataset folder (dataset_scripts/prepare_ptbxl.py)"})
+    dataset: str = field(metadata={"help": "prepared dataset folder (esi-prepare)"})
     output_dir: str
     task: Literal[TASKS] = "superdiagnostic"
     method: Literal[METHODS + OTHER_METHODS] = "linear_probe"
     label_fraction: float = field(default=1.0, metadata={"help": "share of training patients: 0.01, 0.1, 1.0"})
     random_init: bool = field(default=False, metadata={"help": "randomly initialised encoder (baseline)"})
-    train_window: Literal["random", "first"] = field(
-        default="random",
-        metadata={
-            "help": "the window of the model's input length a training record gives: 'random' (a new seeded start "
-            "each epoch; the linear probe draws once) or 'first'. Shorter records are padded and masked"
-        },
-    )
-    eval_windows: str = field(
-        default="all",
-        metadata={
-            "help": "windows per validation/test record: 'all' (covering the record) or N (at most N, evenly "
-            "spaced; 1 = the first only); the record's prediction is the mean of the windows' probabilities "
-            "(embeddings for subject_id, similarities for zero_shot; captioning reads the first window)"
-        },
-    )
     seed: int = 0
     epochs: int | None = field(default=None, metadata={"help": "maximum epochs (default depends on --method)"})
     batch_size: int | None = None
@@ -58,7 +43,7 @@ class FinetuneArguments:
     def __post_init__(self) -> None:
         if not 0 < self.label_fraction <= 1:
             raise ValueError(f"--label-fraction must be in (0, 1], got {self.label_fraction}")
-        parse_window_count(self.eval_windows)
+        super().__post_init__()
         if self.method == "captioning" and not self.captions:
             raise ValueError("--method captioning needs --captions")
 

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-DISCLAIMER = "Research software, not a diagnostic device."
+from esi.constants import DISCLAIMER  # noqa: E402
 
 
 def fmt_ci(value: float, ci: Sequence[float] | None) -> str:

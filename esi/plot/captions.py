@@ -32,7 +32,7 @@ def plot_records_with_captions(
 ) -> list[Path]:
     """Write `ecg_<id>.png` for the first `n` captioned ECGs (in split order) into `out_dir`; return the paths.
 
-    Signals come from the prepared dataset (`dataset_scripts/prepare_ptbxl.py`), joined on `ecg_id`.
+    Signals come from the prepared dataset (`esi-prepare`), joined on `ecg_id`.
     """
     prepared = load_dataset_folder(prepared_dir)
     locations = _signal_locations(prepared)

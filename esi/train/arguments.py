@@ -1,8 +1,9 @@
 """train.py's options: one dataclass per concern, parsed by `transformers.HfArgumentParser`.
 
 Each option is declared once, here. Scripts that start a pretraining run from Python build these
-objects and call `esi.train.pretrain.pretrain(...)`; `python train.py --help` lists the same fields
-(underscores and dashes both accepted: `--max-text-length` = `--max_text_length`).
+objects and call `esi.train.pretrain.pretrain(...)`; `python train.py` takes the same fields as flags
+(underscores and dashes both accepted: `--max-text-length` = `--max_text_length`; `--help` lists them) or
+from one JSON file (`python train.py options.json`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from esi.data.windows import parse_window_count
+from esi.command_line import parse_command_line
+from esi.data.windows import WindowArguments
 
 # Chosen by measurement (benchmarks/bench_train.py --pool, `caption_tokens_cut_by_max_text_length` in its
 # result file): the shortest measured length that reads >= 95% of the pool's template caption tokens
@@ -20,10 +22,10 @@ TRUNCATION_WARNING_SHARE = 0.05
 
 
 @dataclass
-class DataArguments:
+class DataArguments(WindowArguments):
     _argument_group_name = "data"
 
-    signals: str = field(metadata={"help": "prepared ECG dataset folder (dataset_scripts/prepare_ptbxl.py)"})
+    signals: str = field(metadata={"help": "prepared ECG dataset folder (esi-prepare)"})
     captions: str = field(metadata={"help": "captioned dataset folder (cqa_generate.py), joined on ecg_id"})
     train_split: str = "train"
     eval_split: str = field(default="validation", metadata={"help": "'none' to skip retrieval evaluation"})
@@ -33,21 +35,6 @@ class DataArguments:
     )
     augment: bool = field(default=True, metadata={"help": "ECG augmentations (--no-augment turns them off)"})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
-    train_window: Literal["random", "first"] = field(
-        default="random",
-        metadata={
-            "help": "which window of the model's input length (its feature extractor's duration_s) a training "
-            "record gives: 'random' (a new seeded start each epoch) or 'first' (always its start). Shorter "
-            "records are padded and masked"
-        },
-    )
-    eval_windows: str = field(
-        default="all",
-        metadata={
-            "help": "evaluation windows per record: 'all' (windows covering the whole record) or N (at most N, "
-            "evenly spaced; 1 = the first window only). Embeddings are averaged per record"
-        },
-    )
     keep_in_memory: bool = field(
         default=False,
         metadata={
@@ -115,6 +102,15 @@ class ModelArguments:
         },
     )
 
+    def __post_init__(self) -> None:
+        # A trained tower changes its embeddings: cached or precomputed ones would go stale.
+        if self.cache_text_embeddings and not self.freeze_text_tower:
+            raise ValueError(
+                "--cache-text-embeddings needs --freeze-text-tower (a trained tower changes its embeddings)"
+            )
+        if self.text_embeddings and not self.freeze_text_tower:
+            raise ValueError("--text-embeddings needs --freeze-text-tower (a trained tower changes its embeddings)")
+
 
 @dataclass
 class OptimizationArguments:
@@ -159,16 +155,5 @@ ARGUMENT_CLASSES = (DataArguments, ModelArguments, OptimizationArguments, RunArg
 def parse_args(
     argv: list[str] | None = None, description: str | None = None
 ) -> tuple[DataArguments, ModelArguments, OptimizationArguments, RunArguments]:
-    from transformers import HfArgumentParser  # here, so that importing the dataclasses stays light
-
-    parser = HfArgumentParser(ARGUMENT_CLASSES, description=description or __doc__)
-    data, model, optim, run = parser.parse_args_into_dataclasses(args=argv)
-    try:
-        parse_window_count(data.eval_windows)
-    except ValueError as error:
-        parser.error(str(error))
-    if model.cache_text_embeddings and not model.freeze_text_tower:
-        parser.error("--cache-text-embeddings needs --freeze-text-tower (a trained tower changes its embeddings)")
-    if model.text_embeddings and not model.freeze_text_tower:
-        parser.error("--text-embeddings needs --freeze-text-tower (a trained tower changes its embeddings)")
-    return data, model, optim, run
+    """train.py's options from `argv`, or from one JSON file (`train.py options.json`)."""
+    return parse_command_line(ARGUMENT_CLASSES, argv, description or __doc__)

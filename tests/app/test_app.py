@@ -144,6 +144,7 @@ def test_sample_index_finds_itself_and_is_cached(model_dir, catalogue, tmp_path)
     np.testing.assert_array_equal(cached.embeddings, index.embeddings)
 
 
+@pytest.mark.slow
 def test_uploaded_challenge_record_is_described_with_its_own_labels():
     """A CPSC 2018 upload (.hea + .mat): the app reads the header's `# Dx: AF` as `cqa_generate.py --ecg_file`
     does, so the description names the CinC 2020 label, not a PTB-XL statement it was mapped to."""

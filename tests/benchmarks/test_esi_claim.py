@@ -105,6 +105,7 @@ def test_embedding_spread_tells_a_collapsed_encoder_from_a_working_one():
     assert collapsed["effective_rank"] < 1.5 and collapsed["mean_dimension_std"] < 1e-4
 
 
+@pytest.mark.slow
 def test_crossfit_predicts_each_fold_with_a_probe_that_never_saw_it():
     from benchmarks.esi_claim.crossfit import crossfit_probe, validation_fold
 

@@ -63,6 +63,7 @@ def test_text_variants_select_sections(sample_captions, ptbxl_sample_dir):
         TemplateWriter(checker, "everything")
 
 
+@pytest.mark.slow
 def test_generate_captions_writes_the_chosen_text_variant(prepared_sample, tmp_path):
     from esi.cqa.run import generate_captions
 

@@ -52,6 +52,7 @@ def _check_fallback_rows(rows: dict[int, dict], template_rows: dict[int, dict], 
         assert row["caption"] == template_rows[ecg_id]["caption"]
 
 
+@pytest.mark.slow
 def test_transformers_backend_left_padding_and_fallback(tiny_model, prepared_sample, template_rows, tmp_path):
     out = tmp_path / "transformers"
     summary = generate_captions(
@@ -107,6 +108,7 @@ def test_retry_then_pass(prepared_sample):
     assert captioner.backend.attempts == [0, 0, 1, 1]
 
 
+@pytest.mark.slow
 @pytest.mark.vllm
 def test_vllm_backend_real_engine(tiny_model, prepared_sample, template_rows, tmp_path):
     out = tmp_path / "vllm"

@@ -88,6 +88,7 @@ def test_refuses_non_empty_output_and_changed_options(full_run, prepared_sample)
         generate_captions(prepared_sample, full_run, records_per_file=50, resume=True)
 
 
+@pytest.mark.slow
 def test_two_shards_plus_merge_equal_one_full_run(full_run, prepared_sample, tmp_path):
     options = dict(num_samples=20, records_per_file=8, num_shards=2, num_workers=1)
     shards = [tmp_path / f"shard{i}" for i in range(2)]
@@ -111,6 +112,7 @@ def test_two_shards_plus_merge_equal_one_full_run(full_run, prepared_sample, tmp
     assert "configs:" in (tmp_path / "merged" / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_duplicates_or_gaps(full_run, prepared_sample, input_ids, tmp_path):
     out = tmp_path / "killed"
     journal = out / ".cqa" / "journal.jsonl"

@@ -179,6 +179,7 @@ def test_batch_equals_single_through_the_cache(entries, lexical):
         _assert_batch_equals_single(cached, lexical)
 
 
+@pytest.mark.slow
 def test_threaded_batches_equal_one_query_at_a_time(hybrid, entries):
     # 150 queries of 1 to ~60 tokens: three batches, cut by token count, encoded in two threads, must give each
     # query the scores it gets alone (no padding); a row written to the wrong query or a bad mask would not.

@@ -211,6 +211,7 @@ def test_bad_eval_windows_option_is_refused(tmp_path, capsys):
     assert "--eval-windows must be 'all' or a positive integer, got 'some'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_pretraining_on_variable_length_records_evaluates_each_record_once(cpsc, tiny_text_model, tmp_path):
     prepared = load_dataset_folder(cpsc)
     captions = tmp_path / "captions" / "data"

@@ -40,6 +40,7 @@ def check_classification(result: dict, out: Path) -> None:
     assert saved["scores"].shape == saved["labels"].shape == (result["test_records"], len(result["classes"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_on_superdiagnostic(tiny_esi, prepared_sample, tmp_path, method):
     result = run(tiny_esi, prepared_sample, tmp_path, "--method", method, "--epochs", EPOCHS[method])

@@ -230,6 +230,7 @@ def test_classifier_single_label_and_linear_probe(ecg: torch.Tensor):
     assert not classifier.ecg_model.training and classifier.classifier.training
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_matches(ecg: torch.Tensor):
     torch.manual_seed(0)
     model = EsiModel(tiny_config()).train()

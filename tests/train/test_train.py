@@ -140,6 +140,7 @@ def test_captions_without_a_caption_column_stop_train_py(prepared_sample, tiny_t
         )
 
 
+@pytest.mark.slow
 def test_diverging_loss_stops_with_step_and_batch_ids(prepared_sample, sample_captions, tiny_text_model, tmp_path):
     args = tiny_train_args(
         prepared_sample,

@@ -46,6 +46,7 @@ def full_run(prepared_sample, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_full_run_loads_with_datasets_and_has_a_card(full_run, input_ids):
     loaded = load_dataset(str(full_run), download_mode="force_redownload")
     assert {name: split.num_rows for name, split in loaded.items()} == {k: len(v) for k, v in input_ids.items()}

@@ -136,6 +136,7 @@ def test_a_record_shorter_than_the_window_is_padded_and_masked(cpsc):
     assert not batch["input_values"][0, :, 1000:].any()
 
 
+@pytest.mark.slow
 def test_evaluation_windows_cover_each_record_and_average_to_one_prediction(cpsc, tiny_esi):
     split, row = _split_with(load_dataset_folder(cpsc), LONGEST)
     lengths = signal_lengths(split)
@@ -170,6 +171,7 @@ def test_evaluation_windows_cover_each_record_and_average_to_one_prediction(cpsc
     assert not np.allclose(first_only[row], per_record[row])  # the 60 s record is scored on all of it
 
 
+@pytest.mark.slow
 def test_pretraining_retrieval_evaluation_is_one_row_per_record(cpsc, tiny_esi):
     from accelerate import Accelerator
     from transformers import AutoTokenizer

@@ -89,6 +89,7 @@ def check_adapter_reload(tiny_esi, prepared_sample, out: Path, result: dict) -> 
     np.testing.assert_allclose(probabilities, np.load(out / "test_scores.npz")["scores"], atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["subdiagnostic", "diagnostic", "form", "rhythm", "all"])
 def test_every_task_under_linear_probe(tiny_esi, prepared_sample, tmp_path, task):
     result = run(tiny_esi, prepared_sample, tmp_path, "--task", task, "--random-init", "--epochs", "30")

@@ -38,6 +38,7 @@ print("ESI_REPORT", json.dumps({"model": type(model).__module__, "extractor": ty
 """
 
 
+@pytest.mark.slow
 def test_saved_folder_loads_with_trust_remote_code(tmp_path: Path):
     folder = tmp_path / "esi"
     torch.manual_seed(0)

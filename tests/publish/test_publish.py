@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import yaml
 
 from esi.publish import assemble_and_push as publish
@@ -41,6 +42,7 @@ USER_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_published_folders_load_offline_in_a_clean_process(
     tiny_pretrained_model, sample_captions, prepared_sample, tmp_path
 ):
@@ -88,6 +90,7 @@ def test_published_folders_load_offline_in_a_clean_process(
     assert seen["caption_ids"]
 
 
+@pytest.mark.slow
 def test_uploaded_files_carry_no_local_paths_and_cards_link_model_and_dataset(
     tiny_pretrained_model, sample_captions, prepared_sample, tmp_path
 ):
@@ -131,6 +134,7 @@ def test_uploaded_files_carry_no_local_paths_and_cards_link_model_and_dataset(
     assert "signals are not repeated here" in bare_card and "config_name: signals" not in bare_card
 
 
+@pytest.mark.slow
 def test_downstream_results_of_other_weights_stay_off_the_card(tiny_pretrained_model, tmp_path):
     """`--downstream` attaches a result only when its weights_sha256 names the model being published."""
     downstream = tmp_path / "other_model.json"

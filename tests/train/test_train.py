@@ -245,6 +245,7 @@ def test_resume_from_an_older_step_and_from_a_damaged_latest(
         pretrain_in_process(longer + ["--resume-from-checkpoint", str(aside)])
 
 
+@pytest.mark.slow
 def test_pretraining_on_evaluation_records_is_reported_loudly(
     prepared_sample, sample_captions, tiny_text_model, tmp_path, caplog
 ):

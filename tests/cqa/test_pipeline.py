@@ -82,6 +82,7 @@ def test_full_run_loads_with_datasets_and_has_a_card(full_run, input_ids):
     assert "`qtc_bazett_ms`" in card and "Creative Commons Attribution 4.0" in (full_run / "LICENSE.txt").read_text()
 
 
+@pytest.mark.slow
 def test_refuses_non_empty_output_and_changed_options(full_run, prepared_sample):
     with pytest.raises(FileExistsError, match="not empty; pass --resume"):
         generate_captions(prepared_sample, full_run)

@@ -99,6 +99,7 @@ def test_oversized_upload_is_refused(tmp_path):
         read_upload(files)
 
 
+@pytest.mark.slow
 def test_worker_pool_stops_an_overrun_and_serves_others_meanwhile():
     pool = WorkerPool(Sleeper, count=2, timeout_s=8)
     try:

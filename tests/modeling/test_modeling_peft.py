@@ -24,6 +24,7 @@ from modeling_esi import LORA_TARGET_MODULES, EsiForEcgClassification, lora_targ
 from tests.helpers import REPO_ROOT, tiny_config
 
 
+@pytest.mark.slow
 def test_lora_adapter_round_trip(tmp_path: Path):
     torch.manual_seed(0)
     config = tiny_config(num_labels=5, problem_type="multi_label_classification")

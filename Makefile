@@ -1,4 +1,5 @@
 # The README's two commands are `make demo` and `make test`; both build .venv on first use.
+# `make test-fast` is the developer's quick loop: everything not marked slow (docs/development.md).
 PYTHON ?= python3
 VENV ?= .venv
 VLLM_VENV ?= .venv-vllm
@@ -10,7 +11,7 @@ PIP := $(PY) -m pip
 SAMPLE ?= data/ptbxl_sample
 OUT ?= outputs/demo
 
-.PHONY: demo test install install-dev vllm-venv browser app lint bench-data bench-measurements bench-cqa bench-model bench-train bench-claim clean
+.PHONY: demo test test-fast install install-dev vllm-venv browser app lint bench-data bench-measurements bench-cqa bench-model bench-train bench-claim clean
 
 $(VENV)/.installed-base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +48,9 @@ demo: $(VENV)/.installed-base
 # Lint first: a style or import error fails in seconds, before the suite's minutes.
 test: lint vllm-venv browser
 	$(PY) -m pytest -q -ra --durations=30
+
+test-fast: $(VENV)/.installed-dev
+	$(PY) -m pytest -q -ra --durations=10 -m "not slow"
 
 app: $(VENV)/.installed-base
 	$(PY) -m esi.app.ui

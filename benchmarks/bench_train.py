@@ -518,7 +518,7 @@ def profile_benchmark(args: argparse.Namespace) -> dict:
     result = {
         "benchmark": "bench_train --profile-step",
         "command": "python -m benchmarks.bench_train " + shlex.join(sys.argv[1:]),
-        "git": git_state(),
+        "git": {"commit": git_commit(), "dirty_files": changed_files()},
         "seed": args.seed,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "recipe_name": args.profile_recipe,

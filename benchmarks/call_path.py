@@ -27,7 +27,7 @@ from collections import Counter
 from itertools import groupby
 from pathlib import Path
 
-from benchmarks.bench_cqa import run_provenance
+from benchmarks.provenance import git_commit, utc_timestamp
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = REPO_ROOT / "data" / "ptbxl_sample"
@@ -107,7 +107,7 @@ def main() -> None:
         argv += ["--num_samples", str(args.num_samples), "--num_workers", "1", "--encoder_path", "none"]
         stops = trace_stops(lambda: cqa_main(argv), output_dir, str(Path(esi.__file__).parent) + os.sep)
     path = list(dict.fromkeys(stops))
-    commit, stamp = run_provenance()
+    commit, stamp = git_commit(), utc_timestamp(for_file_name=True)
     result = {
         "command": " ".join([f"PYTHONPATH={os.environ.get('PYTHONPATH', '')}", Path(sys.executable).name, *sys.argv]),
         "git_commit": commit,

@@ -20,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from benchmarks.bench_cqa import run_provenance
+from benchmarks.provenance import git_commit, utc_timestamp
 from esi.checksum import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
 
     files = build(args.work_dir)
-    commit, stamp = run_provenance()
+    commit, stamp = git_commit(), utc_timestamp(for_file_name=True)
     result = {
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.sample_identity", *sys.argv[1:]]),
         "git_commit": commit,

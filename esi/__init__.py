@@ -9,7 +9,7 @@ Layers (nothing imports upward; nothing imports a command-line entry module):
                   <-  esi.app, esi.publish, esi.demo
                   <-  benchmarks
 
-`tests/test_package_layers.py` enforces it.
+`tests/repo/test_package_layers.py` enforces it.
 
 Research software, not a diagnostic device.
 """

@@ -238,7 +238,7 @@ def _clean(x: np.ndarray, rate: float) -> np.ndarray:
 
     Same filters (0.5 Hz order-5 Butterworth high-pass, zero phase, then a one-period 50 Hz moving
     average, zero phase); designing them once per record instead of once per lead is most of the
-    speed-up. tests/test_measurements.py checks the output equals neurokit2's lead by lead.
+    speed-up. tests/cqa/test_measurements.py checks the output equals neurokit2's lead by lead.
     """
     sos = _highpass(float(rate))
     smooth = np.ones(int(rate / 50))

@@ -24,6 +24,7 @@ Example:
     {'token_f1': 0.5714285714285715, 'rouge_l': 0.5714285714285715}
 """
 
+
 class CaptionOverlap(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(

@@ -93,6 +93,7 @@ class Section:
         self.smoke = any(r.get("smoke") for r in runs)
         self.grid_steps = self.choose_grid_steps()
         self.tasks = [t for t in TASKS if any(r["task"] == t for r in self.probes)]
+        self._compared: dict[tuple, dict | None] = {}  # the answer sentence and the claim table share each bootstrap
 
     def choose_grid_steps(self) -> int | None:
         """The step count at which the claim arm has the most pretraining seeds (the larger on a tie)."""
@@ -120,6 +121,12 @@ class Section:
         return run["_scores"]["folds"]
 
     def compare(self, a: str, b: str, task: str, fraction: float, fold10: bool = False) -> dict | None:
+        key = (a, b, task, fraction, fold10)
+        if key not in self._compared:
+            self._compared[key] = self._paired(a, b, task, fraction, fold10)
+        return self._compared[key]
+
+    def _paired(self, a: str, b: str, task: str, fraction: float, fold10: bool) -> dict | None:
         sa, sb = (self.scores(x, task, fraction, self.steps_of(x)) for x in (a, b))
         if sa is None or sb is None:
             return None

@@ -173,6 +173,25 @@ def sample_pack(ptbxl_sample_dir, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+def test_one_positive_twins_differ_from_their_arm_only_in_same_text_positives(sample_pack, tmp_path):
+    from benchmarks.esi_claim.pretraining import ARMS_BY_NAME, esi_train_args
+    from benchmarks.esi_claim.run import Pack
+    from esi.train.arguments import parse_args
+
+    pack = Pack(sample_pack)
+
+    def model_options(name: str) -> dict:
+        args = esi_train_args(ARMS_BY_NAME[name], PROFILES["cpu"], pack, tmp_path, 0, 600, tmp_path / "out")
+        return vars(parse_args([str(a) for a in args])[1])
+
+    for arm in ("esi_full", "statements_only"):
+        options, twin = model_options(arm), model_options(f"{arm}_one_positive")
+        assert options["same_text_positives"] and not twin["same_text_positives"]
+        assert {k: v for k, v in twin.items() if k != "same_text_positives"} == {
+            k: v for k, v in options.items() if k != "same_text_positives"
+        }
+
+
 def test_grid_arms_are_esi_train_runs_paired_by_seed_and_feed_the_report(sample_pack, tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -187,7 +206,7 @@ def test_grid_arms_are_esi_train_runs_paired_by_seed_and_feed_the_report(sample_
     assert all(sha256_file(sample_pack / name) == digest for name, digest in meta["files"].items())
     results, work = tmp_path / "results" / "tiny", tmp_path / "work"
     common = ["--profile", "tiny", "--pack", str(sample_pack), "--results-dir", str(results), "--work-dir", str(work)]
-    arms = "esi_full,statements_only,supervised_pool,random_init"
+    arms = "esi_full,statements_only,supervised_pool,random_init,statements_only_one_positive"
     summary = run_grid([*common, "--stage", "grid", "--steps", "3", "--arms", arms, "--threads", "1"])
     assert summary["written"] > 0
     runs = {p.stem: json.loads(p.read_text()) for p in results.glob("*.json")}
@@ -199,7 +218,7 @@ def test_grid_arms_are_esi_train_runs_paired_by_seed_and_feed_the_report(sample_
         pretrains = [r for r in runs.values() if r["kind"] == "pretrain" and r["pretrain_seed"] == seed]
         assert len({r["training"]["initial_ecg_encoder_sha256"] for r in pretrains}) == 1
         trained = [r for r in pretrains if r["training"]["steps"]]
-        assert len(trained) == 3 and len({r["training"]["batch_ecg_ids_sha256"] for r in trained}) == 1
+        assert len(trained) == 3 + (seed == 0) and len({r["training"]["batch_ecg_ids_sha256"] for r in trained}) == 1
     init0, init1 = (runs[f"pretrain-esi_full-n3-s{s}"]["training"]["initial_ecg_encoder_sha256"] for s in (0, 1))
     assert init0 != init1
     assert "same ECG encoder" in runs["probe-supervised_pool-n3-s1-rhythm-f0.1-p0"]["pairing"]
@@ -241,6 +260,7 @@ def test_grid_arms_are_esi_train_runs_paired_by_seed_and_feed_the_report(sample_
     text = output.read_text()
     assert "SMOKE RUN" in text and "no verdict (smoke run)" in text and "| esi_full - statements_only |" in text
     assert "1 initial ECG encoder digest(s)" in text and "SE fold 10 only" in text
+    assert "| statements_only - statements_only_one_positive |" in text
     summary = report(["--results-dir", str(tmp_path / "results"), "--model-summary", probe["weights_sha256"],
                       "--summary-output", str(tmp_path / "summary.json")])  # fmt: skip
     entries = json.loads(summary.read_text())["results"]

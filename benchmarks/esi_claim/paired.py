@@ -10,7 +10,8 @@ equivalence verdict is two one-sided tests at the margin (equivalent when the 90
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from math import erf, sqrt
 
 import numpy as np
@@ -28,23 +29,34 @@ class ArmScores:
 
     labels: np.ndarray
     by_seed: dict[int, list[np.ndarray]]
+    # An arm meets several others on the same records and resamples: its subsets and draws are computed once.
+    _subsets: dict[str, ArmScores] = field(default_factory=dict, repr=False, compare=False)
+    _draws: dict[tuple, dict[int, np.ndarray]] = field(default_factory=dict, repr=False, compare=False)
 
     def restrict(self, subset: np.ndarray | None) -> ArmScores:
         """The same arm on the records where `subset` (boolean, per record) is true; all of them for None."""
         if subset is None:
             return self
-        return ArmScores(self.labels[subset], {s: [x[subset] for x in runs] for s, runs in self.by_seed.items()})
+        key = hashlib.sha256(np.packbits(subset)).hexdigest()
+        if key not in self._subsets:
+            runs = {s: [x[subset] for x in runs] for s, runs in self.by_seed.items()}
+            self._subsets[key] = ArmScores(self.labels[subset], runs)
+        return self._subsets[key]
 
     def per_seed(self) -> dict[int, float]:
         """Macro AUROC per pretraining seed (mean over probe seeds)."""
         return {s: float(np.mean([macro_auroc(self.labels, x) for x in runs])) for s, runs in self.by_seed.items()}
 
-    def seed_draws(self, rows: np.ndarray) -> dict[int, np.ndarray]:
-        """(samples,) macro AUROC per pretraining seed on each record resample `rows` (samples, records)."""
-        return {
-            s: np.mean([metric_draws(macro_auroc, self.labels, x, rows) for x in runs], 0)
-            for s, runs in self.by_seed.items()
-        }
+    def seed_draws(self, rows: np.ndarray, rows_seed: int) -> dict[int, np.ndarray]:
+        """(samples,) macro AUROC per pretraining seed on each record resample `rows` (samples, records), which
+        `resample_rows` drew with `rows_seed`."""
+        key = (rows.shape, rows_seed)
+        if key not in self._draws:
+            self._draws[key] = {
+                s: np.mean([metric_draws(macro_auroc, self.labels, x, rows) for x in runs], 0)
+                for s, runs in self.by_seed.items()
+            }
+        return self._draws[key]
 
 
 def normal_p(difference: float, se: float) -> float:
@@ -77,7 +89,7 @@ def paired_difference(
         raise ValueError("the two arms share no pretraining seed: a paired difference needs at least one")
     a, b = a.restrict(subset), b.restrict(subset)
     rows = resample_rows(len(a.labels), samples, seed)  # the same records for both arms and every seed
-    a_draws, b_draws = a.seed_draws(rows), b.seed_draws(rows)
+    a_draws, b_draws = a.seed_draws(rows, seed), b.seed_draws(rows, seed)
     per_seed_diff = np.stack([a_draws[s] - b_draws[s] for s in seeds])  # (seeds, samples)
     pick = np.random.default_rng(seed + 1).integers(0, len(seeds), (samples, len(seeds)))
     draws = per_seed_diff[pick, np.arange(samples)[:, None]].mean(1)

@@ -96,6 +96,7 @@ class Section:
         self.grid_steps = self.choose_grid_steps()
         self.tasks = [t for t in TASKS if any(r["task"] == t for r in self.probes)]
         self._compared: dict[tuple, dict | None] = {}  # the answer sentence and the claim table share each bootstrap
+        self._scores: dict[tuple, ArmScores | None] = {}
 
     def choose_grid_steps(self) -> int | None:
         """The step count at which the claim arm has the most pretraining seeds (the larger on a tie)."""
@@ -109,6 +110,12 @@ class Section:
         return 0 if arm == "random_init" else self.grid_steps
 
     def scores(self, arm: str, task: str, fraction: float, steps: int | None) -> ArmScores | None:
+        key = (arm, task, fraction, steps)
+        if key not in self._scores:  # one object per cell: it keeps the resamples it was scored on
+            self._scores[key] = self._collect_scores(*key)
+        return self._scores[key]
+
+    def _collect_scores(self, arm: str, task: str, fraction: float, steps: int | None) -> ArmScores | None:
         by_seed: dict[int, list[np.ndarray]] = defaultdict(list)
         labels = None
         for run in sorted(self.probes, key=lambda r: r["probe_seed"]):

@@ -8,7 +8,8 @@ Writes `<results>/data_checks.json` (kind `data_checks`, with command, commit an
   --evaluation-records` makes, on the ids the grid's runs were given);
 - per text variant: distinct texts, the share of the pool its most common text covers, and the effective rank of
   the frozen text tower's embeddings of the pool's texts. The contrastive loss pulls each ECG embedding towards its
-  text's; a variant whose texts span few directions cannot teach the ECG encoder many more.
+  text's; a variant whose texts span few directions cannot teach the ECG encoder many more;
+- the same facts of supervised_pool's target, the pool's statement labels (one multi-hot row per record).
 """
 
 from __future__ import annotations
@@ -54,6 +55,18 @@ def text_variant(pack: Pack, variant: str) -> dict:
     }
 
 
+def statement_targets(pack: Pack) -> dict:
+    """supervised_pool's targets: distinct statement sets and the effective rank of the multi-hot label matrix."""
+    table = pack.pool_statements()
+    counts = Counter(row.tobytes() for row in table)
+    return {
+        "statements": table.shape[1],
+        "distinct_statement_sets": len(counts),
+        "most_common_set_share": max(counts.values()) / len(table),
+        "label_matrix_effective_rank": embedding_spread(table)["effective_rank"],
+    }
+
+
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
@@ -72,6 +85,7 @@ def main(argv: list[str] | None = None) -> Path:
         "pack": {"meta_sha256": pack.meta_sha256},
         "overlap": overlap(pack),
         "text_variants": {variant: text_variant(pack, variant) for variant in pack.meta["text_variants"]},
+        "statement_targets": statement_targets(pack),
     }
     out = (args.results_dir or Path(RESULTS_ROOT) / profile.name) / "data_checks.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -344,27 +344,54 @@ def data_checks(section: Section) -> str:
     return "\n".join(lines)
 
 
-def low_rank_note(section: Section) -> str:
-    """The pretrained encoders whose evaluation embeddings spread over fewer than 8 directions, beside the facts
-    of the text they were aligned with (data_checks.py); the report states them, it does not claim a cause."""
-    low = sorted(
-        {(r["arm"], r["pretrain_steps"]) for r in section.pretrains
-         if r["pretrain_steps"] and r["embedding"]["effective_rank"] < 8}
-    )  # fmt: skip
-    if not low:
-        return "Every pretrained encoder's evaluation embedding has an effective rank of at least 8."
-    variants = (section.data_checks or {}).get("text_variants", {})
-    parts = []
-    for arm, steps in low:
-        v = variants.get(ARM_TEXT.get(arm))
-        texts = (
-            f"its texts: {v['distinct_texts']:,} distinct, the most common {v['most_common_text_share']:.1%} of the "
-            f"pool, text-embedding effective rank {v['text_embedding_effective_rank']:.1f}"
-            if v
-            else "no text target"
+def target_facts(section: Section, arm: str) -> str:
+    """What an arm was trained to match, from data_checks.py: its texts, or supervised_pool's statement labels."""
+    checks = section.data_checks or {}
+    variant = checks.get("text_variants", {}).get(ARM_TEXT.get(arm))
+    if variant:
+        return (
+            f"its texts: {variant['distinct_texts']:,} distinct, the most common "
+            f"{variant['most_common_text_share']:.1%} of the pool, text-embedding effective rank "
+            f"{variant['text_embedding_effective_rank']:.1f}"
         )
-        parts.append(f"{arm} at {steps} steps ({texts})")
-    return "Effective rank below 8 (the target): " + "; ".join(parts) + "."
+    targets = checks.get("statement_targets")
+    if arm == "supervised_pool" and targets:
+        return (
+            f"its targets: {targets['distinct_statement_sets']:,} distinct statement sets over "
+            f"{targets['statements']} statements, label-matrix effective rank "
+            f"{targets['label_matrix_effective_rank']:.1f}"
+        )
+    return "no text target"
+
+
+def low_rank_note(section: Section) -> str:
+    """The pretrained arms whose evaluation embeddings spread over fewer than 8 directions at the grid's steps, with
+    their rank at every step count run (mean over seeds) and the facts of their training target (data_checks.py).
+    The trend with steps is measured; no cause is claimed beyond it."""
+    ranks: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in section.pretrains:
+        if run["pretrain_steps"]:
+            ranks[run["arm"]][run["pretrain_steps"]].append(run["embedding"]["effective_rank"])
+    low = [
+        arm for arm in ORDER if section.grid_steps in ranks.get(arm, {}) and np.mean(ranks[arm][section.grid_steps]) < 8
+    ]
+    if not low:
+        return f"Every arm's evaluation embedding at {section.grid_steps} steps has an effective rank of at least 8."
+    parts = []
+    for arm in low:
+        by_steps = {steps: float(np.mean(v)) for steps, v in sorted(ranks[arm].items())}
+        trend = ", ".join(f"{by_steps[n]:.1f} at {n} steps" for n in by_steps)
+        values = list(by_steps.values())
+        rising = len(values) > 1 and all(b > a for a, b in zip(values, values[1:], strict=False))
+        parts.append(
+            f"- {arm}: {trend}"
+            + (" (rising with every step count run)" if rising else "")
+            + f"; {target_facts(section, arm)}"
+        )
+    return (
+        f"Effective rank below 8 (the target) at {section.grid_steps} steps; mean over pretraining seeds:\n\n"
+        + "\n".join(parts)
+    )
 
 
 def pairing_check(section: Section) -> str:

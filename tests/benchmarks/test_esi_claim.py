@@ -265,3 +265,23 @@ def test_grid_arms_are_esi_train_runs_paired_by_seed_and_feed_the_report(sample_
                       "--summary-output", str(tmp_path / "summary.json")])  # fmt: skip
     entries = json.loads(summary.read_text())["results"]
     assert entries and {e["weights_sha256"] for e in entries} == {probe["weights_sha256"]}
+
+
+def test_low_rank_note_names_the_arms_below_8_at_the_grid_steps_with_their_trend_and_target():
+    from benchmarks.esi_claim.report import Section, low_rank_note
+
+    def pretrain(arm: str, steps: int, seed: int, rank: float) -> dict:
+        return {"kind": "pretrain", "arm": arm, "pretrain_steps": steps, "pretrain_seed": seed,
+                "embedding": {"effective_rank": rank}, "task": None}  # fmt: skip
+
+    checks = {"kind": "data_checks", "text_variants": {"statements": {
+        "distinct_texts": 922, "most_common_text_share": 0.367, "text_embedding_effective_rank": 12.0}}}  # fmt: skip
+    runs = [pretrain("esi_full", 150, 0, 2.5), pretrain("esi_full", 600, 0, 9.0), pretrain("esi_full", 600, 1, 10.0),
+            pretrain("statements_only", 150, 0, 3.0), pretrain("statements_only", 600, 0, 5.0),
+            pretrain("statements_only", 600, 1, 7.0), checks]  # fmt: skip
+    note = low_rank_note(Section("cpu", runs, samples=10))
+    assert "at 600 steps" in note and "esi_full" not in note
+    assert "- statements_only: 3.0 at 150 steps, 6.0 at 600 steps (rising with every step count run)" in note
+    assert "922 distinct" in note
+    runs[4]["embedding"]["effective_rank"] = 9.0
+    assert "Every arm's evaluation embedding at 600 steps" in low_rank_note(Section("cpu", runs, samples=10))

@@ -232,14 +232,18 @@ def test_grid_arms_are_esi_train_runs_paired_by_seed_and_feed_the_report(sample_
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    grid_weights = load_file(str(work / "models" / "esi_full-n3-s0" / "model" / "model.safetensors"))
+    grid_model = work / "models" / "esi_full-n3-s0" / "model"
+    grid_weights = load_file(str(grid_model / "model.safetensors"))
+    overlap = json.loads((grid_model / "training_summary.json").read_text())["evaluation_overlap"]
+    pack = Pack(sample_pack)  # the smoke pack draws pool and evaluation records from one sample: they overlap
+    shared = {r["ecg_id"] for r in pack.pool} & set(pack.ecg_ids.tolist())
+    assert overlap["checked"] and overlap["shared_records"] == len(shared) > 0
     cli_weights = load_file(str(cli_dir / "model" / "model.safetensors"))
     assert grid_weights.keys() == cli_weights.keys()
     for name in grid_weights:
         torch.testing.assert_close(cli_weights[name], grid_weights[name], rtol=0, atol=0, msg=name)
 
     # random_init is rebuilt from its seed alone.
-    pack = Pack(sample_pack)
     rebuilt = initial_model(PROFILES["tiny"], pack, work / "inputs", 0)
     assert state_dict_sha256(rebuilt.state_dict()) == runs["pretrain-random_init-s0"]["weights_sha256"]
 

@@ -537,7 +537,7 @@ def model_summary(results_dir: Path, checksum: str) -> dict:
     results = [
         {
             "name": f"PTB-XL {task}, linear probe cross-fitted over the 10 folds, {fraction:.0%} labels "
-            f"(mean of {len(values)} probe seeds)",
+            + (f"(mean of {len(values)} probe seeds)" if len(values) > 1 else "(one probe seed)"),
             "value": float(np.mean(values)),
             "weights_sha256": checksum,
         }

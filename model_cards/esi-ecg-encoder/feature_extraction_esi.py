@@ -71,6 +71,31 @@ def bandpass(signal: np.ndarray, rate: float, low_hz: float, high_hz: float, ord
     return filtered[:, pad : pad + signal.shape[-1]]
 
 
+def _record_names(record_names: Sequence[str] | None, count: int) -> list[str]:
+    """The names error messages use: the given ones, else each ECG's position in the batch."""
+    names = list(record_names) if record_names is not None else [f"ECG #{i} of the batch" for i in range(count)]
+    if len(names) != count:
+        raise ValueError(f"got {len(names)} record_names for {count} ECGs")
+    return names
+
+
+def _padded_length(
+    values: list[np.ndarray], padding: bool | str, max_length: int | None, pad_to_multiple_of: int | None
+) -> int | None:
+    """The length `pad` pads every record to (None: no padding)."""
+    if padding in (True, "longest"):
+        target = max(item.shape[-1] for item in values)
+    elif padding == "max_length":
+        if max_length is None:
+            raise ValueError('padding="max_length" needs max_length')
+        target = max_length
+    else:
+        return None
+    if pad_to_multiple_of:
+        target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
+    return target
+
+
 class EsiFeatureExtractor(SequenceFeatureExtractor):
     r"""
     Turns raw 12-lead ECGs into the model's `input_values` (B, 12, T), float32, plus `ecg_attention_mask` (B, T).
@@ -156,26 +181,10 @@ class EsiFeatureExtractor(SequenceFeatureExtractor):
 
         Returns `BatchFeature` with `input_values` (B, 12, T) float32 and `ecg_attention_mask` (B, T) int32.
         """
-        if sampling_rate is None:
-            raise ValueError(
-                "sampling_rate must be given: the ECG's rate in Hz, so it can be resampled to "
-                f"{self.sampling_rate} Hz (guessing it silently distorts every interval)"
-            )
-        if float(sampling_rate) != int(sampling_rate) or int(sampling_rate) <= 0:
-            raise ValueError(f"sampling_rate must be a positive whole number of Hz, got {sampling_rate}")
-        if lead_names is None:
-            raise ValueError(
-                f"lead_names must be given, in the input's lead order; the model expects {self.lead_names}"
-            )
-        if padding not in self.padding_strategies:
-            raise ValueError(f"padding must be one of {self.padding_strategies}, got {padding!r}")
+        self._check_call_arguments(sampling_rate, lead_names, padding)
         sources, present = self._map_leads(lead_names, allow_missing_leads)
         signals = self._split_batch(ecg)
-        names = (
-            list(record_names) if record_names is not None else [f"ECG #{i} of the batch" for i in range(len(signals))]
-        )
-        if len(names) != len(signals):
-            raise ValueError(f"got {len(names)} record_names for {len(signals)} ECGs")
+        names = _record_names(record_names, len(signals))
 
         crop = max_length if max_length is not None else self.num_samples
         values = []
@@ -199,6 +208,21 @@ class EsiFeatureExtractor(SequenceFeatureExtractor):
             batch.convert_to_tensors(return_tensors)
         return batch
 
+    def _check_call_arguments(self, sampling_rate: int | None, lead_names: Sequence[str] | None, padding) -> None:
+        if sampling_rate is None:
+            raise ValueError(
+                "sampling_rate must be given: the ECG's rate in Hz, so it can be resampled to "
+                f"{self.sampling_rate} Hz (guessing it silently distorts every interval)"
+            )
+        if float(sampling_rate) != int(sampling_rate) or int(sampling_rate) <= 0:
+            raise ValueError(f"sampling_rate must be a positive whole number of Hz, got {sampling_rate}")
+        if lead_names is None:
+            raise ValueError(
+                f"lead_names must be given, in the input's lead order; the model expects {self.lead_names}"
+            )
+        if padding not in self.padding_strategies:
+            raise ValueError(f"padding must be one of {self.padding_strategies}, got {padding!r}")
+
     def pad(
         self,
         processed_features: BatchFeature | dict | Sequence[dict],
@@ -220,6 +244,36 @@ class EsiFeatureExtractor(SequenceFeatureExtractor):
         """
         if padding not in self.padding_strategies:
             raise ValueError(f"padding must be one of {self.padding_strategies}, got {padding!r}")
+        values, masks = self._values_and_masks(processed_features)
+        if truncation:
+            if max_length is None:
+                raise ValueError("truncation=True needs max_length")
+            values, masks = [item[:, :max_length] for item in values], [mask[:max_length] for mask in masks]
+        target = _padded_length(values, padding, max_length, pad_to_multiple_of)
+        if target is not None:
+            too_long = [i for i, item in enumerate(values) if item.shape[-1] > target]
+            if too_long:
+                raise ValueError(
+                    f"ECG(s) {too_long} of the batch are longer than {target} samples; pass truncation=True"
+                )
+            values = [
+                np.pad(item, ((0, 0), (0, target - item.shape[-1])), constant_values=self.padding_value)
+                for item in values
+            ]
+            masks = [np.pad(mask, (0, target - mask.shape[-1])) for mask in masks]
+        data = {"input_values": values}
+        if return_attention_mask:
+            data["ecg_attention_mask"] = masks
+        if len({item.shape[-1] for item in values}) == 1:
+            data = {key: np.stack(items) for key, items in data.items()}
+        elif return_tensors is not None:
+            raise ValueError("records of different lengths cannot become one tensor; pass padding=True")
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    def _values_and_masks(
+        self, processed_features: BatchFeature | dict | Sequence[dict]
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """`pad`'s input as lists of (12, T_i) signals and (T_i,) int32 masks (all ones where none came)."""
         if isinstance(processed_features, (list, tuple)):
             values = [item["input_values"] for item in processed_features]
             masks = [item.get("ecg_attention_mask") for item in processed_features]
@@ -240,39 +294,7 @@ class EsiFeatureExtractor(SequenceFeatureExtractor):
                     f"ECG #{index} of the batch: expected input_values ({len(self.lead_names)} leads, T) and "
                     f"ecg_attention_mask (T,), got {item.shape} and {mask.shape}"
                 )
-        if truncation:
-            if max_length is None:
-                raise ValueError("truncation=True needs max_length")
-            values, masks = [item[:, :max_length] for item in values], [mask[:max_length] for mask in masks]
-        if padding in (True, "longest"):
-            target = max(item.shape[-1] for item in values)
-        elif padding == "max_length":
-            if max_length is None:
-                raise ValueError('padding="max_length" needs max_length')
-            target = max_length
-        else:
-            target = None
-        if target is not None and pad_to_multiple_of:
-            target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
-        if target is not None:
-            too_long = [i for i, item in enumerate(values) if item.shape[-1] > target]
-            if too_long:
-                raise ValueError(
-                    f"ECG(s) {too_long} of the batch are longer than {target} samples; pass truncation=True"
-                )
-            values = [
-                np.pad(item, ((0, 0), (0, target - item.shape[-1])), constant_values=self.padding_value)
-                for item in values
-            ]
-            masks = [np.pad(mask, (0, target - mask.shape[-1])) for mask in masks]
-        data = {"input_values": values}
-        if return_attention_mask:
-            data["ecg_attention_mask"] = masks
-        if len({item.shape[-1] for item in values}) == 1:
-            data = {key: np.stack(items) for key, items in data.items()}
-        elif return_tensors is not None:
-            raise ValueError("records of different lengths cannot become one tensor; pass padding=True")
-        return BatchFeature(data, tensor_type=return_tensors)
+        return values, masks
 
     @staticmethod
     def _as_numpy(item) -> np.ndarray:

@@ -633,6 +633,29 @@ def caption_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     return labels
 
 
+class TargetCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of logits (K, V) at their target ids (K,): the value of `F.cross_entropy(logits, targets)`.
+
+    The backward is `(softmax(logits) - one_hot(targets)) / K` computed from the saved log-probabilities in one
+    pass, where `F.cross_entropy`'s fills a (K, V) zero gradient for the NLL and then runs the log-softmax
+    backward over it, which with a 30,522-token vocabulary was a large share of a CPU pretraining step
+    (`python -m benchmarks.bench_train --profile-step`). Not twice differentiable."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        log_probs = logits.log_softmax(dim=-1)
+        ctx.save_for_backward(log_probs, targets)
+        return -log_probs.gather(1, targets[:, None]).mean()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        log_probs, targets = ctx.saved_tensors
+        gradient = log_probs.exp()  # not in place: the saved tensor must survive a backward with retain_graph
+        gradient[torch.arange(len(targets), device=targets.device), targets] -= 1
+        return gradient.mul_(grad / len(targets)), None
+
+
 def caption_loss(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy, with the output layer applied only where there is a target.
 
@@ -643,7 +666,7 @@ def caption_loss(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor)
     """
     targets = labels != -100
     logits = lm_head(hidden[targets])
-    return F.cross_entropy(logits.float(), labels[targets])
+    return TargetCrossEntropy.apply(logits.float(), labels[targets])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -886,47 +909,80 @@ class EsiModel(EsiCaptionEmbeddingsMixin, EsiPreTrainedModel):
             ecg_hidden_states=ecg.hidden_states,
         )
         if input_ids is not None:
-            text, text_pooled = self._text_outputs(
-                input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions
+            decoded = self._add_text_outputs(
+                output,
+                ecg,
+                input_ids,
+                attention_mask,
+                token_type_ids,
+                return_loss,
+                output_attentions,
+                output_hidden_states,
             )
-            text_embeds = F.normalize(self.text_projection(text_pooled), dim=-1)
-            decoded = self.text_decoder(
-                input_ids[:, :-1],
-                ecg.last_hidden_state,
-                attention_mask[:, :-1] if attention_mask is not None else None,
-                ecg.token_mask,
-                output_attentions=output_attentions,
-                output_hidden_states=output_hidden_states,
-                return_logits=not return_loss,
-            )
-            logit_scale = self.clamped_logit_scale()
-            if return_loss:
-                if text_ids is None and self.config.same_text_positives:
-                    text_ids = text_identity(input_ids, attention_mask)
-                clip_loss, logits_per_ecg, logits_per_text = contrastive_loss(
-                    ecg_embeds, text_embeds, logit_scale, text_ids
-                )
-            else:
-                logits_per_ecg = logit_scale * ecg_embeds @ text_embeds.t()
-                logits_per_text = logits_per_ecg.t()
-            output.text_embeds = text_embeds
-            output.text_last_hidden_state = text.last_hidden_state
-            output.text_hidden_states = text.hidden_states
-            output.text_attentions = text.attentions
-            output.decoder_attentions = decoded.attentions
-            output.cross_attentions = decoded.cross_attentions
-            output.decoder_hidden_states = decoded.hidden_states
-            output.caption_logits = decoded.logits
-            output.logits_per_ecg, output.logits_per_text = logits_per_ecg, logits_per_text
-            if return_loss:
-                labels = caption_targets(input_ids, attention_mask)
-                output.contrastive_loss = clip_loss
-                output.caption_loss = caption_loss(decoded.last_hidden_state, self.text_decoder.lm_head, labels)
-                output.loss = (
-                    self.config.contrastive_loss_weight * output.contrastive_loss
-                    + self.config.caption_loss_weight * output.caption_loss
-                )
+            self._logits_and_losses(output, input_ids, attention_mask, text_ids, decoded, return_loss)
         return output if return_dict else output.to_tuple()
+
+    def _add_text_outputs(
+        self,
+        output: EsiOutput,
+        ecg: EsiEcgEncoderOutput,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        return_loss: bool,
+        output_attentions: bool,
+        output_hidden_states: bool,
+    ):
+        """Set `output`'s text-tower and caption-decoder outputs; the decoder's output, for the caption loss."""
+        text, text_pooled = self._text_outputs(
+            input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions
+        )
+        output.text_embeds = F.normalize(self.text_projection(text_pooled), dim=-1)
+        decoded = self.text_decoder(
+            input_ids[:, :-1],
+            ecg.last_hidden_state,
+            attention_mask[:, :-1] if attention_mask is not None else None,
+            ecg.token_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_logits=not return_loss,
+        )
+        output.text_last_hidden_state = text.last_hidden_state
+        output.text_hidden_states = text.hidden_states
+        output.text_attentions = text.attentions
+        output.decoder_attentions = decoded.attentions
+        output.cross_attentions = decoded.cross_attentions
+        output.decoder_hidden_states = decoded.hidden_states
+        output.caption_logits = decoded.logits
+        return decoded
+
+    def _logits_and_losses(
+        self,
+        output: EsiOutput,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        text_ids: torch.LongTensor | None,
+        decoded,
+        return_loss: bool,
+    ) -> None:
+        """Set `output`'s ECG-text logits and, with `return_loss`, its contrastive and caption losses and their
+        weighted sum (the contrastive loss gathers embeddings across processes; see `forward`)."""
+        logit_scale = self.clamped_logit_scale()
+        if not return_loss:
+            output.logits_per_ecg = logit_scale * output.ecg_embeds @ output.text_embeds.t()
+            output.logits_per_text = output.logits_per_ecg.t()
+            return
+        if text_ids is None and self.config.same_text_positives:
+            text_ids = text_identity(input_ids, attention_mask)
+        output.contrastive_loss, output.logits_per_ecg, output.logits_per_text = contrastive_loss(
+            output.ecg_embeds, output.text_embeds, logit_scale, text_ids
+        )
+        labels = caption_targets(input_ids, attention_mask)
+        output.caption_loss = caption_loss(decoded.last_hidden_state, self.text_decoder.lm_head, labels)
+        output.loss = (
+            self.config.contrastive_loss_weight * output.contrastive_loss
+            + self.config.caption_loss_weight * output.caption_loss
+        )
 
     @torch.no_grad()
     def zero_shot_logits(

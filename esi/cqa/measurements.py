@@ -15,7 +15,8 @@ Method (as clinical ECG programs do it, not per-lead delineation):
    lead that other leads agree with (a lead no other lead confirms is an outlier and is
    ignored); the P onset is the median lead of the earliest agreeing group, since that
    group's earliest lead is its noisiest member. The P-onset tangent meets the level just
-   before the wave, not the baseline of the whole P window. The T-end search stops before the next beat's P
+   before the wave, not the baseline of the whole P window; a biphasic P wave begins with its
+   first phase, even when the second is larger. The T-end search stops before the next beat's P
    wave and at a physiological QT limit for the measured RR, so it cannot run into the next
    beat. A P wave is present when the delineated wave is locked to the QRS beat after beat.
 4. Every interval carries a quality flag (``quality``: measured / low_confidence /
@@ -76,6 +77,12 @@ T_MIN_MV = 0.05
 ST_OFFSET_S = 0.06
 P_LEAD_MIN_MV = 0.025  # a lead whose P wave is smaller takes no part in P delineation
 T_LEAD_MIN_MV = 0.06  # likewise for the T wave
+# A biphasic P wave (III, aVF, V1: + then -, or - then +) begins with its first phase even when the second is
+# larger; an opposite deflection of at least this share of the apex, ending at most P_PHASE_GAP_S before the
+# apex's own onset and lasting at most half of P_MAX_S, is that first phase. Taking the second phase's onset
+# put the P onset in the middle of the wave (PTB-XL 1AVB with a bundle branch block: PR 151 ms for ~215 ms).
+BIPHASIC_SHARE = 0.5
+P_PHASE_GAP_S = 0.01
 P_MAX_S = 0.18  # longest P wave (onset to offset) taken for atrial depolarisation
 P_EDGE_S = 0.01  # margin around the delineated P wave when judging its beat-to-beat consistency
 AGREE_P_S, AGREE_T_S = 0.02, 0.03  # per-lead boundaries within this of each other agree
@@ -461,14 +468,18 @@ def _t_end_area(mag: np.ndarray, rate: float, start: int, stop: int) -> int | No
     return int(candidates[np.argmax(area)])
 
 
-def _wave_bounds(x: np.ndarray, min_mv: float, onset_level: int = 0) -> tuple[float, float] | None:
+def _wave_bounds(
+    x: np.ndarray, min_mv: float, onset_level: int = 0, phase_gap: int = 0, phase_max: int = 0
+) -> tuple[float, float] | None:
     """(onset, offset) of the largest deflection in one lead's window, by the tangent method.
 
     The tangent at the steepest slope on each flank of the apex (the flank ends where the wave falls
     to WAVE_FLANK of its apex) meets the baseline at the boundary: 0, or for the onset with
     ``onset_level`` > 0 the median level of that many samples before the rising flank (the level the
-    wave actually rises from). None when the deflection is too small, or a boundary falls outside
-    the window (the wave is cut by it).
+    wave actually rises from). With ``phase_gap`` > 0 the wave may be biphasic: an opposite deflection
+    of at least BIPHASIC_SHARE of the apex, ending at most ``phase_gap`` samples before the apex's onset
+    and lasting at most ``phase_max`` samples, is its first phase, and its onset is the wave's. None when
+    the deflection is too small, or a boundary falls outside the window (the wave is cut by it).
     """
     if len(x) < 5:
         return None
@@ -477,18 +488,37 @@ def _wave_bounds(x: np.ndarray, min_mv: float, onset_level: int = 0) -> tuple[fl
         return None
     y = x * np.sign(x[apex])  # positive deflection from here on
     low = np.nonzero(y <= WAVE_FLANK * y[apex])[0]
-    left = int(low[low < apex].max()) if (low < apex).any() else 0
     right = int(low[low > apex].min()) if (low > apex).any() else len(y) - 1
     d = np.diff(y)
-    rise = left + int(np.argmax(d[left:apex]))
     fall = apex + int(np.argmin(d[apex:right]))
-    if d[rise] <= 0 or d[fall] >= 0:
+    onset = _tangent_onset(y, apex, onset_level)
+    if onset is None or d[fall] >= 0:
         return None
-    level = min(float(np.median(y[max(0, left - onset_level) : left + 1])), y[rise]) if onset_level else 0.0
-    onset, offset = rise - (y[rise] - level) / d[rise], fall - y[fall] / d[fall]
+    offset = fall - y[fall] / d[fall]
+    if phase_gap and onset > 2:
+        first = -y[: int(onset) + 1]
+        first_apex = int(np.argmax(first))
+        joined = (first[first_apex:] < WAVE_FLANK * first[first_apex]).sum() <= phase_gap
+        if first_apex >= 2 and first[first_apex] >= BIPHASIC_SHARE * y[apex] and joined:
+            first_onset = _tangent_onset(first, first_apex, onset_level)
+            if first_onset is not None and onset - first_onset <= phase_max:
+                onset = first_onset
     if onset < 0 or offset > len(y) - 1:
         return None
     return onset, offset
+
+
+def _tangent_onset(y: np.ndarray, apex: int, onset_level: int) -> float | None:
+    """Onset (fractional sample) of the positive deflection at ``apex`` of ``y`` by the tangent at its steepest
+    rise (see _wave_bounds); None when the flank does not rise."""
+    low = np.nonzero(y[:apex] <= WAVE_FLANK * y[apex])[0]
+    left = int(low.max()) if len(low) else 0
+    d = np.diff(y[: apex + 1])
+    rise = left + int(np.argmax(d[left:apex]))
+    if d[rise] <= 0:
+        return None
+    level = min(float(np.median(y[max(0, left - onset_level) : left + 1])), y[rise]) if onset_level else 0.0
+    return rise - (y[rise] - level) / d[rise]
 
 
 def combine_leads(
@@ -598,7 +628,8 @@ def _p_wave(
         return _PWave(False)
     edge = P_EDGE_S * rate
     level = int(P_LEVEL_S * rate)
-    per_lead = [_wave_bounds(x, P_LEAD_MIN_MV, level) for x in detrended]
+    phases = int(P_PHASE_GAP_S * rate), int(P_MAX_S / 2 * rate)
+    per_lead = [_wave_bounds(x, P_LEAD_MIN_MV, level, *phases) for x in detrended]
     found = [b for b in per_lead if b is not None]
     tol = AGREE_P_S * rate
     onsets = np.array([b[0] for b in found])

@@ -410,8 +410,9 @@ def pairing_check(section: Section) -> str:
 
 def learning_curve(section: Section, plot_path: Path) -> str:
     curve = defaultdict(dict)  # (arm) -> steps -> run
+    first_seed = min(r["pretrain_seed"] for r in section.pretrains)
     for run in section.pretrains:
-        if run["pretrain_seed"] == min(r["pretrain_seed"] for r in section.pretrains) and run["training"]["steps"]:
+        if run["pretrain_seed"] == first_seed and run["training"]["steps"]:
             curve[run["arm"]][run["pretrain_steps"]] = run
     if not any(len(v) > 1 for v in curve.values()):
         return "No learning curve yet (`--stage curve`)."
@@ -422,7 +423,7 @@ def learning_curve(section: Section, plot_path: Path) -> str:
             aurocs = []
             for task in section.tasks:
                 scores = section.scores(arm, task, fraction, steps)
-                aurocs.append(np.mean(list(scores.per_seed().values())) if scores else float("nan"))
+                aurocs.append(scores.per_seed().get(first_seed, float("nan")) if scores else float("nan"))
             rank = run["embedding"]["effective_rank"]
             series[arm].append((steps, aurocs, rank))
             rows.append([arm, str(steps), *[f"{a:.3f}" for a in aurocs], f"{rank:.1f}"])
@@ -447,7 +448,32 @@ def learning_curve(section: Section, plot_path: Path) -> str:
     figure.savefig(plot_path, dpi=90)
     plt.close(figure)
     header = ["arm", "steps", *[f"{t} {fraction:.0%}" for t in section.tasks], "effective rank"]
-    return table(header, rows) + f"\n\n![learning curve]({plot_path.name})"
+    flattening = curve_flattening(section, series, fraction)
+    return (
+        table(header, rows) + (f"\n\n{flattening}" if flattening else "") + f"\n\n![learning curve]({plot_path.name})"
+    )
+
+
+CURVE_FLAT = 0.01  # AUROC: a curve whose every task moves less than this after the grid's step count has flattened
+
+
+def curve_flattening(section: Section, series: dict[str, list], fraction: float) -> str:
+    """How much each curve arm's probes move from the grid's step count to its longest run (first seed, points)."""
+    sentences = []
+    for arm, points in series.items():
+        at = {steps: aurocs for steps, aurocs, _ in points}
+        longest = max(at)
+        if section.grid_steps not in at or longest <= section.grid_steps:
+            continue
+        deltas = [b - a for a, b in zip(at[section.grid_steps], at[longest], strict=True)]
+        moves = ", ".join(f"{task} {d:+.3f}" for task, d in zip(section.tasks, deltas, strict=True))
+        flat = all(abs(d) < CURVE_FLAT for d in deltas)
+        sentences.append(
+            f"{arm} from {section.grid_steps} to {longest} steps ({fraction:.0%} labels, first seed, no interval): "
+            f"{moves}; "
+            + (f"every task within {CURVE_FLAT}: flat." if flat else f"not flat (a task moved {CURVE_FLAT} or more).")
+        )
+    return " ".join(sentences)
 
 
 def scratch_table(section: Section) -> str:

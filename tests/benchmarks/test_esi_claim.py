@@ -289,3 +289,20 @@ def test_low_rank_note_names_the_arms_below_8_at_the_grid_steps_with_their_trend
     assert "922 distinct" in note
     runs[4]["embedding"]["effective_rank"] = 9.0
     assert "Every arm's evaluation embedding at 600 steps" in low_rank_note(Section("cpu", runs, samples=10))
+
+
+def test_curve_flattening_compares_the_grid_step_count_with_the_longest_run():
+    from types import SimpleNamespace
+
+    from benchmarks.esi_claim.report import curve_flattening
+
+    section = SimpleNamespace(grid_steps=600, tasks=["superdiagnostic", "rhythm"])
+    series = {
+        "esi_full": [(150, [0.80, 0.60], 2.0), (600, [0.84, 0.70], 9.0), (1200, [0.845, 0.705], 11.0)],
+        "statements_only": [(150, [0.79, 0.60], 3.0), (600, [0.83, 0.70], 6.0), (1200, [0.85, 0.70], 7.0)],
+        "supervised_pool": [(600, [0.83, 0.71], 7.0)],
+    }
+    text = curve_flattening(section, series, 0.1)
+    assert "esi_full from 600 to 1200 steps" in text and "superdiagnostic +0.005, rhythm +0.005; every task" in text
+    assert "statements_only from 600 to 1200 steps" in text and "superdiagnostic +0.020" in text
+    assert text.count(": flat.") == 1 and "not flat" in text and "supervised_pool" not in text

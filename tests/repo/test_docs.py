@@ -20,12 +20,14 @@ DOCUMENTS = [
 ]
 # `esi.x.y` or `esi.x.y(arguments)` in backticks, and `from esi.x import a, b` in a code block.
 DOTTED_NAME = re.compile(r"`((?:esi|modeling_esi)(?:\.\w+)+)(?:\([^`]*\))?`")
+# `python -m module` commands, this repository's scripts included (benchmarks, model_cards).
+PYTHON_M = re.compile(r"python -m ((?:esi|modeling_esi|benchmarks|model_cards)(?:\.\w+)+)")
 FROM_IMPORT = re.compile(r"^\s*from ((?:esi|modeling_esi)(?:\.\w+)*) import \(?([\w, ]+)\)?", re.MULTILINE)
 
 
 def named_in(text: str) -> set[str]:
     """Every name of this package that `text` mentions, dotted: `esi.x.y`, and `esi.x.y` for `from esi.x import y`."""
-    names = set(DOTTED_NAME.findall(text))
+    names = set(DOTTED_NAME.findall(text)) | set(PYTHON_M.findall(text))
     for module, imported in FROM_IMPORT.findall(text):
         names.update(f"{module}.{name.split(' as ')[0].strip()}" for name in imported.split(",") if name.strip())
     return names

@@ -53,6 +53,10 @@ ORDER = (
     "statements_only_tower",
 )
 
+# Each text arm against its twin trained with CLIP's one positive per ECG (identical captions as negatives).
+ONE_POSITIVE_TWINS = (("esi_full", "esi_full_one_positive"), ("statements_only", "statements_only_one_positive"))
+CURVE_FLAT = 0.01  # AUROC: a curve whose every task moves less than this after the grid's step count has flattened
+
 
 def load_runs(folder: Path) -> list[dict]:
     runs = []
@@ -181,10 +185,20 @@ def claim_table(section: Section) -> str:
     return table(header, rows) + (f"\n\nCells without runs: {', '.join(missing)}." if missing else "")
 
 
-def holm_verdict(adjusted_p: float, smoke: bool) -> str:
-    if smoke:
-        return "smoke run"
-    return "shown (Holm)" if adjusted_p < 0.05 else "not shown (Holm)"
+def holm_table(family: list[tuple[str, str, float, dict]], smoke: bool, raw_p: bool) -> str:
+    """One exploratory family, (comparison, task, fraction, paired result) each, Holm-adjusted over the table;
+    `raw_p` adds the unadjusted p-value column."""
+    adjusted = holm([r["p"] for *_, r in family])
+    rows = []
+    for (comparison, task, fraction, r), p in zip(family, adjusted, strict=True):
+        verdict = "smoke run" if smoke else ("shown (Holm)" if p < 0.05 else "not shown (Holm)")
+        rows.append(
+            [comparison, task, f"{fraction:.0%}", signed(r["difference"]), interval(r["ci95"])]
+            + ([f"{r['p']:.3f}"] if raw_p else [])
+            + [f"{p:.3f}", str(len(r["seeds"])), verdict]
+        )
+    header = ["comparison", "task", "labels", "paired difference", "95% interval"]
+    return table(header + (["p"] if raw_p else []) + ["Holm p", "seeds", "exploratory"], rows)
 
 
 def exploratory_table(section: Section) -> str:
@@ -199,38 +213,14 @@ def exploratory_table(section: Section) -> str:
                     continue  # pre-declared: in the claim table
                 result = section.compare(CLAIM_ARM, other, task, fraction)
                 if result is not None:
-                    family.append((other, task, fraction, result))
-    adjusted = holm([r["p"] for *_, r in family])
-    rows = [
-        [
-            f"{CLAIM_ARM} - {other}", task, f"{fraction:.0%}", signed(r["difference"]), interval(r["ci95"]),
-            f"{r['p']:.3f}", f"{p:.3f}", str(len(r["seeds"])),
-            holm_verdict(p, section.smoke),
-        ]
-        for (other, task, fraction, r), p in zip(family, adjusted, strict=True)
-    ]  # fmt: skip
-    header = [
-        "comparison",
-        "task",
-        "labels",
-        "paired difference",
-        "95% interval",
-        "p",
-        "Holm p",
-        "seeds",
-        "exploratory",
-    ]
-    return table(header, rows)
-
-
-# Each text arm against its twin trained with CLIP's one positive per ECG (identical captions as negatives).
-ONE_POSITIVE_TWINS = (("esi_full", "esi_full_one_positive"), ("statements_only", "statements_only_one_positive"))
+                    family.append((f"{CLAIM_ARM} - {other}", task, fraction, result))
+    return holm_table(family, section.smoke, raw_p=True)
 
 
 def same_text_table(section: Section) -> str:
     """What same-text positives change: each arm minus its one-positive twin, paired on their common seeds."""
     family = [
-        (arm, twin, task, fraction, result)
+        (f"{arm} - {twin}", task, fraction, result)
         for arm, twin in ONE_POSITIVE_TWINS
         for task in section.tasks
         for fraction in sorted({r["label_fraction"] for r in section.probes})
@@ -238,16 +228,7 @@ def same_text_table(section: Section) -> str:
     ]
     if not family:
         return "No one-positive twin has run yet."
-    adjusted = holm([r["p"] for *_, r in family])
-    rows = [
-        [
-            f"{arm} - {twin}", task, f"{fraction:.0%}", signed(r["difference"]), interval(r["ci95"]), f"{p:.3f}",
-            str(len(r["seeds"])), holm_verdict(p, section.smoke),
-        ]
-        for (arm, twin, task, fraction, r), p in zip(family, adjusted, strict=True)
-    ]  # fmt: skip
-    header = ["comparison", "task", "labels", "paired difference", "95% interval", "Holm p", "seeds", "exploratory"]
-    return table(header, rows)
+    return holm_table(family, section.smoke, raw_p=False)
 
 
 def arm_table(section: Section) -> str:
@@ -452,9 +433,6 @@ def learning_curve(section: Section, plot_path: Path) -> str:
     return (
         table(header, rows) + (f"\n\n{flattening}" if flattening else "") + f"\n\n![learning curve]({plot_path.name})"
     )
-
-
-CURVE_FLAT = 0.01  # AUROC: a curve whose every task moves less than this after the grid's step count has flattened
 
 
 def curve_flattening(section: Section, series: dict[str, list], fraction: float) -> str:

@@ -495,17 +495,28 @@ def _wave_bounds(
     if onset is None or d[fall] >= 0:
         return None
     offset = fall - y[fall] / d[fall]
-    if phase_gap and onset > 2:
-        first = -y[: int(onset) + 1]
-        first_apex = int(np.argmax(first))
-        joined = (first[first_apex:] < WAVE_FLANK * first[first_apex]).sum() <= phase_gap
-        if first_apex >= 2 and first[first_apex] >= BIPHASIC_SHARE * y[apex] and joined:
-            first_onset = _tangent_onset(first, first_apex, onset_level)
-            if first_onset is not None and onset - first_onset <= phase_max:
-                onset = first_onset
+    first_onset = (
+        _first_phase_onset(y, apex, onset, onset_level, phase_gap, phase_max) if phase_gap and onset > 2 else None
+    )
+    if first_onset is not None:
+        onset = first_onset
     if onset < 0 or offset > len(y) - 1:
         return None
     return onset, offset
+
+
+def _first_phase_onset(
+    y: np.ndarray, apex: int, onset: float, onset_level: int, phase_gap: int, phase_max: int
+) -> float | None:
+    """Onset of the opposite first phase of a biphasic wave whose main deflection (positive in ``y``) peaks at
+    ``apex`` and begins at ``onset``; None when there is no such phase (see _wave_bounds)."""
+    first = -y[: int(onset) + 1]
+    first_apex = int(np.argmax(first))
+    joined = (first[first_apex:] < WAVE_FLANK * first[first_apex]).sum() <= phase_gap
+    if first_apex < 2 or first[first_apex] < BIPHASIC_SHARE * y[apex] or not joined:
+        return None
+    first_onset = _tangent_onset(first, first_apex, onset_level)
+    return first_onset if first_onset is not None and onset - first_onset <= phase_max else None
 
 
 def _tangent_onset(y: np.ndarray, apex: int, onset_level: int) -> float | None:

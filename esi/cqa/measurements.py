@@ -61,6 +61,7 @@ ALIGN_S = 0.04  # max cross-correlation shift when aligning beats
 DOMINANT_CORR = 0.8  # beats correlating less with the template (ectopics, artefacts) are left out
 MIN_BEATS = 3
 IRREGULAR_RATIO = 0.05  # median |successive RR difference| / mean RR above this: irregular
+PREMATURE_RATIO = 0.85  # a beat ending an RR shorter than this share of the median RR is premature
 QRS_SLOPE_FRACTION = 0.08  # QRS boundary: summed slope falls to this fraction above its floor
 QRS_GAP_S = 0.016  # a slope dip shorter than this (a notch) does not end the QRS
 QRS_LEAD_MIN_SLOPE = 0.1  # a lead with a QRS slope below this share of the strongest lead's is left out
@@ -342,13 +343,31 @@ def _align(sig: np.ndarray, fiducials: np.ndarray, rate: float) -> np.ndarray:
 class _MedianBeat:
     beat: np.ndarray  # (leads, samples): median of the dominant beats
     beats: np.ndarray  # (beats, leads, samples): the aligned dominant beats
+    premature: np.ndarray  # (beats,) the beat ends a short RR (an atrial premature beat: its P lies elsewhere)
+    # The rhythm is regular apart from premature beats: the RR intervals between two beats on time agree.
+    regular_between_premature: bool
+
+
+def _premature(fiducials: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(premature flag per beat, whether the intervals between beats on time are regular) of sorted fiducials.
+
+    A premature beat (atrial or ventricular) makes the rhythm irregular in sinus rhythm too; the RR
+    intervals whose two beats are both on time tell sinus rhythm with ectopy from atrial fibrillation.
+    """
+    rr = np.diff(fiducials).astype(float)
+    premature = np.r_[False, rr < PREMATURE_RATIO * np.median(rr)]
+    on_time = rr[~premature[:-1] & ~premature[1:]]
+    regular = len(on_time) >= MIN_BEATS and np.median(np.abs(np.diff(on_time))) / on_time.mean() <= IRREGULAR_RATIO
+    return premature, bool(regular)
 
 
 def _median_beat(sig: np.ndarray, peaks: np.ndarray, rate: float) -> tuple[_MedianBeat | None, str]:
     """Median beat of the dominant morphology and the aligned beats used, or (None, reason)."""
     pre, post = int(BEAT_PRE_S * rate), int(BEAT_POST_S * rate)
     fid = np.unique(_align(sig, peaks, rate))
-    beats, _ = _beats(sig, fid, pre, post)
+    premature, regular = _premature(fid)
+    beats, kept = _beats(sig, fid, pre, post)
+    premature = premature[np.searchsorted(fid, kept)]
     if len(beats) < MIN_BEATS:
         return None, f"only {len(beats)} complete beats in the record"
     qrs = slice(pre - int(0.1 * rate), pre + int(0.1 * rate))
@@ -361,7 +380,7 @@ def _median_beat(sig: np.ndarray, peaks: np.ndarray, rate: float) -> tuple[_Medi
     dominant = corr >= DOMINANT_CORR
     if dominant.sum() < MIN_BEATS or dominant.sum() < 0.5 * len(beats):
         return None, f"no consistent beat morphology ({dominant.sum()} of {len(beats)} beats alike)"
-    return _MedianBeat(np.median(beats[dominant], axis=0), beats[dominant]), ""
+    return _MedianBeat(np.median(beats[dominant], axis=0), beats[dominant], premature[dominant], regular), ""
 
 
 def _slope_extent(slope: np.ndarray, floor: float, lo: int, hi: int, gap: int) -> tuple[int, int, float]:
@@ -694,7 +713,15 @@ def _morphology(median: _MedianBeat, rate: float, mean_rr: float, out: EcgMeasur
     beats = median.beats - median.beats[:, :, pr_segment].mean(axis=2, keepdims=True)
     _amplitude_fields(beat[:, on:off], beat[:, off + int(ST_OFFSET_S * rate)], out)
     t_end = _qt_fields(beat, beats, rate, mean_rr, (on, off), out)
-    _pr_fields(beat, beats, rate, mean_rr, bounds, t_end, out)
+    irregular = bool(out.rr_irregular)
+    on_time = ~median.premature
+    if irregular and median.regular_between_premature and on_time.sum() >= MIN_BEATS:
+        # Sinus rhythm made irregular by premature beats: a premature beat's P wave sits in the previous
+        # T wave, so the P wave is delineated and judged on the beats on time.
+        beats = beats[on_time]
+        beat = np.median(beats, axis=0)
+        irregular = False
+    _pr_fields(beat, beats, rate, mean_rr, bounds, t_end, irregular, out)
 
 
 def _qrs_fields(beat: np.ndarray, rate: float, out: EcgMeasurements) -> _QrsBounds | None:
@@ -785,14 +812,16 @@ def _pr_fields(
     mean_rr: float,
     qrs: _QrsBounds,
     t_end: int | None,
+    irregular: bool,
     out: EcgMeasurements,
 ) -> None:
-    """P presence, PR and P duration with their quality; ``t_end``: T end (sample) or None."""
+    """P presence, PR and P duration with their quality; ``t_end``: T end (sample) or None; ``irregular``: the
+    beats come from an irregular rhythm (atrial fibrillation possible)."""
     rr, on = int(mean_rr * rate), qrs.onset
     # P window: from after the previous beat's T wave (or P_SEARCH_S before the QRS) to the QRS.
     prev_t_end = (t_end if t_end is not None else on + int(0.3 * rate)) - rr + int(0.02 * rate)
     start = max(on - int(P_SEARCH_S * rate), int(prev_t_end))
-    p = _p_wave(beats, beat, rate, on, start, bool(out.rr_irregular))
+    p = _p_wave(beats, beat, rate, on, start, irregular)
     out.p_wave_absent = not p.present
     if not p.present:
         out._mark_missing(["pr_interval_ms", "p_duration_ms"], "no consistent P wave")

@@ -1,12 +1,13 @@
 """PR and QRS boundaries on real PTB-XL records of ../shared/ptb-xl: normal ECGs are not given a first-degree
-AV block's PR, a long PR stays long, and a PR whose P wave may begin in the previous T wave is not stated."""
+AV block's PR, a long PR stays long, a PR whose P wave may begin in the previous T wave is not stated, and
+premature beats do not hide the P wave."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from esi.cqa.measurements import _wave_bounds, measure_ecg
+from esi.cqa.measurements import _premature, _wave_bounds, measure_ecg
 from tests.helpers import read_shared_ptbxl
 
 
@@ -100,3 +101,24 @@ def test_first_degree_av_block_with_biphasic_p_keeps_its_long_pr(ecg_id: int) ->
     signal, leads = read_shared_ptbxl(ecg_id)
     m = measure_ecg(signal, 100, leads, ecg_id)
     assert 200 < m.pr_interval_ms < 240, m.pr_interval_ms
+
+
+def test_premature_beats_are_told_from_an_irregular_rhythm() -> None:
+    # Atrial trigeminy: every third beat ends a short RR and is followed by a pause; the cycles between
+    # two beats on time agree. Atrial fibrillation's cycles do not, whichever beats are called premature.
+    trigeminy = np.cumsum([0, 98, 56, 118, 93, 56, 123, 90, 60, 108, 91, 90])
+    premature, regular = _premature(trigeminy)
+    assert premature.tolist() == [False, False, True, False, False, True, False, False, True, False, False, False]
+    assert regular
+    fibrillation = np.cumsum([0, 71, 52, 96, 64, 83, 49, 110, 58, 77, 91, 62])
+    assert not _premature(fibrillation)[1]
+
+
+def test_p_wave_of_sinus_rhythm_with_premature_beats_is_found_on_the_beats_on_time() -> None:
+    # Record 816 (LAFB, LPR, PAC, trigeminy): the premature beats' P waves sit in the previous T wave, so
+    # judged over every beat no P wave was consistent and the long PR was not measured.
+    signal, leads = read_shared_ptbxl(816)
+    m = measure_ecg(signal, 100, leads, 816)
+    assert m.rr_irregular and not m.p_wave_absent
+    assert m.quality("pr_interval_ms")[0] == "measured"
+    assert m.pr_interval_ms > 200, m.pr_interval_ms

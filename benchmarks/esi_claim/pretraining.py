@@ -47,6 +47,7 @@ class Arm:
     contrastive_weight: float = 1.0
     caption_weight: float = 2.0
     train_text_tower: bool = False
+    same_text_positives: bool = True  # False: CLIP's one positive per ECG, identical captions count as negatives
 
 
 # In the order the grid runs them: the claim's arms first, so a grid cut short has answered the claim.
@@ -57,6 +58,16 @@ ARMS = (
     Arm("random_init", "random", "the floor"),
     Arm("supervised_scratch", "scratch", "is pretraining worth it at all?"),
     Arm("ssl_two_views", "ssl", "does text beat no text? (contrastive on two augmented views)"),
+    Arm(
+        "esi_full_one_positive", "esi", "do same-text positives matter? (the method)", "full", same_text_positives=False
+    ),
+    Arm(
+        "statements_only_one_positive",
+        "esi",
+        "do same-text positives matter? (plain statements, where many captions are identical)",
+        "statements",
+        same_text_positives=False,
+    ),
     Arm("esi_no_knowledge", "esi", "does the knowledge base add anything?", "no_knowledge"),
     Arm("measurements_only", "esi", "how much comes from the signal measurements alone?", "measurements"),
     Arm("contrastive_only", "esi", "which loss does the work? (contrastive)", "full", 1.0, 0.0),
@@ -154,6 +165,8 @@ def esi_train_args(arm: Arm, profile: Profile, pack, inputs: Path, seed: int, st
     ]  # fmt: skip
     if profile.trim_vocabulary:
         args.append("--trim-vocabulary")
+    if not arm.same_text_positives:
+        args.append("--no-same-text-positives")
     if not arm.train_text_tower:
         args += ["--freeze-text-tower", "--text-embeddings", str(inputs / f"text_emb_{arm.variant}.npz")]
     return args

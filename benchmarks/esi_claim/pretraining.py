@@ -37,6 +37,8 @@ from esi.text_encoder import default_text_model_path
 from modeling_esi import EsiFeatureExtractor, EsiModel
 from modeling_esi.modeling_esi import contrastive_loss
 
+EVALUATION_RECORDS = "evaluation_records"  # the folder of write_train_inputs holding the evaluation records' ids
+
 
 @dataclass(frozen=True)
 class Arm:
@@ -93,10 +95,11 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 
 def write_train_inputs(pack, folder: Path) -> Path:
-    """`folder/signals`, `folder/captions_<variant>` (Parquet, split `train`) and `folder/text_emb_<variant>.npz`
-    from the pack, written once (a later call with the same pack reuses them)."""
+    """`folder/signals`, `folder/captions_<variant>` (Parquet, split `train`), `folder/text_emb_<variant>.npz` and
+    `folder/evaluation_records` (the evaluation records' ids, for `esi-train --evaluation-records`) from the pack,
+    written once (a later call with the same pack reuses them)."""
     stamp = folder / "pack_meta_sha256.txt"
-    if stamp.exists() and stamp.read_text() == pack.meta_sha256:
+    if stamp.exists() and stamp.read_text() == pack.meta_sha256 and (folder / EVALUATION_RECORDS).exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     signals = np.ascontiguousarray(pack.pool_signals, dtype=np.float32)  # (N, 12, T) millivolts
@@ -119,6 +122,12 @@ def write_train_inputs(pack, folder: Path) -> Path:
     )
     (folder / "signals" / "data").mkdir(parents=True, exist_ok=True)
     atomic_write(folder / "signals" / "data" / "train-00000-of-00001.parquet", parquet_bytes(table))
+    # esi-train checks these against its pretraining split and writes the overlap into the model's card.
+    evaluation = pa.table(
+        {"ecg_id": pa.array(pack.ecg_ids, pa.int64()), "patient_id": pa.array(pack.patients, pa.int64())}
+    )
+    (folder / EVALUATION_RECORDS / "data").mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / EVALUATION_RECORDS / "data" / "test-00000-of-00001.parquet", parquet_bytes(evaluation))
     texts = json.loads(lzma.decompress((pack.folder / "pool_texts.json.xz").read_bytes()))
     for variant in pack.meta["text_variants"]:
         captions = [t[variant] for t in texts]
@@ -152,6 +161,7 @@ def esi_train_args(arm: Arm, profile: Profile, pack, inputs: Path, seed: int, st
     args = [
         "--signals", str(inputs / "signals"), "--captions", str(inputs / f"captions_{arm.variant}"),
         "--eval-split", "none", "--output-dir", str(output_dir),
+        "--evaluation-records", str(inputs / EVALUATION_RECORDS),
         "--text-model", str(text_model_folder(pack)), "--config", profile.encoder_size,
         "--decoder-layers", str(profile.decoder_layers), "--decoder-width", str(profile.decoder_width),
         "--projection-dim", str(profile.projection_dim), "--max-text-length", str(profile.max_text_length),

@@ -217,6 +217,26 @@ def exploratory_table(section: Section) -> str:
     return holm_table(family, section.smoke, raw_p=True)
 
 
+def one_seed_note(section: Section) -> str:
+    """What the interval of a one-seed row leaves out: how much a paired difference moves between pretraining
+    seeds, measured on the claim's multi-seed cells."""
+    spreads = [
+        float(np.std(result["per_seed_difference"], ddof=1))
+        for baseline in CLAIM_BASELINES
+        for task in section.tasks
+        for fraction in CLAIM_FRACTIONS
+        if (result := section.compare(CLAIM_ARM, baseline, task, fraction)) is not None and len(result["seeds"]) > 1
+    ]
+    if not spreads:
+        return "A row with 1 seed resamples the evaluation records only, not the pretraining seeds."
+    return (
+        "A row with 1 seed resamples the evaluation records only: its interval leaves out how much the difference "
+        "moves between pretraining seeds. In the claim's cells that spread is measured: the paired difference has a "
+        f"standard deviation over pretraining seeds of {np.median(spreads):.3f} (median of {len(spreads)} cells; "
+        f"largest {max(spreads):.3f}). A one-seed 'shown' speaks for that seed's encoders, not for the arm."
+    )
+
+
 def same_text_table(section: Section) -> str:
     """What same-text positives change: each arm minus its one-positive twin, paired on their common seeds."""
     family = [
@@ -506,6 +526,7 @@ def render_section(section: Section, plot_path: Path) -> str:
         pairing_check(section),
         "### Exploratory comparisons (not pre-declared; Holm-adjusted over this table)",
         exploratory_table(section),
+        one_seed_note(section),
         "### Same-text positives (exploratory; Holm-adjusted over this table)",
         "Each text arm against its twin trained with one positive per ECG (records with identical captions "
         "counted as negatives, as in CLIP), at the same seed, steps and batches; positive: same-text positives help.",

@@ -306,3 +306,19 @@ def test_curve_flattening_compares_the_grid_step_count_with_the_longest_run():
     assert "esi_full from 600 to 1200 steps" in text and "superdiagnostic +0.005, rhythm +0.005; every task" in text
     assert "statements_only from 600 to 1200 steps" in text and "superdiagnostic +0.020" in text
     assert text.count(": flat.") == 1 and "not flat" in text and "supervised_pool" not in text
+
+
+def test_one_seed_note_measures_the_seed_spread_a_one_seed_interval_leaves_out():
+    from types import SimpleNamespace
+
+    from benchmarks.esi_claim.report import one_seed_note
+
+    def compare(a: str, b: str, task: str, fraction: float) -> dict:
+        spread = {"statements_only": [0.01, -0.01, 0.0], "supervised_pool": [0.03, -0.03, 0.0]}[b]
+        return {"seeds": [0, 1, 2], "per_seed_difference": spread}
+
+    text = one_seed_note(SimpleNamespace(tasks=["superdiagnostic"], compare=compare))
+    assert "standard deviation over pretraining seeds of 0.020 (median of 4 cells; largest 0.030)" in text
+    single = {"seeds": [0], "per_seed_difference": [0.1]}
+    one_seed = SimpleNamespace(tasks=["superdiagnostic"], compare=lambda *_: single)
+    assert "evaluation records only, not the pretraining seeds" in one_seed_note(one_seed)

@@ -306,6 +306,11 @@ def _consensus_r_peaks(clean: np.ndarray, rate: float) -> tuple[np.ndarray | Non
     return peaks[best], ""
 
 
+def _irregular(rr: np.ndarray) -> bool:
+    """RR intervals (at least 3) whose median successive difference exceeds IRREGULAR_RATIO of their mean."""
+    return bool(np.median(np.abs(np.diff(rr))) / rr.mean() > IRREGULAR_RATIO)
+
+
 def _rhythm(peaks: np.ndarray, rate: float, out: EcgMeasurements) -> float:
     """Fill rate and regularity fields; return mean RR in seconds."""
     rr = np.diff(peaks) / rate
@@ -313,7 +318,7 @@ def _rhythm(peaks: np.ndarray, rate: float, out: EcgMeasurements) -> float:
     out.heart_rate_bpm = 60.0 / mean_rr
     out.rr_std_ms = float(rr.std() * 1000.0)
     if len(rr) >= 3:
-        out.rr_irregular = bool(np.median(np.abs(np.diff(rr))) / mean_rr > IRREGULAR_RATIO)
+        out.rr_irregular = _irregular(rr)
     else:
         out.missing["rr_irregular"] = f"only {len(rr)} RR intervals"
     return mean_rr
@@ -357,8 +362,7 @@ def _premature(fiducials: np.ndarray) -> tuple[np.ndarray, bool]:
     rr = np.diff(fiducials).astype(float)
     premature = np.r_[False, rr < PREMATURE_RATIO * np.median(rr)]
     on_time = rr[~premature[:-1] & ~premature[1:]]
-    regular = len(on_time) >= MIN_BEATS and np.median(np.abs(np.diff(on_time))) / on_time.mean() <= IRREGULAR_RATIO
-    return premature, bool(regular)
+    return premature, len(on_time) >= MIN_BEATS and not _irregular(on_time)
 
 
 def _median_beat(sig: np.ndarray, peaks: np.ndarray, rate: float) -> tuple[_MedianBeat | None, str]:
